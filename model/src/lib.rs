@@ -4,3 +4,5 @@
 //! Qwen3 (q/k RMS norm); loading from GGUF (dequantised), from a safetensors folder or from the Hugging Face hub;
 //! the tokenizer and chat template; a trainable forward that returns per-token log-probabilities; a detached,
 //! KV-cached, batched decode path; LoRA adapters; and the batched sampler that records behaviour log-probs.
+
+pub mod assets;
