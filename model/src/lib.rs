@@ -6,3 +6,6 @@
 //! KV-cached, batched decode path; LoRA adapters; and the batched sampler that records behaviour log-probs.
 
 pub mod assets;
+pub mod error;
+
+pub use error::{ModelError, Result};
