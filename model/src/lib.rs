@@ -6,6 +6,19 @@
 //! KV-cached, batched decode path; LoRA adapters; and the batched sampler that records behaviour log-probs.
 
 pub mod assets;
+pub mod config;
+pub mod decoder;
 pub mod error;
+pub mod kv_cache;
+pub mod linear;
+pub mod logprob;
+pub mod lora;
+pub mod rope;
+pub mod weights;
 
+pub use config::{Arch, ModelConfig};
+pub use decoder::{Decoder, TokenBatch};
 pub use error::{ModelError, Result};
+pub use linear::AdapterMode;
+pub use lora::{LoraConfig, LoraTarget};
+pub use weights::spec::ModelSpec;

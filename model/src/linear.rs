@@ -1,0 +1,98 @@
+//! A linear layer `y = x W^T + b` with an optional LoRA adapter `+ s * dropout(x) A^T B^T`.
+//!
+//! The base weight stays a plain tensor when only the adapter trains (candle then tracks no gradient for it);
+//! full fine-tuning turns it into a `Var` instead.
+
+use candle_core::{DType, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::Result;
+
+/// A low-rank adapter: `A` is (rank, in), `B` is (out, rank); `B` starts at zero so a fresh adapter is a no-op.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    pub a: Var,
+    pub b: Var,
+    /// alpha / rank.
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
+}
+
+/// Per-forward switches for adapters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdapterMode {
+    /// Apply LoRA adapters (false gives the base model, which is the KL reference for LoRA training).
+    pub enabled: bool,
+    /// Seed for LoRA dropout masks; `None` disables dropout (evaluation, sampling, reference).
+    pub dropout_seed: Option<u64>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias, lora: None }
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// `x` has any leading shape and `in` as its last dimension.
+    pub fn forward(&self, x: &Tensor, mode: AdapterMode, layer_salt: u64) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("linear input has at least one dimension");
+        let rows = x.elem_count() / in_dim;
+        let x2 = x.reshape((rows, in_dim))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let (Some(lora), true) = (&self.lora, mode.enabled) {
+            let xin = match mode.dropout_seed {
+                Some(seed) if lora.dropout > 0.0 => dropout(&x2, lora.dropout, seed ^ layer_salt)?,
+                _ => x2,
+            };
+            let low = xin.matmul(&lora.a.as_tensor().t()?)?;
+            let up = low.matmul(&lora.b.as_tensor().t()?)?;
+            y = (y + (up * lora.scale)?)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.out_dim();
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// The effective weight `W + s B A` (for merging adapters into a plain model).
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.clone()),
+            Some(l) => Ok((&self.weight + (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?)?),
+        }
+    }
+}
+
+/// Inverted dropout with a mask drawn from our own seeded RNG: candle's CPU RNG cannot be seeded, and exact
+/// resume needs every random draw to be reproducible.
+fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let keep = 1.0 - p;
+    let mask: Vec<f32> =
+        (0..x.elem_count()).map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok(x.mul(&mask)?)
+}
+
+/// Sum of squares of a tensor, as f64 (used for norms in tests and diagnostics).
+pub fn sum_sq(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.sqr()?.flatten_all()?.sum(D::Minus1)?.to_scalar::<f64>()?)
+}

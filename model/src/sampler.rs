@@ -1,0 +1,402 @@
+//! Batched, KV-cached sampling with temperature, top-k, top-p, stop strings and EOS.
+//!
+//! Every sampled token comes with its *behaviour log-probability*: `log softmax(logits / temperature)` of the
+//! full distribution at that step (before top-k/top-p truncation), which is what the GRPO ratio is taken
+//! against. Each output row draws from its own RNG seeded by (seed, row index), so results do not depend on
+//! how rows are batched: batch = sequential. Rows that share a prompt share its prefill (computed once, then
+//! the cache is copied), which is the common case of a GRPO group.
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::decoder::Decoder;
+use crate::linear::AdapterMode;
+use crate::tokenizer::Tokenizer;
+use crate::{ModelError, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingParams {
+    /// 0 means greedy decoding.
+    pub temperature: f64,
+    /// Nucleus sampling threshold in (0, 1]; 1 disables it.
+    pub top_p: f64,
+    /// Keep only the k most likely tokens; 0 disables it.
+    pub top_k: usize,
+    pub max_new_tokens: usize,
+    /// Generation stops after the first of these appears in the completion (it is kept in the text).
+    pub stop: Vec<String>,
+    pub seed: u64,
+    /// Rows decoded together; more rows use the CPU/GPU better but need more memory.
+    pub batch_size: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop: vec![], seed: 0, batch_size: 16 }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Invalid(m));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1".into());
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return bad("stop strings must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence token (kept in `token_ids`, not in `text`).
+    Eos,
+    /// A stop string appeared.
+    Stop,
+    /// `max_new_tokens` was reached.
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// Which prompt this continues.
+    pub prompt_index: usize,
+    /// Which of that prompt's samples this is.
+    pub sample_index: usize,
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    /// Behaviour log-probability of each token in `token_ids`.
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+}
+
+/// One row being generated.
+struct Row {
+    prompt_index: usize,
+    sample_index: usize,
+    rng: ChaCha8Rng,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    finish: Option<FinishReason>,
+    /// Length of the (left-padded) prompt region and which keys are real, grown as tokens are appended.
+    key_valid: Vec<bool>,
+    next_position: u32,
+}
+
+/// Samples `n` completions for each prompt (given as token ids). Output order: prompt-major.
+pub fn sample(
+    decoder: &Decoder,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    n: usize,
+    params: &SamplingParams,
+    mode: AdapterMode,
+) -> Result<Vec<Completion>> {
+    params.validate()?;
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(ModelError::Invalid("every prompt needs at least one token".into()));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest + params.max_new_tokens > decoder.max_positions() {
+        return Err(ModelError::Invalid(format!(
+            "prompt of {longest} tokens plus {} new tokens exceeds the model's {} positions",
+            params.max_new_tokens,
+            decoder.max_positions()
+        )));
+    }
+    let jobs: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|p| (0..n).map(move |j| (p, j))).collect();
+    let mut out = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(params.batch_size) {
+        out.extend(sample_chunk(decoder, tokenizer, prompts, n, chunk, params, mode)?);
+    }
+    Ok(out)
+}
+
+fn row_seed(seed: u64, row: usize) -> u64 {
+    // SplitMix64 of (seed, row): distinct, well-mixed streams per row.
+    let mut z = seed ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn sample_chunk(
+    decoder: &Decoder,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    n: usize,
+    jobs: &[(usize, usize)],
+    params: &SamplingParams,
+    mode: AdapterMode,
+) -> Result<Vec<Completion>> {
+    let device = decoder.device().clone();
+    let nkv = decoder.config().num_kv_heads;
+    // Prefill each distinct prompt once, left-padded to a common length.
+    let mut unique: Vec<usize> = jobs.iter().map(|&(p, _)| p).collect();
+    unique.dedup();
+    let width = unique.iter().map(|&p| prompts[p].len()).max().unwrap();
+    let capacity = width + params.max_new_tokens;
+    let mut ids = Vec::with_capacity(unique.len() * width);
+    let mut positions = Vec::with_capacity(unique.len() * width);
+    let mut valid = Vec::with_capacity(unique.len());
+    for &p in &unique {
+        let pad = width - prompts[p].len();
+        ids.extend(std::iter::repeat_n(prompts[p][0], pad));
+        ids.extend_from_slice(&prompts[p]);
+        positions.extend(std::iter::repeat_n(0u32, pad));
+        positions.extend(0..prompts[p].len() as u32);
+        let mut v = vec![false; pad];
+        v.resize(width, true);
+        valid.push(v);
+    }
+    let mut cache = decoder.new_cache(unique.len(), capacity)?;
+    let ids_t = Tensor::from_vec(ids, (unique.len(), width), &device)?;
+    let pos_t = Tensor::from_vec(positions, (unique.len(), width), &device)?;
+    let logits = decoder.decode(&ids_t, &pos_t, &valid, &mut cache, mode)?;
+    // Expand to one row per job.
+    let slot_of: HashMap<usize, usize> = unique.iter().enumerate().map(|(i, &p)| (p, i)).collect();
+    let job_slots: Vec<u32> = jobs.iter().map(|(p, _)| slot_of[p] as u32).collect();
+    let mut logits = if unique.len() == jobs.len() {
+        logits
+    } else {
+        let cache_rows: Vec<u32> = job_slots.iter().flat_map(|&s| (0..nkv as u32).map(move |h| s * nkv as u32 + h)).collect();
+        cache.select_rows(&Tensor::new(cache_rows.as_slice(), &device)?)?;
+        logits.index_select(&Tensor::new(job_slots.as_slice(), &device)?, 0)?
+    };
+    let mut rows: Vec<Row> = jobs
+        .iter()
+        .map(|&(p, j)| Row {
+            prompt_index: p,
+            sample_index: j,
+            rng: ChaCha8Rng::seed_from_u64(row_seed(params.seed, p * n + j)),
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            finish: None,
+            key_valid: valid[slot_of[&p]].clone(),
+            next_position: prompts[p].len() as u32,
+        })
+        .collect();
+    let max_stop_len = params.stop.iter().map(String::len).max().unwrap_or(0);
+    // `live[i]` is the row index of batch position i; finished rows are dropped from the batch.
+    let mut live: Vec<usize> = (0..rows.len()).collect();
+    for step in 0..params.max_new_tokens {
+        let host = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        for (b, &r) in live.iter().enumerate() {
+            let row = &mut rows[r];
+            let (token, logprob) = pick_token(&host[b], params, &mut row.rng);
+            row.tokens.push(token);
+            row.logprobs.push(logprob);
+            if tokenizer.is_eos(token) {
+                row.finish = Some(FinishReason::Eos);
+            } else if max_stop_len > 0 && ends_with_stop(tokenizer, &row.tokens, &params.stop, max_stop_len)? {
+                row.finish = Some(FinishReason::Stop);
+            } else if step + 1 == params.max_new_tokens {
+                row.finish = Some(FinishReason::Length);
+            }
+        }
+        let still: Vec<usize> = (0..live.len()).filter(|&b| rows[live[b]].finish.is_none()).collect();
+        if still.is_empty() {
+            break;
+        }
+        if still.len() < live.len() {
+            // Drop finished rows from the cache so the remaining steps do no wasted work.
+            let cache_rows: Vec<u32> =
+                still.iter().flat_map(|&b| (0..nkv as u32).map(move |h| b as u32 * nkv as u32 + h)).collect();
+            cache.select_rows(&Tensor::new(cache_rows.as_slice(), &device)?)?;
+            live = still.iter().map(|&b| live[b]).collect();
+        }
+        let mut next_ids = Vec::with_capacity(live.len());
+        let mut next_pos = Vec::with_capacity(live.len());
+        let mut key_valid = Vec::with_capacity(live.len());
+        for &r in &live {
+            let row = &mut rows[r];
+            next_ids.push(*row.tokens.last().unwrap());
+            next_pos.push(row.next_position);
+            row.next_position += 1;
+            row.key_valid.push(true);
+            key_valid.push(row.key_valid.clone());
+        }
+        let ids_t = Tensor::from_vec(next_ids, (live.len(), 1), &device)?;
+        let pos_t = Tensor::from_vec(next_pos, (live.len(), 1), &device)?;
+        logits = decoder.decode(&ids_t, &pos_t, &key_valid, &mut cache, mode)?;
+    }
+    rows.into_iter()
+        .map(|row| {
+            let finish = row.finish.unwrap_or(FinishReason::Length);
+            let mut text = tokenizer.decode(&row.tokens, true)?;
+            if finish == FinishReason::Stop {
+                if let Some(end) = first_stop_end(&text, &params.stop) {
+                    text.truncate(end);
+                }
+            }
+            Ok(Completion {
+                prompt_index: row.prompt_index,
+                sample_index: row.sample_index,
+                text,
+                token_ids: row.tokens,
+                logprobs: row.logprobs,
+                finish_reason: finish,
+            })
+        })
+        .collect()
+}
+
+/// Whether the completion's tail contains a stop string. Only the last few tokens are decoded: a stop string
+/// of L bytes spans at most L tokens, so the tail covers it without re-decoding the whole completion.
+fn ends_with_stop(tokenizer: &Tokenizer, tokens: &[u32], stop: &[String], max_stop_len: usize) -> Result<bool> {
+    let tail = &tokens[tokens.len().saturating_sub(max_stop_len + 2)..];
+    let text = tokenizer.decode(tail, true)?;
+    Ok(stop.iter().any(|s| text.contains(s.as_str())))
+}
+
+/// Byte offset just past the earliest stop string in `text`.
+fn first_stop_end(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter().filter_map(|s| text.find(s.as_str()).map(|i| i + s.len())).min()
+}
+
+/// Draws one token from a row of logits; returns it with its behaviour log-probability.
+pub fn pick_token(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> (u32, f32) {
+    let temperature = if params.temperature > 0.0 { params.temperature as f32 } else { 1.0 };
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let scaled_max = max / temperature;
+    let mut sum = 0f64;
+    for &z in logits {
+        sum += ((z / temperature - scaled_max) as f64).exp();
+    }
+    let log_z = scaled_max as f64 + sum.ln();
+    let logprob_of = |t: usize| (logits[t] as f64 / temperature as f64 - log_z) as f32;
+    if params.temperature == 0.0 {
+        let best = argmax(logits);
+        return (best as u32, logprob_of(best));
+    }
+    let candidates = truncated_candidates(logits, temperature, log_z, params.top_k, params.top_p);
+    let total: f64 = candidates.iter().map(|&(_, p)| p).sum();
+    let mut u = rng.random::<f64>() * total;
+    for &(t, p) in &candidates {
+        if u < p {
+            return (t as u32, logprob_of(t));
+        }
+        u -= p;
+    }
+    let (t, _) = *candidates.last().expect("at least one candidate token");
+    (t as u32, logprob_of(t))
+}
+
+fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// (token, probability) pairs left after top-k and top-p, most likely first when truncation applies, in
+/// vocabulary order otherwise (sampling from the full distribution needs no sort).
+fn truncated_candidates(logits: &[f32], temperature: f32, log_z: f64, top_k: usize, top_p: f64) -> Vec<(usize, f64)> {
+    let prob = |z: f32| ((z / temperature) as f64 - log_z).exp();
+    if top_k == 0 && top_p >= 1.0 {
+        return logits.iter().enumerate().map(|(i, &z)| (i, prob(z))).collect();
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let by_logit_desc = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    // Partial sort: the nucleus is almost always within the top few hundred tokens; fall back to a full sort.
+    let mut keep = if top_k > 0 { top_k.min(order.len()) } else { 256.min(order.len()) };
+    loop {
+        if keep < order.len() {
+            order.select_nth_unstable_by(keep - 1, by_logit_desc);
+        }
+        let mut head: Vec<usize> = order[..keep].to_vec();
+        head.sort_by(by_logit_desc);
+        let mut out = Vec::with_capacity(head.len());
+        let mut cum = 0.0;
+        for t in head {
+            let p = prob(logits[t]);
+            out.push((t, p));
+            cum += p;
+            if top_p < 1.0 && cum >= top_p {
+                return out;
+            }
+        }
+        if top_k > 0 || keep == order.len() || top_p >= 1.0 {
+            return out;
+        }
+        keep = order.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(top_k: usize, top_p: f64) -> SamplingParams {
+        SamplingParams { top_k, top_p, ..Default::default() }
+    }
+
+    #[test]
+    fn top_k_and_top_p_keep_the_right_tokens() {
+        let logits = vec![0.0f32, 3.0, 1.0, 2.0, -1.0];
+        let log_z = {
+            let s: f64 = logits.iter().map(|&z| (z as f64).exp()).sum();
+            s.ln()
+        };
+        let k2: Vec<usize> = truncated_candidates(&logits, 1.0, log_z, 2, 1.0).iter().map(|c| c.0).collect();
+        assert_eq!(k2, vec![1, 3]);
+        // p(1) ~ 0.64, p(3) ~ 0.24: 0.7 needs two tokens, 0.5 one.
+        let p7: Vec<usize> = truncated_candidates(&logits, 1.0, log_z, 0, 0.7).iter().map(|c| c.0).collect();
+        assert_eq!(p7, vec![1, 3]);
+        let p5: Vec<usize> = truncated_candidates(&logits, 1.0, log_z, 0, 0.5).iter().map(|c| c.0).collect();
+        assert_eq!(p5, vec![1]);
+    }
+
+    #[test]
+    fn behaviour_logprob_is_of_the_tempered_full_distribution() {
+        let logits = vec![0.0f32, 1.0, 2.0];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let p = SamplingParams { temperature: 0.5, top_k: 1, ..params(0, 1.0) };
+        let (tok, lp) = pick_token(&logits, &p, &mut rng);
+        assert_eq!(tok, 2);
+        let z: f64 = logits.iter().map(|&x| (x as f64 / 0.5).exp()).sum();
+        assert!((lp as f64 - (4.0 - z.ln())).abs() < 1e-5);
+    }
+
+    #[test]
+    fn sampling_frequencies_follow_the_distribution() {
+        let logits = vec![0.0f32, (2.0f32).ln(), (5.0f32).ln()]; // probabilities 1/8, 2/8, 5/8
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut counts = [0usize; 3];
+        for _ in 0..8000 {
+            counts[pick_token(&logits, &params(0, 1.0), &mut rng).0 as usize] += 1;
+        }
+        let freq: Vec<f64> = counts.iter().map(|&c| c as f64 / 8000.0).collect();
+        for (f, want) in freq.iter().zip([0.125, 0.25, 0.625]) {
+            assert!((f - want).abs() < 0.02, "{freq:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_params_are_rejected() {
+        assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
+        assert!(SamplingParams { temperature: -1.0, ..Default::default() }.validate().is_err());
+        assert!(SamplingParams { max_new_tokens: 0, ..Default::default() }.validate().is_err());
+        assert!(SamplingParams { stop: vec![String::new()], ..Default::default() }.validate().is_err());
+    }
+}
