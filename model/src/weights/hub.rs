@@ -12,7 +12,7 @@ const REQUIRED: [&str; 2] = ["config.json", "tokenizer.json"];
 const OPTIONAL: [&str; 2] = ["tokenizer_config.json", "generation_config.json"];
 
 /// Returns the local path of a repository file, `None` if the repository has no such file.
-type FileGetter = dyn Fn(&str) -> Result<Option<PathBuf>>;
+type FileGetter<'a> = dyn Fn(&str) -> Result<Option<PathBuf>> + 'a;
 
 pub fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
@@ -23,7 +23,7 @@ pub fn offline() -> bool {
 /// Makes the model's files available locally and returns the snapshot folder that holds them.
 pub fn fetch(repo: &str, revision: &str) -> Result<PathBuf> {
     let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
-    let getter: Box<FileGetter> = if offline() {
+    let getter: Box<FileGetter<'_>> = if offline() {
         let cache = Cache::from_env().repo(hub_repo);
         Box::new(move |file: &str| Ok(cache.get(file)))
     } else {
