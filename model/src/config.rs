@@ -115,7 +115,10 @@ impl ModelConfig {
                 .map_err(|e| ModelError::Unsupported(format!("GGUF {arch_name}.{key}: {e}")))
         };
         let get_f64 = |key: &str, default: f64| -> f64 {
-            get(key).and_then(|v| v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok())).unwrap_or(default)
+            // f32 metadata is widened through its shortest decimal form, so 1e-5 stays 1e-5 (not 9.99999974e-6).
+            get(key)
+                .and_then(|v| v.to_f32().ok().and_then(|x| x.to_string().parse().ok()).or_else(|| v.to_f64().ok()))
+                .unwrap_or(default)
         };
         let hidden_size = get_usize("embedding_length")?;
         let num_heads = get_usize("attention.head_count")?;
