@@ -183,7 +183,7 @@ fn broken_files_give_errors_naming_the_file() {
     let st = folder.join("model.safetensors");
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
-    let e = safetensors_dir::load(&folder.join("config.json"), &[st.clone()]).err().unwrap().to_string();
+    let e = safetensors_dir::load(&folder.join("config.json"), std::slice::from_ref(&st)).err().unwrap().to_string();
     assert!(e.contains("model.safetensors") && e.contains("corrupt"), "{e}");
 
     std::fs::remove_file(&st).unwrap();
