@@ -410,7 +410,8 @@ impl Decoder {
         cache.advance(tn);
         let last = x.narrow(1, tn - 1, 1)?.squeeze(1)?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.cfg.rms_norm_eps as f32)?;
-        Ok(last.matmul(&self.lm_head_weight().t()?)?)
+        // (vocab, hidden) x (hidden, batch): streams the largest matrix once without packing it (see linear.rs).
+        Ok(self.lm_head_weight().matmul(&last.t()?)?.t()?.contiguous()?)
     }
 
     #[allow(clippy::too_many_arguments)]

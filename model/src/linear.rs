@@ -9,6 +9,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::Result;
 
+/// Up to this many input rows, `W x^T` is computed instead of `x W^T`: candle's gemm packs its right operand,
+/// which for few rows means copying the whole weight matrix on every call.
+const FEW_ROWS: usize = 64;
+
 /// A low-rank adapter: `A` is (rank, in), `B` is (out, rank); `B` starts at zero so a fresh adapter is a no-op.
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
@@ -54,7 +58,12 @@ impl Linear {
         let in_dim = *dims.last().expect("linear input has at least one dimension");
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = if rows <= FEW_ROWS {
+            // Decode-shaped: W x^T streams the weight once without packing it (measured ~2x faster at 8 rows).
+            self.weight.matmul(&x2.t()?)?.t()?
+        } else {
+            x2.matmul(&self.weight.t()?)?
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
