@@ -1,4 +1,23 @@
 //! # ideator-trainer
 //!
-//! Learners that consume scored groups: GRPO and SFT updates (the weights change) and evolutionary search (the
-//! prompt database changes); optimisers, learning-rate schedules and LoRA training.
+//! Learners that consume scored groups: GRPO and SFT updates (the weights change) and, later, evolutionary
+//! search (the prompt database changes). Also the pieces they share: group advantages, the clipped policy
+//! loss with its aggregation variants, AdamW with exportable state, global-norm gradient clipping,
+//! learning-rate schedules, and the trainable policy (LoRA or full fine-tuning) with its KL reference.
+
+pub mod advantages;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod grpo;
+pub mod loss;
+pub mod optim;
+pub mod policy;
+pub mod schedule;
+pub mod sft;
+
+pub use config::{GrpoConfig, LossAggregation, OptimConfig, TrainMode};
+pub use data::{ScoredGroup, ScoredSample};
+pub use error::{Result, TrainerError};
+pub use grpo::{GrpoLearner, GrpoStepStats};
+pub use policy::TrainablePolicy;

@@ -1,0 +1,27 @@
+//! Plain data the learners consume: groups of scored samples that share a prompt.
+
+use serde::{Deserialize, Serialize};
+
+/// One sampled completion with its reward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredSample {
+    pub completion_ids: Vec<u32>,
+    /// Log-probability of each completion token under the policy that sampled it (the behaviour policy).
+    pub behaviour_logprobs: Vec<f32>,
+    pub reward: f64,
+}
+
+/// Samples of one prompt, scored: the unit GRPO computes advantages over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredGroup {
+    pub prompt_ids: Vec<u32>,
+    pub samples: Vec<ScoredSample>,
+    /// Policy version that sampled the group (for staleness accounting).
+    pub policy_version: u64,
+}
+
+impl ScoredGroup {
+    pub fn rewards(&self) -> Vec<f64> {
+        self.samples.iter().map(|s| s.reward).collect()
+    }
+}

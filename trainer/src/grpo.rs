@@ -1,0 +1,228 @@
+//! The GRPO learner: scored groups in, one optimiser update out.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::advantages::{group_advantages, is_zero_std};
+use crate::config::{GrpoConfig, OptimConfig};
+use crate::data::ScoredGroup;
+use crate::loss::{grpo_loss, token_weights, LossStats, SequenceTerms};
+use crate::optim::{AdamW, GradAccumulator};
+use crate::policy::TrainablePolicy;
+use crate::{Result, TrainerError};
+
+/// Metrics of one update (DESIGN section 5 lists what every step reports).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GrpoStepStats {
+    pub step: u64,
+    pub lr: f64,
+    pub loss: f64,
+    pub policy_loss: f64,
+    pub kl: f64,
+    pub entropy: f64,
+    pub clip_low_frac: f64,
+    pub clip_high_frac: f64,
+    pub ratio_mean: f64,
+    pub ratio_max: f64,
+    pub grad_norm: f64,
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    pub reward_max: f64,
+    pub frac_reward_zero_std: f64,
+    pub completion_len_mean: f64,
+    pub sequences: usize,
+    pub trained_tokens: usize,
+    /// Whether the optimiser applied an update (false when no sequence carried a gradient).
+    pub updated: bool,
+    pub reference_seconds: f64,
+    pub update_seconds: f64,
+}
+
+pub struct GrpoLearner {
+    policy: TrainablePolicy,
+    optimizer: AdamW,
+    cfg: GrpoConfig,
+    optim: OptimConfig,
+    /// Updates in the whole run (for the schedule).
+    total_steps: u64,
+    /// Updates done so far.
+    step: u64,
+    seed: u64,
+    /// Normaliser of the constant (Dr.GRPO) aggregation: the sampler's max new tokens.
+    max_completion_tokens: usize,
+}
+
+/// Learner counters saved in checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearnerState {
+    pub step: u64,
+    pub optimizer_steps: u64,
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl GrpoLearner {
+    pub fn new(
+        policy: TrainablePolicy,
+        cfg: GrpoConfig,
+        optim: OptimConfig,
+        total_steps: u64,
+        max_completion_tokens: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let optimizer = AdamW::new(policy.params(), &optim)?;
+        Ok(GrpoLearner { policy, optimizer, cfg, optim, total_steps, step: 0, seed, max_completion_tokens })
+    }
+
+    pub fn policy(&self) -> &TrainablePolicy {
+        &self.policy
+    }
+
+    pub fn config(&self) -> &GrpoConfig {
+        &self.cfg
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn lr(&self) -> f64 {
+        self.optim.schedule.lr(self.optim.lr, self.step, self.total_steps)
+    }
+
+    /// One update from complete groups.
+    pub fn train_step(&mut self, groups: &[ScoredGroup]) -> Result<GrpoStepStats> {
+        if groups.is_empty() {
+            return Err(TrainerError::Data("a GRPO step needs at least one group".into()));
+        }
+        let mut stats = GrpoStepStats { step: self.step, lr: self.lr(), ..Default::default() };
+        let all_rewards: Vec<f64> = groups.iter().flat_map(|g| g.rewards()).collect();
+        let n = all_rewards.len() as f64;
+        stats.reward_mean = all_rewards.iter().sum::<f64>() / n;
+        stats.reward_std = (all_rewards.iter().map(|r| (r - stats.reward_mean).powi(2)).sum::<f64>() / n).sqrt();
+        stats.reward_max = all_rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        stats.frac_reward_zero_std =
+            groups.iter().filter(|g| is_zero_std(&g.rewards())).count() as f64 / groups.len() as f64;
+
+        // Flatten to sequences with their advantage.
+        let mut seqs = Vec::new();
+        let mut score_from = Vec::new();
+        let mut advantages = Vec::new();
+        let mut behaviour = Vec::new();
+        for g in groups {
+            let adv = group_advantages(&g.rewards(), &self.cfg);
+            for (s, a) in g.samples.iter().zip(adv) {
+                if s.completion_ids.is_empty() {
+                    continue;
+                }
+                if s.behaviour_logprobs.len() != s.completion_ids.len() {
+                    return Err(TrainerError::Data(format!(
+                        "{} behaviour log-probs for {} completion tokens",
+                        s.behaviour_logprobs.len(),
+                        s.completion_ids.len()
+                    )));
+                }
+                let mut ids = g.prompt_ids.clone();
+                ids.extend_from_slice(&s.completion_ids);
+                seqs.push(ids);
+                score_from.push(g.prompt_ids.len());
+                advantages.push(a);
+                behaviour.push(s.behaviour_logprobs.clone());
+            }
+        }
+        stats.sequences = seqs.len();
+        let lengths: Vec<usize> = behaviour.iter().map(Vec::len).collect();
+        stats.completion_len_mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
+        let weights = token_weights(&lengths, self.cfg.loss_aggregation, self.max_completion_tokens);
+
+        // Sequences that carry no gradient (zero advantage, no KL, no entropy bonus) are not run at all.
+        let needs_forward = |i: usize| advantages[i] != 0.0 || self.cfg.beta > 0.0 || self.cfg.entropy_coef > 0.0;
+        let active: Vec<usize> = (0..seqs.len()).filter(|&i| needs_forward(i)).collect();
+
+        let t0 = Instant::now();
+        let reference = if self.cfg.beta > 0.0 && !active.is_empty() {
+            let a_seqs: Vec<Vec<u32>> = active.iter().map(|&i| seqs[i].clone()).collect();
+            let a_from: Vec<usize> = active.iter().map(|&i| score_from[i]).collect();
+            self.policy.reference_logprobs(&a_seqs, &a_from, self.cfg.micro_batch)?
+        } else {
+            None
+        };
+        stats.reference_seconds = t0.elapsed().as_secs_f64();
+
+        let t0 = Instant::now();
+        let mut acc = GradAccumulator::new(self.policy.params().len());
+        let mut loss_stats = LossStats::default();
+        for (mb, chunk) in active.chunks(self.cfg.micro_batch).enumerate() {
+            let mb_seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| seqs[i].clone()).collect();
+            let mb_from: Vec<usize> = chunk.iter().map(|&i| score_from[i]).collect();
+            let terms: Vec<SequenceTerms> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| SequenceTerms {
+                    advantage: advantages[i],
+                    behaviour_logprobs: behaviour[i].clone(),
+                    reference_logprobs: reference.as_ref().map(|r| r[mb * self.cfg.micro_batch + j].clone()),
+                    token_weight: weights[i],
+                })
+                .collect();
+            let mode = self.policy.training_mode(mix(mix(self.seed, self.step), mb as u64));
+            let (logp, entropy) = self.policy.score(&mb_seqs, &mb_from, mode)?;
+            let (loss, s) = grpo_loss(&logp, &entropy, &terms, &self.cfg)?;
+            if !s.loss.is_finite() {
+                return Err(TrainerError::NonFinite(format!("loss ({})", s.loss)));
+            }
+            loss_stats.merge(&s);
+            let grads = loss.backward()?;
+            acc.add(self.policy.params(), &grads)?;
+        }
+        let tokens = loss_stats.tokens.max(1) as f64;
+        stats.trained_tokens = loss_stats.tokens;
+        stats.loss = loss_stats.loss;
+        stats.policy_loss = loss_stats.policy_loss;
+        stats.kl = loss_stats.kl_sum / tokens;
+        stats.entropy = loss_stats.entropy_sum / tokens;
+        stats.clip_low_frac = loss_stats.clipped_low as f64 / tokens;
+        stats.clip_high_frac = loss_stats.clipped_high as f64 / tokens;
+        stats.ratio_mean = loss_stats.ratio_sum / tokens;
+        stats.ratio_max = loss_stats.ratio_max;
+        if !active.is_empty() {
+            let grads = acc.into_grads();
+            stats.grad_norm = self.optimizer.step(self.policy.params(), &grads, stats.lr)?;
+            stats.updated = true;
+        }
+        stats.update_seconds = t0.elapsed().as_secs_f64();
+        self.step += 1;
+        Ok(stats)
+    }
+
+    /// Trained tensors, optimiser tensors and counters, for a checkpoint.
+    pub fn export(&self) -> (HashMap<String, Tensor>, HashMap<String, Tensor>, LearnerState) {
+        (
+            self.policy.weight_tensors(),
+            self.optimizer.state_tensors(self.policy.params()),
+            LearnerState { step: self.step, optimizer_steps: self.optimizer.steps() },
+        )
+    }
+
+    /// Restores what `export` produced.
+    pub fn restore(
+        &mut self,
+        weights: &HashMap<String, Tensor>,
+        optimizer: &HashMap<String, Tensor>,
+        state: &LearnerState,
+    ) -> Result<()> {
+        self.policy.load_weight_tensors(weights)?;
+        self.optimizer.load_state(self.policy.params(), optimizer, state.optimizer_steps)?;
+        self.step = state.step;
+        Ok(())
+    }
+}

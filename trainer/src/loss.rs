@@ -1,0 +1,254 @@
+//! The GRPO objective per token, aggregated into one differentiable loss (DESIGN section 5):
+//!
+//! `-min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta k3(ref || theta) - c H`, with
+//! `rho = exp(logp_theta - logp_behaviour)` against the *stored* behaviour log-probs, so groups sampled by an older
+//! policy train correctly, and `k3 = exp(q) - q - 1`, `q = logp_ref - logp_theta`.
+//!
+//! The clipped term is built as `coef * rho` with `coef = -A` on tokens where the unclipped branch is active and
+//! 0 where clipping holds: the same gradient as the min/clip expression, without relying on the gradient of
+//! elementwise min at ties. Reported loss values are computed exactly on the host.
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{GrpoConfig, LossAggregation};
+use crate::Result;
+
+/// What the loss needs to know about one sequence besides the policy's current log-probs.
+#[derive(Debug, Clone)]
+pub struct SequenceTerms {
+    pub advantage: f64,
+    pub behaviour_logprobs: Vec<f32>,
+    pub reference_logprobs: Option<Vec<f32>>,
+    /// Weight of each of this sequence's tokens in the step loss (from the aggregation).
+    pub token_weight: f64,
+}
+
+/// Per-token weights of each aggregation, over the whole step's batch (so micro-batches add up exactly).
+pub fn token_weights(lengths: &[usize], aggregation: LossAggregation, max_completion_tokens: usize) -> Vec<f64> {
+    let n = lengths.len().max(1) as f64;
+    let total: usize = lengths.iter().sum();
+    lengths
+        .iter()
+        .map(|&l| match aggregation {
+            LossAggregation::SequenceMean => 1.0 / (n * l.max(1) as f64),
+            LossAggregation::TokenMean => 1.0 / total.max(1) as f64,
+            LossAggregation::Constant => 1.0 / (n * max_completion_tokens.max(1) as f64),
+        })
+        .collect()
+}
+
+/// Sums over tokens, to be divided by `tokens` for means (kept as sums so micro-batches combine).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossStats {
+    pub loss: f64,
+    pub policy_loss: f64,
+    pub kl_loss: f64,
+    pub tokens: usize,
+    pub clipped_low: usize,
+    pub clipped_high: usize,
+    pub kl_sum: f64,
+    pub entropy_sum: f64,
+    pub ratio_sum: f64,
+    pub ratio_max: f64,
+}
+
+impl LossStats {
+    pub fn merge(&mut self, o: &LossStats) {
+        self.loss += o.loss;
+        self.policy_loss += o.policy_loss;
+        self.kl_loss += o.kl_loss;
+        self.tokens += o.tokens;
+        self.clipped_low += o.clipped_low;
+        self.clipped_high += o.clipped_high;
+        self.kl_sum += o.kl_sum;
+        self.entropy_sum += o.entropy_sum;
+        self.ratio_sum += o.ratio_sum;
+        self.ratio_max = self.ratio_max.max(o.ratio_max);
+    }
+}
+
+/// The differentiable loss of a micro-batch. `logp` and `entropy` are the policy's values for every token of
+/// `seqs`, concatenated in order.
+pub fn grpo_loss(
+    logp: &Tensor,
+    entropy: &Tensor,
+    seqs: &[SequenceTerms],
+    cfg: &GrpoConfig,
+) -> Result<(Tensor, LossStats)> {
+    let logp_host = logp.to_vec1::<f32>()?;
+    let entropy_host = entropy.to_vec1::<f32>()?;
+    let n: usize = seqs.iter().map(|s| s.behaviour_logprobs.len()).sum();
+    if n != logp_host.len() {
+        return Err(crate::TrainerError::Data(format!(
+            "{} policy log-probs for {} behaviour log-probs",
+            logp_host.len(),
+            n
+        )));
+    }
+    let mut behaviour = Vec::with_capacity(n);
+    let mut pg_coef = Vec::with_capacity(n);
+    let mut weight = Vec::with_capacity(n);
+    let mut reference = Vec::with_capacity(n);
+    let mut stats = LossStats { tokens: n, ..Default::default() };
+    let mut t = 0;
+    for s in seqs {
+        for (i, &b) in s.behaviour_logprobs.iter().enumerate() {
+            let lp = logp_host[t] as f64;
+            let ratio = (lp - b as f64).exp();
+            let a = s.advantage;
+            let low = a < 0.0 && ratio < 1.0 - cfg.clip_low;
+            let high = a > 0.0 && ratio > 1.0 + cfg.clip_high;
+            stats.clipped_low += low as usize;
+            stats.clipped_high += high as usize;
+            let clipped_ratio = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high);
+            let pg = -(ratio * a).min(clipped_ratio * a);
+            stats.policy_loss += s.token_weight * pg;
+            stats.ratio_sum += ratio;
+            stats.ratio_max = stats.ratio_max.max(ratio);
+            stats.entropy_sum += entropy_host[t] as f64;
+            let r = s.reference_logprobs.as_ref().map(|r| r[i]).unwrap_or(logp_host[t]);
+            let q = r as f64 - lp;
+            let kl = q.exp() - q - 1.0;
+            stats.kl_sum += kl;
+            stats.kl_loss += s.token_weight * cfg.beta * kl;
+            stats.loss += s.token_weight * (pg + cfg.beta * kl - cfg.entropy_coef * entropy_host[t] as f64);
+            behaviour.push(b);
+            pg_coef.push(if low || high { 0.0 } else { (-a * s.token_weight) as f32 });
+            weight.push(s.token_weight as f32);
+            reference.push(r);
+            t += 1;
+        }
+    }
+    let dev: &Device = logp.device();
+    let behaviour = Tensor::from_vec(behaviour, n, dev)?;
+    let ratio = (logp - &behaviour)?.exp()?;
+    let mut loss = (ratio * Tensor::from_vec(pg_coef, n, dev)?)?.sum_all()?;
+    let weight = Tensor::from_vec(weight, n, dev)?;
+    if cfg.beta > 0.0 {
+        let q = (Tensor::from_vec(reference, n, dev)? - logp)?;
+        let kl = ((q.exp()? - &q)? - 1.0)?;
+        loss = (loss + ((kl * &weight)?.sum_all()? * cfg.beta)?)?;
+    }
+    if cfg.entropy_coef > 0.0 {
+        loss = (loss - ((entropy * &weight)?.sum_all()? * cfg.entropy_coef)?)?;
+    }
+    Ok((loss, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn one_token(adv: f64, logp: f32, behaviour: f32, reference: Option<f32>, cfg: &GrpoConfig) -> (f64, f32) {
+        let v = Var::new(&[logp], &Device::Cpu).unwrap();
+        let ent = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
+        let seqs = vec![SequenceTerms {
+            advantage: adv,
+            behaviour_logprobs: vec![behaviour],
+            reference_logprobs: reference.map(|r| vec![r]),
+            token_weight: 1.0,
+        }];
+        let (loss, stats) = grpo_loss(v.as_tensor(), &ent, &seqs, cfg).unwrap();
+        let g = loss.backward().unwrap().get(v.as_tensor()).map(|g| g.to_vec1::<f32>().unwrap()[0]).unwrap_or(0.0);
+        (stats.loss, g)
+    }
+
+    fn no_kl() -> GrpoConfig {
+        GrpoConfig { beta: 0.0, ..Default::default() }
+    }
+
+    #[test]
+    fn both_clip_sides() {
+        let cfg = no_kl();
+        let ln = |x: f32| x.ln();
+        // A > 0: ratio 1.5 is clipped at 1.2 (no gradient), ratio 0.5 is not (grad = -A * ratio).
+        let (l, g) = one_token(1.0, ln(1.5), 0.0, None, &cfg);
+        assert!((l + 1.2).abs() < 1e-6 && g == 0.0, "loss {l} grad {g}");
+        let (l, g) = one_token(1.0, ln(0.5), 0.0, None, &cfg);
+        assert!((l + 0.5).abs() < 1e-6 && (g + 0.5).abs() < 1e-6, "loss {l} grad {g}");
+        // A < 0: ratio 0.5 is clipped at 0.8 (no gradient), ratio 1.5 is not (grad = -A * ratio = 1.5).
+        let (l, g) = one_token(-1.0, ln(0.5), 0.0, None, &cfg);
+        assert!((l - 0.8).abs() < 1e-6 && g == 0.0, "loss {l} grad {g}");
+        let (l, g) = one_token(-1.0, ln(1.5), 0.0, None, &cfg);
+        assert!((l - 1.5).abs() < 1e-6 && (g - 1.5).abs() < 1e-5, "loss {l} grad {g}");
+        // Clip-higher: with clip_high 0.6, ratio 1.5 is inside the range again.
+        let cfg = GrpoConfig { clip_high: 0.6, ..no_kl() };
+        let (_, g) = one_token(1.0, ln(1.5), 0.0, None, &cfg);
+        assert!((g + 1.5).abs() < 1e-5);
+    }
+
+    #[test]
+    fn k3_kl_value_and_gradient() {
+        let cfg = GrpoConfig { beta: 1.0, ..Default::default() };
+        // q = ln(0.25) - ln(0.5) = ln(0.5): k3 = 0.5 - ln 0.5 - 1; d/dlogp = 1 - exp(q) = 0.5. Advantage 0.
+        let (l, g) = one_token(0.0, 0.5f32.ln(), 0.5f32.ln(), Some(0.25f32.ln()), &cfg);
+        let want = 0.5 - 0.5f64.ln() - 1.0;
+        assert!((l - want).abs() < 1e-6 && (g - 0.5).abs() < 1e-6, "loss {l} grad {g}");
+    }
+
+    #[test]
+    fn zero_advantage_gives_zero_policy_gradient() {
+        let (l, g) = one_token(0.0, -1.0, -1.3, None, &no_kl());
+        assert_eq!((l, g), (0.0, 0.0));
+    }
+
+    #[test]
+    fn stale_samples_use_the_behaviour_ratio() {
+        // Sampled by an older policy whose log-prob was 0.5 lower: ratio e^0.5 ~ 1.65.
+        let (_, g) = one_token(1.0, -1.0, -1.5, None, &no_kl());
+        assert_eq!(g, 0.0, "positive advantage beyond 1 + eps is clipped");
+        let (_, g) = one_token(-1.0, -1.0, -1.5, None, &no_kl());
+        assert!((g - 0.5f32.exp()).abs() < 1e-5, "negative advantage keeps the full ratio gradient: {g}");
+    }
+
+    #[test]
+    fn aggregation_normalisers() {
+        let lens = [1, 3];
+        assert_eq!(token_weights(&lens, LossAggregation::SequenceMean, 10), vec![0.5, 1.0 / 6.0]);
+        assert_eq!(token_weights(&lens, LossAggregation::TokenMean, 10), vec![0.25, 0.25]);
+        assert_eq!(token_weights(&lens, LossAggregation::Constant, 10), vec![0.05, 0.05]);
+        // With ratio 1 and A = 1 every token's gradient is -weight.
+        let v = Var::new(&[0.0f32; 4], &Device::Cpu).unwrap();
+        let ent = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let w = token_weights(&lens, LossAggregation::SequenceMean, 10);
+        let seqs = vec![
+            SequenceTerms {
+                advantage: 1.0,
+                behaviour_logprobs: vec![0.0],
+                reference_logprobs: None,
+                token_weight: w[0],
+            },
+            SequenceTerms {
+                advantage: 1.0,
+                behaviour_logprobs: vec![0.0; 3],
+                reference_logprobs: None,
+                token_weight: w[1],
+            },
+        ];
+        let (loss, _) = grpo_loss(v.as_tensor(), &ent, &seqs, &no_kl()).unwrap();
+        let g = loss.backward().unwrap().get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let want = [-0.5f32, -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0];
+        for (a, b) in g.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn entropy_bonus_pushes_entropy_up() {
+        let cfg = GrpoConfig { beta: 0.0, entropy_coef: 0.1, ..Default::default() };
+        let lp = Var::new(&[-1.0f32], &Device::Cpu).unwrap();
+        let ent = Var::new(&[2.0f32], &Device::Cpu).unwrap();
+        let seqs = vec![SequenceTerms {
+            advantage: 0.0,
+            behaviour_logprobs: vec![-1.0],
+            reference_logprobs: None,
+            token_weight: 1.0,
+        }];
+        let (loss, stats) = grpo_loss(lp.as_tensor(), ent.as_tensor(), &seqs, &cfg).unwrap();
+        assert!((stats.loss + 0.2).abs() < 1e-6);
+        let g = loss.backward().unwrap().get(ent.as_tensor()).unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!((g + 0.1).abs() < 1e-6);
+    }
+}

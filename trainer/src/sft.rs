@@ -1,0 +1,143 @@
+//! Supervised fine-tuning on (prompt, completion) pairs: the warm-up that teaches a small ideator the idea
+//! format before RL (most GRPO groups of an untrained small model would score all zeros).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::config::OptimConfig;
+use crate::grpo::LearnerState;
+use crate::optim::{AdamW, GradAccumulator};
+use crate::policy::TrainablePolicy;
+use crate::{Result, TrainerError};
+
+/// One supervised example: the loss covers the completion tokens only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SftExample {
+    pub prompt_ids: Vec<u32>,
+    pub completion_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SftStepStats {
+    pub step: u64,
+    pub lr: f64,
+    /// Mean negative log-likelihood per completion token.
+    pub loss: f64,
+    pub tokens: usize,
+    pub grad_norm: f64,
+    pub seconds: f64,
+}
+
+pub struct SftLearner {
+    policy: TrainablePolicy,
+    optimizer: AdamW,
+    optim: OptimConfig,
+    micro_batch: usize,
+    total_steps: u64,
+    step: u64,
+    seed: u64,
+}
+
+impl SftLearner {
+    pub fn new(
+        policy: TrainablePolicy,
+        optim: OptimConfig,
+        micro_batch: usize,
+        total_steps: u64,
+        seed: u64,
+    ) -> Result<Self> {
+        if micro_batch == 0 {
+            return Err(TrainerError::Config("sft micro_batch must be at least 1".into()));
+        }
+        let optimizer = AdamW::new(policy.params(), &optim)?;
+        Ok(SftLearner { policy, optimizer, optim, micro_batch, total_steps, step: 0, seed })
+    }
+
+    pub fn policy(&self) -> &TrainablePolicy {
+        &self.policy
+    }
+
+    pub fn into_policy(self) -> TrainablePolicy {
+        self.policy
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn split(batch: &[SftExample]) -> Result<(Vec<Vec<u32>>, Vec<usize>)> {
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut from = Vec::with_capacity(batch.len());
+        for ex in batch {
+            if ex.prompt_ids.is_empty() || ex.completion_ids.is_empty() {
+                return Err(TrainerError::Data("an SFT example needs a non-empty prompt and completion".into()));
+            }
+            let mut ids = ex.prompt_ids.clone();
+            ids.extend_from_slice(&ex.completion_ids);
+            seqs.push(ids);
+            from.push(ex.prompt_ids.len());
+        }
+        Ok((seqs, from))
+    }
+
+    /// One update on `batch` (token-mean NLL over all completion tokens of the batch).
+    pub fn train_step(&mut self, batch: &[SftExample]) -> Result<SftStepStats> {
+        let t0 = Instant::now();
+        let (seqs, from) = Self::split(batch)?;
+        let total: usize = batch.iter().map(|e| e.completion_ids.len()).sum();
+        let lr = self.optim.schedule.lr(self.optim.lr, self.step, self.total_steps);
+        let mut acc = GradAccumulator::new(self.policy.params().len());
+        let mut nll = 0f64;
+        for (mb, (s, f)) in seqs.chunks(self.micro_batch).zip(from.chunks(self.micro_batch)).enumerate() {
+            let mode = self.policy.training_mode(self.seed ^ (self.step << 20) ^ mb as u64);
+            let (logp, _) = self.policy.score(s, f, mode)?;
+            let loss = (logp.sum_all()? * (-1.0 / total as f64))?;
+            nll += loss.to_scalar::<f32>()? as f64;
+            acc.add(self.policy.params(), &loss.backward()?)?;
+        }
+        if !nll.is_finite() {
+            return Err(TrainerError::NonFinite(format!("SFT loss ({nll})")));
+        }
+        let grad_norm = self.optimizer.step(self.policy.params(), &acc.into_grads(), lr)?;
+        self.step += 1;
+        Ok(SftStepStats {
+            step: self.step - 1,
+            lr,
+            loss: nll,
+            tokens: total,
+            grad_norm,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Mean NLL per completion token over `examples`, without updating.
+    pub fn eval_loss(&self, examples: &[SftExample]) -> Result<f64> {
+        let (seqs, from) = Self::split(examples)?;
+        let total: usize = examples.iter().map(|e| e.completion_ids.len()).sum();
+        let lps = self.policy.current_logprobs(&seqs, &from, self.micro_batch)?;
+        Ok(-lps.iter().flatten().map(|&x| x as f64).sum::<f64>() / total.max(1) as f64)
+    }
+
+    pub fn export(&self) -> (HashMap<String, Tensor>, HashMap<String, Tensor>, LearnerState) {
+        (
+            self.policy.weight_tensors(),
+            self.optimizer.state_tensors(self.policy.params()),
+            LearnerState { step: self.step, optimizer_steps: self.optimizer.steps() },
+        )
+    }
+
+    pub fn restore(
+        &mut self,
+        weights: &HashMap<String, Tensor>,
+        optimizer: &HashMap<String, Tensor>,
+        state: &LearnerState,
+    ) -> Result<()> {
+        self.policy.load_weight_tensors(weights)?;
+        self.optimizer.load_state(self.policy.params(), optimizer, state.optimizer_steps)?;
+        self.step = state.step;
+        Ok(())
+    }
+}
