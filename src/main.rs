@@ -5,6 +5,7 @@
 //! sets up logging and dispatches.
 
 mod commands;
+mod progress;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Sample completions of a prompt from an ideator model.
+    Sample(commands::sample::Args),
+    /// Log-probability of every token of a text under a model.
+    Logprobs(commands::logprobs::Args),
     /// Tokenize text with a model's tokenizer.
     Tokenize(commands::tokenize::Args),
 }
@@ -27,6 +32,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Sample(args) => commands::sample::run(args),
+        Command::Logprobs(args) => commands::logprobs::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
     }
 }

@@ -101,6 +101,7 @@ struct Row {
 }
 
 /// Samples `n` completions for each prompt (given as token ids). Output order: prompt-major.
+/// `progress`, if given, is called with the number of completions finished after each batch.
 pub fn sample(
     decoder: &Decoder,
     tokenizer: &Tokenizer,
@@ -108,6 +109,7 @@ pub fn sample(
     n: usize,
     params: &SamplingParams,
     mode: AdapterMode,
+    progress: Option<&dyn Fn(usize)>,
 ) -> Result<Vec<Completion>> {
     params.validate()?;
     if prompts.iter().any(Vec::is_empty) {
@@ -125,6 +127,9 @@ pub fn sample(
     let mut out = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(params.batch_size) {
         out.extend(sample_chunk(decoder, tokenizer, prompts, n, chunk, params, mode)?);
+        if let Some(report) = progress {
+            report(out.len());
+        }
     }
     Ok(out)
 }

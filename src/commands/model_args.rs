@@ -1,0 +1,40 @@
+//! The `--model` / `--device` options shared by commands that load an ideator.
+
+use anyhow::Context;
+use candle_core::DType;
+use ideator_model::load::{load_model, Model};
+use ideator_model::ModelSpec;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file, a Hugging Face model folder, or hf:ORG/NAME[@REVISION]. Default: the fetched SmolLM2-135M-Instruct.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// cpu, cuda, cuda:N, or auto (a GPU if the binary was built with `--features cuda` and one is visible).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    pub fn spec(&self) -> anyhow::Result<ModelSpec> {
+        Ok(match &self.model {
+            Some(s) => s.parse()?,
+            None => {
+                let default = ModelSpec::default_model();
+                if let ModelSpec::Gguf(p) = &default {
+                    anyhow::ensure!(p.is_file(), "{}", ideator_model::assets::missing_asset_hint(p));
+                }
+                default
+            }
+        })
+    }
+
+    pub fn load(&self) -> anyhow::Result<Model> {
+        let spec = self.spec()?;
+        let device = ideator_model::device::parse_device(&self.device)?;
+        let t0 = std::time::Instant::now();
+        let model = load_model(&spec, DType::F32, &device).with_context(|| format!("loading model {spec}"))?;
+        tracing::info!("loaded {spec} in {:.1}s", t0.elapsed().as_secs_f64());
+        Ok(model)
+    }
+}
