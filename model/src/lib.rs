@@ -6,6 +6,8 @@
 //! KV-cached, batched decode path; LoRA adapters; and the batched sampler that records behaviour log-probs.
 
 pub mod assets;
+pub mod chat_template;
 pub mod error;
 
+pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{ModelError, Result};
