@@ -8,6 +8,8 @@
 pub mod assets;
 pub mod chat_template;
 pub mod error;
+pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{ModelError, Result};
+pub use tokenizer::Tokenizer;
