@@ -6,19 +6,27 @@
 //! KV-cached, batched decode path; LoRA adapters; and the batched sampler that records behaviour log-probs.
 
 pub mod assets;
+pub mod chat_template;
 pub mod config;
 pub mod decoder;
+pub mod device;
 pub mod error;
 pub mod kv_cache;
 pub mod linear;
+pub mod load;
 pub mod logprob;
 pub mod lora;
 pub mod rope;
+pub mod sampler;
+pub mod tokenizer;
 pub mod weights;
 
+pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Arch, ModelConfig};
 pub use decoder::{Decoder, TokenBatch};
 pub use error::{ModelError, Result};
 pub use linear::AdapterMode;
+pub use load::{load_model, Model};
 pub use lora::{LoraConfig, LoraTarget};
+pub use tokenizer::Tokenizer;
 pub use weights::spec::ModelSpec;

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use ideator_model::chat_template::ChatMessage;
+use ideator_model::ChatMessage;
 use ideator_model::sampler::{sample, SamplingParams};
 use ideator_model::AdapterMode;
 
