@@ -20,15 +20,18 @@ pub fn parse_device(name: &str) -> crate::Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(default_device()),
         s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal: usize = s.strip_prefix("cuda:").unwrap_or("0").parse().map_err(|_| {
-                crate::ModelError::Invalid(format!("bad device '{s}': write cpu, cuda or cuda:N"))
-            })?;
+            let ordinal: usize =
+                s.strip_prefix("cuda:").unwrap_or("0").parse().map_err(|_| {
+                    crate::ModelError::Invalid(format!("bad device '{s}': write cpu, cuda or cuda:N"))
+                })?;
             Device::new_cuda(ordinal).map_err(|e| {
                 crate::ModelError::Invalid(format!(
                     "cannot use {s}: {e} (build with `--features cuda` on a machine with an NVIDIA GPU)"
                 ))
             })
         }
-        other => Err(crate::ModelError::Invalid(format!("unknown device '{other}': write cpu, cuda, cuda:N or auto"))),
+        other => {
+            Err(crate::ModelError::Invalid(format!("unknown device '{other}': write cpu, cuda, cuda:N or auto")))
+        }
     }
 }

@@ -37,7 +37,15 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop: vec![], seed: 0, batch_size: 16 }
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 256,
+            stop: vec![],
+            seed: 0,
+            batch_size: 16,
+        }
     }
 }
 
@@ -181,7 +189,8 @@ fn sample_chunk(
     let mut logits = if unique.len() == jobs.len() {
         logits
     } else {
-        let cache_rows: Vec<u32> = job_slots.iter().flat_map(|&s| (0..nkv as u32).map(move |h| s * nkv as u32 + h)).collect();
+        let cache_rows: Vec<u32> =
+            job_slots.iter().flat_map(|&s| (0..nkv as u32).map(move |h| s * nkv as u32 + h)).collect();
         cache.select_rows(&Tensor::new(cache_rows.as_slice(), &device)?)?;
         logits.index_select(&Tensor::new(job_slots.as_slice(), &device)?, 0)?
     };

@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
-use ideator_model::ChatMessage;
 use ideator_model::sampler::{sample, SamplingParams};
 use ideator_model::AdapterMode;
+use ideator_model::ChatMessage;
 
 use super::model_args::ModelArgs;
 
