@@ -26,7 +26,18 @@ enum Command {
     Tokenize(commands::tokenize::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // Errors are printed as a chain of causes (`{:#}`), without a backtrace: they are meant for users.
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IDEATOR_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

@@ -26,6 +26,13 @@ pub fn load_model(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<Mod
             (gguf::load(path, &content)?, tokenizer, vec![path.clone()])
         }
         ModelSpec::Folder(dir) => {
+            if !dir.join("config.json").is_file() {
+                return Err(crate::ModelError::file(
+                    dir,
+                    "is not a model folder: config.json is missing (a model folder holds config.json, \
+                     model.safetensors or its shards, and tokenizer.json)",
+                ));
+            }
             let files = safetensors_dir::weight_files(dir)?;
             let raw = safetensors_dir::load(&dir.join("config.json"), &files)?;
             (raw, Tokenizer::from_folder(dir)?, files)

@@ -1,0 +1,88 @@
+//! The binary's model commands end to end: `tokenize`, `logprobs` and `sample` with `--json`, checked against the
+//! transformers reference fixture, and the error messages for bad `--model` values.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn ideator(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ideator")).args(args).output().expect("run ideator");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn fixture_case(name: &str) -> Value {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/model/tests/fixtures/smollm2_reference.json"))
+            .unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone()
+}
+
+#[test]
+fn tokenize_and_logprobs_agree_with_the_fixture() {
+    let case = fixture_case("python_code");
+    let text = case["text"].as_str().unwrap();
+    let (ok, out, err) = ideator(&["tokenize", "--text", text, "--json"]);
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["ids"], case["ids"]);
+
+    let (ok, out, err) = ideator(&["logprobs", "--text", text, "--json"]);
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["ids"], case["ids"]);
+    let ours = got["logprobs"].as_array().unwrap();
+    let want = case["logprobs"].as_array().unwrap();
+    assert_eq!(ours.len(), want.len());
+    for (a, b) in ours.iter().zip(want) {
+        assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 2e-3);
+    }
+}
+
+#[test]
+fn sample_json_has_ids_logprobs_and_respects_the_seed() {
+    let args = [
+        "sample",
+        "--prompt",
+        "Give one tip for training a GPT.",
+        "--chat",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "5",
+        "--json",
+    ];
+    let (ok, out, err) = ideator(&args);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let completions = v["completions"].as_array().unwrap();
+    assert_eq!(completions.len(), 2);
+    for c in completions {
+        let ids = c["token_ids"].as_array().unwrap();
+        assert!(!ids.is_empty() && ids.len() <= 8);
+        assert_eq!(ids.len(), c["logprobs"].as_array().unwrap().len());
+        assert!(c["logprobs"].as_array().unwrap().iter().all(|x| x.as_f64().unwrap() <= 0.0));
+    }
+    let (_, again, _) = ideator(&args);
+    let w: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(v["completions"], w["completions"], "same seed, same output");
+}
+
+#[test]
+fn bad_model_arguments_say_what_is_wrong() {
+    let (ok, _, err) = ideator(&["tokenize", "--model", "/no/such/model.gguf", "--text", "x"]);
+    assert!(!ok && err.contains("/no/such/model.gguf") && err.contains("does not exist"), "{err}");
+    let (ok, _, err) = ideator(&["logprobs", "--model", "hf:not-a-valid-id", "--text", "x y"]);
+    assert!(!ok && err.contains("hf:ORG/NAME"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = ideator(&["logprobs", "--model", dir.path().to_str().unwrap(), "--text", "x y"]);
+    assert!(!ok && err.contains("config.json"), "{err}");
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"not a gguf").unwrap();
+    let (ok, _, err) = ideator(&["logprobs", "--model", junk.to_str().unwrap(), "--text", "x y"]);
+    assert!(!ok && err.contains("junk.gguf") && err.contains("GGUF"), "{err}");
+    let (ok, _, err) = ideator(&["sample", "--prompt", "x", "--top-p", "0"]);
+    assert!(!ok && err.contains("top_p"), "{err}");
+}
