@@ -24,6 +24,8 @@ enum Command {
     Logprobs(commands::logprobs::Args),
     /// Tokenize text with a model's tokenizer.
     Tokenize(commands::tokenize::Args),
+    /// Our half of the side-by-side benchmarks (see BENCHMARKS.md).
+    Bench(commands::bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,5 +48,6 @@ fn run() -> anyhow::Result<()> {
         Command::Sample(args) => commands::sample::run(args),
         Command::Logprobs(args) => commands::logprobs::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     }
 }

@@ -28,6 +28,9 @@ pub struct SamplingParams {
     /// Keep only the k most likely tokens; 0 disables it.
     pub top_k: usize,
     pub max_new_tokens: usize,
+    /// End-of-sequence tokens are masked until this many tokens are generated (benchmarks use it to get
+    /// completions of a fixed length, as transformers' `min_new_tokens`).
+    pub min_new_tokens: usize,
     /// Generation stops after the first of these appears in the completion (it is kept in the text).
     pub stop: Vec<String>,
     pub seed: u64,
@@ -42,6 +45,7 @@ impl Default for SamplingParams {
             top_p: 1.0,
             top_k: 0,
             max_new_tokens: 256,
+            min_new_tokens: 0,
             stop: vec![],
             seed: 0,
             batch_size: 16,
@@ -211,9 +215,16 @@ fn sample_chunk(
     // `live[i]` is the row index of batch position i; finished rows are dropped from the batch.
     let mut live: Vec<usize> = (0..rows.len()).collect();
     for step in 0..params.max_new_tokens {
-        let host = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        let mut host = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
         for (b, &r) in live.iter().enumerate() {
             let row = &mut rows[r];
+            if step < params.min_new_tokens {
+                for &eos in tokenizer.eos_ids() {
+                    if let Some(z) = host[b].get_mut(eos as usize) {
+                        *z = f32::NEG_INFINITY;
+                    }
+                }
+            }
             let (token, logprob) = pick_token(&host[b], params, &mut row.rng);
             row.tokens.push(token);
             row.logprobs.push(logprob);

@@ -66,6 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         top_p: args.top_p,
         top_k: args.top_k,
         max_new_tokens: args.max_new_tokens,
+        min_new_tokens: 0,
         stop: args.stop.clone(),
         seed: args.seed,
         batch_size: args.batch_size,
