@@ -18,6 +18,7 @@ pub mod logprob;
 pub mod lora;
 pub mod rope;
 pub mod sampler;
+pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
 
