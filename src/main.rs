@@ -6,6 +6,7 @@
 
 mod commands;
 mod progress;
+mod run_config;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ enum Command {
     Logprobs(commands::logprobs::Args),
     /// Tokenize text with a model's tokenizer.
     Tokenize(commands::tokenize::Args),
+    /// Supervised warm-up of an ideator on chat examples.
+    Sft(commands::sft::Args),
     /// Our half of the side-by-side benchmarks (see BENCHMARKS.md).
     Bench(commands::bench::Args),
 }
@@ -48,6 +51,7 @@ fn run() -> anyhow::Result<()> {
         Command::Sample(args) => commands::sample::run(args),
         Command::Logprobs(args) => commands::logprobs::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Sft(args) => commands::sft::run(args),
         Command::Bench(args) => commands::bench::run(args),
     }
 }

@@ -4,4 +4,5 @@ pub mod bench;
 pub mod logprobs;
 pub mod model_args;
 pub mod sample;
+pub mod sft;
 pub mod tokenize;

@@ -13,8 +13,10 @@ pub mod grpo;
 pub mod loss;
 pub mod optim;
 pub mod policy;
+pub mod run_dir;
 pub mod schedule;
 pub mod sft;
+pub mod sft_run;
 
 pub use config::{GrpoConfig, LossAggregation, OptimConfig, TrainMode};
 pub use data::{ScoredGroup, ScoredSample};

@@ -1,0 +1,85 @@
+//! `ideator sft`: supervised warm-up on chat examples (LoRA or full), with checkpoints and exact resume.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ideator_trainer::config::{OptimConfig, TrainMode};
+use ideator_trainer::run_dir::RunDir;
+use ideator_trainer::sft::SftLearner;
+use ideator_trainer::sft_run::{load_chat_jsonl, run_sft, split_examples, total_steps, SftRunConfig, SftRunContext};
+use ideator_trainer::TrainablePolicy;
+use serde::Deserialize;
+
+use crate::run_config::{base_model_identity, read_config, run_dir_for, ModelSection, RunSection};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML config with [model], [train], [optim], [sft] and [run] sections (see configs/sft-*.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Run folder (overrides [run] dir).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Continue the run in the run folder from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SftFile {
+    #[serde(default)]
+    model: ModelSection,
+    #[serde(default)]
+    train: TrainMode,
+    #[serde(default)]
+    optim: OptimConfig,
+    sft: SftRunConfig,
+    #[serde(default)]
+    run: RunSection,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let (cfg, text): (SftFile, String) = read_config(&args.config)?;
+    cfg.sft.validate()?;
+    cfg.optim.validate()?;
+    let run_dir = RunDir::create(&run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config), args.resume)?;
+    run_dir.write_config(&text)?;
+    let model = cfg.model.args().load()?;
+    let base = base_model_identity(&model)?;
+    // Relative data paths are relative to the config file.
+    let data = if cfg.sft.data.is_relative() {
+        args.config.parent().unwrap_or(std::path::Path::new(".")).join(&cfg.sft.data)
+    } else {
+        cfg.sft.data.clone()
+    };
+    let examples = load_chat_jsonl(&data, &model.tokenizer).with_context(|| format!("reading {}", data.display()))?;
+    let (train, eval) = split_examples(examples, cfg.sft.eval_fraction, cfg.run.seed);
+    let total = total_steps(train.len(), &cfg.sft);
+    let pad = model.tokenizer.pad_id().unwrap_or(0);
+    let policy = TrainablePolicy::new(model.decoder, &cfg.train, false, cfg.run.seed, pad)?;
+    let mut learner = SftLearner::new(policy, cfg.optim.clone(), cfg.sft.micro_batch, total, cfg.run.seed)?;
+    let bar = crate::progress::bar(total, "sft", !args.json);
+    let on_step = |step: u64, _total: u64, loss: f64| {
+        bar.set_position(step);
+        bar.set_message(format!("loss {loss:.3}"));
+    };
+    let ctx = SftRunContext { run_dir: &run_dir, base_model: base, config_text: text.clone(), on_step: &on_step };
+    let summary = run_sft(&mut learner, &train, &eval, &cfg.sft, &ctx)?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "sft done: {} steps, held-out loss {} -> {}; run folder {}",
+            summary["steps"],
+            summary["eval_loss_before"],
+            summary["eval_loss_after"],
+            run_dir.root.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! The sections of run config files (TOML) shared by `sft` and `train`, and how to read them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// `[model]`: which ideator to load and where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A .gguf file, a model folder, or hf:ORG/NAME; empty = the fetched default SmolLM2.
+    pub spec: String,
+    /// cpu, cuda, cuda:N or auto.
+    pub device: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection { spec: String::new(), device: "auto".into() }
+    }
+}
+
+impl ModelSection {
+    pub fn args(&self) -> crate::commands::model_args::ModelArgs {
+        crate::commands::model_args::ModelArgs {
+            model: (!self.spec.is_empty()).then(|| self.spec.clone()),
+            device: self.device.clone(),
+        }
+    }
+}
+
+/// `[run]`: where results go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Run folder; `--run-dir` overrides it. Default: runs/<config file stem>.
+    pub dir: Option<PathBuf>,
+    pub seed: u64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection { dir: None, seed: 0 }
+    }
+}
+
+/// Reads and parses a TOML config; the error names the file and the offending key.
+pub fn read_config<T: DeserializeOwned>(path: &Path) -> anyhow::Result<(T, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let cfg = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+    Ok((cfg, text))
+}
+
+/// The run folder: `--run-dir`, else `[run] dir`, else `runs/<config stem>`.
+pub fn run_dir_for(cli: Option<&Path>, section: &RunSection, config_path: &Path) -> PathBuf {
+    cli.map(Path::to_path_buf).or_else(|| section.dir.clone()).unwrap_or_else(|| {
+        let stem = config_path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+        PathBuf::from("runs").join(stem)
+    })
+}
+
+/// Identity of the base model for checkpoints: its spec, the sha256 of its weight files and its config.
+pub fn base_model_identity(model: &ideator_model::Model) -> anyhow::Result<ideator_checkpoints::BaseModel> {
+    let mut hashes = Vec::new();
+    for f in &model.weight_files {
+        hashes.push(ideator_checkpoints::sha256_file(f)?);
+    }
+    Ok(ideator_checkpoints::BaseModel {
+        spec: model.spec.to_string(),
+        weights_sha256: hashes,
+        config: serde_json::to_value(model.decoder.config())?,
+    })
+}
