@@ -10,8 +10,11 @@
 //! - [`categories`]: category shares and entropy.
 //! - [`summary`]: [`BatchDiagnostics`], all of the above for one batch; [`alarm`]: the collapse alarm.
 
+pub mod diversity;
 pub mod error;
 pub mod maxk;
+pub mod text;
 
+pub use diversity::TextDiversity;
 pub use error::{DiagnosticsError, Result};
 pub use maxk::{max_at_k, max_at_k_curve, MaxAtK};
