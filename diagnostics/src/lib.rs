@@ -14,6 +14,7 @@ pub mod diversity;
 pub mod error;
 pub mod maxk;
 pub mod text;
+pub mod vendi;
 
 pub use diversity::TextDiversity;
 pub use error::{DiagnosticsError, Result};
