@@ -11,11 +11,13 @@
 //! - [`summary`]: [`BatchDiagnostics`], all of the above for one batch; [`alarm`]: the collapse alarm.
 
 pub mod diversity;
+pub mod embed;
 pub mod error;
 pub mod maxk;
 pub mod text;
 pub mod vendi;
 
 pub use diversity::TextDiversity;
+pub use embed::{MiniLmEmbedder, SentenceEmbedder};
 pub use error::{DiagnosticsError, Result};
 pub use maxk::{max_at_k, max_at_k_curve, MaxAtK};
