@@ -10,6 +10,7 @@
 //! - [`categories`]: category shares and entropy.
 //! - [`summary`]: [`BatchDiagnostics`], all of the above for one batch; [`alarm`]: the collapse alarm.
 
+pub mod categories;
 pub mod diversity;
 pub mod embed;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod maxk;
 pub mod text;
 pub mod vendi;
 
+pub use categories::{Category, CategoryStats};
 pub use diversity::TextDiversity;
 pub use embed::{MiniLmEmbedder, SentenceEmbedder};
 pub use error::{DiagnosticsError, Result};
