@@ -10,16 +10,20 @@
 //! - [`categories`]: category shares and entropy.
 //! - [`summary`]: [`BatchDiagnostics`], all of the above for one batch; [`alarm`]: the collapse alarm.
 
+pub mod alarm;
 pub mod categories;
 pub mod diversity;
 pub mod embed;
 pub mod error;
 pub mod maxk;
+pub mod summary;
 pub mod text;
 pub mod vendi;
 
+pub use alarm::{check_collapse, Alarm, AlarmConfig, AlarmKind, DiversityMetric};
 pub use categories::{Category, CategoryStats};
 pub use diversity::TextDiversity;
 pub use embed::{MiniLmEmbedder, SentenceEmbedder};
 pub use error::{DiagnosticsError, Result};
 pub use maxk::{max_at_k, max_at_k_curve, MaxAtK};
+pub use summary::{BatchDiagnostics, EmbeddingDiversity, ScoredIdea};
