@@ -1,4 +1,29 @@
 //! # ideator-diagnostics
 //!
 //! What shows mode collapse: diversity of ideas, idea categories, average versus best-of-N (max@k), collapse
-//! alarms, and the HTML report with its plots.
+//! alarms, and (later) the HTML report with its plots. Inputs are plain data (idea texts, rewards, the knobs each
+//! idea changes), so this crate does not depend on the run store.
+//!
+//! - [`maxk`]: the unbiased max@k estimator and its curve, mean, best.
+//! - [`diversity`]: text diversity (distinct-n, self-BLEU, gzip compression ratio, lengths), on [`text`] tokens.
+//! - [`embed`]: all-MiniLM-L6-v2 sentence embeddings with candle; [`vendi`]: Vendi score and mean cosine.
+//! - [`categories`]: category shares and entropy.
+//! - [`summary`]: [`BatchDiagnostics`], all of the above for one batch; [`alarm`]: the collapse alarm.
+
+pub mod alarm;
+pub mod categories;
+pub mod diversity;
+pub mod embed;
+pub mod error;
+pub mod maxk;
+pub mod summary;
+pub mod text;
+pub mod vendi;
+
+pub use alarm::{check_collapse, Alarm, AlarmConfig, AlarmKind, DiversityMetric};
+pub use categories::{Category, CategoryStats};
+pub use diversity::TextDiversity;
+pub use embed::{MiniLmEmbedder, SentenceEmbedder};
+pub use error::{DiagnosticsError, Result};
+pub use maxk::{max_at_k, max_at_k_curve, MaxAtK};
+pub use summary::{BatchDiagnostics, EmbeddingDiversity, ScoredIdea};
