@@ -13,6 +13,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "ideator", version, about = "Train ideator LMs with reinforcement learning from execution")]
 struct Cli {
+    /// CPU threads for tensor work (default: all physical cores). Use 1 when several runs share the cores:
+    /// candle's thread pool spin-waits, and oversubscribed cores make it several times slower.
+    #[arg(long, global = true, env = "IDEATOR_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,7 +51,14 @@ fn run() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IDEATOR_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n >= 1, "--threads must be at least 1");
+        // Read once by candle's and gemm's thread pools, which start on the first tensor operation.
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    match cli.command {
         Command::Sample(args) => commands::sample::run(args),
         Command::Logprobs(args) => commands::logprobs::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
