@@ -19,6 +19,10 @@ struct Cli {
 enum Command {
     /// Tokenize text with a model's tokenizer.
     Tokenize(commands::tokenize::Args),
+    /// Inspect environments: list, show knobs, print the ideator prompt, write example ideas.
+    Env(commands::env::Args),
+    /// Implement and run one idea in an environment; prints the result.
+    Exec(commands::exec::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +32,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Env(args) => commands::env::run(args),
+        Command::Exec(args) => commands::exec::run(args),
     }
 }
