@@ -88,10 +88,12 @@ impl CommandEnv {
         let mut cfg: CommandConfig = toml::from_str(&text).map_err(|e| {
             EnvError::Config(format!("{} is not a valid command environment config: {e}", path.display()))
         })?;
-        cfg.config_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        if cfg.config_dir.as_os_str().is_empty() {
-            cfg.config_dir = PathBuf::from(".");
-        }
+        // Absolute, because the program runs inside the work folder.
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        cfg.config_dir = dir.canonicalize().map_err(|source| EnvError::Io {
+            context: format!("cannot resolve the folder of {}", path.display()),
+            source,
+        })?;
         CommandEnv::new(cfg)
     }
 
