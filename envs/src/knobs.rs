@@ -354,3 +354,51 @@ impl Schema {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_and_closest() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(closest("learning_rat", ["lr", "learning_rate"].into_iter()), Some("learning_rate"));
+        assert_eq!(closest("zzzzzzzz", ["lr", "beta1"].into_iter()), None);
+        assert_eq!(closest("LR", ["lr", "beta1"].into_iter()), Some("lr"));
+    }
+
+    #[test]
+    fn floats_print_as_toml_floats() {
+        for (x, s) in [(1e-3, "1e-3"), (1.0, "1.0"), (0.05, "0.05"), (10000.0, "10000.0"), (3e-4, "3e-4")] {
+            assert_eq!(format_float(x), s);
+            let parsed: toml::Table = format!("x = {s}").parse().unwrap();
+            assert_eq!(parsed["x"].as_float(), Some(x));
+        }
+    }
+
+    #[test]
+    fn checks_normalise_and_explain() {
+        let k = Knob::float("lr", 1e-5, 1.0, true, 1e-3, "rate");
+        assert_eq!(k.check(&KnobValue::Int(1)), Ok(KnobValue::Float(1.0)));
+        assert!(k.check(&KnobValue::Float(2.0)).unwrap_err().contains("out of range"));
+        assert!(k.check(&KnobValue::Bool(true)).unwrap_err().contains("got the boolean true"));
+        let n = Knob::int("n", 1, 4, 2, "n");
+        assert_eq!(n.check(&KnobValue::Float(3.0)), Ok(KnobValue::Int(3)));
+        assert!(n.check(&KnobValue::Float(3.5)).is_err());
+    }
+
+    #[test]
+    fn schema_round_trips_through_toml_and_json() {
+        let schema = Schema::new(vec![
+            Knob::choice("norm", &["a", "b"], "a", "which"),
+            Knob::float("x", 0.0, 1.0, false, 0.5, "x").applies_when("norm", vec![KnobValue::Choice("b".into())]),
+        ]);
+        schema.validate().unwrap();
+        let json = serde_json::to_string(&schema).unwrap();
+        assert_eq!(serde_json::from_str::<Schema>(&json).unwrap(), schema);
+        let toml_text = toml::to_string(&schema).unwrap();
+        assert_eq!(toml::from_str::<Schema>(&toml_text).unwrap(), schema);
+        assert!(schema.to_markdown().contains("(only with norm = \"b\")"));
+    }
+}

@@ -108,7 +108,7 @@ fn time_limit_kills_the_whole_process_group() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let alive = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.split_whitespace().nth(2).is_some_and(|state| state == "Z"))
+            .map(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
             .unwrap_or(false)
     };
     while alive(pid) && Instant::now() < deadline {

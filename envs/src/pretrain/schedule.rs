@@ -45,3 +45,34 @@ impl Schedule {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched(shape: Shape, warmup: usize) -> Schedule {
+        Schedule { shape, total_steps: 100, warmup_steps: warmup, min_frac: 0.1 }
+    }
+
+    #[test]
+    fn warmup_rises_linearly_to_the_peak() {
+        let s = sched(Shape::Cosine, 10);
+        assert!((s.multiplier(0) - 0.1).abs() < 1e-12);
+        assert!((s.multiplier(9) - 1.0).abs() < 1e-12);
+        assert!((s.multiplier(10) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn shapes_decay_to_the_minimum() {
+        for shape in [Shape::Cosine, Shape::Linear, Shape::Wsd { cooldown_frac: 0.2 }] {
+            let s = sched(shape, 0);
+            let m: Vec<f64> = (0..100).map(|i| s.multiplier(i)).collect();
+            assert!(m.windows(2).all(|w| w[1] <= w[0] + 1e-12), "{shape:?} is not monotone");
+            assert!((m[99] - 0.1).abs() < 0.02, "{shape:?} ends at {}", m[99]);
+        }
+        let wsd = sched(Shape::Wsd { cooldown_frac: 0.2 }, 0);
+        assert_eq!(wsd.multiplier(79), 1.0);
+        assert!(wsd.multiplier(80) < 1.0);
+        assert_eq!(sched(Shape::Constant, 0).multiplier(99), 1.0);
+    }
+}

@@ -14,6 +14,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Instant;
 
+/// A training loss above this has diverged for good (uniform guessing over bytes is ln 256 = 5.5): the run
+/// stops as a non-finite loss instead of spending the rest of its budget on overflow.
+const DIVERGED_LOSS: f64 = 1e4;
+
 /// Everything a run needs, resolved from the recipe and the scale.
 #[derive(Debug, Clone)]
 pub struct TrainPlan {
@@ -84,7 +88,7 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
         let (ce, z_sq) = model.loss(&inputs, &targets)?;
         let loss = if plan.z_loss > 0.0 { (&ce + (z_sq * plan.z_loss)?)? } else { ce.clone() };
         let ce_value = ce.to_scalar::<f32>()? as f64;
-        if !ce_value.is_finite() || !loss.to_scalar::<f32>()?.is_finite() {
+        if !ce_value.is_finite() || !loss.to_scalar::<f32>()?.is_finite() || ce_value > DIVERGED_LOSS {
             out.failure =
                 Some((FailureCause::NonFiniteLoss, format!("the training loss became {ce_value} at step {step}")));
             return Ok(());
