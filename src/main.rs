@@ -33,6 +33,10 @@ enum Command {
     Sft(commands::sft::Args),
     /// Our half of the side-by-side benchmarks (see BENCHMARKS.md).
     Bench(commands::bench::Args),
+    /// Inspect environments: list, show knobs, print the ideator prompt, write example ideas.
+    Env(commands::env::Args),
+    /// Implement and run one idea in an environment; prints the result.
+    Exec(commands::exec::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,5 +68,7 @@ fn run() -> anyhow::Result<()> {
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Sft(args) => commands::sft::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Env(args) => commands::env::run(args),
+        Command::Exec(args) => commands::exec::run(args),
     }
 }

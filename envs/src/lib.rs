@@ -1,4 +1,72 @@
 //! # ideator-envs
 //!
-//! Training environments (pretrain, posttrain, command), the executor that turns an idea into a validated recipe
-//! and a run, and the backends that run it (local slots, Slurm).
+//! Execution environments for ideas, and the executor that turns an idea into a run.
+//!
+//! - [`knobs`]: typed, documented knob schemas (plain data) rendered into tables and prompts.
+//! - [`idea`] and [`executor`]: find `[Experiment]` / `[Code Changes]` / `[End]`, parse the `key = value` lines as
+//!   TOML, validate them into a [`Recipe`] or a readable implementation failure, run it, and turn every failure
+//!   (crash, NaN, timeout, budget, implausible reward) into an [`ExecResult`] with reward 0.
+//! - [`environment`]: the [`Environment`] trait and the [`RunContext`] of one run.
+//! - [`pretrain`]: a GPT trained from scratch in candle on the Brown corpus under a fixed FLOP budget;
+//!   reward = 1 / validation loss.
+//! - [`command`]: an external program implements and runs the idea (the idea travels as a file, never through a
+//!   shell).
+//! - [`prompt`]: the ideator prompt of an environment and schema-valid example ideas for a supervised warm-up.
+//!
+//! The `posttrain` environment (GRPO on a verifiable task) plugs into the same trait once the trainer exists.
+
+pub mod command;
+pub mod environment;
+pub mod executor;
+pub mod idea;
+pub mod knobs;
+pub mod pretrain;
+pub mod prompt;
+pub mod recipe;
+pub mod result;
+
+pub use environment::{default_device, EnvError, Environment, RunContext, ScaleInfo};
+pub use executor::{execute, execute_bytes, implement, run_recipe, ImplementationError};
+pub use knobs::{Knob, KnobKind, KnobValue, Schema};
+pub use recipe::Recipe;
+pub use result::{ExecResult, FailureCause, Status};
+
+use std::path::Path;
+
+/// The built-in environments with a one-line summary each.
+pub fn list() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (
+            "pretrain",
+            "train a byte-level GPT from scratch on the Brown corpus under a fixed FLOP budget; reward = 1/val_loss",
+        ),
+        (
+            "command",
+            "an external program implements and runs the idea (needs --env-config FILE, see examples/command_env)",
+        ),
+        ("posttrain", "GRPO on a verifiable task (not implemented yet: needs the GRPO trainer)"),
+    ]
+}
+
+/// Loads an environment by name. `command` needs a config file; the others ignore it.
+pub fn load(name: &str, config: Option<&Path>) -> Result<Box<dyn Environment>, EnvError> {
+    match name {
+        "pretrain" => Ok(Box::new(pretrain::Pretrain::new())),
+        "command" => {
+            let path = config.ok_or_else(|| {
+                EnvError::Config(
+                    "the command environment needs a config file (--env-config FILE); see examples/command_env/"
+                        .into(),
+                )
+            })?;
+            Ok(Box::new(command::CommandEnv::from_file(path)?))
+        }
+        "posttrain" => Err(EnvError::Config(
+            "the posttrain environment is not implemented yet (it runs the project's GRPO trainer)".into(),
+        )),
+        other => Err(EnvError::UnknownEnvironment {
+            name: knobs::clip(other, 40),
+            known: list().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}

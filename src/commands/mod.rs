@@ -5,4 +5,6 @@ pub mod logprobs;
 pub mod model_args;
 pub mod sample;
 pub mod sft;
+pub mod env;
+pub mod exec;
 pub mod tokenize;

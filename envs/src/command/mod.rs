@@ -1,0 +1,362 @@
+//! The `command` environment: an external program implements and runs the idea.
+//!
+//! Protocol: the run's work folder receives `idea.md` (the idea as written), `task.md` (the task), `recipe.json`
+//! (the validated knobs, when the config declares some) and `run.json` (scale, seed, time limit). The program and
+//! its arguments come from the config; `{workdir}`, `{idea}`, `{task}`, `{recipe}`, `{seed}`, `{scale}` and
+//! `{config_dir}` in the arguments are replaced by values, each argument staying one argv entry: no shell ever sees
+//! the idea. The program runs in the work folder, in its own process group (killed as a whole at the time limit),
+//! with stdout and stderr captured to files there (and killed when they exceed a cap). Its last stdout line is a
+//! JSON result: `{"reward": 0.42, "metrics": {...}}` on success, or
+//! `{"status": "failed", "cause": "non_finite_loss", "message": "..."}`. The work folder is kept for inspection.
+
+use crate::environment::{EnvError, Environment, RunContext, ScaleInfo};
+use crate::knobs::{clip, Knob, Schema};
+use crate::recipe::Recipe;
+use crate::result::{ExecResult, FailureCause};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The TOML config of a command environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    /// Shown by `env list` and in results.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// The task as the ideator and the program read it.
+    pub description: String,
+    /// The program: a name looked up on PATH, or a path (relative paths are relative to the config's folder).
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Time limit when the caller sets none.
+    #[serde(default = "default_time_limit")]
+    pub time_limit_secs: f64,
+    /// Captured stdout + stderr beyond this many bytes kills the run.
+    #[serde(default = "default_max_output")]
+    pub max_output_bytes: u64,
+    #[serde(default = "default_scales")]
+    pub scales: Vec<String>,
+    /// Rewards outside this range are implausible.
+    #[serde(default = "default_plausible")]
+    pub plausible_reward: (f64, f64),
+    /// An idea in the exact format, for the prompt.
+    pub example_idea: String,
+    /// Knobs the idea may set (validated before the program runs); none means free-form code changes.
+    #[serde(default)]
+    pub knobs: Vec<Knob>,
+    /// The folder of the config file (set when loading; `{config_dir}` in args).
+    #[serde(skip)]
+    pub config_dir: PathBuf,
+}
+
+fn default_name() -> String {
+    "command".into()
+}
+fn default_time_limit() -> f64 {
+    3600.0
+}
+fn default_max_output() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_scales() -> Vec<String> {
+    vec!["default".into()]
+}
+fn default_plausible() -> (f64, f64) {
+    (f64::NEG_INFINITY, f64::INFINITY)
+}
+
+/// Most bytes of the output kept in the result's log.
+const LOG_TAIL_BYTES: u64 = 32 * 1024;
+const POLL: Duration = Duration::from_millis(20);
+
+pub struct CommandEnv {
+    cfg: CommandConfig,
+    schema: Schema,
+}
+
+impl CommandEnv {
+    pub fn from_file(path: &Path) -> Result<CommandEnv, EnvError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| EnvError::Io { context: format!("cannot read {}", path.display()), source })?;
+        let mut cfg: CommandConfig = toml::from_str(&text).map_err(|e| {
+            EnvError::Config(format!("{} is not a valid command environment config: {e}", path.display()))
+        })?;
+        // Absolute, because the program runs inside the work folder.
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        cfg.config_dir = dir.canonicalize().map_err(|source| EnvError::Io {
+            context: format!("cannot resolve the folder of {}", path.display()),
+            source,
+        })?;
+        CommandEnv::new(cfg)
+    }
+
+    pub fn new(cfg: CommandConfig) -> Result<CommandEnv, EnvError> {
+        let schema = Schema::new(cfg.knobs.clone());
+        schema.validate().map_err(|e| EnvError::Config(format!("command environment {}: {e}", cfg.name)))?;
+        if cfg.scales.is_empty() {
+            return Err(EnvError::Config("a command environment needs at least one scale".into()));
+        }
+        if cfg.time_limit_secs.is_nan() || cfg.time_limit_secs <= 0.0 {
+            return Err(EnvError::Config("time_limit_secs must be positive".into()));
+        }
+        Ok(CommandEnv { cfg, schema })
+    }
+
+    pub fn config(&self) -> &CommandConfig {
+        &self.cfg
+    }
+
+    fn program_path(&self) -> PathBuf {
+        let p = Path::new(&self.cfg.program);
+        if p.is_relative() && self.cfg.program.contains('/') {
+            self.cfg.config_dir.join(p)
+        } else {
+            p.to_path_buf()
+        }
+    }
+
+    fn write_inputs(&self, recipe: &Recipe, ctx: &RunContext, limit: Duration) -> std::io::Result<()> {
+        let dir = &ctx.work_dir;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("idea.md"), &recipe.idea)?;
+        std::fs::write(dir.join("task.md"), self.cfg.description.trim().to_string() + "\n")?;
+        if !self.schema.knobs.is_empty() {
+            let json = serde_json::to_string_pretty(&recipe.values).expect("plain data");
+            std::fs::write(dir.join("recipe.json"), json + "\n")?;
+        }
+        let run = serde_json::json!({
+            "scale": ctx.scale, "seed": ctx.seed, "time_limit_secs": limit.as_secs_f64(),
+            "changed": recipe.changed,
+        });
+        std::fs::write(dir.join("run.json"), serde_json::to_string_pretty(&run).expect("plain data") + "\n")
+    }
+
+    fn substitute(&self, arg: &str, ctx: &RunContext) -> String {
+        let dir = &ctx.work_dir;
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        arg.replace("{workdir}", &path(dir.clone()))
+            .replace("{idea}", &path(dir.join("idea.md")))
+            .replace("{task}", &path(dir.join("task.md")))
+            .replace("{recipe}", &path(dir.join("recipe.json")))
+            .replace("{seed}", &ctx.seed.to_string())
+            .replace("{scale}", &ctx.scale)
+            .replace("{config_dir}", &path(self.cfg.config_dir.clone()))
+    }
+}
+
+impl Environment for CommandEnv {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn description(&self) -> String {
+        self.cfg.description.clone()
+    }
+
+    fn scales(&self) -> Vec<ScaleInfo> {
+        self.cfg
+            .scales
+            .iter()
+            .map(|s| ScaleInfo { name: s.clone(), doc: format!("as the program defines {s}") })
+            .collect()
+    }
+
+    fn schema(&self, scale: &str) -> Result<Schema, EnvError> {
+        self.check_scale(scale)?;
+        Ok(self.schema.clone())
+    }
+
+    fn plausible_reward(&self, _scale: &str) -> (f64, f64) {
+        self.cfg.plausible_reward
+    }
+
+    fn example_idea(&self) -> String {
+        self.cfg.example_idea.clone()
+    }
+
+    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> ExecResult {
+        let limit = ctx.time_left().unwrap_or(Duration::from_secs_f64(self.cfg.time_limit_secs));
+        if let Err(e) = self.write_inputs(recipe, ctx, limit) {
+            return ExecResult::failed(
+                FailureCause::Infrastructure,
+                format!("cannot prepare the work folder {}: {e}", ctx.work_dir.display()),
+            );
+        }
+        let stdout_path = ctx.work_dir.join("stdout.log");
+        let stderr_path = ctx.work_dir.join("stderr.log");
+        let files = File::create(&stdout_path).and_then(|o| Ok((o, File::create(&stderr_path)?)));
+        let (stdout, stderr) = match files {
+            Ok(f) => f,
+            Err(e) => {
+                return ExecResult::failed(FailureCause::Infrastructure, format!("cannot create log files: {e}"))
+            }
+        };
+        let args: Vec<String> = self.cfg.args.iter().map(|a| self.substitute(a, ctx)).collect();
+        let program = self.program_path();
+        let mut child = match Command::new(&program)
+            .args(&args)
+            .current_dir(&ctx.work_dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .env("IDEATOR_WORKDIR", &ctx.work_dir)
+            .env("IDEATOR_SEED", ctx.seed.to_string())
+            .env("IDEATOR_SCALE", &ctx.scale)
+            .process_group(0)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return ExecResult::failed(
+                    FailureCause::Infrastructure,
+                    format!("cannot start {}: {e}", program.display()),
+                )
+            }
+        };
+        let pgid = child.id() as i32;
+        let start = Instant::now();
+        let mut stop: Option<(FailureCause, String)> = None;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) => {}
+                Err(e) => {
+                    stop = Some((FailureCause::Infrastructure, format!("cannot wait for the program: {e}")));
+                    break None;
+                }
+            }
+            if start.elapsed() >= limit {
+                stop = Some((FailureCause::TimeLimit, format!("time limit of {:.1} s reached", limit.as_secs_f64())));
+                break None;
+            }
+            let size = file_len(&stdout_path) + file_len(&stderr_path);
+            if size > self.cfg.max_output_bytes {
+                stop = Some((
+                    FailureCause::RuntimeError,
+                    format!("the program wrote more than {} bytes of output", self.cfg.max_output_bytes),
+                ));
+                break None;
+            }
+            std::thread::sleep(POLL);
+        };
+        // The whole group goes, so grandchildren cannot outlive the run (also after a normal exit).
+        kill_group(pgid);
+        let status = status.or_else(|| child.wait().ok());
+        let stdout_tail = read_tail(&stdout_path, LOG_TAIL_BYTES);
+        let stderr_tail = read_tail(&stderr_path, LOG_TAIL_BYTES);
+        let log = format!("--- stdout ---\n{stdout_tail}\n--- stderr ---\n{stderr_tail}");
+        let mut metrics = BTreeMap::new();
+        metrics.insert("program_seconds".into(), start.elapsed().as_secs_f64());
+        if let Some((cause, msg)) = stop {
+            return ExecResult::failed(cause, msg).with_metrics(metrics).with_log(log);
+        }
+        let exit_ok = status.is_some_and(|s| s.success());
+        let last_line = stdout_tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let result = match parse_result(last_line) {
+            Ok(mut parsed) => {
+                if parsed.is_ok() && !exit_ok {
+                    ExecResult::failed(
+                        FailureCause::RuntimeError,
+                        format!("the program printed a result but exited with {}", describe_status(status)),
+                    )
+                } else {
+                    metrics.append(&mut parsed.metrics);
+                    parsed
+                }
+            }
+            Err(e) if !exit_ok => ExecResult::failed(
+                FailureCause::RuntimeError,
+                format!(
+                    "the program exited with {} ({e}); last stderr line: {}",
+                    describe_status(status),
+                    last_stderr_line(&stderr_tail)
+                ),
+            ),
+            Err(e) => ExecResult::failed(FailureCause::RuntimeError, e),
+        };
+        result.with_metrics(metrics).with_log(log)
+    }
+}
+
+fn describe_status(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(sig)) => format!("signal {sig}"),
+            _ => "an unknown status".into(),
+        },
+        None => "an unknown status".into(),
+    }
+}
+
+fn last_stderr_line(stderr: &str) -> String {
+    clip(stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no stderr)"), 300)
+}
+
+/// The program's JSON result line.
+#[derive(Deserialize)]
+struct ProgramResult {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    reward: Option<f64>,
+    #[serde(default)]
+    metrics: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    cause: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn parse_result(line: &str) -> Result<ExecResult, String> {
+    let parsed: ProgramResult = serde_json::from_str(line.trim())
+        .map_err(|e| format!("the last line of stdout is not a JSON result ({e}): {:?}", clip(line.trim(), 200)))?;
+    let metrics: BTreeMap<String, f64> =
+        parsed.metrics.iter().filter_map(|(k, v)| v.as_f64().map(|x| (clip(k, 64), x))).collect();
+    let message = parsed.message.map(|m| clip(&m, 2000)).unwrap_or_default();
+    if parsed.status.as_deref() == Some("failed") {
+        let cause = parsed.cause.as_deref().and_then(FailureCause::parse).unwrap_or(FailureCause::RuntimeError);
+        return Ok(ExecResult::failed(cause, message).with_metrics(metrics));
+    }
+    if let Some(status) = parsed.status.as_deref().filter(|s| *s != "ok") {
+        return Err(format!("unknown status {:?} in the result (use \"ok\" or \"failed\")", clip(status, 40)));
+    }
+    match parsed.reward {
+        Some(r) => Ok(ExecResult::ok(r, metrics, message)),
+        None => Err("the JSON result has no \"reward\"".into()),
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The last `max` bytes of a file as (lossy) text.
+fn read_tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > max {
+        let _ = f.seek(SeekFrom::Start(len - max));
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// SIGKILL to a whole process group (ignores a group that is already gone).
+fn kill_group(pgid: i32) {
+    if pgid > 0 {
+        // SAFETY: kill(2) with a negative pid signals the process group; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}

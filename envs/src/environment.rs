@@ -1,0 +1,147 @@
+//! The environment interface: what an environment declares (task, knobs, scales, plausible rewards) and how it
+//! runs a validated recipe.
+
+use crate::knobs::Schema;
+use crate::recipe::Recipe;
+use crate::result::ExecResult;
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Errors in setting up an environment (not in running an idea: those are [`ExecResult`] failures).
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("unknown environment {name:?}; known: {known}")]
+    UnknownEnvironment { name: String, known: String },
+    #[error("environment {env} has no scale {scale:?}; its scales are {known}")]
+    UnknownScale { env: String, scale: String, known: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+/// One scale of an environment (same knobs, different budget and baseline size).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleInfo {
+    pub name: String,
+    /// One line: the model, the budget, and where it is meant to run.
+    pub doc: String,
+}
+
+/// An environment turns a validated recipe into a measured reward.
+///
+/// Implementations must be deterministic for a given recipe, scale and seed on CPU, must check
+/// [`RunContext::expired`] inside long loops, and report failures as [`ExecResult::failed`] (the executor also
+/// catches panics, so a bug does not crash the caller).
+pub trait Environment: Send + Sync {
+    /// Short identifier (`pretrain`, `command`).
+    fn name(&self) -> &str;
+
+    /// The task as the ideator reads it: what is trained, on what, what the reward is, and what cannot change.
+    fn description(&self) -> String;
+
+    /// The scales, smallest first; the first is the default.
+    fn scales(&self) -> Vec<ScaleInfo>;
+
+    /// The knobs, with defaults equal to this scale's baseline recipe.
+    fn schema(&self, scale: &str) -> Result<Schema, EnvError>;
+
+    /// Rewards outside `[lo, hi]` are implausible at this scale (a bug or reward hacking) and score 0.
+    fn plausible_reward(&self, scale: &str) -> (f64, f64);
+
+    /// Conflicts between knobs beyond what the schema expresses, as a readable reason.
+    fn check_conflicts(&self, _recipe: &Recipe, _scale: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A hand-written idea in the exact format, shown in the ideator prompt.
+    fn example_idea(&self) -> String;
+
+    /// Runs a validated recipe.
+    fn run(&self, recipe: &Recipe, ctx: &RunContext) -> ExecResult;
+
+    /// The default scale (the first declared).
+    fn default_scale(&self) -> String {
+        self.scales().first().map(|s| s.name.clone()).unwrap_or_else(|| "tiny".into())
+    }
+
+    /// Checks that `scale` exists.
+    fn check_scale(&self, scale: &str) -> Result<(), EnvError> {
+        let scales = self.scales();
+        if scales.iter().any(|s| s.name == scale) {
+            Ok(())
+        } else {
+            let known: Vec<String> = scales.into_iter().map(|s| s.name).collect();
+            Err(EnvError::UnknownScale { env: self.name().into(), scale: scale.into(), known: known.join(", ") })
+        }
+    }
+
+    /// The baseline recipe at a scale.
+    fn baseline(&self, scale: &str) -> Result<Recipe, EnvError> {
+        Ok(Recipe::baseline(&self.schema(scale)?))
+    }
+}
+
+/// Where and how one run happens.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub scale: String,
+    pub seed: u64,
+    /// A folder the run may write to (and that is kept for inspection).
+    pub work_dir: PathBuf,
+    /// When the run must stop; checked cooperatively inside training loops.
+    pub deadline: Option<Instant>,
+    pub time_limit: Option<Duration>,
+    pub device: Device,
+}
+
+impl RunContext {
+    /// A CPU run with no time limit.
+    pub fn new(scale: &str, seed: u64, work_dir: impl Into<PathBuf>) -> RunContext {
+        RunContext {
+            scale: scale.into(),
+            seed,
+            work_dir: work_dir.into(),
+            deadline: None,
+            time_limit: None,
+            device: Device::Cpu,
+        }
+    }
+
+    /// Sets a time limit counted from now.
+    pub fn with_time_limit(mut self, limit: Duration) -> RunContext {
+        self.deadline = Some(Instant::now() + limit);
+        self.time_limit = Some(limit);
+        self
+    }
+
+    pub fn with_device(mut self, device: Device) -> RunContext {
+        self.device = device;
+        self
+    }
+
+    /// Whether the deadline has passed.
+    pub fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Time left before the deadline (`None`: no limit).
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// The device for runs of this process: with the `cuda` feature, the first GPU visible to it (a backend selects the
+/// GPU through `CUDA_VISIBLE_DEVICES`, so "first visible" is the one it chose); otherwise, or without a GPU, the CPU.
+pub fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    {
+        match Device::new_cuda(0) {
+            Ok(d) => return d,
+            Err(e) => tracing::warn!("no usable CUDA device ({e}); running on the CPU"),
+        }
+    }
+    Device::Cpu
+}

@@ -1,0 +1,196 @@
+//! One pretraining run: build the model the recipe describes, train it for as many steps as the FLOP budget
+//! buys, and evaluate it on the fixed validation windows.
+
+use super::corpus::Corpus;
+use super::gpt::{Gpt, GptConfig};
+use super::optim::{clip_grad_norm, Ema, OptimConfig, Optimizer};
+use super::schedule::Schedule;
+use crate::environment::RunContext;
+use crate::result::FailureCause;
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+/// A training loss above this has diverged for good (uniform guessing over bytes is ln 256 = 5.5): the run
+/// stops as a non-finite loss instead of spending the rest of its budget on overflow.
+const DIVERGED_LOSS: f64 = 1e4;
+
+/// Everything a run needs, resolved from the recipe and the scale.
+#[derive(Debug, Clone)]
+pub struct TrainPlan {
+    pub model: GptConfig,
+    pub optim: OptimConfig,
+    pub lr: f64,
+    pub muon_lr: f64,
+    pub schedule: Schedule,
+    pub grad_clip: f64,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub ema_decay: f64,
+    pub z_loss: f64,
+    pub eval: EvalSpec,
+    pub log_every: usize,
+}
+
+/// The fixed evaluation: the first `windows` consecutive windows of `ctx + 1` bytes of the validation text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalSpec {
+    pub ctx: usize,
+    pub windows: usize,
+    pub batch: usize,
+}
+
+/// A run's measurements, or why it failed (with whatever was measured before).
+pub struct RunOutcome {
+    pub val_loss: Option<f64>,
+    pub failure: Option<(FailureCause, String)>,
+    pub metrics: BTreeMap<String, f64>,
+    pub log: String,
+}
+
+/// Trains and evaluates. Errors from candle become runtime errors (out-of-memory ones are recognised).
+pub fn train_and_evaluate(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext) -> RunOutcome {
+    let mut out = RunOutcome { val_loss: None, failure: None, metrics: BTreeMap::new(), log: String::new() };
+    if let Err(e) = run(plan, corpus, ctx, &mut out) {
+        let msg = e.to_string();
+        let cause = if msg.to_lowercase().contains("out of memory") {
+            FailureCause::OutOfMemory
+        } else {
+            FailureCause::RuntimeError
+        };
+        out.failure = Some((cause, format!("training failed: {}", crate::knobs::clip(&msg, 500))));
+    }
+    out
+}
+
+fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome) -> candle_core::Result<()> {
+    let device = &ctx.device;
+    let model = Gpt::new(plan.model.clone(), ctx.seed, device)?;
+    let vars: Vec<_> = model.params().iter().map(|(_, v, _)| v.clone()).collect();
+    let mut opt = Optimizer::new(plan.optim, model.params().iter().map(|(_, v, role)| (v.clone(), *role)).collect())?;
+    let mut ema = if plan.ema_decay > 0.0 { Some(Ema::new(plan.ema_decay, &vars)?) } else { None };
+    // Data order depends on the seed but not on the model, so recipes are compared on the same batches.
+    let mut data_rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x5eed_da7a);
+    let (b, t) = (plan.batch_size, plan.seq_len);
+    let steps = plan.schedule.total_steps;
+    let start = Instant::now();
+    let mut recent = Vec::new();
+    for step in 0..steps {
+        if ctx.expired() {
+            out.failure =
+                Some((FailureCause::TimeLimit, format!("time limit reached after {step} of {steps} training steps")));
+            return Ok(());
+        }
+        let (inputs, targets) = sample_batch(&corpus.train, b, t, &mut data_rng, device)?;
+        let (ce, z_sq) = model.loss(&inputs, &targets)?;
+        let loss = if plan.z_loss > 0.0 { (&ce + (z_sq * plan.z_loss)?)? } else { ce.clone() };
+        let ce_value = ce.to_scalar::<f32>()? as f64;
+        if !ce_value.is_finite() || !loss.to_scalar::<f32>()?.is_finite() || ce_value > DIVERGED_LOSS {
+            out.failure =
+                Some((FailureCause::NonFiniteLoss, format!("the training loss became {ce_value} at step {step}")));
+            return Ok(());
+        }
+        let grad_store = loss.backward()?;
+        // Detached: a parameter's gradient still references the step's graph, and optimiser state built from it
+        // would keep every step's activations alive.
+        let mut grads: Vec<Option<Tensor>> = vars.iter().map(|v| grad_store.get(v).map(Tensor::detach)).collect();
+        drop(grad_store);
+        let grad_norm = clip_grad_norm(&mut grads, plan.grad_clip)?;
+        if !grad_norm.is_finite() {
+            out.failure =
+                Some((FailureCause::NonFiniteLoss, format!("the gradient norm became {grad_norm} at step {step}")));
+            return Ok(());
+        }
+        let mult = plan.schedule.multiplier(step);
+        opt.step(&grads, plan.lr * mult, plan.muon_lr * mult)?;
+        if let Some(ema) = &mut ema {
+            ema.update(&vars)?;
+        }
+        recent.push(ce_value);
+        if recent.len() > 10 {
+            recent.remove(0);
+        }
+        if step % plan.log_every == 0 || step + 1 == steps {
+            let _ = writeln!(
+                out.log,
+                "step {step:>5}/{steps}  loss {ce_value:.4}  grad_norm {grad_norm:.3}  lr_mult {mult:.3}  {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let train_seconds = start.elapsed().as_secs_f64();
+    if let Some(ema) = &ema {
+        ema.copy_to(&vars)?;
+    }
+    let eval_start = Instant::now();
+    let val_loss = evaluate(&model, &corpus.val, plan.eval, device)?;
+    let eval_seconds = eval_start.elapsed().as_secs_f64();
+    let tokens = (steps * b * t) as f64;
+    let m = &mut out.metrics;
+    m.insert("val_loss".into(), val_loss);
+    m.insert("train_loss".into(), recent.iter().sum::<f64>() / recent.len().max(1) as f64);
+    m.insert("steps".into(), steps as f64);
+    m.insert("tokens".into(), tokens);
+    m.insert("params".into(), plan.model.total_params() as f64);
+    m.insert("flops".into(), plan.model.train_flops_per_token(t) * tokens);
+    m.insert("train_seconds".into(), train_seconds);
+    m.insert("eval_seconds".into(), eval_seconds);
+    m.insert("tokens_per_second".into(), tokens / train_seconds.max(1e-9));
+    let _ = writeln!(out.log, "val_loss {val_loss:.4} ({} windows of {} bytes)", plan.eval.windows, plan.eval.ctx);
+    if !val_loss.is_finite() {
+        out.failure = Some((FailureCause::NonFiniteLoss, format!("the validation loss is {val_loss}")));
+    } else {
+        out.val_loss = Some(val_loss);
+    }
+    Ok(())
+}
+
+/// `b` random windows of `t + 1` bytes: inputs are the first `t`, targets the last `t`.
+fn sample_batch(
+    data: &[u8],
+    b: usize,
+    t: usize,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let mut inputs = Vec::with_capacity(b * t);
+    let mut targets = Vec::with_capacity(b * t);
+    for _ in 0..b {
+        let start = rng.random_range(0..data.len() - t - 1);
+        inputs.extend(data[start..start + t].iter().map(|&x| x as u32));
+        targets.extend(data[start + 1..start + t + 1].iter().map(|&x| x as u32));
+    }
+    Ok((Tensor::from_vec(inputs, (b, t), device)?, Tensor::from_vec(targets, (b, t), device)?))
+}
+
+/// Mean next-byte cross-entropy (nats) over the fixed validation windows. The recipe cannot change this: the
+/// windows, their count and their length come from the scale, and the loss has no z-loss term.
+pub fn evaluate(model: &Gpt, val: &[u8], spec: EvalSpec, device: &Device) -> candle_core::Result<f64> {
+    let needed = spec.windows * (spec.ctx + 1);
+    if val.len() < needed {
+        candle_core::bail!("validation text has {} bytes; the evaluation needs {needed}", val.len());
+    }
+    let mut total = 0.0;
+    let mut count = 0usize;
+    let mut w = 0;
+    while w < spec.windows {
+        let n = spec.batch.min(spec.windows - w);
+        let mut inputs = Vec::with_capacity(n * spec.ctx);
+        let mut targets = Vec::with_capacity(n * spec.ctx);
+        for i in w..w + n {
+            let s = i * (spec.ctx + 1);
+            inputs.extend(val[s..s + spec.ctx].iter().map(|&x| x as u32));
+            targets.extend(val[s + 1..s + spec.ctx + 1].iter().map(|&x| x as u32));
+        }
+        let inputs = Tensor::from_vec(inputs, (n, spec.ctx), device)?;
+        let targets = Tensor::from_vec(targets, (n, spec.ctx), device)?;
+        let (ce, _) = model.loss(&inputs, &targets)?;
+        total += ce.to_scalar::<f32>()? as f64 * n as f64;
+        count += n;
+        w += n;
+    }
+    Ok(total / count as f64)
+}

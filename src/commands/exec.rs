@@ -1,0 +1,118 @@
+//! `ideator exec`: implement and run one idea in this process, and print its result. Backends launch this
+//! command (locally or through Slurm) so that every run is isolated in its own process.
+
+use ideator_envs::{ExecResult, FailureCause, RunContext};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Environment name (`ideator env list`).
+    #[arg(long)]
+    pub env: String,
+    /// Config file of a `command` environment.
+    #[arg(long)]
+    pub env_config: Option<PathBuf>,
+    /// Scale (default: the environment's smallest).
+    #[arg(long)]
+    pub scale: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// File holding the idea (`[Experiment] ... [Code Changes] ... [End]`). Without it the baseline runs.
+    #[arg(long)]
+    pub idea: Option<PathBuf>,
+    /// Wall-clock limit of the run in seconds.
+    #[arg(long)]
+    pub time_limit: Option<f64>,
+    /// Folder the run may write to and that is kept (default: a fresh folder under the system temp dir).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Print the result as one JSON line (otherwise a short human-readable summary).
+    #[arg(long)]
+    pub json: bool,
+    /// Also print the run's log (to stderr).
+    #[arg(long)]
+    pub log: bool,
+    /// CPU threads for tensor ops (0: all cores). One per run by default: a backend runs several runs side by
+    /// side, and candle's spinning thread barriers slow down sharply when cores are oversubscribed.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    set_threads(args.threads);
+    let env = ideator_envs::load(&args.env, args.env_config.as_deref())?;
+    let scale = args.scale.clone().unwrap_or_else(|| env.default_scale());
+    env.check_scale(&scale)?;
+    let work_dir = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => fresh_work_dir(),
+    };
+    let mut ctx = RunContext::new(&scale, args.seed, &work_dir).with_device(ideator_envs::default_device());
+    if let Some(secs) = args.time_limit {
+        anyhow::ensure!(secs > 0.0 && secs.is_finite(), "--time-limit must be a positive number of seconds");
+        ctx = ctx.with_time_limit(Duration::from_secs_f64(secs));
+    }
+    let result = match &args.idea {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => ideator_envs::execute_bytes(env.as_ref(), &bytes, &ctx),
+            Err(e) => ExecResult::failed(FailureCause::Implementation, format!("cannot read the idea file: {e}")),
+        },
+        None => {
+            let started = std::time::Instant::now();
+            let mut r = ideator_envs::run_recipe(env.as_ref(), &env.baseline(&scale)?, &ctx);
+            r.seconds = started.elapsed().as_secs_f64();
+            r
+        }
+    };
+    if args.log {
+        eprintln!("{}", result.log);
+    }
+    if args.json {
+        let mut value = serde_json::json!({
+            "status": result.status,
+            "reward": result.reward,
+            "metrics": result.metrics,
+            "cause": result.cause,
+            "message": result.message,
+            "seconds": result.seconds,
+            "work_dir": work_dir,
+        });
+        if !args.log {
+            value["log_tail"] = serde_json::Value::String(last_lines(&result.log, 5));
+        }
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        match result.cause {
+            None => println!("ok  reward {:.4}  ({:.1} s)  {}", result.reward, result.seconds, result.message),
+            Some(cause) => println!("failed ({cause})  {}", result.message),
+        }
+        for (k, v) in &result.metrics {
+            println!("  {k:<18} {v}");
+        }
+    }
+    Ok(())
+}
+
+/// Sets candle's and rayon's thread counts; must run before the first tensor op (both read them once). An
+/// explicit `CANDLE_NUM_THREADS` / `RAYON_NUM_THREADS` in the environment wins.
+fn set_threads(threads: usize) {
+    if threads == 0 {
+        return;
+    }
+    for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, threads.to_string());
+        }
+    }
+}
+
+fn fresh_work_dir() -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    std::env::temp_dir().join(format!("ideator-exec-{}-{nanos}", std::process::id()))
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

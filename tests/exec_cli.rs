@@ -1,0 +1,116 @@
+//! End-to-end tests of `ideator env` and `ideator exec` as a backend launches them: a separate process, the idea in
+//! a file, one JSON line on stdout.
+
+use std::path::Path;
+use std::process::Command;
+
+fn ideator() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ideator"));
+    if std::env::var_os("IDEATOR_ASSETS").is_none() {
+        cmd.env("IDEATOR_ASSETS", Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"));
+    }
+    cmd
+}
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = ideator().args(args).output().unwrap();
+    assert!(out.status.success(), "ideator {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("no output from {args:?}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[test]
+fn env_list_show_prompt_and_examples() {
+    let out = ideator().args(["env", "list"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("pretrain") && text.contains("command"));
+
+    let out = ideator().args(["env", "show", "pretrain"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("| `optimizer` |") && text.contains("`tiny`") && text.contains("`paper`"));
+
+    let out = ideator().args(["env", "prompt", "pretrain", "--scale", "small"]).output().unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("[Code Changes]"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warmup.jsonl");
+    let status = ideator()
+        .args(["env", "examples", "pretrain", "--n", "5", "--seed", "3", "--out"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 5);
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["messages"][0]["role"], "system");
+        assert!(v["messages"][2]["content"].as_str().unwrap().starts_with("[Experiment]"));
+    }
+
+    let out = ideator().args(["env", "show", "nonsense"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown environment"));
+}
+
+#[test]
+fn exec_reports_implementation_failures_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let idea = dir.path().join("idea.md");
+    std::fs::write(&idea, "[Experiment]\nx\n[Code Changes]\nlearning_rate = 3e-3\n[End]\n").unwrap();
+    let v = run_json(&["exec", "--env", "pretrain", "--idea", idea.to_str().unwrap(), "--json"]);
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["cause"], "implementation");
+    assert_eq!(v["reward"], 0.0);
+    assert!(v["message"].as_str().unwrap().contains("did you mean `lr`?"));
+    assert!(v["seconds"].as_f64().unwrap() >= 0.0);
+
+    std::fs::write(&idea, b"[Experiment]\n\xff\xfe[Code Changes]\nlr = 1e-3\n[End]\n").unwrap();
+    let v = run_json(&["exec", "--env", "pretrain", "--idea", idea.to_str().unwrap(), "--json"]);
+    assert_eq!(v["cause"], "implementation");
+    assert!(v["message"].as_str().unwrap().contains("UTF-8"));
+}
+
+#[test]
+fn exec_runs_a_pretrain_idea_and_honours_the_time_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let idea = dir.path().join("idea.md");
+    std::fs::write(&idea, "[Experiment]\nRotary positions.\n[Code Changes]\npos_encoding = \"rope\"\n[End]\n")
+        .unwrap();
+    let path = idea.to_str().unwrap();
+    let v = run_json(&["exec", "--env", "pretrain", "--scale", "tiny", "--seed", "1", "--idea", path, "--json"]);
+    assert_eq!(v["status"], "ok", "{v}");
+    let reward = v["reward"].as_f64().unwrap();
+    let loss = v["metrics"]["val_loss"].as_f64().unwrap();
+    assert!((reward - 1.0 / loss).abs() < 1e-9);
+    assert!(loss < 3.5, "val_loss {loss}");
+
+    let v = run_json(&["exec", "--env", "pretrain", "--idea", path, "--time-limit", "1", "--json"]);
+    assert_eq!(v["cause"], "time_limit", "{v}");
+}
+
+#[test]
+fn exec_runs_the_example_command_environment() {
+    let python = Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !python {
+        eprintln!("!!! python3 is not available: SKIPPING the command environment end-to-end test !!!");
+        return;
+    }
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/command_env/command.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("run");
+    let v = run_json(&[
+        "exec",
+        "--env",
+        "command",
+        "--env-config",
+        config.to_str().unwrap(),
+        "--work-dir",
+        work.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v["status"], "ok", "{v}");
+    assert!(v["metrics"]["val_accuracy"].as_f64().unwrap() > 0.3);
+    assert!(work.join("stdout.log").exists());
+}
