@@ -24,6 +24,7 @@ pub mod pretrain;
 pub mod prompt;
 pub mod recipe;
 pub mod result;
+pub mod toy;
 
 pub use environment::{default_device, EnvError, Environment, RunContext, ScaleInfo};
 pub use executor::{execute, execute_bytes, implement, run_recipe, ImplementationError};
@@ -44,6 +45,7 @@ pub fn list() -> Vec<(&'static str, &'static str)> {
             "command",
             "an external program implements and runs the idea (needs --env-config FILE, see examples/command_env)",
         ),
+        ("toy", "synthetic: reward computed instantly from the knobs (closeness to a hidden best recipe); for tests and quick RL runs"),
         ("posttrain", "GRPO on a verifiable task (not implemented yet: needs the GRPO trainer)"),
     ]
 }
@@ -52,6 +54,7 @@ pub fn list() -> Vec<(&'static str, &'static str)> {
 pub fn load(name: &str, config: Option<&Path>) -> Result<Box<dyn Environment>, EnvError> {
     match name {
         "pretrain" => Ok(Box::new(pretrain::Pretrain::new())),
+        "toy" => Ok(Box::new(toy::Toy)),
         "command" => {
             let path = config.ok_or_else(|| {
                 EnvError::Config(
