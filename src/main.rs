@@ -5,6 +5,7 @@
 //! sets up logging and dispatches.
 
 mod commands;
+mod policy_init;
 mod progress;
 mod run_config;
 
@@ -31,6 +32,10 @@ enum Command {
     Tokenize(commands::tokenize::Args),
     /// Supervised warm-up of an ideator on chat examples.
     Sft(commands::sft::Args),
+    /// RL (GRPO) on an ideator, rewarded by executing its ideas in an environment.
+    Train(commands::train::Args),
+    /// Fold a checkpoint's adapters into its base model and write a Hugging Face model folder.
+    Merge(commands::merge::Args),
     /// Our half of the side-by-side benchmarks (see BENCHMARKS.md).
     Bench(commands::bench::Args),
     /// Inspect environments: list, show knobs, print the ideator prompt, write example ideas.
@@ -67,6 +72,8 @@ fn run() -> anyhow::Result<()> {
         Command::Logprobs(args) => commands::logprobs::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Sft(args) => commands::sft::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Merge(args) => commands::merge::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Env(args) => commands::env::run(args),
         Command::Exec(args) => commands::exec::run(args),

@@ -31,18 +31,12 @@ impl ModelSection {
 }
 
 /// `[run]`: where results go.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunSection {
     /// Run folder; `--run-dir` overrides it. Default: runs/<config file stem>.
     pub dir: Option<PathBuf>,
     pub seed: u64,
-}
-
-impl Default for RunSection {
-    fn default() -> Self {
-        RunSection { dir: None, seed: 0 }
-    }
 }
 
 /// Reads and parses a TOML config; the error names the file and the offending key.

@@ -207,3 +207,40 @@ fn left_padded_decoding_matches_unpadded() {
         }
     }
 }
+
+#[test]
+fn shared_prefix_scoring_equals_scoring_the_concatenations() {
+    for arch in ARCHS {
+        let mut dec = tiny_decoder(arch, 12);
+        let vars = dec.make_trainable().unwrap();
+        let prefix = vec![3u32, 14, 15, 92, 65, 35];
+        let conts = vec![vec![8u32, 9, 7], vec![93u32], vec![2u32, 38, 46, 26, 43]];
+        let concat: Vec<Vec<u32>> = conts.iter().map(|c| [prefix.clone(), c.clone()].concat()).collect();
+        let from = vec![prefix.len(); conts.len()];
+        let run = |shared: bool| {
+            let (lp, ent) = if shared {
+                dec.score_continuations(&prefix, &conts, 0, AdapterMode::default()).unwrap()
+            } else {
+                dec.score_tokens(&concat, &from, 0, AdapterMode::default()).unwrap()
+            };
+            let loss = ((lp.sum_all().unwrap() * -1.0).unwrap() + (ent.sum_all().unwrap() * 0.1).unwrap()).unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<Vec<f32>> = vars
+                .iter()
+                .map(|(_, v)| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect();
+            (lp.to_vec1::<f32>().unwrap(), ent.to_vec1::<f32>().unwrap(), g)
+        };
+        let (lp1, e1, g1) = run(true);
+        let (lp2, e2, g2) = run(false);
+        assert_eq!(lp1.len(), 9);
+        for (a, b) in lp1.iter().zip(&lp2).chain(e1.iter().zip(&e2)) {
+            assert!((a - b).abs() < 1e-4, "{arch:?}: shared {a} vs concatenated {b}");
+        }
+        for ((name, _), (ga, gb)) in vars.iter().zip(g1.iter().zip(&g2)) {
+            for (a, b) in ga.iter().zip(gb) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{arch:?}: gradient of {name}: {a} vs {b}");
+            }
+        }
+    }
+}

@@ -1,4 +1,13 @@
 //! # ideator-rollout
 //!
-//! From policy to scored ideas and back: prompts, sampling, the asynchronous execution pipeline, staleness
-//! control, the run store (SQLite) and the RL and evolution loops that feed the learners.
+//! From policy to scored ideas and back: the ideator prompt of an environment, sampling groups of ideas,
+//! executing them, and the RL loop that turns scored groups into GRPO updates with metrics, an idea log and
+//! checkpoints in a run folder. (The asynchronous pipeline, the SQLite run store and evolutionary search build on
+//! the same pieces.)
+
+pub mod error;
+pub mod execute;
+pub mod prompt;
+pub mod rl;
+
+pub use error::{Result, RolloutError};

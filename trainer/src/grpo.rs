@@ -113,14 +113,13 @@ impl GrpoLearner {
         stats.frac_reward_zero_std =
             groups.iter().filter(|g| is_zero_std(&g.rewards())).count() as f64 / groups.len() as f64;
 
-        // Flatten to sequences with their advantage.
-        let mut seqs = Vec::new();
-        let mut score_from = Vec::new();
-        let mut advantages = Vec::new();
-        let mut behaviour = Vec::new();
+        // Per group: the samples with tokens, their advantages and their share of the step loss.
+        let mut lengths = Vec::new();
+        let mut per_group: Vec<Vec<(usize, f64)>> = Vec::with_capacity(groups.len());
         for g in groups {
             let adv = group_advantages(&g.rewards(), &self.cfg);
-            for (s, a) in g.samples.iter().zip(adv) {
+            let mut kept = Vec::new();
+            for (j, (s, a)) in g.samples.iter().zip(adv).enumerate() {
                 if s.completion_ids.is_empty() {
                     continue;
                 }
@@ -131,59 +130,67 @@ impl GrpoLearner {
                         s.completion_ids.len()
                     )));
                 }
-                let mut ids = g.prompt_ids.clone();
-                ids.extend_from_slice(&s.completion_ids);
-                seqs.push(ids);
-                score_from.push(g.prompt_ids.len());
-                advantages.push(a);
-                behaviour.push(s.behaviour_logprobs.clone());
+                kept.push((j, a));
+                lengths.push(s.completion_ids.len());
             }
+            per_group.push(kept);
         }
-        stats.sequences = seqs.len();
-        let lengths: Vec<usize> = behaviour.iter().map(Vec::len).collect();
+        stats.sequences = lengths.len();
         stats.completion_len_mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
         let weights = token_weights(&lengths, self.cfg.loss_aggregation, self.max_completion_tokens);
 
-        // Sequences that carry no gradient (zero advantage, no KL, no entropy bonus) are not run at all.
-        let needs_forward = |i: usize| advantages[i] != 0.0 || self.cfg.beta > 0.0 || self.cfg.entropy_coef > 0.0;
-        let active: Vec<usize> = (0..seqs.len()).filter(|&i| needs_forward(i)).collect();
-
-        let t0 = Instant::now();
-        let reference = if self.cfg.beta > 0.0 && !active.is_empty() {
-            let a_seqs: Vec<Vec<u32>> = active.iter().map(|&i| seqs[i].clone()).collect();
-            let a_from: Vec<usize> = active.iter().map(|&i| score_from[i]).collect();
-            self.policy.reference_logprobs(&a_seqs, &a_from, self.cfg.micro_batch)?
-        } else {
-            None
-        };
-        stats.reference_seconds = t0.elapsed().as_secs_f64();
-
-        let t0 = Instant::now();
+        // Samples that carry no gradient (zero advantage, no KL, no entropy bonus) are not run at all.
+        let carries_gradient = |a: f64| a != 0.0 || self.cfg.beta > 0.0 || self.cfg.entropy_coef > 0.0;
         let mut acc = GradAccumulator::new(self.policy.params().len());
         let mut loss_stats = LossStats::default();
-        for (mb, chunk) in active.chunks(self.cfg.micro_batch).enumerate() {
-            let mb_seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| seqs[i].clone()).collect();
-            let mb_from: Vec<usize> = chunk.iter().map(|&i| score_from[i]).collect();
-            let terms: Vec<SequenceTerms> = chunk
+        let mut any = false;
+        let mut reference_seconds = 0.0;
+        let t_update = Instant::now();
+        let mut weight_at = 0;
+        let mut micro = 0u64;
+        for (g, kept) in groups.iter().zip(&per_group) {
+            let with_weights: Vec<(usize, f64, f64)> = kept
                 .iter()
-                .enumerate()
-                .map(|(j, &i)| SequenceTerms {
-                    advantage: advantages[i],
-                    behaviour_logprobs: behaviour[i].clone(),
-                    reference_logprobs: reference.as_ref().map(|r| r[mb * self.cfg.micro_batch + j].clone()),
-                    token_weight: weights[i],
+                .map(|&(j, a)| {
+                    weight_at += 1;
+                    (j, a, weights[weight_at - 1])
                 })
+                .filter(|&(_, a, _)| carries_gradient(a))
                 .collect();
-            let mode = self.policy.training_mode(mix(mix(self.seed, self.step), mb as u64));
-            let (logp, entropy) = self.policy.score(&mb_seqs, &mb_from, mode)?;
-            let (loss, s) = grpo_loss(&logp, &entropy, &terms, &self.cfg)?;
-            if !s.loss.is_finite() {
-                return Err(TrainerError::NonFinite(format!("loss ({})", s.loss)));
+            // Each micro-batch shares the group's prompt: it is run once per micro-batch, not once per sample.
+            for chunk in with_weights.chunks(self.cfg.micro_batch) {
+                let conts: Vec<Vec<u32>> =
+                    chunk.iter().map(|&(j, _, _)| g.samples[j].completion_ids.clone()).collect();
+                let t0 = Instant::now();
+                let reference = if self.cfg.beta > 0.0 {
+                    self.policy.reference_continuation_logprobs(&g.prompt_ids, &conts)?
+                } else {
+                    None
+                };
+                reference_seconds += t0.elapsed().as_secs_f64();
+                let terms: Vec<SequenceTerms> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &(j, a, w))| SequenceTerms {
+                        advantage: a,
+                        behaviour_logprobs: g.samples[j].behaviour_logprobs.clone(),
+                        reference_logprobs: reference.as_ref().map(|r| r[k].clone()),
+                        token_weight: w,
+                    })
+                    .collect();
+                let mode = self.policy.training_mode(mix(mix(self.seed, self.step), micro));
+                micro += 1;
+                let (logp, entropy) = self.policy.score_continuations(&g.prompt_ids, &conts, mode)?;
+                let (loss, s) = grpo_loss(&logp, &entropy, &terms, &self.cfg)?;
+                if !s.loss.is_finite() {
+                    return Err(TrainerError::NonFinite(format!("loss ({})", s.loss)));
+                }
+                loss_stats.merge(&s);
+                acc.add(self.policy.params(), &loss.backward()?)?;
+                any = true;
             }
-            loss_stats.merge(&s);
-            let grads = loss.backward()?;
-            acc.add(self.policy.params(), &grads)?;
         }
+        stats.reference_seconds = reference_seconds;
         let tokens = loss_stats.tokens.max(1) as f64;
         stats.trained_tokens = loss_stats.tokens;
         stats.loss = loss_stats.loss;
@@ -194,12 +201,12 @@ impl GrpoLearner {
         stats.clip_high_frac = loss_stats.clipped_high as f64 / tokens;
         stats.ratio_mean = loss_stats.ratio_sum / tokens;
         stats.ratio_max = loss_stats.ratio_max;
-        if !active.is_empty() {
+        if any {
             let grads = acc.into_grads();
             stats.grad_norm = self.optimizer.step(self.policy.params(), &grads, stats.lr)?;
             stats.updated = true;
         }
-        stats.update_seconds = t0.elapsed().as_secs_f64();
+        stats.update_seconds = t_update.elapsed().as_secs_f64() - reference_seconds;
         self.step += 1;
         Ok(stats)
     }

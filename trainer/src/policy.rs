@@ -79,34 +79,35 @@ impl TrainablePolicy {
         AdapterMode { enabled: self.lora, dropout_seed: Some(dropout_seed) }
     }
 
-    /// Differentiable log-probs and entropies of the tokens from `score_from` on, concatenated.
-    pub fn score(&self, seqs: &[Vec<u32>], score_from: &[usize], mode: AdapterMode) -> Result<(Tensor, Tensor)> {
-        Ok(self.decoder.score_tokens(seqs, score_from, self.pad_id, mode)?)
+    /// Differentiable log-probs and entropies of continuations sharing `prefix` (the prefix is run once).
+    pub fn score_continuations(
+        &self,
+        prefix: &[u32],
+        conts: &[Vec<u32>],
+        mode: AdapterMode,
+    ) -> Result<(Tensor, Tensor)> {
+        Ok(self.decoder.score_continuations(prefix, conts, self.pad_id, mode)?)
     }
 
-    /// Detached per-sequence log-probs under the reference (None without a reference), in micro-batches.
-    pub fn reference_logprobs(
+    /// Detached log-probs of continuations sharing `prefix` under the reference; `None` without a reference.
+    pub fn reference_continuation_logprobs(
         &self,
-        seqs: &[Vec<u32>],
-        score_from: &[usize],
-        micro_batch: usize,
+        prefix: &[u32],
+        conts: &[Vec<u32>],
     ) -> Result<Option<Vec<Vec<f32>>>> {
-        let (decoder, mode) = match &self.reference {
+        let decoder = match &self.reference {
             Reference::None => return Ok(None),
-            Reference::BaseWithoutAdapters => (&self.decoder, AdapterMode::default()),
-            Reference::Frozen(d) => (d.as_ref(), AdapterMode::default()),
+            Reference::BaseWithoutAdapters => &self.decoder,
+            Reference::Frozen(d) => d.as_ref(),
         };
-        Ok(Some(detached_logprobs(decoder, seqs, score_from, micro_batch, self.pad_id, mode)?))
+        let (lp, _) = decoder.score_continuations(prefix, conts, self.pad_id, AdapterMode::default())?;
+        Ok(Some(split_flat(&lp.detach().to_vec1::<f32>()?, conts)))
     }
 
-    /// Detached per-sequence log-probs under the current policy (e.g. to recompute behaviour log-probs).
-    pub fn current_logprobs(
-        &self,
-        seqs: &[Vec<u32>],
-        score_from: &[usize],
-        micro_batch: usize,
-    ) -> Result<Vec<Vec<f32>>> {
-        detached_logprobs(&self.decoder, seqs, score_from, micro_batch, self.pad_id, self.sampling_mode())
+    /// Detached log-probs of continuations sharing `prefix` under the current policy.
+    pub fn current_continuation_logprobs(&self, prefix: &[u32], conts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let (lp, _) = self.decoder.score_continuations(prefix, conts, self.pad_id, self.sampling_mode())?;
+        Ok(split_flat(&lp.detach().to_vec1::<f32>()?, conts))
     }
 
     /// The trained tensors by name: adapters for LoRA, every weight for full fine-tuning.
@@ -141,24 +142,13 @@ impl TrainablePolicy {
     }
 }
 
-fn detached_logprobs(
-    decoder: &Decoder,
-    seqs: &[Vec<u32>],
-    score_from: &[usize],
-    micro_batch: usize,
-    pad_id: u32,
-    mode: AdapterMode,
-) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(seqs.len());
-    for (chunk, from) in seqs.chunks(micro_batch.max(1)).zip(score_from.chunks(micro_batch.max(1))) {
-        let (lp, _) = decoder.score_tokens(chunk, from, pad_id, mode)?;
-        let flat = lp.detach().to_vec1::<f32>()?;
-        let mut at = 0;
-        for (s, &f) in chunk.iter().zip(from) {
-            let n = s.len() - f;
-            out.push(flat[at..at + n].to_vec());
-            at += n;
-        }
+/// Splits a flat vector of per-token values into one vector per continuation.
+fn split_flat(flat: &[f32], conts: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let mut out = Vec::with_capacity(conts.len());
+    let mut at = 0;
+    for c in conts {
+        out.push(flat[at..at + c.len()].to_vec());
+        at += c.len();
     }
-    Ok(out)
+    out
 }

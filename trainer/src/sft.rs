@@ -68,35 +68,39 @@ impl SftLearner {
         self.step
     }
 
-    fn split(batch: &[SftExample]) -> Result<(Vec<Vec<u32>>, Vec<usize>)> {
-        let mut seqs = Vec::with_capacity(batch.len());
-        let mut from = Vec::with_capacity(batch.len());
+    /// Examples grouped by identical prompt (first-seen order), so each prompt is run once per micro-batch.
+    fn by_prompt(batch: &[SftExample]) -> Result<Vec<(&[u32], Vec<&SftExample>)>> {
+        let mut groups: Vec<(&[u32], Vec<&SftExample>)> = Vec::new();
         for ex in batch {
             if ex.prompt_ids.is_empty() || ex.completion_ids.is_empty() {
                 return Err(TrainerError::Data("an SFT example needs a non-empty prompt and completion".into()));
             }
-            let mut ids = ex.prompt_ids.clone();
-            ids.extend_from_slice(&ex.completion_ids);
-            seqs.push(ids);
-            from.push(ex.prompt_ids.len());
+            match groups.iter_mut().find(|(p, _)| *p == ex.prompt_ids.as_slice()) {
+                Some((_, members)) => members.push(ex),
+                None => groups.push((&ex.prompt_ids, vec![ex])),
+            }
         }
-        Ok((seqs, from))
+        Ok(groups)
     }
 
     /// One update on `batch` (token-mean NLL over all completion tokens of the batch).
     pub fn train_step(&mut self, batch: &[SftExample]) -> Result<SftStepStats> {
         let t0 = Instant::now();
-        let (seqs, from) = Self::split(batch)?;
         let total: usize = batch.iter().map(|e| e.completion_ids.len()).sum();
         let lr = self.optim.schedule.lr(self.optim.lr, self.step, self.total_steps);
         let mut acc = GradAccumulator::new(self.policy.params().len());
         let mut nll = 0f64;
-        for (mb, (s, f)) in seqs.chunks(self.micro_batch).zip(from.chunks(self.micro_batch)).enumerate() {
-            let mode = self.policy.training_mode(self.seed ^ (self.step << 20) ^ mb as u64);
-            let (logp, _) = self.policy.score(s, f, mode)?;
-            let loss = (logp.sum_all()? * (-1.0 / total as f64))?;
-            nll += loss.to_scalar::<f32>()? as f64;
-            acc.add(self.policy.params(), &loss.backward()?)?;
+        let mut micro = 0u64;
+        for (prompt, members) in Self::by_prompt(batch)? {
+            for chunk in members.chunks(self.micro_batch) {
+                let conts: Vec<Vec<u32>> = chunk.iter().map(|e| e.completion_ids.clone()).collect();
+                let mode = self.policy.training_mode(self.seed ^ (self.step << 20) ^ micro);
+                micro += 1;
+                let (logp, _) = self.policy.score_continuations(prompt, &conts, mode)?;
+                let loss = (logp.sum_all()? * (-1.0 / total as f64))?;
+                nll += loss.to_scalar::<f32>()? as f64;
+                acc.add(self.policy.params(), &loss.backward()?)?;
+            }
         }
         if !nll.is_finite() {
             return Err(TrainerError::NonFinite(format!("SFT loss ({nll})")));
@@ -115,10 +119,16 @@ impl SftLearner {
 
     /// Mean NLL per completion token over `examples`, without updating.
     pub fn eval_loss(&self, examples: &[SftExample]) -> Result<f64> {
-        let (seqs, from) = Self::split(examples)?;
         let total: usize = examples.iter().map(|e| e.completion_ids.len()).sum();
-        let lps = self.policy.current_logprobs(&seqs, &from, self.micro_batch)?;
-        Ok(-lps.iter().flatten().map(|&x| x as f64).sum::<f64>() / total.max(1) as f64)
+        let mut sum = 0f64;
+        for (prompt, members) in Self::by_prompt(examples)? {
+            for chunk in members.chunks(self.micro_batch) {
+                let conts: Vec<Vec<u32>> = chunk.iter().map(|e| e.completion_ids.clone()).collect();
+                let lps = self.policy.current_continuation_logprobs(prompt, &conts)?;
+                sum += lps.iter().flatten().map(|&x| x as f64).sum::<f64>();
+            }
+        }
+        Ok(-sum / total.max(1) as f64)
     }
 
     pub fn export(&self) -> (HashMap<String, Tensor>, HashMap<String, Tensor>, LearnerState) {

@@ -167,7 +167,7 @@ pub fn run_sft(
             step_in_run += 1;
             let mut record = serde_json::to_value(&s).expect("stats serialise");
             record["epoch"] = epoch.into();
-            let at_checkpoint = learner.step() % cfg.checkpoint_every == 0 || learner.step() == total;
+            let at_checkpoint = learner.step().is_multiple_of(cfg.checkpoint_every) || learner.step() == total;
             if at_checkpoint && !eval.is_empty() {
                 let l = learner.eval_loss(eval)?;
                 record["eval_loss"] = l.into();

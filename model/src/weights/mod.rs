@@ -1,6 +1,7 @@
 //! Reading model weights into plain tensors named as in Hugging Face checkpoints, from a GGUF file, a
 //! safetensors folder, or the Hugging Face hub cache. The decoder is then built from those tensors.
 
+pub mod export;
 pub mod gguf;
 pub mod hub;
 pub mod random;
