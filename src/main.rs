@@ -34,6 +34,8 @@ enum Command {
     Sft(commands::sft::Args),
     /// RL (GRPO) on an ideator, rewarded by executing its ideas in an environment.
     Train(commands::train::Args),
+    /// Sample ideas from a model or checkpoint, execute them, and report reward, max@k and diversity.
+    Eval(commands::eval::Args),
     /// Fold a checkpoint's adapters into its base model and write a Hugging Face model folder.
     Merge(commands::merge::Args),
     /// Our half of the side-by-side benchmarks (see BENCHMARKS.md).
@@ -74,6 +76,7 @@ fn run() -> anyhow::Result<()> {
         Command::Sft(args) => commands::sft::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Merge(args) => commands::merge::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Env(args) => commands::env::run(args),
         Command::Exec(args) => commands::exec::run(args),

@@ -62,3 +62,20 @@ pub fn load_initial_policy(
     }
     Ok((model, identity))
 }
+
+/// The model a checkpoint describes: its recorded base (and initial checkpoint, for runs that started from one)
+/// with the checkpoint's weights folded in. `model_override` replaces the recorded base model.
+pub fn load_checkpoint_model(dir: &Path, model_override: Option<&str>) -> anyhow::Result<Model> {
+    let manifest =
+        ideator_checkpoints::verify(dir).with_context(|| format!("checking checkpoint {}", dir.display()))?;
+    // A run started from an earlier checkpoint records its base as "<model> + <initial checkpoint>".
+    let recorded = manifest.base_model.spec.clone();
+    let (base, init) = match recorded.split_once(" + ") {
+        Some((b, i)) => (b.to_string(), Some(std::path::PathBuf::from(i))),
+        None => (recorded.clone(), None),
+    };
+    let section = ModelSection { spec: model_override.map(str::to_string).unwrap_or(base), device: "cpu".into() };
+    let (mut model, identity) = load_initial_policy(&section, init.as_deref())?;
+    apply_checkpoint(&mut model, dir, &identity)?;
+    Ok(model)
+}

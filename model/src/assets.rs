@@ -17,7 +17,9 @@ pub fn assets_dir() -> PathBuf {
     if local.join("smollm2").is_dir() {
         return local;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("assets")
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("assets");
+    // Canonical when it exists, so messages show /repo/assets rather than /repo/model/../assets.
+    built_from.canonicalize().unwrap_or(built_from)
 }
 
 /// The default ideator GGUF (SmolLM2-135M-Instruct, Q4_1).

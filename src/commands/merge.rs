@@ -3,10 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-
-use crate::policy_init::{apply_checkpoint, load_initial_policy};
-use crate::run_config::ModelSection;
+use crate::policy_init::load_checkpoint_model;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,17 +19,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let manifest = ideator_checkpoints::verify(&args.checkpoint)
-        .with_context(|| format!("checking checkpoint {}", args.checkpoint.display()))?;
-    // A run started from an earlier checkpoint records its base as "<model> + <initial checkpoint>".
-    let recorded = manifest.base_model.spec.clone();
-    let (base, init) = match recorded.split_once(" + ") {
-        Some((b, i)) => (b.to_string(), Some(PathBuf::from(i))),
-        None => (recorded.clone(), None),
-    };
-    let section = ModelSection { spec: args.model.clone().unwrap_or(base), device: "cpu".into() };
-    let (mut model, identity) = load_initial_policy(&section, init.as_deref())?;
-    apply_checkpoint(&mut model, &args.checkpoint, &identity)?;
+    let model = load_checkpoint_model(&args.checkpoint, args.model.as_deref())?;
     ideator_model::weights::export::write_hf_folder(&model.decoder, &model.tokenizer, &args.out)?;
     println!("merged model written to {}", args.out.display());
     Ok(())

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod env;
+pub mod eval;
 pub mod exec;
 pub mod logprobs;
 pub mod merge;
