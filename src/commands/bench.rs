@@ -196,7 +196,7 @@ fn grpo_prompt(tokenizer: &ideator_model::Tokenizer, target: usize) -> anyhow::R
     };
     let (mut lo, mut hi) = (0, filler_ids.len());
     while lo < hi {
-        let mid = (lo + hi + 1) / 2;
+        let mid = (lo + hi).div_ceil(2);
         if templated(mid)?.len() <= target {
             lo = mid;
         } else {
