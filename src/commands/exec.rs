@@ -52,6 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(secs) = args.time_limit {
         anyhow::ensure!(secs > 0.0 && secs.is_finite(), "--time-limit must be a positive number of seconds");
         ctx = ctx.with_time_limit(Duration::from_secs_f64(secs));
+        start_watchdog(Duration::from_secs_f64(secs), args.json, work_dir.clone());
     }
     let result = match &args.idea {
         Some(path) => match std::fs::read(path) {
@@ -65,6 +66,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             r
         }
     };
+    // From here on the watchdog must not print a second result.
+    let _printing = OUTPUT.lock().unwrap_or_else(|p| p.into_inner());
     if args.log {
         eprintln!("{}", result.log);
     }
@@ -92,6 +95,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Held by whoever prints the result, so the watchdog and the normal path never both print.
+static OUTPUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Environments stop cooperatively at the deadline, but a step that hangs (or an evaluation that runs long) would
+/// hold the backend's slot; past the limit plus a grace period the process reports a time-limit failure itself
+/// and exits.
+fn start_watchdog(limit: Duration, json: bool, work_dir: PathBuf) {
+    let grace = Duration::from_secs(5).max(limit / 10);
+    std::thread::spawn(move || {
+        std::thread::sleep(limit + grace);
+        let _printing = OUTPUT.lock().unwrap_or_else(|p| p.into_inner());
+        let msg = format!(
+            "the run did not stop within its time limit of {:.1} s (killed by the watchdog)",
+            limit.as_secs_f64()
+        );
+        if json {
+            let value = serde_json::json!({
+                "status": "failed", "reward": 0.0, "metrics": {}, "cause": FailureCause::TimeLimit,
+                "message": msg, "seconds": (limit + grace).as_secs_f64(), "work_dir": work_dir,
+            });
+            println!("{value}");
+        } else {
+            println!("failed (time_limit)  {msg}");
+        }
+        std::process::exit(0);
+    });
 }
 
 /// Sets candle's and rayon's thread counts; must run before the first tensor op (both read them once). An
