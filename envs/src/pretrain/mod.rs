@@ -6,6 +6,7 @@
 //! is the same on every machine; on CPU the run is bit-for-bit reproducible for a seed.
 
 pub mod corpus;
+pub mod fused;
 pub mod gpt;
 pub mod optim;
 pub mod schedule;
@@ -48,7 +49,7 @@ pub fn scales() -> Vec<ScaleSpec> {
             name: "tiny",
             doc: "4 layers, width 128, 8 x 128 bytes per step; 6e11 FLOPs (about 100 steps); 10-20 s on one CPU core",
             budget_flops: 6e11,
-            eval: EvalSpec { ctx: 128, windows: 128, batch: 32 },
+            eval: EvalSpec { ctx: 128, windows: 128, batch: 8 },
             min_steps: 10,
             max_params: 20_000_000,
             max_activation_bytes: 2e9,
