@@ -79,6 +79,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "cause": result.cause,
             "message": result.message,
             "seconds": result.seconds,
+            "changed": result.changed,
+            "env": args.env,
+            "scale": scale,
+            "seed": args.seed,
             "work_dir": work_dir,
         });
         if !args.log {
@@ -86,6 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         println!("{}", serde_json::to_string(&value)?);
     } else {
+        println!("work folder: {}", work_dir.display());
         match result.cause {
             None => println!("ok  reward {:.4}  ({:.1} s)  {}", result.reward, result.seconds, result.message),
             Some(cause) => println!("failed ({cause})  {}", result.message),
@@ -94,7 +99,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("  {k:<18} {v}");
         }
     }
+    save_to_work_dir(&work_dir, &result);
+    // Keep the lock until the process exits: the watchdog must never print a second result.
+    std::mem::forget(_printing);
     Ok(())
+}
+
+/// Leaves the result and the full log in the work folder for inspection (best effort: a full disk must not turn
+/// a finished run into a failure).
+fn save_to_work_dir(dir: &std::path::Path, result: &ExecResult) {
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(dir.join("run.log"), &result.log);
+    if let Ok(json) = serde_json::to_string_pretty(result) {
+        let _ = std::fs::write(dir.join("result.json"), json + "\n");
+    }
 }
 
 /// Held by whoever prints the result, so the watchdog and the normal path never both print.
