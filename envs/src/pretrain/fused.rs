@@ -92,7 +92,7 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
         scores.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32, t })
     } else {
         let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (t, t), scores.device())?;
+        let mask = Tensor::from_vec(mask, (t, t), scores.device())?.to_dtype(scores.dtype())?;
         candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, candle_core::D::Minus1)
     }
 }
@@ -395,5 +395,32 @@ mod tests {
         let (a, b) = (g_fused.get(&x).unwrap(), g_ref.get(&x).unwrap());
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-4, "gradient differs by {diff}");
+    }
+}
+
+#[cfg(test)]
+mod fallback_tests {
+    //! The composed forms (used on GPUs) compute the same functions as the fused CPU kernels. On the CPU they are
+    //! reached with f64 inputs, which the fused kernels do not take.
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn max_diff(fused: &Tensor, composed: &Tensor) -> f32 {
+        let composed = composed.to_dtype(DType::F32).unwrap();
+        (fused - composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn composed_forms_match_the_fused_kernels() {
+        let (b, t) = (2usize, 6usize);
+        let data: Vec<f32> = (0..b * t * t).map(|i| ((i * 7919 % 97) as f32 - 48.0) / 9.0).collect();
+        let x = Tensor::from_vec(data, (b, t, t), &Device::Cpu).unwrap();
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        assert!(max_diff(&gelu_tanh(&x).unwrap(), &gelu_tanh(&x64).unwrap()) < 1e-5);
+        assert!(max_diff(&causal_softmax(&x, 0.3).unwrap(), &causal_softmax(&x64, 0.3).unwrap()) < 1e-6);
+        for center in [true, false] {
+            assert!(max_diff(&normalize(&x, center, 1e-5).unwrap(), &normalize(&x64, center, 1e-5).unwrap()) < 1e-5);
+        }
+        assert!(max_diff(&log_softmax(&x).unwrap(), &log_softmax(&x64).unwrap()) < 1e-5);
     }
 }
