@@ -93,6 +93,19 @@ fn exec_runs_a_pretrain_idea_and_honours_the_time_limit() {
 
     let v = run_json(&["exec", "--env", "pretrain", "--idea", path, "--time-limit", "1", "--json"]);
     assert_eq!(v["cause"], "time_limit", "{v}");
+
+    // At `small` one CPU step outlasts the limit and its grace period: the watchdog reports the time limit, once.
+    let start = std::time::Instant::now();
+    let out = ideator()
+        .args(["exec", "--env", "pretrain", "--scale", "small", "--time-limit", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["cause"], "time_limit", "{v}");
+    assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
 }
 
 #[test]
