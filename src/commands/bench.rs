@@ -130,7 +130,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             });
             println!("{out}");
         }
-        What::Grpo { model, group, prompt_tokens, new_tokens, lora_rank, steps, warmup_steps, beta, learning_rate } => {
+        What::Grpo {
+            model,
+            group,
+            prompt_tokens,
+            new_tokens,
+            lora_rank,
+            steps,
+            warmup_steps,
+            beta,
+            learning_rate,
+        } => {
             bench_grpo(model, group, prompt_tokens, new_tokens, lora_rank, steps, warmup_steps, beta, learning_rate)?;
         }
         What::Train { model, batch, seq, repeats } => {
@@ -252,7 +262,15 @@ fn bench_grpo(
             ..Default::default()
         };
         let p = learner.policy();
-        let out = sample(p.decoder(), &m.tokenizer, std::slice::from_ref(&prompt), group, &params, p.sampling_mode(), None)?;
+        let out = sample(
+            p.decoder(),
+            &m.tokenizer,
+            std::slice::from_ref(&prompt),
+            group,
+            &params,
+            p.sampling_mode(),
+            None,
+        )?;
         let generation = t0.elapsed().as_secs_f64();
         let groups = vec![ScoredGroup {
             prompt_ids: prompt.clone(),
