@@ -13,7 +13,7 @@ use ideator_trainer::{GrpoConfig, GrpoLearner, TrainablePolicy};
 use serde::Deserialize;
 
 use crate::policy_init::load_initial_policy;
-use crate::run_config::{read_config, run_dir_for, ModelSection, RunSection};
+use crate::run_config::{read_config, relative_to_config, run_dir_for, ModelSection, RunSection};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -98,13 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.rl.validate()?;
     cfg.sampling.validate()?;
     cfg.diagnostics.alarm.validate()?;
-    let relative = |p: &PathBuf| {
-        if p.is_relative() {
-            args.config.parent().unwrap_or(std::path::Path::new(".")).join(p)
-        } else {
-            p.clone()
-        }
-    };
+    let relative = |p: &PathBuf| relative_to_config(&args.config, p);
     let env = ideator_envs::load(&cfg.env.name, cfg.env.config.as_ref().map(relative).as_deref())?;
     let scale = cfg.env.scale.clone().unwrap_or_else(|| env.default_scale());
     env.check_scale(&scale)?;
