@@ -70,6 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     if args.json {
         println!("{summary}");
+    } else if summary["resumed_at_step"] == summary["steps"] {
+        println!("sft already complete ({} steps); run folder {}", summary["steps"], run_dir.root.display());
     } else {
         println!(
             "sft done: {} steps, held-out loss {} -> {}; run folder {}",

@@ -159,7 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let first = initial.get_or_insert_with(|| d.clone());
                 let alarms = check_collapse(&cfg.diagnostics.alarm, first, &d);
                 for a in &alarms {
-                    bar.println(format!("step {}: collapse alarm: {}", report.step, a.message));
+                    crate::progress::say(&bar, format!("step {}: collapse alarm: {}", report.step, a.message));
                 }
                 extra.insert("diagnostics".into(), serde_json::to_value(&d).unwrap_or_default());
                 extra.insert("alarms".into(), serde_json::to_value(&alarms).unwrap_or_default());
@@ -168,16 +168,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let r = report.record;
         bar.set_position(report.step + 1);
-        bar.println(format!(
-            "step {:>4}  reward mean {:.3} max {:.3}  executed {:.0}%  best so far {:.3}  kl {:.4}  {:.0}s",
-            report.step,
-            r["reward_mean"].as_f64().unwrap_or(0.0),
-            r["reward_max"].as_f64().unwrap_or(0.0),
-            100.0 * r["execution_rate"].as_f64().unwrap_or(0.0),
-            r["best_reward_so_far"].as_f64().unwrap_or(0.0),
-            r["kl"].as_f64().unwrap_or(0.0),
-            r["step_seconds"].as_f64().unwrap_or(0.0),
-        ));
+        crate::progress::say(
+            &bar,
+            format!(
+                "step {:>4}  reward mean {:.3} max {:.3}  executed {:.0}%  best so far {:.3}  kl {:.4}  {:.0}s",
+                report.step,
+                r["reward_mean"].as_f64().unwrap_or(0.0),
+                r["reward_max"].as_f64().unwrap_or(0.0),
+                100.0 * r["execution_rate"].as_f64().unwrap_or(0.0),
+                r["best_reward_so_far"].as_f64().unwrap_or(0.0),
+                r["kl"].as_f64().unwrap_or(0.0),
+                r["step_seconds"].as_f64().unwrap_or(0.0),
+            ),
+        );
         extra
     };
     let mut executor = InProcess {
