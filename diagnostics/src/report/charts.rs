@@ -425,9 +425,10 @@ fn diversity_section(data: &ReportData, xa: &XAxis) -> Section {
             "Unique / total n-grams over the batch; higher = more diverse.",
             unit("distinct-n"),
             vec![
-                ("distinct-1", |d| d.text.distinct_1),
-                ("distinct-2", |d| d.text.distinct_2),
-                ("distinct-3", |d| d.text.distinct_3),
+                // Short names: the legend beside a small chart has room for about 15 characters.
+                ("n = 1", |d| d.text.distinct_1),
+                ("n = 2", |d| d.text.distinct_2),
+                ("n = 3", |d| d.text.distinct_3),
             ],
         ),
         spec(

@@ -174,7 +174,7 @@ impl Frame {
         } else if size.width >= 700.0 {
             230.0
         } else {
-            130.0
+            145.0
         };
         Frame { left: 64.0, right: legend_width, top: 14.0, bottom: 46.0, size }
     }
@@ -422,16 +422,17 @@ fn data_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     })
 }
 
-fn x_ticks(axis: &Axis, lo: f64, hi: f64) -> Vec<(f64, String)> {
+/// Tick positions and labels along x; `target` ticks at most (about one per 60 px, so labels never touch).
+fn x_ticks(axis: &Axis, lo: f64, hi: f64, target: usize) -> Vec<(f64, String)> {
     match axis.scale {
         Scale::Log2 => {
             let (a, b) = (lo.max(1.0).log2().floor() as i32, hi.max(1.0).log2().ceil() as i32);
-            // At most about 10 labels: skip powers when the range is wide.
-            let stride = ((b - a) / 10 + 1).max(1);
+            // Skip powers when the range is wide.
+            let stride = ((b - a) / target as i32 + 1).max(1);
             (a..=b).step_by(stride as usize).map(|e| (2f64.powi(e), format!("{}", 2f64.powi(e)))).collect()
         }
         Scale::Linear => {
-            let ticks = nice_ticks(lo, hi, 8, axis.integer);
+            let ticks = nice_ticks(lo, hi, target, axis.integer);
             let spacing = if ticks.len() > 1 { ticks[1] - ticks[0] } else { 1.0 };
             ticks.into_iter().map(|t| (t, format_tick(t, spacing))).collect()
         }
@@ -477,7 +478,8 @@ pub fn line_chart(chart: &LineChart) -> String {
     };
     let mut out = String::new();
     open_svg(&mut out, &chart.id, "line", chart.size);
-    axes(&mut out, &f, &xm, &x_ticks(&chart.x, x_lo, x_hi), &ym, &y_ticks);
+    let x_target = ((f.plot_width() / 60.0) as usize).clamp(3, 10);
+    axes(&mut out, &f, &xm, &x_ticks(&chart.x, x_lo, x_hi, x_target), &ym, &y_ticks);
     for band in &chart.bands {
         let pts: Vec<&(f64, f64, f64)> = band.points.iter().filter(|p| p.1.is_finite() && p.2.is_finite()).collect();
         if pts.is_empty() {
