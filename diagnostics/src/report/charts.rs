@@ -78,19 +78,53 @@ impl XAxis {
     }
 }
 
-/// Alarm markers of every series at their x positions, one marker per point with alarms.
-fn alarm_markers(data: &ReportData, xa: &XAxis) -> Vec<Marker> {
-    data.series
-        .iter()
-        .flat_map(|s| s.points.iter().map(move |p| (s, p)))
-        .filter(|(_, p)| !p.alarms.is_empty())
-        .map(|(s, p)| Marker { x: xa.x(p), tooltip: alarm_tooltip(s.kind, p) })
-        .collect()
+/// Runs of consecutive points with alarms, as (first, last) positions in `points`.
+fn alarm_runs(points: &[&SeriesPoint]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, p) in points.iter().enumerate().filter(|(_, p)| !p.alarms.is_empty()) {
+        match runs.last_mut() {
+            Some(run) if run.1 + 1 == i => run.1 = i,
+            _ => runs.push((i, i)),
+        }
+    }
+    runs
 }
 
-fn alarm_tooltip(kind: SeriesKind, p: &SeriesPoint) -> String {
-    let messages: Vec<&str> = p.alarms.iter().map(|a| a.message.as_str()).collect();
-    format!("{} {} {}: {}", kind.name(), kind.unit(), p.index, messages.join("; "))
+/// What a run of alarmed points says: every alarm of a single point, or the span and the last point's alarms.
+fn alarm_tooltip(kind: SeriesKind, run: &[&SeriesPoint]) -> String {
+    let last = run.last().expect("a run has a point");
+    let messages: Vec<&str> = last.alarms.iter().map(|a| a.message.as_str()).collect();
+    if run.len() == 1 {
+        return format!("{} {} {}: {}", kind.name(), kind.unit(), last.index, messages.join("; "));
+    }
+    let count: usize = run.iter().map(|p| p.alarms.len()).sum();
+    format!(
+        "{} {}s {}–{}: {count} alarms; at {} {}: {}",
+        kind.name(),
+        kind.unit(),
+        run[0].index,
+        last.index,
+        kind.unit(),
+        last.index,
+        messages.join("; ")
+    )
+}
+
+/// Markers over `points` (a series' points, or those of them a chart shows), as column positions.
+fn alarm_columns(kind: SeriesKind, points: &[&SeriesPoint]) -> Vec<(usize, usize, String)> {
+    alarm_runs(points).into_iter().map(|(a, b)| (a, b, alarm_tooltip(kind, &points[a..=b]))).collect()
+}
+
+/// Alarm markers of every series at their x positions, one per run of consecutive alarmed points.
+fn alarm_markers(data: &ReportData, xa: &XAxis) -> Vec<Marker> {
+    let mut markers = Vec::new();
+    for s in &data.series {
+        let points: Vec<&SeriesPoint> = s.points.iter().collect();
+        for (a, b, tooltip) in alarm_columns(s.kind, &points) {
+            markers.push(Marker { x: xa.x(points[a]), x_end: xa.x(points[b]), tooltip });
+        }
+    }
+    markers
 }
 
 /// Builds every section of the report.
@@ -490,7 +524,8 @@ fn categories_section(data: &ReportData) -> Section {
         let columns = diagnosed
             .iter()
             .map(|(p, d)| {
-                let n = d.n_ideas.max(1) as f64;
+                // Shares of the ideas the category statistics counted (the whole batch, in a consistent log).
+                let n = (d.categories.n_categorised + d.categories.n_uncategorised).max(1) as f64;
                 let count = |label: &str| {
                     d.categories.shares.iter().find(|c| c.label == label).map_or(0, |c| c.count) as f64 / n
                 };
@@ -509,12 +544,7 @@ fn categories_section(data: &ReportData) -> Section {
                 Column { label: p.index.to_string(), values }
             })
             .collect();
-        let markers = diagnosed
-            .iter()
-            .enumerate()
-            .filter(|(_, (p, _))| !p.alarms.is_empty())
-            .map(|(i, (p, _))| (i, alarm_tooltip(s.kind, p)))
-            .collect();
+        let markers = alarm_columns(s.kind, &diagnosed.iter().map(|(p, _)| *p).collect::<Vec<_>>());
         let id = format!("categories-{}", kind_id(s.kind));
         charts.push(Chart {
             id: id.clone(),
@@ -563,13 +593,7 @@ fn execution_section(data: &ReportData) -> Section {
                 Column { label: p.index.to_string(), values }
             })
             .collect();
-        let markers = s
-            .points
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| !p.alarms.is_empty())
-            .map(|(i, p)| (i, alarm_tooltip(s.kind, p)))
-            .collect();
+        let markers = alarm_columns(s.kind, &s.points.iter().collect::<Vec<_>>());
         let id = format!("outcomes-{}", kind_id(s.kind));
         charts.push(Chart {
             id: id.clone(),
@@ -813,6 +837,43 @@ mod tests {
         assert_eq!(picks.len(), 7);
         assert_eq!((picks[0], picks[6]), (0, 99));
         assert!(picks.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn consecutive_alarms_make_one_run() {
+        use crate::alarm::{Alarm, AlarmKind};
+        let point = |index: u64, alarms: usize| SeriesPoint {
+            index,
+            n_ideas: 8,
+            executions: 8,
+            reward_mean: 0.0,
+            reward_max: 0.0,
+            reward_std: None,
+            best_so_far: None,
+            execution_rate: 1.0,
+            failures: BTreeMap::new(),
+            diagnostics: None,
+            alarms: (0..alarms)
+                .map(|i| Alarm {
+                    kind: AlarmKind::CategoryDominance {
+                        category: "lr".into(),
+                        share: 1.0,
+                        count: 8,
+                        n_categorised: 8,
+                        threshold: 0.5,
+                    },
+                    message: format!("alarm {index}.{i}"),
+                })
+                .collect(),
+            scalars: BTreeMap::new(),
+        };
+        let points: Vec<SeriesPoint> =
+            [0, 1, 2, 0, 1, 0].iter().enumerate().map(|(i, &n)| point(i as u64, n)).collect();
+        let refs: Vec<&SeriesPoint> = points.iter().collect();
+        assert_eq!(alarm_runs(&refs), [(1, 2), (4, 4)]);
+        let columns = alarm_columns(SeriesKind::Rl, &refs);
+        assert_eq!(columns[0].2, "RL steps 1–2: 3 alarms; at step 2: alarm 2.0; alarm 2.1");
+        assert_eq!(columns[1].2, "RL step 4: alarm 4.0");
     }
 
     #[test]

@@ -109,10 +109,12 @@ pub struct Band {
     pub points: Vec<(f64, f64, f64)>,
 }
 
-/// A vertical line at an x position with a tooltip (a collapse alarm).
+/// A collapse alarm on a chart: a vertical line at `x`, or, for alarms at several consecutive points, a shaded
+/// span from `x` to `x_end` (one red wall of lines would hide the data); the tooltip says what fired.
 #[derive(Debug, Clone)]
 pub struct Marker {
     pub x: f64,
+    pub x_end: f64,
     pub tooltip: String,
 }
 
@@ -154,8 +156,8 @@ pub struct StackedBars {
     /// (name, colour) of each layer, bottom first.
     pub layers: Vec<(String, String)>,
     pub columns: Vec<Column>,
-    /// Column indices with an alarm and its tooltip.
-    pub markers: Vec<(usize, String)>,
+    /// Alarms over columns: (first, last) column index of a run of alarms, and its tooltip.
+    pub markers: Vec<(usize, usize, String)>,
 }
 
 /// Margins around the plot area: room for tick labels, axis labels and the legend on the right.
@@ -402,13 +404,24 @@ fn legend(out: &mut String, f: &Frame, items: &[(String, String, Stroke, bool)])
     }
 }
 
-/// Alarm markers: a red dashed vertical line with a small flag on top; the tooltip lists the alarms.
-fn alarm_marker(out: &mut String, f: &Frame, x: f64, tooltip: &str) {
+/// An alarm marker: a red dashed line with a small flag on top at `x0`, and a light red span to `x1` when the
+/// alarms last several points; the tooltip lists the alarms.
+fn alarm_marker(out: &mut String, f: &Frame, x0: f64, x1: f64, tooltip: &str) {
+    let span = if x1 > x0 + 0.5 {
+        format!(
+            "<rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#d62728\" fill-opacity=\"0.07\"/>",
+            f.top,
+            x1 - x0,
+            f.plot_height()
+        )
+    } else {
+        String::new()
+    };
     let _ = write!(
         out,
-        "<g class=\"alarm-marker\"><title>{}</title><line x1=\"{x:.1}\" y1=\"{top:.1}\" x2=\"{x:.1}\" y2=\"{y0:.1}\" \
-         stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"4 3\"/><path d=\"M{x:.1} {top:.1} l7 4 l-7 4 z\" \
-         fill=\"#d62728\"/></g>",
+        "<g class=\"alarm-marker\"><title>{}</title>{span}<line x1=\"{x0:.1}\" y1=\"{top:.1}\" x2=\"{x0:.1}\" \
+         y2=\"{y0:.1}\" stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"4 3\"/><path \
+         d=\"M{x0:.1} {top:.1} l7 4 l-7 4 z\" fill=\"#d62728\"/></g>",
         escape(tooltip),
         top = f.top,
         y0 = f.y0()
@@ -450,7 +463,11 @@ pub fn line_chart(chart: &LineChart) -> String {
     // A single line needs no legend: the chart's title names it.
     let show_legend = legend_items.len() > 1;
     let f = Frame::new(chart.size, show_legend);
-    let xs = chart.lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)).chain(chart.markers.iter().map(|m| m.x));
+    let xs = chart
+        .lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.0))
+        .chain(chart.markers.iter().flat_map(|m| [m.x, m.x_end]));
     let (x_lo, x_hi) = chart.x.range.or_else(|| data_range(xs)).unwrap_or((0.0, 1.0));
     let ys = chart
         .lines
@@ -504,7 +521,7 @@ pub fn line_chart(chart: &LineChart) -> String {
         out.push_str(&line_path(line, &xm, &ym));
     }
     for m in &chart.markers {
-        alarm_marker(&mut out, &f, xm.map(m.x), &m.tooltip);
+        alarm_marker(&mut out, &f, xm.map(m.x), xm.map(m.x_end), &m.tooltip);
     }
     axis_titles(&mut out, &f, &chart.x.label, &chart.y.label);
     if show_legend {
@@ -594,10 +611,14 @@ pub fn stacked_bars(chart: &StackedBars) -> String {
     let ym = Mapper { scale: Scale::Linear, lo: y_lo, hi: y_hi, px0: f.y0(), px1: f.top };
     let n = chart.columns.len().max(1);
     let slot = f.plot_width() / n as f64;
-    let bar_width = (slot * 0.8).max(1.0);
+    // Gaps between bars help few columns and stripe many: dense columns touch, with crisp edges so that
+    // anti-aliasing does not draw seams between them.
+    let dense = slot < 4.0;
+    let bar_width = if dense { slot } else { slot * 0.8 };
+    let crisp = if dense { " shape-rendering=\"crispEdges\"" } else { "" };
     let xm = Mapper { scale: Scale::Linear, lo: 0.0, hi: n as f64, px0: f.x0(), px1: f.x1() };
-    // Label at most about 12 columns so that the labels do not overlap.
-    let stride = n.div_ceil(12).max(1);
+    // Label every 1, 2, 5, 10, 20, ... columns: at most about 12 labels, at round positions.
+    let stride = nice_ticks(0.0, n as f64, 12, true).windows(2).next().map_or(1, |w| (w[1] - w[0]) as usize).max(1);
     let x_ticks: Vec<(f64, String)> =
         chart.columns.iter().enumerate().step_by(stride).map(|(i, c)| (i as f64 + 0.5, c.label.clone())).collect();
     let y_ticks = {
@@ -618,8 +639,8 @@ pub fn stacked_bars(chart: &StackedBars) -> String {
             let (y_top, y_bottom) = (ym.map(base + value), ym.map(base));
             let _ = write!(
                 out,
-                "<rect class=\"bar\" data-series=\"{}\" x=\"{x:.1}\" y=\"{y_top:.1}\" width=\"{bar_width:.1}\" \
-                 height=\"{:.1}\" fill=\"{}\"><title>{} — {}: {}</title></rect>",
+                "<rect class=\"bar\" data-series=\"{}\" x=\"{x:.2}\" y=\"{y_top:.1}\" width=\"{bar_width:.2}\" \
+                 height=\"{:.1}\" fill=\"{}\"{crisp}><title>{} — {}: {}</title></rect>",
                 escape(&layer.0),
                 (y_bottom - y_top).max(0.0),
                 layer.1,
@@ -630,8 +651,8 @@ pub fn stacked_bars(chart: &StackedBars) -> String {
             base += value;
         }
     }
-    for (i, tooltip) in &chart.markers {
-        alarm_marker(&mut out, &f, xm.map(*i as f64 + 0.5), tooltip);
+    for (first, last, tooltip) in &chart.markers {
+        alarm_marker(&mut out, &f, xm.map(*first as f64 + 0.5), xm.map(*last as f64 + 0.5), tooltip);
     }
     axis_titles(&mut out, &f, &chart.x_label, &chart.y.label);
     let items: Vec<(String, String, Stroke, bool)> =
@@ -676,7 +697,7 @@ mod tests {
                 Line::new("best", PALETTE[1], vec![(0.0, 0.2), (1.0, 0.5), (2.0, 0.5)]).step(),
             ],
             bands: vec![Band { name: "± std".into(), color: PALETTE[0].into(), points: vec![(0.0, 0.0, 0.2)] }],
-            markers: vec![Marker { x: 1.0, tooltip: "alarm <x>".into() }],
+            markers: vec![Marker { x: 1.0, x_end: 1.0, tooltip: "alarm <x>".into() }],
         };
         let svg = line_chart(&chart);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
@@ -704,7 +725,7 @@ mod tests {
                 Column { label: "0".into(), values: vec![0.25, 0.75] },
                 Column { label: "1".into(), values: vec![1.0, 0.0] },
             ],
-            markers: vec![(1, "x".into())],
+            markers: vec![(0, 1, "x".into())],
         };
         let svg = stacked_bars(&chart);
         assert_eq!(svg.matches("class=\"bar\"").count(), 3);
