@@ -81,7 +81,7 @@ impl XAxis {
 /// Runs of consecutive points with alarms, as (first, last) positions in `points`.
 fn alarm_runs(points: &[&SeriesPoint]) -> Vec<(usize, usize)> {
     let mut runs: Vec<(usize, usize)> = Vec::new();
-    for (i, p) in points.iter().enumerate().filter(|(_, p)| !p.alarms.is_empty()) {
+    for (i, _) in points.iter().enumerate().filter(|(_, p)| !p.alarms.is_empty()) {
         match runs.last_mut() {
             Some(run) if run.1 + 1 == i => run.1 = i,
             _ => runs.push((i, i)),
