@@ -16,6 +16,11 @@ Reported (medians over the R calls):
   decode_tokens_per_s      B*(N-1) / (time after the first token): the steady-state decode rate
   time_to_first_token_s    prefill + first token
 The last stdout line is one JSON object with the settings and these figures.
+
+On a shared machine (see BENCHMARKS.md): each timed call records cpu_share, the fraction of its threads' cores the
+process got; one with cpu_share >= --min-cpu-share (0.9) is clean. Timed calls continue until --repeats clean ones or
+--max-attempts in all (default 2 x repeats); medians use the clean ones when there are any (else all, and the
+result says "contended": true). --quiet-wait S waits up to S seconds for an idle machine before each timed call.
 """
 
 import argparse
@@ -38,10 +43,9 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=3, help="timed calls after the warm-up (median reported)")
     p.add_argument("--warmup-tokens", type=int, default=8, help="new tokens of the untimed warm-up call")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="wait up to S seconds for other processes to leave the cores idle before measuring")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    pc.add_contention_args(p, unit="call")
     a = p.parse_args()
     for name in ("batch", "prompt_tokens", "new_tokens", "repeats", "threads"):
         if getattr(a, name) < 1:
@@ -108,8 +112,6 @@ def main():
     pc.log(TOOL, f"loading {a.model}")
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
-    if a.quiet_wait > 0:
-        pc.wait_for_quiet(TOOL, a.quiet_wait)
     facts = pc.machine_facts()
     pc.log(TOOL, f"load average {facts['loadavg_start']}, cores busy before: {facts['cpu_busy_before']}")
     eos = model.generation_config.eos_token_id
@@ -122,9 +124,8 @@ def main():
     pc.log(TOOL, f"warm-up: batch {a.batch}, {a.prompt_tokens} prompt tokens, {a.warmup_tokens} new tokens")
     run_once(model, ids, mask, max(2, a.warmup_tokens), a.temperature, a.seed, eos_ids)
 
-    runs = []
-    for r in range(a.repeats):
-        res = run_once(model, ids, mask, a.new_tokens, a.temperature, a.seed + 1 + r, eos_ids)
+    def timed(i):
+        res = run_once(model, ids, mask, a.new_tokens, a.temperature, a.seed + 1 + i, eos_ids)
         if res["generated_per_row"] != a.new_tokens or res["rows_with_eos"]:
             raise SystemExit(
                 f"{TOOL}: error: generate produced {res['generated_per_row']} tokens per row "
@@ -133,10 +134,12 @@ def main():
         res["new_tokens_per_s"] = a.batch * a.new_tokens / res["total_s"]
         if a.new_tokens > 1 and res["after_first_s"]:
             res["decode_tokens_per_s"] = a.batch * (a.new_tokens - 1) / res["after_first_s"]
-        runs.append(res)
-        pc.log(TOOL, f"repeat {r + 1}/{a.repeats}: {res['total_s']:.2f} s, "
-                     f"{res['new_tokens_per_s']:.1f} new tok/s, first token {res['first_token_s']:.3f} s, "
-                     f"cpu share {res['cpu_share']}")
+        pc.log(TOOL, f"call {i + 1}: {res['total_s']:.2f} s, {res['new_tokens_per_s']:.1f} new tok/s, "
+                     f"first token {res['first_token_s']:.3f} s, cpu share {res['cpu_share']}")
+        return res
+
+    runs = pc.timed_runs(TOOL, timed, a.repeats, a)
+    used = pc.runs_for_summary(runs)
 
     rnd = pc.sig
     pc.emit({
@@ -156,12 +159,14 @@ def main():
             "use_cache": True,
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "seed": a.seed,
+            "min_cpu_share": a.min_cpu_share,
         },
-        "new_tokens_per_s": rnd(pc.median([r["new_tokens_per_s"] for r in runs])),
-        "decode_tokens_per_s": rnd(pc.median([r.get("decode_tokens_per_s") for r in runs if r.get("decode_tokens_per_s")])),
-        "time_to_first_token_s": rnd(pc.median([r["first_token_s"] for r in runs])),
-        "total_s": rnd(pc.median([r["total_s"] for r in runs])),
-        "cpu_share_min": min(r["cpu_share"] for r in runs),
+        "new_tokens_per_s": rnd(pc.median([r["new_tokens_per_s"] for r in used])),
+        "decode_tokens_per_s": rnd(pc.median([r["decode_tokens_per_s"] for r in used if r.get("decode_tokens_per_s")])),
+        "time_to_first_token_s": rnd(pc.median([r["first_token_s"] for r in used])),
+        "total_s": rnd(pc.median([r["total_s"] for r in used])),
+        "clean_runs": sum(r["clean"] for r in runs),
+        "contended": not any(r["clean"] for r in runs),
         "runs": [{k: rnd(v) if isinstance(v, float) else v for k, v in r.items()} for r in runs],
         "machine": facts,
     })

@@ -12,6 +12,11 @@ padding. One untimed warm-up iteration, then R timed ones.
 
 Reported: tokens_per_s = B*T / median iteration time (input tokens processed per second), plus each iteration.
 The last stdout line is one JSON object with the settings and these figures.
+
+On a shared machine (see BENCHMARKS.md): each timed iteration records cpu_share, the fraction of its threads' cores the
+process got; one with cpu_share >= --min-cpu-share (0.9) is clean. Timed iterations continue until --repeats clean ones or
+--max-attempts in all (default 2 x repeats); medians use the clean ones when there are any (else all, and the
+result says "contended": true). --quiet-wait S waits up to S seconds for an idle machine before each timed iteration.
 """
 
 import argparse
@@ -32,10 +37,9 @@ def parse_args():
     p.add_argument("--seq", type=int, required=True, help="tokens per sequence")
     p.add_argument("--repeats", type=int, default=3, help="timed iterations after the warm-up (median reported)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="wait up to S seconds for other processes to leave the cores idle before measuring")
     p.add_argument("--optimizer-step", action="store_true", help="include an AdamW step in each iteration")
     p.add_argument("--seed", type=int, default=0)
+    pc.add_contention_args(p, unit="iteration")
     a = p.parse_args()
     for name in ("batch", "seq", "repeats", "threads"):
         if getattr(a, name) < 1:
@@ -78,23 +82,23 @@ def main():
                 "loss": float(out.loss.detach()),
                 "cpu_share": pc.cpu_share(pc.cpu_seconds() - c0, t1 - t0, torch.get_num_threads())}
 
-    if a.quiet_wait > 0:
-        pc.wait_for_quiet(TOOL, a.quiet_wait)
     facts = pc.machine_facts()
     pc.log(TOOL, f"load average {facts['loadavg_start']}, cores busy before: {facts['cpu_busy_before']}")
     pc.log(TOOL, f"warm-up: batch {a.batch} x seq {a.seq}")
     warm = iteration()
-    runs = []
-    for r in range(a.repeats):
+    def timed(i):
         res = iteration()
         res["tokens_per_s"] = a.batch * a.seq / res["total_s"]
-        runs.append(res)
-        pc.log(TOOL, f"iteration {r + 1}/{a.repeats}: {res['total_s']:.2f} s "
+        pc.log(TOOL, f"iteration {i + 1}: {res['total_s']:.2f} s "
                      f"(forward {res['forward_s']:.2f}, backward {res['backward_s']:.2f}), "
                      f"{res['tokens_per_s']:.0f} tok/s, loss {res['loss']:.3f}, cpu share {res['cpu_share']}")
+        return res
+
+    runs = pc.timed_runs(TOOL, timed, a.repeats, a)
+    used = pc.runs_for_summary(runs)
 
     rnd = pc.sig
-    med_total = pc.median([r["total_s"] for r in runs])
+    med_total = pc.median([r["total_s"] for r in used])
     pc.emit({
         "tool": TOOL,
         "peer": "pytorch+transformers forward/backward",
@@ -110,13 +114,15 @@ def main():
             "optimizer_step": bool(a.optimizer_step),
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "inputs": f"uniform random ids, seed {a.seed}",
+            "min_cpu_share": a.min_cpu_share,
         },
         "tokens_per_s": rnd(a.batch * a.seq / med_total),
         "iteration_s": rnd(med_total),
-        "forward_s": rnd(pc.median([r["forward_s"] for r in runs])),
-        "backward_s": rnd(pc.median([r["backward_s"] for r in runs])),
+        "forward_s": rnd(pc.median([r["forward_s"] for r in used])),
+        "backward_s": rnd(pc.median([r["backward_s"] for r in used])),
         "warmup_s": rnd(warm["total_s"]),
-        "cpu_share_min": min(r["cpu_share"] for r in runs),
+        "clean_runs": sum(r["clean"] for r in runs),
+        "contended": not any(r["clean"] for r in runs),
         "runs": [{k: rnd(v) for k, v in r.items()} for r in runs],
         "machine": facts,
     })

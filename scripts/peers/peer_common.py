@@ -89,6 +89,38 @@ def wait_for_quiet(tool, max_wait_s, threshold=0.15):
     return busy
 
 
+def add_contention_args(parser, unit="run"):
+    """Flags that make timings usable on a machine shared with other work (see timed_runs)."""
+    parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                        help=f"before each timed {unit}, wait up to S seconds for other processes to leave the cores idle")
+    parser.add_argument("--min-cpu-share", type=float, default=0.9, metavar="F",
+                        help=f"a timed {unit} is clean when this process got at least this share of its threads' cores "
+                             "(default 0.9); medians use clean ones when there are any")
+    parser.add_argument("--max-attempts", type=int, default=None, metavar="N",
+                        help=f"timed {unit}s at most, clean or not, while collecting the clean ones (default 2 x repeats)")
+
+
+def timed_runs(tool, run, repeats, args):
+    """Call run(i) until `repeats` clean runs (cpu_share >= args.min_cpu_share) or args.max_attempts runs in all.
+
+    Each result dict must hold "cpu_share"; a "clean" flag is added. Returns all runs."""
+    max_attempts = args.max_attempts or 2 * repeats
+    runs = []
+    while sum(r["clean"] for r in runs) < repeats and len(runs) < max_attempts:
+        if args.quiet_wait > 0:
+            wait_for_quiet(tool, args.quiet_wait)
+        r = run(len(runs))
+        r["clean"] = r["cpu_share"] is not None and r["cpu_share"] >= args.min_cpu_share
+        runs.append(r)
+    return runs
+
+
+def runs_for_summary(runs):
+    """The clean runs when there are any, else all (the result is then marked contended)."""
+    clean = [r for r in runs if r.get("clean")]
+    return clean or runs
+
+
 def machine_facts():
     """What a reader needs to judge a timing: versions, cores, and how loaded the machine was."""
     import torch

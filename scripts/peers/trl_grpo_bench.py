@@ -28,6 +28,11 @@ optimizer step (step_s = on_step_begin -> on_step_end, i.e. everything TRL does 
                     (optimizer_s), zero_grad and scheduler.
 The first --warmup-steps steps are run and reported but left out of the medians.
 The last stdout line is one JSON object with the settings, the per-step records and their medians.
+
+On a shared machine (see BENCHMARKS.md): each step records cpu_share, the fraction of its threads' cores the process
+got; a step with cpu_share >= --min-cpu-share (0.9) is clean. Training stops once --steps clean steps (after the
+warm-up) were measured, or after --max-attempts steps (default 2 x --steps); medians use the clean steps when there
+are any. --quiet-wait S waits up to S seconds for an idle machine before each step (outside the step's clock).
 """
 
 import argparse
@@ -60,9 +65,8 @@ def parse_args():
     p.add_argument("--loss-type", default="grpo", help="TRL loss_type (grpo, dapo, dr_grpo, bnpo, ...)")
     p.add_argument("--allow-eos", action="store_true", help="let completions stop at EOS (no min_new_tokens)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="wait up to S seconds for other processes to leave the cores idle before measuring")
     p.add_argument("--seed", type=int, default=0)
+    pc.add_contention_args(p, unit="step")
     a = p.parse_args()
     for name in ("group", "prompt_tokens", "new_tokens", "steps", "threads"):
         if getattr(a, name) < 1:
@@ -140,11 +144,13 @@ class SectionRecorder:
         return ev
 
 
-def make_callback(recorder, steps_out, args_threads):
+def make_callback(recorder, steps_out, a):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            if a.quiet_wait > 0:  # before the clock starts: waiting is not part of the step
+                pc.wait_for_quiet(TOOL, a.quiet_wait)
             recorder.take()  # drop anything from before this step
             self.c_begin = pc.cpu_seconds()
             self.t_begin = time.perf_counter()
@@ -177,10 +183,15 @@ def make_callback(recorder, steps_out, args_threads):
                 "policy_forward_s": total("compute_loss"),
                 "backward_s": (self.t_pre_opt - loss_end) if self.t_pre_opt else None,
                 "optimizer_s": (self.t_opt - self.t_pre_opt) if self.t_opt and self.t_pre_opt else None,
-                "cpu_share": pc.cpu_share(pc.cpu_seconds() - self.c_begin, t_end - self.t_begin, args_threads[0]),
+                "cpu_share": pc.cpu_share(pc.cpu_seconds() - self.c_begin, t_end - self.t_begin, a.threads),
             }
             rec["prepare_other_s"] = rec["prepare_s"] - rec["generation_s"] - rec["ref_logprobs_s"] - rec["rewards_s"]
+            rec["warmup"] = len(steps_out) < a.warmup_steps
+            rec["clean"] = rec["cpu_share"] is not None and rec["cpu_share"] >= a.min_cpu_share
             steps_out.append(rec)
+            # Enough clean measured steps: stop early (max_steps leaves room for retrying contended ones).
+            if sum(r["clean"] for r in steps_out if not r["warmup"]) >= a.steps:
+                control.should_training_stop = True
             pc.log(TOOL, f"step {state.global_step}: {rec['step_s']:.1f} s (generation {rec['generation_s']:.1f}, "
                          f"ref log-probs {rec['ref_logprobs_s']:.1f}, update {rec['update_s']:.1f}; "
                          f"cpu share {rec['cpu_share']})")
@@ -206,7 +217,7 @@ def main():
     extra_versions = {"trl": trl.__version__}
     tok = AutoTokenizer.from_pretrained(a.model)
     messages, prompt_len = build_prompt(tok, a.prompt_tokens)
-    total_steps = a.warmup_steps + a.steps
+    total_steps = a.warmup_steps + (a.max_attempts or 2 * a.steps)
     dataset = Dataset.from_list([{"prompt": messages} for _ in range(total_steps)])
 
     peft_config = None
@@ -261,15 +272,13 @@ def main():
             train_dataset=dataset,
             processing_class=tok,
             peft_config=peft_config,
-            callbacks=[make_callback(recorder, steps, [a.threads])],
+            callbacks=[make_callback(recorder, steps, a)],
         )
         init_s = time.perf_counter() - t_init
         torch.set_num_threads(a.threads)  # in case a library changed it while building the trainer
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         pc.log(TOOL, f"trainer ready in {init_s:.1f} s; {trainable} trainable parameters; "
-                     f"prompt {prompt_len} tokens; running {total_steps} steps")
-        if a.quiet_wait > 0:
-            pc.wait_for_quiet(TOOL, a.quiet_wait)
+                     f"prompt {prompt_len} tokens; {a.warmup_steps} warm-up + {a.steps} clean steps wanted, at most {total_steps} steps")
         facts = pc.machine_facts()
         facts.update(extra_versions)
         pc.log(TOOL, f"load average {facts['loadavg_start']}, cores busy before: {facts['cpu_busy_before']}")
@@ -279,7 +288,7 @@ def main():
         optim = str(trainer.args.optim)
         has_ref = trainer.ref_model is not None
 
-    measured = steps[a.warmup_steps:]
+    measured = pc.runs_for_summary([s for s in steps if not s["warmup"]])
     keys = ["step_s", "generation_s", "ref_logprobs_s", "rewards_s", "prepare_other_s", "update_s",
             "policy_forward_s", "backward_s", "optimizer_s"]
     med = {k: pc.median([s[k] for s in measured if s.get(k) is not None]) for k in keys}
@@ -314,11 +323,13 @@ def main():
             "warmup_steps": a.warmup_steps,
             "threads": threads,
             "seed": a.seed,
+            "min_cpu_share": a.min_cpu_share,
         },
         "seconds_per_step": rnd(med["step_s"]),
         "split_median_s": {k: rnd(v) for k, v in med.items() if k != "step_s"},
         "completion_mean_length": completion_len,
-        "cpu_share_min": min((s["cpu_share"] for s in measured), default=None),
+        "clean_steps": sum(s["clean"] for s in steps if not s["warmup"]),
+        "contended": not any(s["clean"] for s in steps if not s["warmup"]),
         "trainer_init_s": rnd(init_s),
         "train_total_s": rnd(train_s),
         "steps": [{k: (rnd(v) if not isinstance(v, dict) else {kk: rnd(vv) for kk, vv in v.items()})
