@@ -75,17 +75,20 @@ def cpu_busy(seconds=1.0):
     return round((b[0] - a[0]) / (b[1] - a[1]), 3)
 
 
-def wait_for_quiet(tool, max_wait_s, threshold=0.15):
-    """Wait (at most max_wait_s) until other processes keep less than `threshold` of the cores busy.
+def wait_for_quiet(tool, max_wait_s, threshold=0.15, window_s=3.0):
+    """Wait (at most max_wait_s) until other processes keep less than `threshold` of the cores busy for window_s.
 
     Timings on a shared machine are only comparable when nobody else computes: with torch's OpenMP threads,
     losing half the cores can cost far more than half the speed. Returns the last busy fraction seen."""
-    busy = cpu_busy(1.0)
+    busy = cpu_busy(window_s)
     deadline = time.time() + max_wait_s
+    reported = 0.0
     while busy is not None and busy > threshold and time.time() < deadline:
-        log(tool, f"machine busy ({busy:.0%} of the cores); waiting for it to quiet down")
-        time.sleep(9.0)
-        busy = cpu_busy(1.0)
+        if time.time() - reported > 60:  # one line a minute is enough
+            log(tool, f"machine busy ({busy:.0%} of the cores); waiting for it to quiet down")
+            reported = time.time()
+        time.sleep(2.0)
+        busy = cpu_busy(window_s)
     return busy
 
 
