@@ -1,10 +1,11 @@
 //! The `posttrain` environment: the project's own GRPO post-trains a small policy on a verifiable task, and the
 //! reward is the policy's held-out accuracy afterwards.
 //!
-//! - Task ([`task`]): integer arithmetic written as text (`37+45=` -> `82<eos>`), generated from a fixed seed per
-//!   scale, with a held-out evaluation set that training never samples.
+//! - Task ([`task`]): integer arithmetic written as text, answers least-significant digit first (`37+45=` ->
+//!   `28<eos>`), generated from a fixed seed per scale, with a held-out evaluation set that training never samples.
 //! - Base policy ([`base`]): a character-level Llama-style decoder trained once by supervised learning to a middling
-//!   accuracy and cached on disk by its config, so every recipe starts from the same weights.
+//!   accuracy (it learns to carry, then is taught a share of no-carry slips) and cached on disk by its config, so
+//!   every recipe starts from the same weights.
 //! - Recipe ([`train`]): the knobs configure the project's GRPO learner (`ideator_trainer::GrpoLearner`): advantage
 //!   normalisation and baseline, clipping, KL, entropy bonus, aggregation, sampling, optimiser and schedule, LoRA or
 //!   full fine-tuning. The budget is a fixed number of sampled completions, so a larger group or batch buys fewer
