@@ -9,17 +9,18 @@
 //! - [`environment`]: the [`Environment`] trait and the [`RunContext`] of one run.
 //! - [`pretrain`]: a GPT trained from scratch in candle on the Brown corpus under a fixed FLOP budget;
 //!   reward = 1 / validation loss.
+//! - [`posttrain`]: the project's GRPO post-trains a small character-level policy (cached supervised base) on
+//!   arithmetic problems for a fixed budget of sampled completions; reward = held-out accuracy.
 //! - [`command`]: an external program implements and runs the idea (the idea travels as a file, never through a
 //!   shell).
 //! - [`prompt`]: the ideator prompt of an environment and schema-valid example ideas for a supervised warm-up.
-//!
-//! The `posttrain` environment (GRPO on a verifiable task) plugs into the same trait once the trainer exists.
 
 pub mod command;
 pub mod environment;
 pub mod executor;
 pub mod idea;
 pub mod knobs;
+pub mod posttrain;
 pub mod pretrain;
 pub mod prompt;
 pub mod recipe;
@@ -46,7 +47,10 @@ pub fn list() -> Vec<(&'static str, &'static str)> {
             "an external program implements and runs the idea (needs --env-config FILE, see examples/command_env)",
         ),
         ("toy", "synthetic: reward computed instantly from the knobs (closeness to a hidden best recipe); for tests and quick RL runs"),
-        ("posttrain", "GRPO on a verifiable task (not implemented yet: needs the GRPO trainer)"),
+        (
+            "posttrain",
+            "post-train a small policy with the project's GRPO on arithmetic problems for a fixed budget of samples; reward = held-out accuracy",
+        ),
     ]
 }
 
@@ -64,9 +68,7 @@ pub fn load(name: &str, config: Option<&Path>) -> Result<Box<dyn Environment>, E
             })?;
             Ok(Box::new(command::CommandEnv::from_file(path)?))
         }
-        "posttrain" => Err(EnvError::Config(
-            "the posttrain environment is not implemented yet (it runs the project's GRPO trainer)".into(),
-        )),
+        "posttrain" => Ok(Box::new(posttrain::Posttrain::new())),
         other => Err(EnvError::UnknownEnvironment {
             name: knobs::clip(other, 40),
             known: list().iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),

@@ -11,9 +11,21 @@ pub const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz .,:=[]0123456789";
 
 /// A character-level tokenizer over [`ALPHABET`] with `<eos>` (id 0) as end of sequence and padding.
 pub fn char_tokenizer() -> Result<Tokenizer> {
+    char_tokenizer_for(ALPHABET)
+}
+
+/// A character-level tokenizer over `alphabet` (id = position + 1; id 0 is `<eos>`, also the padding), for
+/// task-specific tiny models (e.g. arithmetic over `0123456789+-=`). Characters must be distinct.
+pub fn char_tokenizer_for(alphabet: &str) -> Result<Tokenizer> {
+    let mut seen = std::collections::BTreeSet::new();
+    if alphabet.is_empty() || !alphabet.chars().all(|c| seen.insert(c)) {
+        return Err(crate::ModelError::Invalid(format!(
+            "alphabet {alphabet:?} must be non-empty with distinct characters"
+        )));
+    }
     let mut vocab = serde_json::Map::new();
     vocab.insert("<eos>".into(), 0.into());
-    for (i, c) in ALPHABET.chars().enumerate() {
+    for (i, c) in alphabet.chars().enumerate() {
         vocab.insert(c.to_string(), (i + 1).into());
     }
     let tokenizer = serde_json::json!({
@@ -68,4 +80,19 @@ pub fn tiny_config() -> ModelConfig {
 /// yet the (frozen, tied) embedding is large enough for LoRA alone to move logits by several nats.
 pub fn tiny_decoder(seed: u64) -> Result<Decoder> {
     Decoder::from_raw(random_weights(&tiny_config(), seed, 5.0)?, DType::F32, &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_alphabets_round_trip_and_end_with_eos() {
+        let tok = char_tokenizer_for("0123456789+-=").unwrap();
+        let ids = tok.encode("37+45=", false).unwrap();
+        assert_eq!(ids, vec![4, 8, 11, 5, 6, 13]);
+        assert_eq!(tok.decode(&ids, true).unwrap(), "37+45=");
+        assert!(tok.is_eos(0) && tok.vocab_size() == 14);
+        assert!(char_tokenizer_for("0120").is_err() && char_tokenizer_for("").is_err());
+    }
 }
