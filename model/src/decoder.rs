@@ -351,15 +351,21 @@ impl Decoder {
     /// is several times less work and memory than [`Decoder::score_tokens`] on the concatenations, with the same
     /// values and gradients (the prefix's gradient sums over the continuations, as it should).
     ///
-    /// Every token of every continuation is scored (the first one given the prefix). Returns flat rank-1
-    /// tensors, continuation by continuation.
+    /// Every token of every continuation is scored (the first one given the prefix), under the distribution
+    /// `softmax(logits / temperature)` — the one a sampler at that temperature drew from, so that importance
+    /// ratios against its behaviour log-probs are 1 for an unchanged policy. Returns flat rank-1 tensors,
+    /// continuation by continuation.
     pub fn score_continuations(
         &self,
         prefix: &[u32],
         continuations: &[Vec<u32>],
         pad_id: u32,
         mode: AdapterMode,
+        temperature: f64,
     ) -> Result<(Tensor, Tensor)> {
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(ModelError::Invalid(format!("scoring temperature must be positive, got {temperature}")));
+        }
         if prefix.is_empty() || continuations.is_empty() || continuations.iter().any(|c| c.is_empty()) {
             return Err(ModelError::Invalid("a non-empty prefix and non-empty continuations are needed".into()));
         }
@@ -426,6 +432,8 @@ impl Decoder {
             }
         }
         let picked = rows_all.index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
+        // logits / T = (h / T) W^T: scaling the few picked rows is cheaper than scaling logits.
+        let picked = if temperature != 1.0 { (picked / temperature)? } else { picked };
         let out = crate::logprob::linear_logprobs_and_entropy(&picked, self.lm_head_weight(), &targets)?;
         Ok((out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?))
     }

@@ -54,6 +54,16 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// The temperature of the distribution that behaviour log-probs are taken from (greedy decoding reports
+    /// log-probs of the untempered distribution).
+    pub fn logprob_temperature(&self) -> f64 {
+        if self.temperature > 0.0 {
+            self.temperature
+        } else {
+            1.0
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Invalid(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {

@@ -219,7 +219,7 @@ fn shared_prefix_scoring_equals_scoring_the_concatenations() {
         let from = vec![prefix.len(); conts.len()];
         let run = |shared: bool| {
             let (lp, ent) = if shared {
-                dec.score_continuations(&prefix, &conts, 0, AdapterMode::default()).unwrap()
+                dec.score_continuations(&prefix, &conts, 0, AdapterMode::default(), 1.0).unwrap()
             } else {
                 dec.score_tokens(&concat, &from, 0, AdapterMode::default()).unwrap()
             };

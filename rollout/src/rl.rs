@@ -183,7 +183,14 @@ pub fn run_rl(
             }
         }
         // Update.
-        let groups = to_groups(&ctx.prompt_ids, &completions, &results, cfg.groups_per_step, step);
+        let groups = to_groups(
+            &ctx.prompt_ids,
+            &completions,
+            &results,
+            cfg.groups_per_step,
+            step,
+            params.logprob_temperature(),
+        );
         let stats = learner.train_step(&groups)?;
         let mut record = serde_json::to_value(&stats).expect("stats serialise");
         let executed = results.iter().filter(|r| r.is_ok()).count();
@@ -271,11 +278,13 @@ fn to_groups(
     results: &[ExecResult],
     groups: usize,
     version: u64,
+    temperature: f64,
 ) -> Vec<ScoredGroup> {
     (0..groups)
         .map(|g| ScoredGroup {
             prompt_ids: prompt.to_vec(),
             policy_version: version,
+            temperature,
             samples: completions
                 .iter()
                 .zip(results)

@@ -275,6 +275,7 @@ fn bench_grpo(
         let groups = vec![ScoredGroup {
             prompt_ids: prompt.clone(),
             policy_version: step as u64,
+            temperature: params.logprob_temperature(),
             samples: out
                 .iter()
                 .map(|c| ScoredSample {

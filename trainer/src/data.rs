@@ -18,6 +18,14 @@ pub struct ScoredGroup {
     pub samples: Vec<ScoredSample>,
     /// Policy version that sampled the group (for staleness accounting).
     pub policy_version: u64,
+    /// Temperature of the distribution the behaviour log-probs come from
+    /// (`SamplingParams::logprob_temperature`); the learner scores at the same one.
+    #[serde(default = "one")]
+    pub temperature: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl ScoredGroup {

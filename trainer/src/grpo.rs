@@ -163,7 +163,7 @@ impl GrpoLearner {
                     chunk.iter().map(|&(j, _, _)| g.samples[j].completion_ids.clone()).collect();
                 let t0 = Instant::now();
                 let reference = if self.cfg.beta > 0.0 {
-                    self.policy.reference_continuation_logprobs(&g.prompt_ids, &conts)?
+                    self.policy.reference_continuation_logprobs(&g.prompt_ids, &conts, g.temperature)?
                 } else {
                     None
                 };
@@ -180,7 +180,7 @@ impl GrpoLearner {
                     .collect();
                 let mode = self.policy.training_mode(mix(mix(self.seed, self.step), micro));
                 micro += 1;
-                let (logp, entropy) = self.policy.score_continuations(&g.prompt_ids, &conts, mode)?;
+                let (logp, entropy) = self.policy.score_continuations(&g.prompt_ids, &conts, mode, g.temperature)?;
                 let (loss, s) = grpo_loss(&logp, &entropy, &terms, &self.cfg)?;
                 if !s.loss.is_finite() {
                     return Err(TrainerError::NonFinite(format!("loss ({})", s.loss)));

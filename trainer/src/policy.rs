@@ -85,8 +85,9 @@ impl TrainablePolicy {
         prefix: &[u32],
         conts: &[Vec<u32>],
         mode: AdapterMode,
+        temperature: f64,
     ) -> Result<(Tensor, Tensor)> {
-        Ok(self.decoder.score_continuations(prefix, conts, self.pad_id, mode)?)
+        Ok(self.decoder.score_continuations(prefix, conts, self.pad_id, mode, temperature)?)
     }
 
     /// Detached log-probs of continuations sharing `prefix` under the reference; `None` without a reference.
@@ -94,19 +95,20 @@ impl TrainablePolicy {
         &self,
         prefix: &[u32],
         conts: &[Vec<u32>],
+        temperature: f64,
     ) -> Result<Option<Vec<Vec<f32>>>> {
         let decoder = match &self.reference {
             Reference::None => return Ok(None),
             Reference::BaseWithoutAdapters => &self.decoder,
             Reference::Frozen(d) => d.as_ref(),
         };
-        let (lp, _) = decoder.score_continuations(prefix, conts, self.pad_id, AdapterMode::default())?;
+        let (lp, _) = decoder.score_continuations(prefix, conts, self.pad_id, AdapterMode::default(), temperature)?;
         Ok(Some(split_flat(&lp.detach().to_vec1::<f32>()?, conts)))
     }
 
-    /// Detached log-probs of continuations sharing `prefix` under the current policy.
+    /// Detached log-probs (temperature 1) of continuations sharing `prefix` under the current policy.
     pub fn current_continuation_logprobs(&self, prefix: &[u32], conts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        let (lp, _) = self.decoder.score_continuations(prefix, conts, self.pad_id, self.sampling_mode())?;
+        let (lp, _) = self.decoder.score_continuations(prefix, conts, self.pad_id, self.sampling_mode(), 1.0)?;
         Ok(split_flat(&lp.detach().to_vec1::<f32>()?, conts))
     }
 

@@ -39,6 +39,7 @@ fn rl_step(l: &mut GrpoLearner, tok: &Tokenizer, step: u64) -> (f64, f64) {
         .map(|(i, prompt)| ScoredGroup {
             prompt_ids: prompt.clone(),
             policy_version: step,
+            temperature: params.logprob_temperature(),
             samples: out
                 .iter()
                 .filter(|c| c.prompt_index == i)
@@ -128,5 +129,35 @@ fn resume_is_bit_exact() {
         for (k, v) in &oa {
             assert_eq!(bits(v), bits(&ob[k]), "{mode:?}: optimiser state {k} differs after resume");
         }
+    }
+}
+
+#[test]
+fn first_update_ratios_are_one_at_any_sampling_temperature() {
+    for temperature in [0.5, 1.0, 1.7] {
+        let (mut l, tok) = learner(TrainMode::Lora { lora: LoraConfig { rank: 4, ..Default::default() } }, 1e-3, 1);
+        let prompt = tok.encode("x=", false).unwrap();
+        let params = SamplingParams { temperature, max_new_tokens: 10, seed: 5, batch_size: 8, ..Default::default() };
+        let p = l.policy();
+        let out =
+            sample(p.decoder(), &tok, std::slice::from_ref(&prompt), 8, &params, p.sampling_mode(), None).unwrap();
+        let group = ScoredGroup {
+            prompt_ids: prompt,
+            policy_version: 0,
+            temperature: params.logprob_temperature(),
+            samples: out
+                .iter()
+                .map(|c| ScoredSample {
+                    completion_ids: c.token_ids.clone(),
+                    behaviour_logprobs: c.logprobs.clone(),
+                    reward: vowel_share(&c.text),
+                })
+                .collect(),
+        };
+        let s = l.train_step(&[group]).unwrap();
+        // Same policy that sampled: every importance ratio is 1, nothing is clipped, the KL is 0.
+        assert!((s.ratio_mean - 1.0).abs() < 1e-4 && s.ratio_max < 1.0 + 1e-3, "T={temperature}: {s:?}");
+        assert_eq!((s.clip_low_frac, s.clip_high_frac), (0.0, 0.0), "T={temperature}");
+        assert!(s.kl.abs() < 1e-6, "T={temperature}: kl {}", s.kl);
     }
 }

@@ -152,6 +152,7 @@ fn run(
                 prompt_ids: ids.clone(),
                 samples: Vec::with_capacity(group),
                 policy_version: step as u64,
+                temperature: params.logprob_temperature(),
             })
             .collect();
         let mut correct = 0usize;
