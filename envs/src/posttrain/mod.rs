@@ -156,7 +156,7 @@ fn posttrain_schema() -> Schema {
             1,
             4,
             1,
-            "optimiser updates on each sampled batch (PPO epochs); with one (at temperature 1) the ratio is 1 and never clipped",
+            "optimiser updates on each sampled batch (PPO epochs); with one, the ratio is 1 and never clipped (it is taken at the sampling temperature)",
         )
             .why("reusing samples gets more updates from the budget; the ratio clip then limits how far they go")
             .suggest(vec![I(2), I(4)]),
