@@ -9,5 +9,6 @@ pub mod error;
 pub mod execute;
 pub mod prompt;
 pub mod rl;
+pub mod store;
 
 pub use error::{Result, RolloutError};
