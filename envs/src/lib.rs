@@ -11,10 +11,12 @@
 //!   reward = 1 / validation loss.
 //! - [`command`]: an external program implements and runs the idea (the idea travels as a file, never through a
 //!   shell).
+//! - [`backend`]: where executions run as separate processes: local slots (CPU shares or GPUs) or Slurm jobs.
 //! - [`prompt`]: the ideator prompt of an environment and schema-valid example ideas for a supervised warm-up.
 //!
 //! The `posttrain` environment (GRPO on a verifiable task) plugs into the same trait once the trainer exists.
 
+pub mod backend;
 pub mod command;
 pub mod environment;
 pub mod executor;
