@@ -5,5 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-assets.sh
 export IDEATOR_ASSETS="${IDEATOR_ASSETS:-$PWD/assets}"
+
+# A one-node Slurm cluster for the Slurm backend's tests. CI (root on a fresh Debian machine) installs and starts it
+# and requires it; elsewhere the tests say loudly that they did not run when no cluster is reachable.
+if [ "${CI:-}" = "true" ]; then
+  scripts/slurm-test-cluster.sh start
+  export IDEATOR_REQUIRE_SLURM=1
+elif [ "$(id -u)" = 0 ] && [ "${IDEATOR_SKIP_SLURM:-}" != 1 ]; then
+  scripts/slurm-test-cluster.sh start || echo "WARNING: no Slurm test cluster; the Slurm tests will not run" >&2
+fi
+
 cargo build --release --locked --workspace --all-targets
 cargo test --release --locked --workspace --no-fail-fast "$@"

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ideator_envs::backend::{LocalBackend, LocalConfig, RunSpec};
+use ideator_envs::backend::{Backend, LocalBackend, LocalConfig, RunSpec, SlurmBackend, SlurmConfig};
 use ideator_rollout::pipeline::dispatch::Launcher;
 use ideator_rollout::pipeline::{
     run_pipeline, Learner, OnInterrupt, PipelineConfig, PipelineContext, PipelineSummary, SampledGroup, SampledIdea,
@@ -141,6 +141,21 @@ fn go(
     l: ShLauncher,
     stop_after: Option<u64>,
 ) -> PipelineSummary {
+    let backend = LocalBackend::new(&LocalConfig { slots, threads_per_run: Some(1), ..Default::default() }).unwrap();
+    go_on(s, learner, cfg, steps, groups_per_step, Box::new(backend), l, stop_after)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn go_on(
+    s: &Setup,
+    learner: &mut Counter,
+    cfg: PipelineConfig,
+    steps: u64,
+    groups_per_step: usize,
+    backend: Box<dyn Backend>,
+    l: ShLauncher,
+    stop_after: Option<u64>,
+) -> PipelineSummary {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let mut on_step = move |r: &ideator_rollout::pipeline::StepReport| {
@@ -163,8 +178,7 @@ fn go(
         categorize: &categorize,
         on_step: &mut on_step,
     };
-    let backend = LocalBackend::new(&LocalConfig { slots, threads_per_run: Some(1), ..Default::default() }).unwrap();
-    run_pipeline(learner, &mut ctx, Box::new(backend), Box::new(l)).unwrap()
+    run_pipeline(learner, &mut ctx, backend, Box::new(l)).unwrap()
 }
 
 fn executions(s: &Setup) -> BTreeMap<String, usize> {
@@ -311,4 +325,74 @@ fn an_interrupted_run_resumes_without_running_anything_twice() {
     assert_eq!(s.store.steps(s.run).unwrap().len(), 6);
     let trained_groups = s.store.groups_with_status(s.run, &[GroupStatus::Trained]).unwrap();
     assert_eq!(trained_groups.len(), 6, "each group trained once");
+}
+
+fn slurm_cluster() -> bool {
+    match SlurmBackend::available() {
+        Ok(()) => true,
+        Err(e) => {
+            let msg = format!(
+                "\n\n!!!! SLURM PIPELINE TEST NOT RUN: no Slurm cluster is reachable ({e}).\n!!!! Start one with \
+                 `scripts/slurm-test-cluster.sh start` (needs root and Debian's slurm-wlm + munge).\n\n"
+            );
+            if std::env::var("IDEATOR_REQUIRE_SLURM").is_ok_and(|v| v == "1") {
+                panic!("{msg}");
+            }
+            eprintln!("{msg}");
+            false
+        }
+    }
+}
+
+#[test]
+fn on_slurm_runs_left_by_a_dead_trainer_are_reattached_not_run_again() {
+    if !slurm_cluster() {
+        return;
+    }
+    let s = setup();
+    let slurm = SlurmConfig { max_jobs: 4, poll_interval_s: 0.2, ..Default::default() };
+    // A trainer sampled a group, submitted its ideas to Slurm, recorded the job ids and died.
+    let mut learner = Counter::new(s.dir.path(), 2);
+    let l = launcher(&s, 1.0);
+    let prompt = s.store.intern_prompt(s.run, "p", &[1, 2]).unwrap();
+    let sampled = learner.sample_group(ideator_rollout::pipeline::mix_seed(11, 0)).unwrap();
+    let new = ideator_rollout::store::NewGroup {
+        seq: 0,
+        prompt_id: prompt,
+        policy_version: 0,
+        sample_seconds: 0.0,
+        ideas: sampled
+            .ideas
+            .into_iter()
+            .map(|i| ideator_rollout::store::NewIdea {
+                text: i.text,
+                token_ids: i.token_ids,
+                logprobs: i.logprobs,
+                finish_reason: i.finish_reason,
+                seed: 1,
+            })
+            .collect(),
+    };
+    let group = s.store.insert_group(s.run, &new).unwrap();
+    {
+        let mut dead = SlurmBackend::new(&slurm).unwrap();
+        for idea in &group.ideas {
+            let spec = l.spec(idea, 1, true).unwrap();
+            s.store.mark_launching(idea.id, 1, "slurm", &spec.work_dir, &spec.stderr_path()).unwrap();
+            let id = dead.submit(&spec).unwrap();
+            s.store.set_job_id(idea.id, 1, &id).unwrap();
+        }
+        std::mem::forget(dead); // died: its jobs keep running
+    }
+    let cfg = PipelineConfig { max_inflight_groups: 2, max_staleness: 2, ..Default::default() };
+    let backend = SlurmBackend::new(&slurm).unwrap();
+    let summary = go_on(&s, &mut learner, cfg, 2, 1, Box::new(backend), launcher(&s, 0.3), None);
+    assert_eq!(summary.steps, 2);
+    for idea in s.store.ideas_of_step(s.run, 0).unwrap() {
+        assert_eq!(idea.attempts, 1, "{} was launched again", idea.key);
+        assert!(idea.job_id.as_deref().is_some_and(|j| j.chars().all(|c| c.is_ascii_digit())));
+    }
+    let runs = executions(&s);
+    assert!(runs.values().all(|&n| n == 1), "{runs:?}");
+    assert_eq!(s.store.ideas_of_step(s.run, 1).unwrap().len(), 2);
 }

@@ -117,6 +117,8 @@ pub enum Event {
 #[derive(Debug, Clone, Default)]
 pub struct DispatchStats {
     pub slots: usize,
+    /// New ideas taken in (`Run` commands).
+    pub received: u64,
     /// Integral of busy slots over time.
     pub busy_slot_seconds: f64,
     pub queued: usize,
@@ -245,6 +247,7 @@ impl Dispatcher {
         for c in commands {
             match c {
                 Command::Run(idea) => {
+                    self.stats.lock().expect("stats lock").received += 1;
                     let attempt = idea.attempts + 1;
                     self.queue.push_back(Queued { idea, attempt, not_before: Instant::now() });
                 }

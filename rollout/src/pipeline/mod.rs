@@ -192,6 +192,11 @@ pub struct PipelineSummary {
     pub staleness_histogram: BTreeMap<u64, u64>,
 }
 
+/// The seed of group `seq` of a run with seed `run_seed` (what [`Learner::sample_group`] receives).
+pub fn mix_seed(run_seed: u64, seq: u64) -> u64 {
+    mix(run_seed, seq)
+}
+
 pub(crate) fn mix(a: u64, b: u64) -> u64 {
     let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -288,6 +293,8 @@ pub fn run_pipeline(
     let mut dropped_total = 0u64;
     let mut interrupted = false;
     let mut executions_at_start = None;
+    // Ideas handed to the dispatcher (compared with what it has taken in, for its true queue depth).
+    let mut sent: u64 = 0;
 
     let outcome: Result<()> = (|| {
         loop {
@@ -327,8 +334,18 @@ pub fn run_pipeline(
                 interrupted = true;
                 break;
             }
-            // 3. Update when a step's worth of groups is complete.
-            if ready.len() >= ctx.groups_per_step {
+            // 3. Decide between updating and sampling. Sampling comes first while the backend's queue holds less
+            //    than one idea per slot (so slots never starve during a run of back-to-back updates); otherwise
+            //    a step's worth of complete groups is trained at once.
+            let open = ready.len() + executing.len();
+            let needed = (ctx.steps - version) as usize * ctx.groups_per_step;
+            let can_sample = open < inflight_limit && open < needed;
+            let (queued, slots) = {
+                let s = dispatcher.stats.lock().expect("stats");
+                (s.queued as u64 + sent.saturating_sub(s.received), s.slots as u64)
+            };
+            let starving = queued < slots;
+            if ready.len() >= ctx.groups_per_step && !(can_sample && starving) {
                 let groups: Vec<GroupRow> = ready.drain(..ctx.groups_per_step).collect();
                 let stats_now = dispatcher.stats.lock().expect("stats").clone();
                 train_step(
@@ -351,9 +368,7 @@ pub fn run_pipeline(
                 continue;
             }
             // 4. Sample ahead while the bound allows and more groups may still be needed.
-            let open = ready.len() + executing.len();
-            let needed = (ctx.steps - version) as usize * ctx.groups_per_step;
-            if open < inflight_limit && open < needed {
+            if can_sample {
                 let t0 = Instant::now();
                 let seq = next_seq;
                 let sampled = learner.sample_group(mix(ctx.seed, seq))?;
@@ -393,6 +408,7 @@ pub fn run_pipeline(
                 next_seq += 1;
                 for i in &row.ideas {
                     dispatcher.send(Command::Run(i.clone()));
+                    sent += 1;
                 }
                 let n = row.ideas.len();
                 executing.insert(row.id, (row, n));
