@@ -10,6 +10,20 @@ use ideator_trainer::config::TrainMode;
 
 use crate::run_config::{base_model_identity, ModelSection};
 
+/// A checkpoint folder as named by the user: the folder itself when it holds a manifest, else the newest
+/// checkpoint in it or in its `checkpoints/` subfolder (so a run folder names its latest checkpoint).
+pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    if path.join("manifest.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    for dir in [path.join("checkpoints"), path.to_path_buf()] {
+        if let Some(c) = ideator_checkpoints::latest(&dir)? {
+            return Ok(c.path);
+        }
+    }
+    anyhow::bail!("{} is neither a checkpoint nor a folder with checkpoints", path.display())
+}
+
 /// The `[train]` section of the config a checkpoint was trained with (it tells the LoRA shape).
 pub fn train_mode_of(checkpoint_config: &str) -> anyhow::Result<TrainMode> {
     let v: toml::Value = toml::from_str(checkpoint_config).context("the checkpoint's config.toml is invalid")?;
@@ -56,6 +70,7 @@ pub fn load_initial_policy(
     let mut model = model_section.args().load()?;
     let mut identity = base_model_identity(&model)?;
     if let Some(dir) = init {
+        let dir = &resolve_checkpoint(dir)?;
         apply_checkpoint(&mut model, dir, &identity)?;
         identity.spec = format!("{} + {}", identity.spec, dir.display());
         identity.weights_sha256.push(ideator_checkpoints::sha256_file(&dir.join("weights.safetensors"))?);
@@ -66,6 +81,7 @@ pub fn load_initial_policy(
 /// The model a checkpoint describes: its recorded base (and initial checkpoint, for runs that started from one)
 /// with the checkpoint's weights folded in. `model_override` replaces the recorded base model.
 pub fn load_checkpoint_model(dir: &Path, model_override: Option<&str>) -> anyhow::Result<Model> {
+    let dir = &resolve_checkpoint(dir)?;
     let manifest =
         ideator_checkpoints::verify(dir).with_context(|| format!("checking checkpoint {}", dir.display()))?;
     // A run started from an earlier checkpoint records its base as "<model> + <initial checkpoint>".

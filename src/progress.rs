@@ -15,3 +15,9 @@ pub fn bar(total: u64, what: &str, visible: bool) -> ProgressBar {
     bar.set_message(what.to_string());
     bar
 }
+
+/// Prints a line above the bar, or plainly when the bar is hidden (`ProgressBar::println` prints nothing then,
+/// and per-step summaries must reach logs too).
+pub fn say(bar: &ProgressBar, line: impl AsRef<str>) {
+    bar.suspend(|| eprintln!("{}", line.as_ref()));
+}

@@ -46,12 +46,26 @@ pub fn read_config<T: DeserializeOwned>(path: &Path) -> anyhow::Result<(T, Strin
     Ok((cfg, text))
 }
 
-/// The run folder: `--run-dir`, else `[run] dir`, else `runs/<config stem>`.
+/// A path written in a config file, relative to that file's folder (so a config works from any directory).
+pub fn relative_to_config(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_relative() {
+        config_path.parent().unwrap_or(Path::new(".")).join(p)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// The run folder: `--run-dir` (relative to the working directory), else `[run] dir` (relative to the config
+/// file), else `runs/<config stem>` in the working directory.
 pub fn run_dir_for(cli: Option<&Path>, section: &RunSection, config_path: &Path) -> PathBuf {
-    cli.map(Path::to_path_buf).or_else(|| section.dir.clone()).unwrap_or_else(|| {
-        let stem = config_path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
-        PathBuf::from("runs").join(stem)
-    })
+    if let Some(dir) = cli {
+        return dir.to_path_buf();
+    }
+    if let Some(dir) = &section.dir {
+        return relative_to_config(config_path, dir);
+    }
+    let stem = config_path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+    PathBuf::from("runs").join(stem)
 }
 
 /// Identity of the base model for checkpoints: its spec, the sha256 of its weight files and its config.

@@ -85,9 +85,27 @@ fn exec_runs_a_pretrain_idea_and_honours_the_time_limit() {
     let loss = v["metrics"]["val_loss"].as_f64().unwrap();
     assert!((reward - 1.0 / loss).abs() < 1e-9);
     assert!(loss < 3.5, "val_loss {loss}");
+    assert_eq!(v["changed"], serde_json::json!(["pos_encoding"]));
+    assert_eq!(
+        (v["env"].as_str(), v["scale"].as_str(), v["seed"].as_u64()),
+        (Some("pretrain"), Some("tiny"), Some(1))
+    );
 
     let v = run_json(&["exec", "--env", "pretrain", "--idea", path, "--time-limit", "1", "--json"]);
     assert_eq!(v["cause"], "time_limit", "{v}");
+
+    // At `small` one CPU step outlasts the limit and its grace period: the watchdog reports the time limit, once.
+    let start = std::time::Instant::now();
+    let out = ideator()
+        .args(["exec", "--env", "pretrain", "--scale", "small", "--time-limit", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["cause"], "time_limit", "{v}");
+    assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
 }
 
 #[test]
@@ -113,4 +131,8 @@ fn exec_runs_the_example_command_environment() {
     assert_eq!(v["status"], "ok", "{v}");
     assert!(v["metrics"]["val_accuracy"].as_f64().unwrap() > 0.3);
     assert!(work.join("stdout.log").exists());
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join("result.json")).unwrap()).unwrap();
+    assert_eq!(saved["reward"], v["reward"]);
+    assert!(std::fs::read_to_string(work.join("run.log")).unwrap().contains("--- stdout ---"));
 }

@@ -133,15 +133,6 @@ impl RunContext {
     }
 }
 
-/// The device for runs of this process: with the `cuda` feature, the first GPU visible to it (a backend selects the
-/// GPU through `CUDA_VISIBLE_DEVICES`, so "first visible" is the one it chose); otherwise, or without a GPU, the CPU.
-pub fn default_device() -> Device {
-    #[cfg(feature = "cuda")]
-    {
-        match Device::new_cuda(0) {
-            Ok(d) => return d,
-            Err(e) => tracing::warn!("no usable CUDA device ({e}); running on the CPU"),
-        }
-    }
-    Device::Cpu
-}
+/// The device for runs of this process (a backend selects the GPU through `CUDA_VISIBLE_DEVICES`, so the first
+/// visible one is the one it chose); the model crate owns the choice.
+pub use ideator_model::device::default_device;

@@ -102,7 +102,11 @@ fn check_applies_when(schema: &Schema, recipe: &Recipe) -> Result<(), Implementa
 pub fn execute(env: &dyn Environment, idea: &str, ctx: &RunContext) -> ExecResult {
     let start = Instant::now();
     let mut result = match implement(env, idea, &ctx.scale) {
-        Ok(recipe) => run_recipe(env, &recipe, ctx),
+        Ok(recipe) => {
+            let mut r = run_recipe(env, &recipe, ctx);
+            r.changed = recipe.changed.iter().cloned().collect();
+            r
+        }
         Err(e) => ExecResult::failed(FailureCause::Implementation, e.reason),
     };
     result.seconds = start.elapsed().as_secs_f64();

@@ -266,16 +266,24 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The candidate closest to `word` by edit distance (case-insensitive), if it is close enough to be a likely typo
-/// or synonym spelling (at most half the word's length away).
+/// The candidate closest to `word`: by edit distance (case-insensitive) when it is close enough to be a typo (at most
+/// half the word's length away), else a candidate related by abbreviation (`learning_rate` -> `lr`) or containment
+/// (`warmup` -> `warmup_frac`).
 pub fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let lower = word.to_lowercase();
     let limit = (lower.chars().count() / 2).max(2);
-    candidates
-        .map(|c| (edit_distance(&lower, &c.to_lowercase()), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+    let scored: Vec<(usize, &str)> = candidates.map(|c| (edit_distance(&lower, &c.to_lowercase()), c)).collect();
+    let typo = scored.iter().filter(|(d, _)| *d <= limit).min_by_key(|(d, _)| *d);
+    let related = || scored.iter().filter(|(_, c)| related(&lower, &c.to_lowercase())).min_by_key(|(d, _)| *d);
+    typo.or_else(related).map(|(_, c)| *c)
+}
+
+fn related(word: &str, candidate: &str) -> bool {
+    let initials = |s: &str| s.split(['_', '-', ' ']).filter_map(|p| p.chars().next()).collect::<String>();
+    (word.contains('_') && initials(word) == candidate)
+        || (candidate.contains('_') && initials(candidate) == word)
+        || (candidate.len() >= 3 && word.contains(candidate))
+        || (word.len() >= 3 && candidate.contains(word))
 }
 
 /// An environment's knobs, in display order.
@@ -366,6 +374,9 @@ mod tests {
         assert_eq!(closest("learning_rat", ["lr", "learning_rate"].into_iter()), Some("learning_rate"));
         assert_eq!(closest("zzzzzzzz", ["lr", "beta1"].into_iter()), None);
         assert_eq!(closest("LR", ["lr", "beta1"].into_iter()), Some("lr"));
+        assert_eq!(closest("learning_rate", ["lr", "beta1"].into_iter()), Some("lr"));
+        assert_eq!(closest("warmup", ["warmup_frac", "lr"].into_iter()), Some("warmup_frac"));
+        assert_eq!(closest("ema", ["ema_decay", "lr"].into_iter()), Some("ema_decay"));
     }
 
     #[test]

@@ -116,14 +116,16 @@ fn random_idea(knobs: &[Knob], rng: &mut ChaCha8Rng) -> String {
         }
         let Some(value) = random_value(knob, rng) else { continue };
         // A knob that only acts under another knob's value brings that setting along.
+        let mut reason = rationale(knob, &value);
         if let Some(cond) = &knob.applies_when {
             if !lines.iter().any(|(k, _)| *k == cond.knob) {
                 if let Some(v) = cond.any_of.choose(rng) {
+                    reason = format!("With {} = {v}, {}", cond.knob, lower_first(&reason));
                     lines.push((cond.knob.clone(), v.clone()));
                 }
             }
         }
-        reasons.push(rationale(knob, &value));
+        reasons.push(reason);
         lines.push((knob.name.clone(), value));
     }
     let mut idea = String::from("[Experiment]\n");
@@ -143,14 +145,16 @@ fn rationale(knob: &Knob, value: &KnobValue) -> String {
         _ => "Set",
     };
     let why = knob.why.clone().unwrap_or_else(|| knob.doc.clone());
-    format!("{direction} {} from {} to {}: {}", knob.name, knob.default, value, lower_first(&why))
+    let why = lower_first(why.trim().trim_end_matches('.'));
+    format!("{direction} {} from {} to {}: {why}.", knob.name, knob.default, value)
 }
 
+/// Lower-cases the first letter unless the word is an acronym (`RMSNorm` stays).
 fn lower_first(s: &str) -> String {
     let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
-        None => String::new(),
+    match (c.next(), s.chars().nth(1)) {
+        (Some(f), Some(second)) if !second.is_uppercase() => f.to_lowercase().collect::<String>() + c.as_str(),
+        _ => s.to_string(),
     }
 }
 

@@ -78,6 +78,9 @@ pub struct ExecResult {
     pub seconds: f64,
     /// The run's log (its tail when long).
     pub log: String,
+    /// The knobs the idea changed from the baseline (its category), when it was implemented.
+    #[serde(default)]
+    pub changed: Vec<String>,
 }
 
 impl ExecResult {
@@ -91,6 +94,7 @@ impl ExecResult {
             message: message.into(),
             seconds: 0.0,
             log: String::new(),
+            changed: Vec::new(),
         }
     }
 
@@ -104,6 +108,7 @@ impl ExecResult {
             message: message.into(),
             seconds: 0.0,
             log: String::new(),
+            changed: Vec::new(),
         }
     }
 

@@ -207,6 +207,7 @@ fn panics_become_runtime_errors_and_implausible_rewards_score_zero() {
     assert_eq!(r.metrics["implausible_reward"], 5.0);
     let r = execute(&hacked, &idea("x = 0.5"), &ctx);
     assert_eq!((r.status, r.reward), (Status::Ok, 0.5));
+    assert_eq!(r.changed, ["x"]);
 
     let nan = Scripted { behaviour: |_| ExecResult::ok(f64::NAN, BTreeMap::new(), "") };
     assert_eq!(execute(&nan, &idea("x = 1.0"), &ctx).cause, Some(FailureCause::Implausible));

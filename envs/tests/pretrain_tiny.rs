@@ -76,4 +76,6 @@ fn divergence_and_time_limits_are_recorded_causes() {
     let r = run_recipe(&env, &env.baseline("tiny").unwrap(), &ctx);
     assert_eq!(r.cause, Some(FailureCause::TimeLimit), "{}", r.message);
     assert!(r.seconds < 10.0, "stopped after {} s", r.seconds);
+    assert!(r.metrics["steps_completed"] < r.metrics["steps"]);
+    assert!(r.metrics["tokens_per_second"] > 0.0);
 }

@@ -52,6 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(secs) = args.time_limit {
         anyhow::ensure!(secs > 0.0 && secs.is_finite(), "--time-limit must be a positive number of seconds");
         ctx = ctx.with_time_limit(Duration::from_secs_f64(secs));
+        start_watchdog(Duration::from_secs_f64(secs), args.json, work_dir.clone());
     }
     let result = match &args.idea {
         Some(path) => match std::fs::read(path) {
@@ -65,6 +66,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             r
         }
     };
+    // From here on the watchdog must not print a second result.
+    let _printing = OUTPUT.lock().unwrap_or_else(|p| p.into_inner());
     if args.log {
         eprintln!("{}", result.log);
     }
@@ -76,6 +79,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "cause": result.cause,
             "message": result.message,
             "seconds": result.seconds,
+            "changed": result.changed,
+            "env": args.env,
+            "scale": scale,
+            "seed": args.seed,
             "work_dir": work_dir,
         });
         if !args.log {
@@ -83,6 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         println!("{}", serde_json::to_string(&value)?);
     } else {
+        println!("work folder: {}", work_dir.display());
         match result.cause {
             None => println!("ok  reward {:.4}  ({:.1} s)  {}", result.reward, result.seconds, result.message),
             Some(cause) => println!("failed ({cause})  {}", result.message),
@@ -91,7 +99,48 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("  {k:<18} {v}");
         }
     }
+    save_to_work_dir(&work_dir, &result);
+    // Keep the lock until the process exits: the watchdog must never print a second result.
+    std::mem::forget(_printing);
     Ok(())
+}
+
+/// Leaves the result and the full log in the work folder for inspection (best effort: a full disk must not turn
+/// a finished run into a failure).
+fn save_to_work_dir(dir: &std::path::Path, result: &ExecResult) {
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(dir.join("run.log"), &result.log);
+    if let Ok(json) = serde_json::to_string_pretty(result) {
+        let _ = std::fs::write(dir.join("result.json"), json + "\n");
+    }
+}
+
+/// Held by whoever prints the result, so the watchdog and the normal path never both print.
+static OUTPUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Environments stop cooperatively at the deadline, but a step that hangs (or an evaluation that runs long) would
+/// hold the backend's slot; past the limit plus a grace period the process reports a time-limit failure itself
+/// and exits.
+fn start_watchdog(limit: Duration, json: bool, work_dir: PathBuf) {
+    let grace = Duration::from_secs(5).max(limit / 10);
+    std::thread::spawn(move || {
+        std::thread::sleep(limit + grace);
+        let _printing = OUTPUT.lock().unwrap_or_else(|p| p.into_inner());
+        let msg = format!(
+            "the run did not stop within its time limit of {:.1} s (killed by the watchdog)",
+            limit.as_secs_f64()
+        );
+        if json {
+            let value = serde_json::json!({
+                "status": "failed", "reward": 0.0, "metrics": {}, "cause": FailureCause::TimeLimit,
+                "message": msg, "seconds": (limit + grace).as_secs_f64(), "work_dir": work_dir,
+            });
+            println!("{value}");
+        } else {
+            println!("failed (time_limit)  {msg}");
+        }
+        std::process::exit(0);
+    });
 }
 
 /// Sets candle's and rayon's thread counts; must run before the first tensor op (both read them once). An

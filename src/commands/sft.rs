@@ -10,7 +10,9 @@ use ideator_trainer::sft_run::{load_chat_jsonl, run_sft, split_examples, total_s
 use ideator_trainer::TrainablePolicy;
 use serde::Deserialize;
 
-use crate::run_config::{base_model_identity, read_config, run_dir_for, ModelSection, RunSection};
+use crate::run_config::{
+    base_model_identity, read_config, relative_to_config, run_dir_for, ModelSection, RunSection,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,11 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let model = cfg.model.args().load()?;
     let base = base_model_identity(&model)?;
     // Relative data paths are relative to the config file.
-    let data = if cfg.sft.data.is_relative() {
-        args.config.parent().unwrap_or(std::path::Path::new(".")).join(&cfg.sft.data)
-    } else {
-        cfg.sft.data.clone()
-    };
+    let data = relative_to_config(&args.config, &cfg.sft.data);
     let examples = load_chat_jsonl(&data, &model.tokenizer).with_context(|| format!("reading {}", data.display()))?;
     let (train, eval) = split_examples(examples, cfg.sft.eval_fraction, cfg.run.seed);
     let total = total_steps(train.len(), &cfg.sft);
@@ -72,6 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     if args.json {
         println!("{summary}");
+    } else if summary["resumed_at_step"] == summary["steps"] {
+        println!("sft already complete ({} steps); run folder {}", summary["steps"], run_dir.root.display());
     } else {
         println!(
             "sft done: {} steps, held-out loss {} -> {}; run folder {}",

@@ -20,7 +20,7 @@ use ideator_trainer::{GrpoConfig, GrpoLearner, TrainablePolicy};
 use serde::Deserialize;
 
 use crate::policy_init::load_initial_policy;
-use crate::run_config::{read_config, run_dir_for, ModelSection, RunSection};
+use crate::run_config::{read_config, relative_to_config, run_dir_for, ModelSection, RunSection};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -137,13 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.pipeline.validate(cfg.rl.groups_per_step)?;
     cfg.sampling.validate()?;
     cfg.diagnostics.alarm.validate()?;
-    let relative = |p: &PathBuf| {
-        if p.is_relative() {
-            args.config.parent().unwrap_or(std::path::Path::new(".")).join(p)
-        } else {
-            p.clone()
-        }
-    };
+    let relative = |p: &PathBuf| relative_to_config(&args.config, p);
     let env = ideator_envs::load(&cfg.env.name, cfg.env.config.as_ref().map(relative).as_deref())?;
     let scale = cfg.env.scale.clone().unwrap_or_else(|| env.default_scale());
     env.check_scale(&scale)?;
@@ -233,7 +227,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let first = initial.get_or_insert_with(|| d.clone());
                 let alarms = check_collapse(&cfg.diagnostics.alarm, first, &d);
                 for a in &alarms {
-                    bar.println(format!("step {}: collapse alarm: {}", report.step, a.message));
+                    crate::progress::say(&bar, format!("step {}: collapse alarm: {}", report.step, a.message));
                 }
                 extra.insert("diagnostics".into(), serde_json::to_value(&d).unwrap_or_default());
                 extra.insert("alarms".into(), serde_json::to_value(&alarms).unwrap_or_default());
@@ -242,21 +236,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let r = report.record;
         bar.set_position(report.step + 1);
-        bar.println(format!(
-            "step {:>4}  reward mean {:.3} max {:.3}  executed {:.0}%  best so far {:.3}  kl {:.4}  {:.0}s \
+        crate::progress::say(
+            &bar,
+            format!(
+                "step {:>4}  reward mean {:.3} max {:.3}  executed {:.0}%  best so far {:.3}  kl {:.4}  {:.0}s \
              (sample {:.0} / wait {:.0} / update {:.0})  slots {:.0}% busy",
-            report.step,
-            r["reward_mean"].as_f64().unwrap_or(0.0),
-            r["reward_max"].as_f64().unwrap_or(0.0),
-            100.0 * r["execution_rate"].as_f64().unwrap_or(0.0),
-            r["best_reward_so_far"].as_f64().unwrap_or(0.0),
-            r["kl"].as_f64().unwrap_or(0.0),
-            r["step_seconds"].as_f64().unwrap_or(0.0),
-            r["sample_seconds"].as_f64().unwrap_or(0.0),
-            r["wait_seconds"].as_f64().unwrap_or(0.0),
-            r["update_seconds"].as_f64().unwrap_or(0.0),
-            100.0 * r["slot_utilisation"].as_f64().unwrap_or(0.0),
-        ));
+                report.step,
+                r["reward_mean"].as_f64().unwrap_or(0.0),
+                r["reward_max"].as_f64().unwrap_or(0.0),
+                100.0 * r["execution_rate"].as_f64().unwrap_or(0.0),
+                r["best_reward_so_far"].as_f64().unwrap_or(0.0),
+                r["kl"].as_f64().unwrap_or(0.0),
+                r["step_seconds"].as_f64().unwrap_or(0.0),
+                r["sample_seconds"].as_f64().unwrap_or(0.0),
+                r["wait_seconds"].as_f64().unwrap_or(0.0),
+                r["update_seconds"].as_f64().unwrap_or(0.0),
+                100.0 * r["slot_utilisation"].as_f64().unwrap_or(0.0),
+            ),
+        );
         extra
     };
     let env_config = match cfg.env.config.as_ref().map(relative) {

@@ -153,7 +153,8 @@ pub fn run_sft(
     }
     let mut metrics = ctx.run_dir.metrics()?;
     let total = total_steps(train.len(), cfg);
-    let eval_before = if eval.is_empty() { None } else { Some(learner.eval_loss(eval)?) };
+    let resumed_at = learner.step();
+    let eval_before = if eval.is_empty() || resumed_at == total { None } else { Some(learner.eval_loss(eval)?) };
     let mut step_in_run = 0u64;
     let mut last_eval = eval_before;
     for epoch in 0..cfg.epochs {
@@ -196,6 +197,7 @@ pub fn run_sft(
     }
     Ok(serde_json::json!({
         "steps": learner.step(),
+        "resumed_at_step": resumed_at,
         "train_examples": train.len(),
         "eval_examples": eval.len(),
         "eval_loss_before": eval_before,

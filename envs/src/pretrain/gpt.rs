@@ -4,8 +4,7 @@
 //! `rope_slow`): candle's fused kernels silently cut the gradient. Activations are kept as 2-D `(tokens, width)`
 //! matrices so every projection is one large matmul; only attention reshapes to `(batch, heads, time, head_dim)`.
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
-use candle_nn::ops::{log_softmax, softmax};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -124,7 +123,6 @@ pub struct Gpt {
     /// RoPE cos/sin tables, `(max_len, head_dim / 2)`.
     rope: Option<(Tensor, Tensor)>,
     params: Vec<(String, Var, ParamRole)>,
-    device: Device,
 }
 
 /// Creates parameters in a fixed order from one random stream, so a seed fixes every weight.
@@ -216,7 +214,7 @@ impl Gpt {
             Positions::Rope { base } => Some(rope_tables(cfg.max_len, cfg.head_dim(), base, device)?),
             Positions::Learned => None,
         };
-        Ok(Gpt { cfg, wte, wpe, blocks, ln_f, head, rope, params: b.params, device: device.clone() })
+        Ok(Gpt { cfg, wte, wpe, blocks, ln_f, head, rope, params: b.params })
     }
 
     /// Every trainable parameter with its name and role, in a fixed order.
@@ -235,15 +233,14 @@ impl Gpt {
             let pos = wpe.as_tensor().narrow(0, 0, t)?;
             x = x.reshape((bsz, t, cfg.d_model))?.broadcast_add(&pos)?.reshape((n, cfg.d_model))?;
         }
-        let mask = causal_mask(t, &self.device)?;
         for block in &self.blocks {
             x = if cfg.post_norm {
-                let a = self.attention(block, &x, bsz, t, &mask)?;
+                let a = self.attention(block, &x, bsz, t)?;
                 let x = self.norm(&block.ln1, &(x + a)?)?;
                 let m = self.mlp(block, &x)?;
                 self.norm(&block.ln2, &(x + m)?)?
             } else {
-                let a = self.attention(block, &self.norm(&block.ln1, &x)?, bsz, t, &mask)?;
+                let a = self.attention(block, &self.norm(&block.ln1, &x)?, bsz, t)?;
                 let x = (x + a)?;
                 let m = self.mlp(block, &self.norm(&block.ln2, &x)?)?;
                 (x + m)?
@@ -267,7 +264,7 @@ impl Gpt {
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
         let logits = self.logits(inputs)?;
         let targets = targets.flatten_all()?;
-        let logp = log_softmax(&logits, D::Minus1)?;
+        let logp = super::fused::log_softmax(&logits)?;
         let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
         let ce = picked.mean_all()?.neg()?;
         // log Z = logits - log_softmax for any column; the shift-invariant form keeps it differentiable.
@@ -277,39 +274,29 @@ impl Gpt {
     }
 
     fn norm(&self, norm: &Norm, x: &Tensor) -> Result<Tensor> {
-        let y = match norm.bias {
-            Some(_) => {
-                let mu = x.mean_keepdim(D::Minus1)?;
-                let xc = x.broadcast_sub(&mu)?;
-                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-                xc.broadcast_div(&(var + NORM_EPS)?.sqrt()?)?
-            }
-            None => rms_normalize(x)?,
-        };
-        let y = y.broadcast_mul(norm.weight.as_tensor())?;
+        let y = super::fused::normalize(x, norm.bias.is_some(), NORM_EPS)?.broadcast_mul(norm.weight.as_tensor())?;
         match &norm.bias {
             Some(b) => y.broadcast_add(b.as_tensor()),
             None => Ok(y),
         }
     }
 
-    fn attention(&self, blk: &Block, x: &Tensor, bsz: usize, t: usize, mask: &Tensor) -> Result<Tensor> {
+    fn attention(&self, blk: &Block, x: &Tensor, bsz: usize, t: usize) -> Result<Tensor> {
         let (nh, hd) = (self.cfg.n_head, self.cfg.head_dim());
         let split = |w: &Var| -> Result<Tensor> {
             x.matmul(w.as_tensor())?.reshape((bsz, t, nh, hd))?.transpose(1, 2)?.contiguous()
         };
         let (mut q, mut k, v) = (split(&blk.wq)?, split(&blk.wk)?, split(&blk.wv)?);
         if self.cfg.qk_norm {
-            q = rms_normalize(&q)?;
-            k = rms_normalize(&k)?;
+            q = super::fused::normalize(&q, false, NORM_EPS)?;
+            k = super::fused::normalize(&k, false, NORM_EPS)?;
         }
         if let Some((cos, sin)) = &self.rope {
             let (cos, sin) = (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?);
             q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
             k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
         }
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
-        let probs = softmax(&scores, D::Minus1)?;
+        let probs = super::fused::causal_softmax(&q.matmul(&k.t()?)?, 1.0 / (hd as f64).sqrt())?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((bsz * t, nh * hd))?;
         y.matmul(blk.wo.as_tensor())
     }
@@ -317,34 +304,13 @@ impl Gpt {
     fn mlp(&self, blk: &Block, x: &Tensor) -> Result<Tensor> {
         let up = x.matmul(blk.w_up.as_tensor())?;
         let hidden = match (self.cfg.activation, &blk.w_gate) {
-            (Activation::Gelu, _) => gelu_tanh(&up)?,
+            (Activation::Gelu, _) => super::fused::gelu_tanh(&up)?,
             (Activation::ReluSquared, _) => up.relu()?.sqr()?,
             (Activation::SwiGlu, Some(gate)) => (x.matmul(gate.as_tensor())?.silu()? * up)?,
             (Activation::SwiGlu, None) => unreachable!("SwiGLU blocks are built with a gate"),
         };
         hidden.matmul(blk.w_down.as_tensor())
     }
-}
-
-/// GELU (tanh approximation) composed from elementary ops. Same function as `Tensor::gelu`, but its backward
-/// reuses the forward's tanh instead of recomputing `tanh` and `powf` per element, which made candle's fused
-/// version the most expensive op of a small model's training step.
-fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    let cube = (x.sqr()? * x)?;
-    let inner = (x + cube.affine(0.044715, 0.0)?)?.affine((2.0 / std::f64::consts::PI).sqrt(), 0.0)?;
-    (x * (inner.tanh()? + 1.0)?)?.affine(0.5, 0.0)
-}
-
-/// `x / rms(x)` over the last dimension, composed from differentiable ops.
-fn rms_normalize(x: &Tensor) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + NORM_EPS)?.sqrt()?)
-}
-
-/// `(t, t)` additive mask: 0 on and below the diagonal, -inf above (no attending to the future).
-fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
-    let data: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-    Tensor::from_vec(data, (t, t), device)
 }
 
 /// RoPE tables for `rope_slow` (non-interleaved halves): cos and sin of `pos * base^(-2i/head_dim)`.

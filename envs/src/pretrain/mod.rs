@@ -6,6 +6,7 @@
 //! is the same on every machine; on CPU the run is bit-for-bit reproducible for a seed.
 
 pub mod corpus;
+pub mod fused;
 pub mod gpt;
 pub mod optim;
 pub mod schedule;
@@ -48,7 +49,7 @@ pub fn scales() -> Vec<ScaleSpec> {
             name: "tiny",
             doc: "4 layers, width 128, 8 x 128 bytes per step; 6e11 FLOPs (about 100 steps); 10-20 s on one CPU core",
             budget_flops: 6e11,
-            eval: EvalSpec { ctx: 128, windows: 128, batch: 32 },
+            eval: EvalSpec { ctx: 128, windows: 128, batch: 8 },
             min_steps: 10,
             max_params: 20_000_000,
             max_activation_bytes: 2e9,
@@ -255,7 +256,7 @@ fn pretrain_schema() -> Schema {
             .suggest(vec![F(0.8), F(0.95)])
             .applies_when("optimizer", vec![c("sgd"), c("muon")]),
         Knob::float("beta1", 0.0, 0.999, false, 0.9, "first-moment decay of adamw and lion")
-            .why("a shorter gradient memory reacts faster in a short run")
+            .why("the gradient memory trades noise averaging against reaction speed in a short run")
             .suggest(vec![F(0.8), F(0.95)])
             .applies_when("optimizer", vec![c("adamw"), c("lion"), c("muon")]),
         Knob::float("beta2", 0.0, 0.9999, false, 0.95, "second-moment decay of adamw (lion: momentum decay)")
@@ -263,7 +264,7 @@ fn pretrain_schema() -> Schema {
             .suggest(vec![F(0.9), F(0.99), F(0.999)])
             .applies_when("optimizer", vec![c("adamw"), c("lion"), c("muon")]),
         Knob::float("weight_decay", 0.0, 1.0, false, 0.1, "decoupled weight decay on matrices (not on norms)")
-            .why("regularisation matters less in a short run and may slow learning")
+            .why("weight decay trades regularisation against learning speed in a short run")
             .suggest(vec![F(0.0), F(0.01), F(0.05), F(0.2)]),
         Knob::float("grad_clip", 0.0, 100.0, false, 1.0, "clip the global gradient norm to this value (0: off)")
             .why("clipping protects against loss spikes at high learning rates")
@@ -283,14 +284,14 @@ fn pretrain_schema() -> Schema {
             .suggest(vec![F(0.1), F(0.3), F(0.5)])
             .applies_when("schedule", vec![c("wsd")]),
         Knob::float("min_lr_frac", 0.0, 1.0, false, 0.1, "final learning rate as a fraction of the peak")
-            .why("annealing fully to zero can sharpen the final weights")
+            .why("the final learning rate decides how far the end of the run anneals")
             .suggest(vec![F(0.0), F(0.05), F(0.2)])
             .applies_when("schedule", vec![c("cosine"), c("linear"), c("wsd")]),
         Knob::int("batch_size", 1, 1024, 8, "sequences per step (a bigger batch buys fewer steps)")
             .why("the budget is fixed, so batch size trades gradient noise against the number of steps")
             .suggest(vec![I(4), I(12), I(16), I(32)]),
         Knob::int("seq_len", 8, 2048, 128, "training sequence length in bytes (evaluation length is fixed)")
-            .why("shorter sequences are cheaper per token but the evaluation uses the full context")
+            .why("sequence length trades cheaper tokens against the full context the evaluation uses")
             .suggest(vec![I(64), I(96), I(192)]),
         Knob::int("n_layer", 1, 48, 4, "number of transformer blocks")
             .why("depth against steps: the budget is fixed, so a deeper model trains for fewer steps")
@@ -309,7 +310,7 @@ fn pretrain_schema() -> Schema {
             4.0,
             "MLP hidden width as a multiple of d_model (swiglu uses 2/3 of it per branch)",
         )
-        .why("the MLP holds most parameters; a narrower one buys more steps")
+        .why("the MLP holds most parameters, so its width trades capacity against steps under the budget")
         .suggest(vec![F(2.0), F(3.0), F(6.0)]),
         Knob::choice("norm", &["layernorm", "rmsnorm"], "layernorm", "normalisation layer")
             .why("RMSNorm drops the mean and bias and is cheaper and often as good"),

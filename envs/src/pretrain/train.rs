@@ -82,6 +82,11 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
         if ctx.expired() {
             out.failure =
                 Some((FailureCause::TimeLimit, format!("time limit reached after {step} of {steps} training steps")));
+            // Partial progress still tells how fast this recipe trains here (a throughput probe at large scales).
+            let seconds = start.elapsed().as_secs_f64();
+            out.metrics.insert("steps_completed".into(), step as f64);
+            out.metrics.insert("steps".into(), steps as f64);
+            out.metrics.insert("tokens_per_second".into(), (step * b * t) as f64 / seconds.max(1e-9));
             return Ok(());
         }
         let (inputs, targets) = sample_batch(&corpus.train, b, t, &mut data_rng, device)?;

@@ -1,0 +1,426 @@
+//! Fused CPU kernels (with backward) for the element-wise hot spots of a small model's training step.
+//!
+//! Composed from candle's elementary ops, GELU costs seven passes over the MLP activations forward and more
+//! backward, and its `tanh` goes through a slow scalar libm call; at `tiny` scale that was a quarter of the step.
+//! The causal softmax of attention (scale, mask, max, exp, sum, divide) is likewise six passes, each of which
+//! candle's backward mirrors with a zero-filled gradient buffer. Here each is one pass forward and one backward.
+//! Other devices (CUDA) use the composed form, which computes the same function.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// sqrt(2 / pi), the tanh-approximation constant of GELU.
+const K: f32 = 0.797_884_6;
+const C: f32 = 0.044_715;
+
+/// GELU with the tanh approximation (GPT-2's), written as `x * sigmoid(2k (x + c x^3))`, which equals
+/// `0.5 x (1 + tanh(k (x + c x^3)))` and needs one `exp` per element instead of a `tanh`.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1(GeluTanh)
+    } else {
+        let cube = (x.sqr()? * x)?;
+        let z = (x + cube.affine(C as f64, 0.0)?)?.affine(2.0 * K as f64, 0.0)?;
+        x * candle_nn::ops::sigmoid(&z)?
+    }
+}
+
+#[inline]
+fn sigmoid_arg(x: f32) -> f32 {
+    2.0 * K * (x + C * x * x * x)
+}
+
+#[inline]
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { candle_core::bail!("{op} supports f32 only") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op} needs a contiguous input") };
+    Ok(&data[start..end])
+}
+
+struct GeluTanh;
+
+impl CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "gelu-tanh-fused"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let y: Vec<f32> = x.iter().map(|&x| x * sigmoid(sigmoid_arg(x))).collect();
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluTanhGrad)?))
+    }
+}
+
+/// `grad * d/dx [x s(z)] = grad * (s + x s (1 - s) 2k (1 + 3c x^2))` with `s = sigmoid(z)`, `z = 2k (x + c x^3)`.
+struct GeluTanhGrad;
+
+impl CustomOp2 for GeluTanhGrad {
+    fn name(&self) -> &'static str {
+        "gelu-tanh-fused-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        if x.len() != g.len() {
+            candle_core::bail!("{}: shapes differ", self.name());
+        }
+        let out: Vec<f32> = x
+            .iter()
+            .zip(g)
+            .map(|(&x, &g)| {
+                let s = sigmoid(sigmoid_arg(x));
+                g * (s + x * s * (1.0 - s) * 2.0 * K * (1.0 + 3.0 * C * x * x))
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Row-wise softmax of `scale * scores` over the last dimension, causally masked: in each `(t, t)` block, row `i`
+/// attends to columns `0..=i` only (the others get probability 0). `scores` is `(..., t, t)`.
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    let t = scores.dim(candle_core::D::Minus1)?;
+    if scores.device().is_cpu() && scores.dtype() == candle_core::DType::F32 {
+        scores.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32, t })
+    } else {
+        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (t, t), scores.device())?.to_dtype(scores.dtype())?;
+        candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, candle_core::D::Minus1)
+    }
+}
+
+struct CausalSoftmax {
+    scale: f32,
+    t: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax-fused"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let s = contiguous_f32(storage, layout, self.name())?;
+        let t = self.t;
+        let mut y = vec![0f32; s.len()];
+        for (r, (row_in, row_out)) in s.chunks_exact(t).zip(y.chunks_exact_mut(t)).enumerate() {
+            let visible = r % t + 1;
+            let max = row_in[..visible].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
+            let mut sum = 0f32;
+            for (o, &v) in row_out[..visible].iter_mut().zip(&row_in[..visible]) {
+                *o = (v * self.scale - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            row_out[..visible].iter_mut().for_each(|o| *o *= inv);
+        }
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let op = CausalSoftmaxGrad { scale: self.scale, t: self.t };
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?))
+    }
+}
+
+/// `d scores = scale * y * (g - sum_k g_k y_k)` per row (zero where masked, since `y` is zero there).
+struct CausalSoftmaxGrad {
+    scale: f32,
+    t: usize,
+}
+
+impl CustomOp2 for CausalSoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "causal-softmax-fused-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        if y.len() != g.len() {
+            candle_core::bail!("{}: shapes differ", self.name());
+        }
+        let t = self.t;
+        let mut out = vec![0f32; y.len()];
+        for (r, ((yr, gr), or)) in y.chunks_exact(t).zip(g.chunks_exact(t)).zip(out.chunks_exact_mut(t)).enumerate() {
+            let visible = r % t + 1;
+            let dot: f32 = yr[..visible].iter().zip(&gr[..visible]).map(|(a, b)| a * b).sum();
+            for ((o, &yv), &gv) in or[..visible].iter_mut().zip(&yr[..visible]).zip(&gr[..visible]) {
+                *o = self.scale * yv * (gv - dot);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Normalises each row (last dimension) of `x`: `(x - mean) / sqrt(var + eps)` when `center` (LayerNorm without
+/// its affine part), `x / sqrt(mean(x^2) + eps)` otherwise (RMSNorm without its gain).
+pub fn normalize(x: &Tensor, center: bool, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        let d = x.dim(candle_core::D::Minus1)?;
+        x.contiguous()?.apply_op1(Normalize { center, eps: eps as f32, d })
+    } else if center {
+        let xc = x.broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1)?)?;
+        let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        xc.broadcast_div(&(var + eps)?.sqrt()?)
+    } else {
+        let ms = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        x.broadcast_div(&(ms + eps)?.sqrt()?)
+    }
+}
+
+struct Normalize {
+    center: bool,
+    eps: f32,
+    d: usize,
+}
+
+impl Normalize {
+    /// The row's mean (0 without centring) and 1 / standard deviation (or 1 / rms).
+    fn stats(&self, row: &[f32]) -> (f32, f32) {
+        let n = row.len() as f32;
+        let mean = if self.center { row.iter().sum::<f32>() / n } else { 0.0 };
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        (mean, 1.0 / (var + self.eps).sqrt())
+    }
+}
+
+impl CustomOp1 for Normalize {
+    fn name(&self) -> &'static str {
+        "normalize-fused"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        for (xr, yr) in x.chunks_exact(self.d).zip(y.chunks_exact_mut(self.d)) {
+            let (mean, inv) = self.stats(xr);
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = (v - mean) * inv;
+            }
+        }
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let op = NormalizeGrad(Normalize { center: self.center, eps: self.eps, d: self.d });
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?))
+    }
+}
+
+/// With `y = (x - mean) * inv`: `dx = inv * (g - mean(g) - y * mean(g * y))` (no `mean(g)` term without centring).
+struct NormalizeGrad(Normalize);
+
+impl CustomOp2 for NormalizeGrad {
+    fn name(&self) -> &'static str {
+        "normalize-fused-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        if x.len() != g.len() {
+            candle_core::bail!("{}: shapes differ", self.name());
+        }
+        let d = self.0.d;
+        let n = d as f32;
+        let mut out = vec![0f32; x.len()];
+        for ((xr, gr), or) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(out.chunks_exact_mut(d)) {
+            let (mean, inv) = self.0.stats(xr);
+            let g_mean = if self.0.center { gr.iter().sum::<f32>() / n } else { 0.0 };
+            let gy_mean = xr.iter().zip(gr).map(|(&v, &gv)| gv * (v - mean) * inv).sum::<f32>() / n;
+            for ((o, &v), &gv) in or.iter_mut().zip(xr).zip(gr) {
+                *o = inv * (gv - g_mean - (v - mean) * inv * gy_mean);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        let d = x.dim(candle_core::D::Minus1)?;
+        x.contiguous()?.apply_op1(LogSoftmax { d })
+    } else {
+        candle_nn::ops::log_softmax(x, candle_core::D::Minus1)
+    }
+}
+
+struct LogSoftmax {
+    d: usize,
+}
+
+impl CustomOp1 for LogSoftmax {
+    fn name(&self) -> &'static str {
+        "log-softmax-fused"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        for (xr, yr) in x.chunks_exact(self.d).zip(y.chunks_exact_mut(self.d)) {
+            let max = xr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let log_sum = xr.iter().map(|&v| (v - max).exp()).sum::<f32>().ln() + max;
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = v - log_sum;
+            }
+        }
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let op = LogSoftmaxGrad { d: self.d };
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?))
+    }
+}
+
+/// With `y = log_softmax(x)`: `dx = g - exp(y) * sum(g)` per row.
+struct LogSoftmaxGrad {
+    d: usize,
+}
+
+impl CustomOp2 for LogSoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "log-softmax-fused-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        if y.len() != g.len() {
+            candle_core::bail!("{}: shapes differ", self.name());
+        }
+        let mut out = vec![0f32; y.len()];
+        for ((yr, gr), or) in y.chunks_exact(self.d).zip(g.chunks_exact(self.d)).zip(out.chunks_exact_mut(self.d)) {
+            let g_sum: f32 = gr.iter().sum();
+            for ((o, &yv), &gv) in or.iter_mut().zip(yr).zip(gr) {
+                *o = gv - yv.exp() * g_sum;
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn fused_normalize_matches_the_composed_one_and_its_gradient() {
+        let data: Vec<f32> = (0..6 * 16).map(|i| ((i * 7919 % 97) as f32 - 40.0) / 13.0).collect();
+        let x = Var::from_vec(data, (6, 16), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec((0..96).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>(), (6, 16), &Device::Cpu)
+            .unwrap();
+        for center in [true, false] {
+            let fused = normalize(x.as_tensor(), center, 1e-5).unwrap();
+            let composed = {
+                let x = x.as_tensor();
+                let xc = if center { x.broadcast_sub(&x.mean_keepdim(1).unwrap()).unwrap() } else { x.clone() };
+                let ms = xc.sqr().unwrap().mean_keepdim(1).unwrap();
+                xc.broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap()
+            };
+            let diff = (&fused - &composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "center {center}: forward differs by {diff}");
+            let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gc = (&composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, c) = (gf.get(&x).unwrap(), gc.get(&x).unwrap());
+            let diff = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let norm = c.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.1 && diff < 1e-4, "center {center}: gradient differs by {diff} (max {norm})");
+        }
+    }
+
+    #[test]
+    fn fused_log_softmax_matches_candle_and_its_gradient() {
+        let data: Vec<f32> = (0..5 * 11).map(|i| ((i * 7919 % 97) as f32 - 40.0) / 7.0).collect();
+        let x = Var::from_vec(data, (5, 11), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec((0..55).map(|i| (i % 4) as f32).collect::<Vec<_>>(), (5, 11), &Device::Cpu).unwrap();
+        let fused = log_softmax(x.as_tensor()).unwrap();
+        let reference = candle_nn::ops::log_softmax(x.as_tensor(), 1).unwrap();
+        let diff = (&fused - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "forward differs by {diff}");
+        let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (&reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, c) = (gf.get(&x).unwrap(), gr.get(&x).unwrap());
+        let diff = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "gradient differs by {diff}");
+    }
+
+    #[test]
+    fn fused_causal_softmax_matches_the_composed_one_and_its_gradient() {
+        let (b, t) = (3usize, 7usize);
+        let data: Vec<f32> = (0..b * t * t).map(|i| ((i * 7919 % 97) as f32 - 48.0) / 10.0).collect();
+        let x = Var::from_vec(data, (b, t, t), &Device::Cpu).unwrap();
+        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+        let composed = candle_nn::ops::softmax(
+            &(x.as_tensor() * 0.5).unwrap().broadcast_add(&mask).unwrap(),
+            candle_core::D::Minus1,
+        )
+        .unwrap();
+        let fused = causal_softmax(x.as_tensor(), 0.5).unwrap();
+        let diff = (&fused - &composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "forward differs by {diff}");
+        // A loss that weighs positions differently, so the gradient is not trivially zero.
+        let w = Tensor::from_vec((0..b * t * t).map(|i| (i % 5) as f32).collect::<Vec<_>>(), (b, t, t), &Device::Cpu)
+            .unwrap();
+        let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (&composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, c) = (gf.get(&x).unwrap(), gc.get(&x).unwrap());
+        let diff = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let norm = c.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm > 0.1 && diff < 1e-5, "gradient differs by {diff} (max {norm})");
+    }
+
+    #[test]
+    fn fused_gelu_matches_candle_gelu_and_its_gradient() {
+        let data: Vec<f32> = (0..2001).map(|i| (i as f32 - 1000.0) / 100.0).collect();
+        let x = Var::from_vec(data, 2001, &Device::Cpu).unwrap();
+        let fused = gelu_tanh(x.as_tensor()).unwrap();
+        let reference = x.as_tensor().gelu().unwrap();
+        let diff = (&fused - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "forward differs by {diff}");
+        let g_fused = fused.sum_all().unwrap().backward().unwrap();
+        let g_ref = reference.sum_all().unwrap().backward().unwrap();
+        let (a, b) = (g_fused.get(&x).unwrap(), g_ref.get(&x).unwrap());
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "gradient differs by {diff}");
+    }
+}
+
+#[cfg(test)]
+mod fallback_tests {
+    //! The composed forms (used on GPUs) compute the same functions as the fused CPU kernels. On the CPU they are
+    //! reached with f64 inputs, which the fused kernels do not take.
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn max_diff(fused: &Tensor, composed: &Tensor) -> f32 {
+        let composed = composed.to_dtype(DType::F32).unwrap();
+        (fused - composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn composed_forms_match_the_fused_kernels() {
+        let (b, t) = (2usize, 6usize);
+        let data: Vec<f32> = (0..b * t * t).map(|i| ((i * 7919 % 97) as f32 - 48.0) / 9.0).collect();
+        let x = Tensor::from_vec(data, (b, t, t), &Device::Cpu).unwrap();
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        assert!(max_diff(&gelu_tanh(&x).unwrap(), &gelu_tanh(&x64).unwrap()) < 1e-5);
+        assert!(max_diff(&causal_softmax(&x, 0.3).unwrap(), &causal_softmax(&x64, 0.3).unwrap()) < 1e-6);
+        for center in [true, false] {
+            assert!(max_diff(&normalize(&x, center, 1e-5).unwrap(), &normalize(&x64, center, 1e-5).unwrap()) < 1e-5);
+        }
+        assert!(max_diff(&log_softmax(&x).unwrap(), &log_softmax(&x64).unwrap()) < 1e-5);
+    }
+}
