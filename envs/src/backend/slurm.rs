@@ -207,8 +207,9 @@ impl SlurmBackend {
                 State::Active { running: false }
             }
             Some("RUNNING" | "COMPLETING" | "SUSPENDED" | "STAGE_OUT" | "SIGNALING" | "RESIZING" | "STOPPED") => {
-                if finished_files {
-                    // The script wrote its exit code: the result is final even if Slurm still tidies up.
+                if finished_files && result_in(&job.spec).is_some() {
+                    // The run printed its result: it is final even if Slurm still tidies up. (Without a result, the
+                    // final state decides: a job cancelled from outside may still write its exit code.)
                     State::Done(from_files("ended"))
                 } else {
                     State::Active { running: true }
