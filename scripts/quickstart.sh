@@ -3,7 +3,8 @@
 # (SmolLM2-135M-Instruct) on the `toy` environment:
 #   1. write schema-valid example ideas for the environment,
 #   2. a supervised warm-up (LoRA) on them, and the executable share of sampled ideas before and after it,
-#   3. GRPO from the warm-up checkpoint, printing a summary per step.
+#   3. GRPO from the warm-up checkpoint, printing a summary per step,
+#   4. the run's HTML report (runs/quickstart/rl/report.html).
 # Results land in runs/quickstart/. Takes about 10 minutes on two CPU cores after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,3 +34,6 @@ resume=""
 "$bin" train --config configs/quickstart.toml $resume
 echo
 echo "metrics per step: $out/rl/metrics.jsonl; every idea with its result: $out/rl/ideas.jsonl"
+
+echo; echo "== 4. report =="
+"$bin" report "$out/rl"

@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-assets.sh
+# The report's browser test renders the HTML report in headless Chromium (Debian's `chromium`); install it once.
+if [ -z "${IDEATOR_CHROMIUM:-}" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq chromium || { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium; }
+fi
 export IDEATOR_ASSETS="${IDEATOR_ASSETS:-$PWD/assets}"
 
 # A one-node Slurm cluster for the Slurm backend's tests. CI (root on a fresh Debian machine) installs and starts it

@@ -36,6 +36,8 @@ enum Command {
     Train(commands::train::Args),
     /// Sample ideas from a model or checkpoint, execute them, and report reward, max@k and diversity.
     Eval(commands::eval::Args),
+    /// Write a run's report: one self-contained HTML file with its charts (default RUN/report.html).
+    Report(commands::report::Args),
     /// Fold a checkpoint's adapters into its base model and write a Hugging Face model folder.
     Merge(commands::merge::Args),
     /// Our half of the side-by-side benchmarks (see BENCHMARKS.md).
@@ -77,6 +79,7 @@ fn run() -> anyhow::Result<()> {
         Command::Train(args) => commands::train::run(args),
         Command::Merge(args) => commands::merge::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Report(args) => commands::report::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Env(args) => commands::env::run(args),
         Command::Exec(args) => commands::exec::run(args),

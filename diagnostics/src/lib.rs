@@ -1,7 +1,7 @@
 //! # ideator-diagnostics
 //!
 //! What shows mode collapse: diversity of ideas, idea categories, average versus best-of-N (max@k), collapse
-//! alarms, and (later) the HTML report with its plots. Inputs are plain data (idea texts, rewards, the knobs each
+//! alarms, and the HTML report with its plots. Inputs are plain data (idea texts, rewards, the knobs each
 //! idea changes), so this crate does not depend on the run store.
 //!
 //! - [`maxk`]: the unbiased max@k estimator and its curve, mean, best.
@@ -9,6 +9,7 @@
 //! - [`embed`]: all-MiniLM-L6-v2 sentence embeddings with candle; [`vendi`]: Vendi score and mean cosine.
 //! - [`categories`]: category shares and entropy.
 //! - [`summary`]: [`BatchDiagnostics`], all of the above for one batch; [`alarm`]: the collapse alarm.
+//! - [`report`]: the run report (one self-contained HTML file with SVG charts) and its data model.
 
 pub mod alarm;
 pub mod categories;
@@ -16,6 +17,7 @@ pub mod diversity;
 pub mod embed;
 pub mod error;
 pub mod maxk;
+pub mod report;
 pub mod summary;
 pub mod text;
 pub mod vendi;

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod logprobs;
 pub mod merge;
 pub mod model_args;
+pub mod report;
 pub mod sample;
 pub mod sft;
 pub mod tokenize;

@@ -1,0 +1,884 @@
+//! The report's charts, built from [`ReportData`]: which numbers go on which chart, with which colours and labels.
+//! Every chart is an SVG string with a stable id (`data-chart`), grouped into sections for the page.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::data::{ReportData, RunSeries, SeriesKind, SeriesPoint};
+use super::svg::{
+    self, line_chart, stacked_bars, Axis, Band, Column, Line, LineChart, Marker, StackedBars, Stroke, PALETTE, SMALL,
+    WIDE,
+};
+use crate::summary::BatchDiagnostics;
+
+/// One chart as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chart {
+    pub id: String,
+    pub title: String,
+    /// One or two sentences on how to read it.
+    pub caption: String,
+    pub svg: String,
+    /// Small charts sit two to a row.
+    pub small: bool,
+}
+
+/// A titled group of charts; `note` explains an empty section.
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    pub id: String,
+    pub title: String,
+    pub charts: Vec<Chart>,
+    pub note: Option<String>,
+}
+
+/// Most categories drawn in a stacked chart; the rest are summed into "other categories".
+const MAX_CATEGORIES: usize = 8;
+/// Most max@k curves on one chart.
+const MAX_CURVES: usize = 8;
+
+fn series_color(kind: SeriesKind) -> &'static str {
+    match kind {
+        SeriesKind::Rl => PALETTE[0],
+        SeriesKind::Evolution => PALETTE[1],
+    }
+}
+
+/// The x axis shared by all per-step charts: steps (or epochs) for one learner; ideas sent to the executor when RL and
+/// evolution are shown together, since equal budgets are what make them comparable.
+struct XAxis {
+    by_executions: bool,
+    label: String,
+}
+
+impl XAxis {
+    fn new(data: &ReportData) -> Self {
+        let kinds: Vec<SeriesKind> = data.series.iter().map(|s| s.kind).collect();
+        let by_executions = kinds.len() > 1;
+        let label = if by_executions {
+            "ideas sent to the executor (cumulative)".to_string()
+        } else {
+            match kinds.first() {
+                Some(SeriesKind::Evolution) => "evolution epoch".to_string(),
+                _ => "RL step".to_string(),
+            }
+        };
+        XAxis { by_executions, label }
+    }
+    fn x(&self, p: &SeriesPoint) -> f64 {
+        if self.by_executions {
+            p.executions as f64
+        } else {
+            p.index as f64
+        }
+    }
+    fn axis(&self) -> Axis {
+        Axis::integer(self.label.clone())
+    }
+}
+
+/// Runs of consecutive points with alarms, as (first, last) positions in `points`.
+fn alarm_runs(points: &[&SeriesPoint]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, _) in points.iter().enumerate().filter(|(_, p)| !p.alarms.is_empty()) {
+        match runs.last_mut() {
+            Some(run) if run.1 + 1 == i => run.1 = i,
+            _ => runs.push((i, i)),
+        }
+    }
+    runs
+}
+
+/// What a run of alarmed points says: every alarm of a single point, or the span and the last point's alarms.
+fn alarm_tooltip(kind: SeriesKind, run: &[&SeriesPoint]) -> String {
+    let last = run.last().expect("a run has a point");
+    let messages: Vec<&str> = last.alarms.iter().map(|a| a.message.as_str()).collect();
+    if run.len() == 1 {
+        return format!("{} {} {}: {}", kind.name(), kind.unit(), last.index, messages.join("; "));
+    }
+    let count: usize = run.iter().map(|p| p.alarms.len()).sum();
+    format!(
+        "{} {}s {}–{}: {count} alarms; at {} {}: {}",
+        kind.name(),
+        kind.unit(),
+        run[0].index,
+        last.index,
+        kind.unit(),
+        last.index,
+        messages.join("; ")
+    )
+}
+
+/// Markers over `points` (a series' points, or those of them a chart shows), as column positions.
+fn alarm_columns(kind: SeriesKind, points: &[&SeriesPoint]) -> Vec<(usize, usize, String)> {
+    alarm_runs(points).into_iter().map(|(a, b)| (a, b, alarm_tooltip(kind, &points[a..=b]))).collect()
+}
+
+/// Alarm markers of every series at their x positions, one per run of consecutive alarmed points.
+fn alarm_markers(data: &ReportData, xa: &XAxis) -> Vec<Marker> {
+    let mut markers = Vec::new();
+    for s in &data.series {
+        let points: Vec<&SeriesPoint> = s.points.iter().collect();
+        for (a, b, tooltip) in alarm_columns(s.kind, &points) {
+            markers.push(Marker { x: xa.x(points[a]), x_end: xa.x(points[b]), tooltip });
+        }
+    }
+    markers
+}
+
+/// Builds every section of the report.
+pub fn sections(data: &ReportData) -> Vec<Section> {
+    let xa = XAxis::new(data);
+    vec![
+        rewards_section(data, &xa),
+        maxk_section(data),
+        diversity_section(data, &xa),
+        categories_section(data),
+        execution_section(data),
+        training_section(data),
+        pipeline_section(data),
+    ]
+}
+
+fn section(id: &str, title: &str, charts: Vec<Chart>, empty_note: &str) -> Section {
+    let note = charts.is_empty().then(|| empty_note.to_string());
+    Section { id: id.into(), title: title.into(), charts, note }
+}
+
+fn rewards_section(data: &ReportData, xa: &XAxis) -> Section {
+    if data.series.is_empty() {
+        return section("rewards", "Reward", vec![], "No steps or epochs were logged.");
+    }
+    let mut lines = Vec::new();
+    let mut bands = Vec::new();
+    for s in &data.series {
+        let color = series_color(s.kind);
+        let name = &s.label;
+        bands.push(Band {
+            name: format!("{name} mean ± std"),
+            color: color.into(),
+            points: s
+                .points
+                .iter()
+                .filter_map(|p| p.reward_std.map(|sd| (xa.x(p), p.reward_mean - sd, p.reward_mean + sd)))
+                .collect(),
+        });
+        lines.push(Line::new(
+            format!("{name} mean"),
+            color,
+            s.points.iter().map(|p| (xa.x(p), p.reward_mean)).collect(),
+        ));
+        lines.push(
+            Line::new(format!("{name} batch max"), color, s.points.iter().map(|p| (xa.x(p), p.reward_max)).collect())
+                .stroke(Stroke::Dotted)
+                .width(1.8),
+        );
+        lines.push(
+            Line::new(
+                format!("{name} best so far"),
+                darker(color),
+                s.points.iter().map(|p| (xa.x(p), p.best_so_far.unwrap_or(f64::NAN))).collect(),
+            )
+            .stroke(Stroke::Dashed)
+            .width(1.6)
+            .step(),
+        );
+    }
+    bands.retain(|b| !b.points.is_empty());
+    let svg = line_chart(&LineChart {
+        id: "reward".into(),
+        size: WIDE,
+        x: xa.axis(),
+        y: Axis::linear("reward"),
+        lines,
+        bands,
+        markers: alarm_markers(data, xa),
+    });
+    let chart = Chart {
+        id: "reward".into(),
+        title: "Mean and best reward".into(),
+        caption: "Solid: the batch's mean reward with ± one standard deviation shaded; dotted: the batch's best \
+                  reward; dashed: the best executed idea so far. Red flags mark collapse alarms (hover for details)."
+            .into(),
+        svg,
+        small: false,
+    };
+    section("rewards", "Reward", vec![chart], "")
+}
+
+/// Picks at most `n` of `len` positions, evenly spread, always with the first and the last.
+fn spread(len: usize, n: usize) -> Vec<usize> {
+    if len <= n {
+        return (0..len).collect();
+    }
+    let mut picks: Vec<usize> = (0..n).map(|i| (i * (len - 1) + (n - 1) / 2) / (n - 1)).collect();
+    picks.dedup();
+    picks
+}
+
+/// A colour from light (t = 0) to the series' dark shade (t = 1), for curves ordered in time.
+fn ramp(kind: SeriesKind, t: f64) -> String {
+    let (light, dark): ([f64; 3], [f64; 3]) = match kind {
+        SeriesKind::Rl => ([158.0, 202.0, 225.0], [8.0, 48.0, 107.0]),
+        SeriesKind::Evolution => ([253.0, 190.0, 133.0], [127.0, 39.0, 4.0]),
+    };
+    let c: Vec<u8> = (0..3).map(|i| (light[i] + t * (dark[i] - light[i])).round() as u8).collect();
+    format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
+}
+
+fn darker(hex: &str) -> String {
+    let v = u32::from_str_radix(hex.trim_start_matches('#'), 16).unwrap_or(0);
+    let scale = |shift: u32| (((v >> shift) & 0xff) as f64 * 0.65).round() as u8;
+    format!("#{:02x}{:02x}{:02x}", scale(16), scale(8), scale(0))
+}
+
+fn maxk_points(d: &BatchDiagnostics) -> Vec<(f64, f64)> {
+    d.max_at_k.iter().map(|m| (m.k as f64, m.value)).collect()
+}
+
+fn maxk_section(data: &ReportData) -> Section {
+    let mut charts = Vec::new();
+    for s in &data.series {
+        let diagnosed: Vec<(&SeriesPoint, &BatchDiagnostics)> = s.diagnosed().collect();
+        if diagnosed.is_empty() {
+            continue;
+        }
+        // Curves at the first and latest point, at points sampled by a checkpoint's policy, and spread between.
+        let checkpoint_steps: Vec<u64> = data.checkpoints.iter().map(|c| c.step).collect();
+        let mut picks: Vec<usize> = spread(diagnosed.len(), MAX_CURVES);
+        if s.kind == SeriesKind::Rl {
+            for (i, (p, _)) in diagnosed.iter().enumerate() {
+                if checkpoint_steps.contains(&p.index) && !picks.contains(&i) && picks.len() < MAX_CURVES + 2 {
+                    picks.push(i);
+                }
+            }
+        }
+        picks.sort_unstable();
+        let last = *picks.last().expect("non-empty");
+        let lines: Vec<Line> = picks
+            .iter()
+            .map(|&i| {
+                let (p, d) = diagnosed[i];
+                let t = if picks.len() > 1 {
+                    picks.iter().position(|&j| j == i).unwrap() as f64 / (picks.len() - 1) as f64
+                } else {
+                    1.0
+                };
+                let mut name = format!("{} {}", s.kind.unit(), p.index);
+                if s.kind == SeriesKind::Rl && checkpoint_steps.contains(&p.index) {
+                    name.push_str(" (checkpoint)");
+                }
+                if i == last {
+                    name.push_str(", latest");
+                }
+                Line::new(name, ramp(s.kind, 0.25 + 0.75 * t), maxk_points(d)).width(if i == last {
+                    3.0
+                } else {
+                    1.8
+                })
+            })
+            .collect();
+        charts.push(Chart {
+            id: format!("maxk-{}", kind_id(s.kind)),
+            title: format!("max@k per {} ({})", s.kind.unit(), s.label),
+            caption: format!(
+                "Expected best reward among k ideas drawn from one {}'s batch (unbiased estimator). max@1 is the mean; \
+                 the right end is the batch's best. Darker = later; the thick curve is the latest {}.",
+                s.kind.unit(),
+                s.kind.unit()
+            ),
+            svg: line_chart(&LineChart {
+                id: format!("maxk-{}", kind_id(s.kind)),
+                size: WIDE,
+                x: Axis::log2("k (ideas drawn)"),
+                y: Axis::linear("max@k"),
+                lines,
+                bands: vec![],
+                markers: vec![],
+            }),
+            small: false,
+        });
+        charts.push(maxk_over_time(s, &diagnosed));
+    }
+    if !data.evaluations.is_empty() {
+        let n = data.evaluations.len();
+        let lines = data
+            .evaluations
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Line::new(e.label.clone(), PALETTE[i % PALETTE.len()], maxk_points(&e.diagnostics)))
+            .collect();
+        charts.push(Chart {
+            id: "maxk-evaluations".into(),
+            title: "max@k per evaluation".into(),
+            caption: format!("{n} evaluation(s) of fixed models or checkpoints, each sampled n times."),
+            svg: line_chart(&LineChart {
+                id: "maxk-evaluations".into(),
+                size: WIDE,
+                x: Axis::log2("k (ideas drawn)"),
+                y: Axis::linear("max@k"),
+                lines,
+                bands: vec![],
+                markers: vec![],
+            }),
+            small: false,
+        });
+    }
+    section("maxk", "Average versus best-of-N (max@k)", charts, "No batch diagnostics were logged.")
+}
+
+/// max@k for a few k over time: whether training moves the best of N, or only the mean (the paper's finding).
+fn maxk_over_time(s: &RunSeries, diagnosed: &[(&SeriesPoint, &BatchDiagnostics)]) -> Chart {
+    let mut ks: Vec<usize> = diagnosed.iter().flat_map(|(_, d)| d.max_at_k.iter().map(|m| m.k)).collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let picked: Vec<usize> = spread(ks.len(), 5).into_iter().map(|i| ks[i]).collect();
+    let lines = picked
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| {
+            let t = if picked.len() > 1 { j as f64 / (picked.len() - 1) as f64 } else { 1.0 };
+            let points = diagnosed
+                .iter()
+                .map(|(p, d)| (p.index as f64, d.max_at_k.iter().find(|m| m.k == k).map_or(f64::NAN, |m| m.value)))
+                .collect();
+            Line::new(format!("max@{k}"), ramp(s.kind, 0.25 + 0.75 * t), points)
+        })
+        .collect();
+    let id = format!("maxk-time-{}", kind_id(s.kind));
+    Chart {
+        id: id.clone(),
+        title: format!("max@k over {}s ({})", s.kind.unit(), s.label),
+        caption: "If only max@1 (the mean) rises while the large-k curves stay flat, the learner is getting more \
+                  reliable, not finding better ideas."
+            .into(),
+        svg: line_chart(&LineChart {
+            id,
+            size: WIDE,
+            x: Axis::integer(format!("{} {}", s.label, s.kind.unit())),
+            y: Axis::linear("max@k"),
+            lines,
+            bands: vec![],
+            markers: vec![],
+        }),
+        small: false,
+    }
+}
+
+fn kind_id(kind: SeriesKind) -> &'static str {
+    match kind {
+        SeriesKind::Rl => "rl",
+        SeriesKind::Evolution => "evolution",
+    }
+}
+
+/// A diagnostics measure of a batch, if the batch has it.
+type Metric = fn(&BatchDiagnostics) -> Option<f64>;
+
+/// What a small chart shows: its id, title, how to read it, its y axis, and the named values it plots (a
+/// diagnostics [`Metric`], or the key of a logged scalar).
+struct Spec<V> {
+    id: String,
+    title: &'static str,
+    caption: &'static str,
+    y: Axis,
+    values: Vec<(&'static str, V)>,
+}
+
+fn spec<V>(
+    id: impl Into<String>,
+    title: &'static str,
+    caption: &'static str,
+    y: Axis,
+    values: Vec<(&'static str, V)>,
+) -> Spec<V> {
+    Spec { id: id.into(), title, caption, y, values }
+}
+
+/// A small chart with one line per series (and per variant, e.g. distinct-1/2/3) of a diagnostics value.
+fn diversity_chart(data: &ReportData, xa: &XAxis, spec: &Spec<Metric>) -> Option<Chart> {
+    let variants = &spec.values;
+    let mut lines = Vec::new();
+    for s in &data.series {
+        for (j, (variant, value)) in variants.iter().enumerate() {
+            let points: Vec<(f64, f64)> =
+                s.diagnosed().map(|(p, d)| (xa.x(p), value(d).unwrap_or(f64::NAN))).collect();
+            if points.iter().all(|p| !p.1.is_finite()) {
+                continue;
+            }
+            let name = match (data.series.len() > 1, variants.len() > 1) {
+                (true, true) => format!("{} {variant}", s.label),
+                (true, false) => s.label.clone(),
+                (false, _) => variant.to_string(),
+            };
+            let color = if variants.len() > 1 {
+                ramp(s.kind, 0.35 + 0.65 * j as f64 / (variants.len() - 1) as f64)
+            } else {
+                series_color(s.kind).to_string()
+            };
+            lines.push(Line::new(name, color, points));
+        }
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    let svg = line_chart(&LineChart {
+        id: spec.id.clone(),
+        size: SMALL,
+        x: xa.axis(),
+        y: spec.y.clone(),
+        lines,
+        bands: vec![],
+        markers: alarm_markers(data, xa),
+    });
+    Some(Chart { id: spec.id.clone(), title: spec.title.into(), caption: spec.caption.into(), svg, small: true })
+}
+
+fn diversity_section(data: &ReportData, xa: &XAxis) -> Section {
+    // Measures bounded by 0 and 1 keep that range, so that a small wobble does not look like a collapse.
+    let unit = |label: &str| Axis::linear(label).with_range(0.0, 1.04);
+    let specs: [Spec<Metric>; 7] = [
+        spec(
+            "div-vendi",
+            "Vendi score (embeddings)",
+            "Effective number of distinct ideas in a batch (1 to n); higher = more diverse.",
+            Axis::linear("Vendi score"),
+            vec![("Vendi", |d| d.embedding.as_ref().map(|e| e.vendi_score))],
+        ),
+        spec(
+            "div-cosine",
+            "Mean pairwise cosine (embeddings)",
+            "Average similarity of two ideas' embeddings; higher = more alike.",
+            Axis::linear("cosine"),
+            vec![("mean cosine", |d| d.embedding.as_ref().and_then(|e| e.mean_pairwise_cosine))],
+        ),
+        spec(
+            "div-distinct",
+            "Distinct n-grams",
+            "Unique / total n-grams over the batch; higher = more diverse.",
+            unit("distinct-n"),
+            vec![
+                // Short names: the legend beside a small chart has room for about 15 characters.
+                ("n = 1", |d| d.text.distinct_1),
+                ("n = 2", |d| d.text.distinct_2),
+                ("n = 3", |d| d.text.distinct_3),
+            ],
+        ),
+        spec(
+            "div-self-bleu",
+            "Self-BLEU-4",
+            "How much each idea repeats the others; higher = less diverse.",
+            unit("self-BLEU"),
+            vec![("self-BLEU", |d| d.text.self_bleu)],
+        ),
+        spec(
+            "div-gzip",
+            "Compression ratio (gzip)",
+            "Raw / compressed bytes of the batch; higher = more repetitive.",
+            Axis::linear("ratio"),
+            vec![("gzip ratio", |d| Some(d.text.compression_ratio))],
+        ),
+        spec(
+            "div-category-entropy",
+            "Category entropy (normalised)",
+            "Entropy of the knob-set categories / ln(n); 0 = one category, 1 = all different.",
+            unit("entropy / ln n"),
+            vec![("category entropy", |d| d.categories.normalized_entropy)],
+        ),
+        spec(
+            "div-length",
+            "Idea length",
+            "Mean idea length in word tokens.",
+            Axis::linear("tokens"),
+            vec![("mean tokens", |d| Some(d.text.length.mean_tokens))],
+        ),
+    ];
+    let charts = specs.iter().filter_map(|spec| diversity_chart(data, xa, spec)).collect();
+    section("diversity", "Diversity over time", charts, "No batch diagnostics were logged.")
+}
+
+fn categories_section(data: &ReportData) -> Section {
+    let mut charts = Vec::new();
+    for s in &data.series {
+        let diagnosed: Vec<(&SeriesPoint, &BatchDiagnostics)> = s.diagnosed().collect();
+        if diagnosed.is_empty() {
+            continue;
+        }
+        let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, d) in &diagnosed {
+            for c in &d.categories.shares {
+                *totals.entry(c.label.as_str()).or_insert(0) += c.count;
+            }
+        }
+        let mut ranked: Vec<(&str, usize)> = totals.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<&str> = ranked.iter().take(MAX_CATEGORIES).map(|c| c.0).collect();
+        let has_other = ranked.len() > MAX_CATEGORIES;
+        let mut layers: Vec<(String, String)> =
+            shown.iter().enumerate().map(|(i, l)| (l.to_string(), PALETTE[i % 9].to_string())).collect();
+        if has_other {
+            layers.push(("other categories".into(), "#8c8c8c".into()));
+        }
+        layers.push(("not categorised".into(), "#dcdcdc".into()));
+        let columns = diagnosed
+            .iter()
+            .map(|(p, d)| {
+                // Shares of the ideas the category statistics counted (the whole batch, in a consistent log).
+                let n = (d.categories.n_categorised + d.categories.n_uncategorised).max(1) as f64;
+                let count = |label: &str| {
+                    d.categories.shares.iter().find(|c| c.label == label).map_or(0, |c| c.count) as f64 / n
+                };
+                let mut values: Vec<f64> = shown.iter().map(|l| count(l)).collect();
+                if has_other {
+                    let other: usize = d
+                        .categories
+                        .shares
+                        .iter()
+                        .filter(|c| !shown.contains(&c.label.as_str()))
+                        .map(|c| c.count)
+                        .sum();
+                    values.push(other as f64 / n);
+                }
+                values.push(d.categories.n_uncategorised as f64 / n);
+                Column { label: p.index.to_string(), values }
+            })
+            .collect();
+        let markers = alarm_columns(s.kind, &diagnosed.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+        let id = format!("categories-{}", kind_id(s.kind));
+        charts.push(Chart {
+            id: id.clone(),
+            title: format!("Idea categories per {} ({})", s.kind.unit(), s.label),
+            caption:
+                "Share of each batch by the set of knobs an idea changes (its category); grey at the top: ideas \
+                      that could not be implemented. One colour taking over the column is collapse onto one kind of \
+                      idea."
+                    .into(),
+            svg: stacked_bars(&StackedBars {
+                id,
+                size: WIDE,
+                x_label: format!("{} {}", s.label, s.kind.unit()),
+                y: Axis::linear("share of batch").with_range(0.0, 1.0),
+                layers,
+                columns,
+                markers,
+            }),
+            small: false,
+        });
+    }
+    section("categories", "Idea categories", charts, "No batch diagnostics were logged.")
+}
+
+fn execution_section(data: &ReportData) -> Section {
+    let mut charts = Vec::new();
+    for s in &data.series {
+        if s.points.is_empty() {
+            continue;
+        }
+        let mut causes: Vec<&str> = s.points.iter().flat_map(|p| p.failures.keys().map(String::as_str)).collect();
+        causes.sort_unstable();
+        causes.dedup();
+        let mut layers = vec![("executed".to_string(), PALETTE[2].to_string())];
+        let failure_colors = [PALETTE[3], PALETTE[1], PALETTE[6], PALETTE[5], PALETTE[8], PALETTE[7], PALETTE[4]];
+        layers.extend(
+            causes.iter().enumerate().map(|(i, c)| (format!("failed: {c}"), failure_colors[i % 7].to_string())),
+        );
+        let columns = s
+            .points
+            .iter()
+            .map(|p| {
+                let n = p.n_ideas.max(1) as f64;
+                let mut values = vec![p.execution_rate];
+                values.extend(causes.iter().map(|c| p.failures.get(*c).copied().unwrap_or(0) as f64 / n));
+                Column { label: p.index.to_string(), values }
+            })
+            .collect();
+        let markers = alarm_columns(s.kind, &s.points.iter().collect::<Vec<_>>());
+        let id = format!("outcomes-{}", kind_id(s.kind));
+        charts.push(Chart {
+            id: id.clone(),
+            title: format!("Execution rate and failure causes ({})", s.label),
+            caption: "Green: share of the batch that was implemented and ran (the execution rate); above it, the \
+                      failed ideas by cause."
+                .into(),
+            svg: stacked_bars(&StackedBars {
+                id,
+                size: WIDE,
+                x_label: format!("{} {}", s.label, s.kind.unit()),
+                y: Axis::linear("share of batch").with_range(0.0, 1.0),
+                layers,
+                columns,
+                markers,
+            }),
+            small: false,
+        });
+    }
+    section("execution", "Execution", charts, "No steps or epochs were logged.")
+}
+
+/// A small line chart of some per-point scalars of one series; `None` when none of them was logged.
+fn scalar_chart(s: &RunSeries, spec: &Spec<&str>) -> Option<Chart> {
+    let n = spec.values.len();
+    let lines: Vec<Line> = spec
+        .values
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, key))| s.points.iter().any(|p| p.scalars.contains_key(*key)))
+        .map(|(i, (name, key))| {
+            let points =
+                s.points.iter().map(|p| (p.index as f64, p.scalars.get(*key).copied().unwrap_or(f64::NAN))).collect();
+            Line::new(*name, PALETTE[(i + if n > 1 { 0 } else { 4 }) % PALETTE.len()], points)
+        })
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    let svg = line_chart(&LineChart {
+        id: spec.id.clone(),
+        size: SMALL,
+        x: Axis::integer(format!("{} {}", s.label, s.kind.unit())),
+        y: spec.y.clone(),
+        lines,
+        bands: vec![],
+        markers: vec![],
+    });
+    Some(Chart { id: spec.id.clone(), title: spec.title.into(), caption: spec.caption.into(), svg, small: true })
+}
+
+fn training_section(data: &ReportData) -> Section {
+    let mut charts = Vec::new();
+    if let Some(s) = data.series(SeriesKind::Rl) {
+        let specs: [Spec<&str>; 4] = [
+            spec(
+                "train-kl",
+                "KL to the reference",
+                "k3 estimate of KL(policy ‖ reference), per token.",
+                Axis::linear("KL"),
+                vec![("KL", "kl")],
+            ),
+            spec(
+                "train-entropy",
+                "Policy entropy",
+                "Mean token entropy of sampled ideas; falling entropy often precedes collapse.",
+                Axis::linear("nats"),
+                vec![("entropy", "entropy")],
+            ),
+            spec(
+                "train-grad-norm",
+                "Gradient norm",
+                "Norm of the update's gradient before clipping.",
+                Axis::linear("norm"),
+                vec![("grad norm", "grad_norm")],
+            ),
+            spec(
+                "train-clip",
+                "Clipping and flat groups",
+                "Share of tokens clipped below / above, and of groups whose rewards were all equal (no signal).",
+                Axis::linear("fraction"),
+                vec![
+                    ("clipped low", "clip_low_frac"),
+                    ("clipped high", "clip_high_frac"),
+                    ("flat groups", "frac_reward_zero_std"),
+                ],
+            ),
+        ];
+        charts.extend(specs.iter().filter_map(|spec| scalar_chart(s, spec)));
+        let parts = [
+            ("sample_seconds", "sample"),
+            ("wait_seconds", "wait"),
+            ("execute_seconds", "execute"),
+            ("reference_seconds", "reference"),
+            ("update_seconds", "update"),
+        ];
+        let present: Vec<(&str, &str)> =
+            parts.into_iter().filter(|(k, _)| s.points.iter().any(|p| p.scalars.contains_key(*k))).collect();
+        if !present.is_empty() {
+            let layers =
+                present.iter().enumerate().map(|(i, (_, n))| (n.to_string(), PALETTE[i].to_string())).collect();
+            let columns = s
+                .points
+                .iter()
+                .map(|p| Column {
+                    label: p.index.to_string(),
+                    values: present.iter().map(|(k, _)| p.scalars.get(*k).copied().unwrap_or(0.0)).collect(),
+                })
+                .collect();
+            charts.push(Chart {
+                id: "train-time".into(),
+                title: "Time per step".into(),
+                caption: "Where each step's wall time went.".into(),
+                svg: stacked_bars(&StackedBars {
+                    id: "train-time".into(),
+                    size: WIDE,
+                    x_label: "RL step".into(),
+                    y: Axis::linear("seconds"),
+                    layers,
+                    columns,
+                    markers: vec![],
+                }),
+                small: false,
+            });
+        }
+    }
+    section("training", "Training signals (RL)", charts, "No RL steps were logged.")
+}
+
+fn pipeline_section(data: &ReportData) -> Section {
+    let mut charts = Vec::new();
+    if !data.staleness.is_empty() {
+        let columns = data
+            .staleness
+            .iter()
+            .map(|b| Column { label: b.staleness.to_string(), values: vec![b.groups as f64] })
+            .collect();
+        charts.push(Chart {
+            id: "staleness".into(),
+            title: "Staleness of trained groups".into(),
+            caption: "Groups by how many policy versions passed between sampling and training.".into(),
+            svg: stacked_bars(&StackedBars {
+                id: "staleness".into(),
+                size: SMALL,
+                x_label: "staleness (policy versions)".into(),
+                y: Axis::integer("groups"),
+                layers: vec![("groups".into(), PALETTE[4].into())],
+                columns,
+                markers: vec![],
+            }),
+            small: true,
+        });
+    }
+    if !data.utilisation.is_empty() {
+        let mut lines = vec![Line::new(
+            "busy / total slots",
+            PALETTE[2],
+            data.utilisation
+                .iter()
+                .map(|u| (u.seconds, if u.total_slots > 0.0 { u.busy_slots / u.total_slots } else { f64::NAN }))
+                .collect(),
+        )];
+        if data.utilisation.iter().any(|u| u.queue_depth.is_some()) {
+            let max_q = data.utilisation.iter().filter_map(|u| u.queue_depth).fold(0.0f64, f64::max).max(1.0);
+            lines.push(
+                Line::new(
+                    format!("queue depth / {}", svg::trim_number(max_q)),
+                    PALETTE[6],
+                    data.utilisation
+                        .iter()
+                        .map(|u| (u.seconds, u.queue_depth.map_or(f64::NAN, |q| q / max_q)))
+                        .collect(),
+                )
+                .stroke(Stroke::Dashed),
+            );
+        }
+        charts.push(Chart {
+            id: "utilisation".into(),
+            title: "Execution slot utilisation".into(),
+            caption:
+                "Share of execution slots busy over time, and the queue of ideas waiting (scaled to its maximum)."
+                    .into(),
+            svg: line_chart(&LineChart {
+                id: "utilisation".into(),
+                size: SMALL,
+                x: Axis::linear("seconds since start"),
+                y: Axis::linear("fraction").with_range(0.0, 1.05),
+                lines,
+                bands: vec![],
+                markers: vec![],
+            }),
+            small: true,
+        });
+    }
+    // Per-step summaries, when the trainer logs them instead of the detailed records.
+    for s in &data.series {
+        if data.staleness.is_empty() {
+            let id = format!("staleness-{}", kind_id(s.kind));
+            charts.extend(scalar_chart(
+                s,
+                &spec(
+                    id,
+                    "Mean staleness per step",
+                    "Policy versions between sampling and training, averaged over the step's groups.",
+                    Axis::linear("versions"),
+                    vec![("mean staleness", "staleness_mean")],
+                ),
+            ));
+        }
+        if data.utilisation.is_empty() {
+            let id = format!("utilisation-{}", kind_id(s.kind));
+            charts.extend(scalar_chart(
+                s,
+                &spec(
+                    id,
+                    "Slot utilisation per step",
+                    "Share of execution slots busy during the step.",
+                    Axis::linear("fraction").with_range(0.0, 1.04),
+                    vec![("slot utilisation", "slot_utilisation")],
+                ),
+            ));
+        }
+    }
+    section(
+        "pipeline",
+        "Pipeline: staleness and slot utilisation",
+        charts,
+        "This run did not record staleness or slot utilisation (the synchronous trainer samples, executes and \
+         trains in turn; the asynchronous pipeline and its run store record them).",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_keeps_the_ends_and_the_count() {
+        assert_eq!(spread(3, 7), [0, 1, 2]);
+        let picks = spread(100, 7);
+        assert_eq!(picks.len(), 7);
+        assert_eq!((picks[0], picks[6]), (0, 99));
+        assert!(picks.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn consecutive_alarms_make_one_run() {
+        use crate::alarm::{Alarm, AlarmKind};
+        let point = |index: u64, alarms: usize| SeriesPoint {
+            index,
+            n_ideas: 8,
+            executions: 8,
+            reward_mean: 0.0,
+            reward_max: 0.0,
+            reward_std: None,
+            best_so_far: None,
+            execution_rate: 1.0,
+            failures: BTreeMap::new(),
+            diagnostics: None,
+            alarms: (0..alarms)
+                .map(|i| Alarm {
+                    kind: AlarmKind::CategoryDominance {
+                        category: "lr".into(),
+                        share: 1.0,
+                        count: 8,
+                        n_categorised: 8,
+                        threshold: 0.5,
+                    },
+                    message: format!("alarm {index}.{i}"),
+                })
+                .collect(),
+            scalars: BTreeMap::new(),
+        };
+        let points: Vec<SeriesPoint> =
+            [0, 1, 2, 0, 1, 0].iter().enumerate().map(|(i, &n)| point(i as u64, n)).collect();
+        let refs: Vec<&SeriesPoint> = points.iter().collect();
+        assert_eq!(alarm_runs(&refs), [(1, 2), (4, 4)]);
+        let columns = alarm_columns(SeriesKind::Rl, &refs);
+        assert_eq!(columns[0].2, "RL steps 1–2: 3 alarms; at step 2: alarm 2.0; alarm 2.1");
+        assert_eq!(columns[1].2, "RL step 4: alarm 4.0");
+    }
+
+    #[test]
+    fn colours() {
+        assert_eq!(ramp(SeriesKind::Rl, 1.0), "#08306b");
+        assert_eq!(darker("#ffffff"), "#a6a6a6");
+    }
+}

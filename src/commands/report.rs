@@ -1,0 +1,59 @@
+//! `ideator report RUN`: one self-contained HTML file with the run's charts (reward, max@k, diversity, categories,
+//! execution, training signals, alarms, top ideas), readable in a browser with no network.
+
+use std::path::PathBuf;
+
+use ideator_diagnostics::report::{load_run_folder, write_report};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run folder (the one holding metrics.jsonl, ideas.jsonl, config.toml and checkpoints/).
+    pub run: PathBuf,
+    /// Where to write the report (default: RUN/report.html).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print a JSON summary (the report's path, series, alarms) instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let data = load_run_folder(&args.run)?;
+    let out = args.out.clone().unwrap_or_else(|| args.run.join("report.html"));
+    write_report(&data, &out)?;
+    let alarms = data.alarms().count();
+    if args.json {
+        let series: Vec<serde_json::Value> = data
+            .series
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "kind": s.kind,
+                    "points": s.points.len(),
+                    "executions": s.executions(),
+                    "alarms": s.points.iter().map(|p| p.alarms.len()).sum::<usize>(),
+                })
+            })
+            .collect();
+        let summary = serde_json::json!({
+            "report": out.display().to_string(),
+            "series": series,
+            "alarms": alarms,
+            "top_reward": data.top_ideas.first().map(|i| i.reward),
+            "notes": data.notes,
+        });
+        println!("{summary}");
+    } else {
+        for note in &data.notes {
+            eprintln!("note: {note}");
+        }
+        let points: Vec<String> =
+            data.series.iter().map(|s| format!("{} {}s", s.points.len(), s.kind.unit())).collect();
+        println!(
+            "report written to {} ({}; {alarms} collapse alarm(s))",
+            out.display(),
+            if points.is_empty() { "no steps".to_string() } else { points.join(", ") }
+        );
+    }
+    Ok(())
+}
