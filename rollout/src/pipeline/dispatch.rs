@@ -99,6 +99,8 @@ pub enum Command {
     Run(IdeaRow),
     /// The idea was running when the trainer stopped: take it back, or launch it again.
     Reattach(IdeaRow),
+    /// Abandon these ideas (their group was dropped): unqueue them, stop their runs, report nothing.
+    Cancel(Vec<i64>),
     /// Stop: cancel running runs (they become pending again, to run after a resume), or wait for them.
     Shutdown { cancel: bool },
 }
@@ -253,6 +255,19 @@ impl Dispatcher {
                     self.queue.push_back(Queued { idea, attempt, not_before: Instant::now() });
                 }
                 Command::Reattach(idea) => self.reattach(idea)?,
+                Command::Cancel(ids) => {
+                    self.queue.retain(|q| !ids.contains(&q.idea.id));
+                    let keys: Vec<String> = self
+                        .inflight
+                        .iter()
+                        .filter(|(_, r)| ids.contains(&r.idea.id))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in keys {
+                        self.backend.cancel(&k);
+                        self.inflight.remove(&k);
+                    }
+                }
                 Command::Shutdown { cancel } => *shutdown = Some(cancel),
             }
         }

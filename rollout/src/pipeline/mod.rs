@@ -327,6 +327,26 @@ pub fn run_pipeline(
                     true
                 }
             });
+            // Groups still executing that are already too stale will never train: stop their runs now.
+            let hopeless: Vec<i64> = executing
+                .values()
+                .filter(|(g, _)| version.saturating_sub(g.policy_version) > ctx.cfg.max_staleness)
+                .map(|(g, _)| g.id)
+                .collect();
+            for id in hopeless {
+                let (g, _) = executing.remove(&id).expect("listed above");
+                let staleness = version.saturating_sub(g.policy_version);
+                tracing::info!(
+                    "dropping group {} while it executes (sampled at version {})",
+                    g.seq,
+                    g.policy_version
+                );
+                // Recorded first, so that a result arriving meanwhile is refused by the store.
+                store.drop_unfinished_group(g.id, staleness)?;
+                dispatcher.send(Command::Cancel(g.ideas.iter().map(|i| i.id).collect()));
+                interval.dropped += 1;
+                dropped_total += 1;
+            }
             if version >= ctx.steps {
                 break;
             }

@@ -618,6 +618,30 @@ impl Store {
         )
     }
 
+    /// Drops a group that can no longer be trained (too stale) while some of its ideas are unfinished: those
+    /// ideas are cancelled (their running attempts closed), results already in are kept.
+    pub fn drop_unfinished_group(&self, group: i64, staleness: u64) -> Result<()> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let t = now();
+        tx.execute(
+            "UPDATE attempts SET finished_at = ?2, outcome = 'cancelled', message = 'its group became too stale'
+             WHERE outcome IS NULL AND idea_id IN (SELECT id FROM ideas WHERE group_id = ?1 AND status = 'running')",
+            params![group, t],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE ideas SET status = 'cancelled', finished_at = ?2 WHERE group_id = ?1 AND status IN ('pending', 'running')",
+            params![group, t],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE groups SET status = 'dropped', staleness = ?2 WHERE id = ?1",
+            params![group, staleness as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     /// Commits one policy update: the groups it consumed (with their staleness), its metrics row and the new
     /// policy version, in one transaction.
     pub fn record_step(&self, run: i64, step: u64, groups: &[(i64, u64)], metrics: &serde_json::Value) -> Result<()> {
