@@ -202,18 +202,12 @@ fn every_idea_runs_once_and_every_step_trains_fresh_enough_groups() {
     let steps = s.store.steps(s.run).unwrap();
     assert_eq!(steps.len(), 4);
     for st in &steps {
-        for k in [
-            "sample_seconds",
-            "wait_seconds",
-            "update_seconds",
-            "slot_utilisation",
-            "learner_idle_frac",
-            "executions_per_hour",
-        ] {
+        for k in ["sample_seconds", "wait_seconds", "update_seconds", "learner_idle_frac", "executions_per_hour"] {
             assert!(st.metrics[k].as_f64().is_some(), "step {} lacks {k}", st.step);
         }
-        let u = st.metrics["slot_utilisation"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&u), "{u}");
+        // Null only when the step followed the previous one too closely to measure.
+        let u = &st.metrics["slot_utilisation"];
+        assert!(u.is_null() || u.as_f64().is_some_and(|u| (0.0..=1.0).contains(&u)), "{u}");
     }
     // Trained ideas carry the rewards their text promised, and each ran exactly once.
     let runs = executions(&s);

@@ -610,7 +610,12 @@ fn train_step(
     record["step_seconds"] = wall.into();
     record["learner_idle_frac"] = (interval.wait_seconds / wall.max(1e-9)).into();
     let busy = after.busy_slot_seconds - before.busy_slot_seconds;
-    record["slot_utilisation"] = (busy / (after.slots as f64 * interval_seconds).max(1e-9)).min(1.0).into();
+    // Over an interval too short to measure (back-to-back updates) the ratio is noise: leave it out.
+    record["slot_utilisation"] = if interval_seconds >= 0.05 {
+        (busy / (after.slots as f64 * interval_seconds)).min(1.0).into()
+    } else {
+        serde_json::Value::Null
+    };
     record["executions"] = (after.completed - before.completed).into();
     record["executions_per_hour"] = ((after.completed - before.completed) as f64 / wall.max(1e-9) * 3600.0).into();
     record["queued_ideas"] = after.queued.into();
