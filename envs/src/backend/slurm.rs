@@ -85,7 +85,9 @@ fn run(cmd: &str, args: &[String]) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("{cmd} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let said = if stderr.trim().is_empty() { String::from_utf8_lossy(&out.stdout) } else { stderr };
+        Err(format!("{cmd} failed ({}): {}", out.status, said.trim()))
     }
 }
 
