@@ -12,5 +12,15 @@ if [ -z "${IDEATOR_CHROMIUM:-}" ] && ! command -v chromium >/dev/null && ! comma
   $sudo apt-get install -y -qq chromium || { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium; }
 fi
 export IDEATOR_ASSETS="${IDEATOR_ASSETS:-$PWD/assets}"
+
+# A one-node Slurm cluster for the Slurm backend's tests. CI (root on a fresh Debian machine) installs and starts it
+# and requires it; elsewhere the tests say loudly that they did not run when no cluster is reachable.
+if [ "${CI:-}" = "true" ]; then
+  scripts/slurm-test-cluster.sh start
+  export IDEATOR_REQUIRE_SLURM=1
+elif [ "$(id -u)" = 0 ] && [ "${IDEATOR_SKIP_SLURM:-}" != 1 ]; then
+  scripts/slurm-test-cluster.sh start || echo "WARNING: no Slurm test cluster; the Slurm tests will not run" >&2
+fi
+
 cargo build --release --locked --workspace --all-targets
 cargo test --release --locked --workspace --no-fail-fast "$@"

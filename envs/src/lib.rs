@@ -13,8 +13,10 @@
 //!   arithmetic problems for a fixed budget of sampled completions; reward = held-out accuracy.
 //! - [`command`]: an external program implements and runs the idea (the idea travels as a file, never through a
 //!   shell).
+//! - [`backend`]: where executions run as separate processes: local slots (CPU shares or GPUs) or Slurm jobs.
 //! - [`prompt`]: the ideator prompt of an environment and schema-valid example ideas for a supervised warm-up.
 
+pub mod backend;
 pub mod command;
 pub mod environment;
 pub mod executor;

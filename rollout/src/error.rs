@@ -4,6 +4,12 @@ pub enum RolloutError {
     Config(String),
     #[error("{path}: {message}")]
     Io { path: std::path::PathBuf, message: String },
+    #[error("run store {path}: {message}")]
+    Store { path: std::path::PathBuf, message: String },
+    #[error("backend: {0}")]
+    Backend(String),
+    #[error("interrupted")]
+    Interrupted,
     #[error(transparent)]
     Model(#[from] ideator_model::ModelError),
     #[error(transparent)]

@@ -1,13 +1,15 @@
 //! # ideator-rollout
 //!
 //! From policy to scored ideas and back: the ideator prompt of an environment, sampling groups of ideas,
-//! executing them, and the RL loop that turns scored groups into GRPO updates with metrics, an idea log and
-//! checkpoints in a run folder. (The asynchronous pipeline, the SQLite run store and evolutionary search build on
-//! the same pieces.)
+//! executing them on a backend's slots through the asynchronous [`pipeline`], and feeding complete groups to a
+//! pluggable learner (GRPO now). The [`store`] (SQLite) records every idea, execution, update and checkpoint
+//! and is what a resumed run starts from; `metrics.jsonl` and `ideas.jsonl` are human-readable exports.
 
 pub mod error;
 pub mod execute;
+pub mod pipeline;
 pub mod prompt;
 pub mod rl;
+pub mod store;
 
 pub use error::{Result, RolloutError};

@@ -1,12 +1,19 @@
-//! `ideator train`: GRPO on an ideator, rewarded by executing its ideas in an environment.
+//! `ideator train`: GRPO on an ideator, rewarded by executing its ideas in an environment. Ideas run as separate
+//! `ideator exec` processes on the configured backend (local slots or Slurm) through the asynchronous pipeline; the
+//! run store (`store.sqlite` in the run folder) records everything, and `--resume` continues a run that was
+//! stopped or killed at any moment.
 
 use std::path::PathBuf;
 
 use ideator_diagnostics::{check_collapse, AlarmConfig, BatchDiagnostics, Category, MiniLmEmbedder, ScoredIdea};
+use ideator_envs::backend::{Backend, LocalBackend, LocalConfig, SlurmBackend, SlurmConfig};
 use ideator_envs::Status;
 use ideator_model::sampler::SamplingParams;
-use ideator_rollout::execute::InProcess;
-use ideator_rollout::rl::{run_rl, RlConfig, RlContext, StepReport};
+use ideator_rollout::pipeline::dispatch::ExecLauncher;
+use ideator_rollout::pipeline::grpo::GrpoAgent;
+use ideator_rollout::pipeline::{run_pipeline, PipelineConfig, PipelineContext};
+use ideator_rollout::rl::{RlConfig, StepReport};
+use ideator_rollout::store::Store;
 use ideator_trainer::config::{OptimConfig, TrainMode};
 use ideator_trainer::run_dir::RunDir;
 use ideator_trainer::{GrpoConfig, GrpoLearner, TrainablePolicy};
@@ -17,14 +24,14 @@ use crate::run_config::{read_config, relative_to_config, run_dir_for, ModelSecti
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// TOML config: [model], [init], [train], [optim], [grpo], [sampling], [env], [rl], [diagnostics], [run]
-    /// (see configs/).
+    /// TOML config: [model], [init], [train], [optim], [grpo], [sampling], [env], [rl], [pipeline], [backend],
+    /// [diagnostics], [run] (see configs/).
     #[arg(long)]
     pub config: PathBuf,
     /// Run folder (overrides [run] dir).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// Continue the run in the run folder from its newest checkpoint.
+    /// Continue the run in the run folder from its newest checkpoint (executions already done are reused).
     #[arg(long)]
     pub resume: bool,
     /// Print the final summary as JSON.
@@ -43,6 +50,33 @@ pub struct EnvSection {
     pub config: Option<PathBuf>,
     /// Per-idea time limit in seconds.
     pub time_limit_s: Option<f64>,
+}
+
+/// `[backend]`: where executions run. `kind = "local"` (default) or `"slurm"`; the other keys are the backend's.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackendSection {
+    Local(LocalConfig),
+    Slurm(SlurmConfig),
+}
+
+impl Default for BackendSection {
+    fn default() -> Self {
+        BackendSection::Local(LocalConfig::default())
+    }
+}
+
+impl BackendSection {
+    fn build(&self) -> anyhow::Result<Box<dyn Backend>> {
+        Ok(match self {
+            BackendSection::Local(c) => Box::new(LocalBackend::new(c)?),
+            BackendSection::Slurm(c) => {
+                SlurmBackend::available()
+                    .map_err(|e| anyhow::anyhow!("backend.kind = \"slurm\" but Slurm is not reachable: {e}"))?;
+                Box::new(SlurmBackend::new(c)?)
+            }
+        })
+    }
 }
 
 /// `[init]`: start from an earlier checkpoint (e.g. the SFT warm-up), merged into the base.
@@ -86,6 +120,10 @@ struct TrainFile {
     #[serde(default)]
     rl: RlConfig,
     #[serde(default)]
+    pipeline: PipelineConfig,
+    #[serde(default)]
+    backend: BackendSection,
+    #[serde(default)]
     diagnostics: DiagnosticsSection,
     #[serde(default)]
     run: RunSection,
@@ -96,6 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.grpo.validate()?;
     cfg.optim.validate()?;
     cfg.rl.validate()?;
+    cfg.pipeline.validate(cfg.rl.groups_per_step)?;
     cfg.sampling.validate()?;
     cfg.diagnostics.alarm.validate()?;
     let relative = |p: &PathBuf| relative_to_config(&args.config, p);
@@ -103,7 +142,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let scale = cfg.env.scale.clone().unwrap_or_else(|| env.default_scale());
     env.check_scale(&scale)?;
     let run_dir = RunDir::create(&run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config), args.resume)?;
+    let store = Store::open_in(&run_dir.root)?;
+    let run = store.open_run("train", "rl", &cfg.env.name, &scale, cfg.run.seed)?;
+    anyhow::ensure!(
+        args.resume || store.next_group_seq(run.id)? == 0,
+        "{} already holds a run (its store has sampled ideas); pass --resume to continue it or choose another \
+         --run-dir",
+        run_dir.root.display()
+    );
+    store.add_config(run.id, &text)?;
+    store.set_run_status(run.id, "running")?;
     run_dir.write_config(&text)?;
+    let backend = cfg.backend.build()?;
 
     let init = cfg.init.checkpoint.as_ref().map(relative);
     let (model, base) = load_initial_policy(&cfg.model, init.as_deref())?;
@@ -114,10 +164,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cfg.sampling.max_new_tokens,
         model.decoder.max_positions(),
     )?;
+    let prompt_text = ideator_envs::prompt::ideator_prompt(env.as_ref(), &scale)?;
     let pad = model.tokenizer.pad_id().unwrap_or(0);
     let tokenizer = model.tokenizer;
     let policy = TrainablePolicy::new(model.decoder, &cfg.train, cfg.grpo.beta > 0.0, cfg.run.seed, pad)?;
-    let mut learner = GrpoLearner::new(
+    let learner = GrpoLearner::new(
         policy,
         cfg.grpo.clone(),
         cfg.optim.clone(),
@@ -125,6 +176,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cfg.sampling.max_new_tokens,
         cfg.run.seed,
     )?;
+    let mut agent = GrpoAgent {
+        learner,
+        tokenizer: &tokenizer,
+        prompt_text,
+        prompt_ids,
+        sampling: cfg.sampling.clone(),
+        checkpoints: run_dir.checkpoints(),
+        base_model: base,
+        config_text: text.clone(),
+        retention: cfg.rl.retention.clone(),
+    };
+    if let Some(step) = agent.restore_latest()? {
+        tracing::info!("resumed from the checkpoint at step {step}");
+        if !args.json {
+            eprintln!("resuming {} at step {step}", run_dir.root.display());
+        }
+    }
 
     let embedder = if cfg.diagnostics.embeddings {
         Some(MiniLmEmbedder::load_default(&candle_core::Device::Cpu)?)
@@ -171,7 +239,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         crate::progress::say(
             &bar,
             format!(
-                "step {:>4}  reward mean {:.3} max {:.3}  executed {:.0}%  best so far {:.3}  kl {:.4}  {:.0}s",
+                "step {:>4}  reward mean {:.3} max {:.3}  executed {:.0}%  best so far {:.3}  kl {:.4}  {:.0}s \
+             (sample {:.0} / wait {:.0} / update {:.0})  slots {:.0}% busy",
                 report.step,
                 r["reward_mean"].as_f64().unwrap_or(0.0),
                 r["reward_max"].as_f64().unwrap_or(0.0),
@@ -179,37 +248,68 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 r["best_reward_so_far"].as_f64().unwrap_or(0.0),
                 r["kl"].as_f64().unwrap_or(0.0),
                 r["step_seconds"].as_f64().unwrap_or(0.0),
+                r["sample_seconds"].as_f64().unwrap_or(0.0),
+                r["wait_seconds"].as_f64().unwrap_or(0.0),
+                r["update_seconds"].as_f64().unwrap_or(0.0),
+                100.0 * r["slot_utilisation"].as_f64().unwrap_or(0.0),
             ),
         );
         extra
     };
-    let mut executor = InProcess {
-        env: ideator_envs::load(&cfg.env.name, cfg.env.config.as_ref().map(relative).as_deref())?,
+    let env_config = match cfg.env.config.as_ref().map(relative) {
+        Some(p) => Some(std::fs::canonicalize(&p).map_err(|e| anyhow::anyhow!("env config {}: {e}", p.display()))?),
+        None => None,
+    };
+    let launcher = ExecLauncher {
+        program: std::env::current_exe()?,
+        env: cfg.env.name.clone(),
+        env_config,
         scale: scale.clone(),
-        work_root: run_dir.root.join("work"),
+        work_root: std::path::absolute(run_dir.root.join("work"))?,
         time_limit: cfg.env.time_limit_s.map(std::time::Duration::from_secs_f64),
     };
-    let mut ctx = RlContext {
-        run_dir: &run_dir,
-        base_model: base,
-        config_text: text.clone(),
-        prompt_ids,
-        sampling: cfg.sampling.clone(),
+    let stop = ideator_rollout::pipeline::interrupt::stop_flag();
+    bar.set_position(agent.learner.step());
+    let mut ctx = PipelineContext {
+        store: &store,
+        run: run.id,
+        run_dir: &run_dir.root,
+        cfg: cfg.pipeline.clone(),
+        steps: cfg.rl.steps,
+        groups_per_step: cfg.rl.groups_per_step,
+        checkpoint_every: cfg.rl.checkpoint_every,
         seed: cfg.run.seed,
+        stop,
         categorize: &categorize,
         on_step: &mut on_step,
     };
-    let summary = run_rl(&mut learner, &tokenizer, &mut executor, &cfg.rl, &mut ctx)?;
+    let summary = run_pipeline(&mut agent, &mut ctx, backend, Box::new(launcher))?;
     bar.finish_and_clear();
     if args.json {
-        println!("{summary}");
+        let mut v = serde_json::to_value(&summary)?;
+        v["run_dir"] = run_dir.root.display().to_string().into();
+        println!("{v}");
     } else {
+        let best = summary.best_reward.map(|b| format!("{b:.4}")).unwrap_or_else(|| "none".into());
+        let what = if summary.interrupted { "training interrupted" } else { "training done" };
         println!(
-            "training done: {} steps, best reward {}; run folder {}",
-            summary["steps"],
-            summary["best_reward"],
+            "{what}: {} steps, best reward {best}; {} executions ({:.0}/h), slots {:.0}% busy, learner idle {:.0}%, \
+             {} stale groups dropped; run folder {}",
+            summary.steps,
+            summary.executions,
+            summary.executions_per_hour,
+            100.0 * summary.slot_utilisation,
+            100.0 * summary.learner_idle_frac,
+            summary.dropped_stale_groups,
             run_dir.root.display()
         );
+        if summary.interrupted {
+            println!(
+                "continue with: ideator train --config {} --run-dir {} --resume",
+                args.config.display(),
+                run_dir.root.display()
+            );
+        }
     }
     Ok(())
 }

@@ -1,0 +1,233 @@
+use super::*;
+
+fn idea(text: &str, n: usize) -> NewIdea {
+    NewIdea {
+        text: text.into(),
+        token_ids: (0..n as u32).map(|i| i * 7 + 1).collect(),
+        logprobs: (0..n).map(|i| -0.1 - i as f32 / 3.0).collect(),
+        finish_reason: "stop".into(),
+        seed: 42,
+    }
+}
+
+fn ok(reward: f64) -> ExecResult {
+    ExecResult::ok(reward, BTreeMap::from([("val_loss".to_string(), 1.0 / reward)]), "fine")
+}
+
+fn setup() -> (tempfile::TempDir, Store, i64, i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in(dir.path()).unwrap();
+    let run = store.open_run("r", "rl", "toy", "tiny", 3).unwrap().id;
+    let prompt = store.intern_prompt(run, "p", &[1, 2, 3]).unwrap();
+    (dir, store, run, prompt)
+}
+
+#[test]
+fn migrations_apply_once_and_reopening_keeps_data() {
+    let (dir, store, run, prompt) = setup();
+    assert_eq!(store.schema_version().unwrap() as usize, MIGRATIONS.len());
+    store
+        .insert_group(
+            run,
+            &NewGroup {
+                seq: 0,
+                prompt_id: prompt,
+                policy_version: 0,
+                sample_seconds: 0.5,
+                temperature: 1.0,
+                ideas: vec![idea("a", 3)],
+            },
+        )
+        .unwrap();
+    drop(store);
+    let again = Store::open_in(dir.path()).unwrap();
+    assert_eq!(again.schema_version().unwrap() as usize, MIGRATIONS.len());
+    assert_eq!(again.ideas(run).unwrap().len(), 1);
+    assert_eq!(again.intern_prompt(run, "p", &[1, 2, 3]).unwrap(), prompt, "same prompt, same row");
+    assert_ne!(again.intern_prompt(run, "q", &[1, 2]).unwrap(), prompt);
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STORE_FILE);
+    drop(Store::open(&path).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len() + 1)).unwrap();
+    drop(conn);
+    let err = Store::open(&path).err().expect("refused").to_string();
+    assert!(err.contains("newer"), "{err}");
+}
+
+#[test]
+fn runs_are_matched_by_name_and_must_agree() {
+    let (_dir, store, run, _) = setup();
+    assert_eq!(store.open_run("r", "rl", "toy", "tiny", 3).unwrap().id, run);
+    assert!(store.open_run("r", "rl", "toy", "tiny", 4).is_err(), "different seed");
+    let other = store.open_run("eval-1", "eval", "toy", "tiny", 3).unwrap();
+    assert_ne!(other.id, run);
+    assert_eq!(store.runs().unwrap().len(), 2);
+}
+
+#[test]
+fn token_ids_and_logprobs_round_trip_bit_exactly() {
+    let (_dir, store, run, prompt) = setup();
+    let new = idea("x", 50);
+    let g = store
+        .insert_group(
+            run,
+            &NewGroup {
+                seq: 0,
+                prompt_id: prompt,
+                policy_version: 2,
+                sample_seconds: 0.1,
+                temperature: 1.0,
+                ideas: vec![new.clone()],
+            },
+        )
+        .unwrap();
+    let row = &g.ideas[0];
+    assert_eq!(row.token_ids, new.token_ids);
+    assert_eq!(
+        row.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        new.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+    assert_eq!(row.key, "g000000-i0");
+    assert_eq!(row.status, IdeaStatus::Pending);
+    assert_eq!(g.policy_version, 2);
+    assert_eq!(store.prompt_ids(g.prompt_id).unwrap(), vec![1, 2, 3]);
+}
+
+#[test]
+fn lifecycle_results_are_recorded_once_and_complete_the_group() {
+    let (_dir, store, run, prompt) = setup();
+    let g = store
+        .insert_group(
+            run,
+            &NewGroup {
+                seq: 0,
+                prompt_id: prompt,
+                policy_version: 0,
+                sample_seconds: 0.1,
+                temperature: 1.0,
+                ideas: vec![idea("a", 2), idea("b", 2)],
+            },
+        )
+        .unwrap();
+    let (a, b) = (g.ideas[0].id, g.ideas[1].id);
+    let wd = std::path::Path::new("/tmp/w");
+    store.mark_launching(a, 1, "local", wd, &wd.join("log")).unwrap();
+    store.set_job_id(a, 1, "pid:12").unwrap();
+    store.end_attempt(a, 1, "infrastructure", "node lost").unwrap();
+    store.mark_pending(a).unwrap();
+    store.mark_launching(a, 2, "local", wd, &wd.join("log")).unwrap();
+    assert!(store.finish_idea(a, 2, &ok(0.5)).unwrap());
+    assert!(!store.finish_idea(a, 2, &ok(0.9)).unwrap(), "a second result is ignored");
+    assert_eq!(store.idea(a).unwrap().result.unwrap().reward, 0.5);
+    assert_eq!(store.group(g.id).unwrap().status, GroupStatus::Executing);
+    store.mark_launching(b, 1, "local", wd, &wd.join("log")).unwrap();
+    let failed = ExecResult::failed(FailureCause::TimeLimit, "too slow");
+    assert!(store.finish_idea(b, 1, &failed).unwrap());
+    assert_eq!(store.group(g.id).unwrap().status, GroupStatus::Complete);
+    let attempts = store.attempts(a).unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].outcome.as_deref(), Some("infrastructure"));
+    assert_eq!(attempts[0].job_id.as_deref(), Some("pid:12"));
+    assert_eq!(attempts[1].outcome.as_deref(), Some("result"));
+    let counts = store.outcome_counts(run).unwrap();
+    assert_eq!(counts.get("ok"), Some(&1));
+    assert_eq!(counts.get("time_limit"), Some(&1));
+    let b_row = store.idea(b).unwrap();
+    assert_eq!(b_row.result.unwrap().cause, Some(FailureCause::TimeLimit));
+}
+
+#[test]
+fn steps_rewind_without_losing_executions() {
+    let (_dir, store, run, prompt) = setup();
+    let mut groups = vec![];
+    for seq in 0..3 {
+        let g = store
+            .insert_group(
+                run,
+                &NewGroup {
+                    seq,
+                    prompt_id: prompt,
+                    policy_version: seq,
+                    sample_seconds: 0.1,
+                    temperature: 1.0,
+                    ideas: vec![idea("a", 2)],
+                },
+            )
+            .unwrap();
+        store.mark_launching(g.ideas[0].id, 1, "local", Path::new("/w"), Path::new("/w/l")).unwrap();
+        store.finish_idea(g.ideas[0].id, 1, &ok(0.1 + seq as f64)).unwrap();
+        groups.push(g.id);
+    }
+    for (step, &g) in groups.iter().enumerate() {
+        store.record_step(run, step as u64, &[(g, 1)], &serde_json::json!({"reward_mean": step as f64})).unwrap();
+    }
+    assert_eq!(store.steps(run).unwrap().len(), 3);
+    assert_eq!(store.ideas_of_step(run, 1).unwrap().len(), 1);
+    assert_eq!(store.staleness_histogram(run).unwrap(), BTreeMap::from([(1, 3)]));
+    assert_eq!(store.policy_versions(run).unwrap(), vec![1, 2, 3]);
+    store.rewind_to(run, 1).unwrap();
+    assert_eq!(store.steps(run).unwrap().len(), 1);
+    assert_eq!(store.policy_versions(run).unwrap(), vec![1]);
+    let complete = store.groups_with_status(run, &[GroupStatus::Complete]).unwrap();
+    assert_eq!(complete.iter().map(|g| g.id).collect::<Vec<_>>(), groups[1..].to_vec());
+    assert!(complete.iter().all(|g| g.ideas[0].status == IdeaStatus::Done), "results are kept");
+    assert_eq!(store.group_status_counts(run).unwrap().get("trained"), Some(&1));
+}
+
+#[test]
+fn cancel_marks_unfinished_ideas_and_groups() {
+    let (_dir, store, run, prompt) = setup();
+    let g = store
+        .insert_group(
+            run,
+            &NewGroup {
+                seq: 0,
+                prompt_id: prompt,
+                policy_version: 0,
+                sample_seconds: 0.1,
+                temperature: 1.0,
+                ideas: vec![idea("a", 1), idea("b", 1)],
+            },
+        )
+        .unwrap();
+    store.mark_launching(g.ideas[0].id, 1, "local", Path::new("/w"), Path::new("/w/l")).unwrap();
+    assert_eq!(store.cancel_unfinished(run).unwrap(), 2);
+    assert_eq!(store.idea_status_counts(run).unwrap().get("cancelled"), Some(&2));
+    assert_eq!(store.group(g.id).unwrap().status, GroupStatus::Cancelled);
+    assert_eq!(store.attempts(g.ideas[0].id).unwrap()[0].outcome.as_deref(), Some("cancelled"));
+}
+
+#[test]
+fn two_connections_write_concurrently() {
+    let (dir, store, run, prompt) = setup();
+    let path = dir.path().join(STORE_FILE);
+    let writer = std::thread::spawn(move || {
+        let s = Store::open(&path).unwrap();
+        for i in 0..50 {
+            s.add_config(run, &format!("c{i}")).unwrap();
+        }
+    });
+    for seq in 0..50 {
+        store
+            .insert_group(
+                run,
+                &NewGroup {
+                    seq,
+                    prompt_id: prompt,
+                    policy_version: 0,
+                    sample_seconds: 0.0,
+                    temperature: 1.0,
+                    ideas: vec![idea("a", 1)],
+                },
+            )
+            .unwrap();
+    }
+    writer.join().unwrap();
+    assert_eq!(store.configs(run).unwrap().len(), 50);
+    assert_eq!(store.next_group_seq(run).unwrap(), 50);
+}
