@@ -18,6 +18,7 @@ use crate::kv_cache::KvCache;
 use crate::linear::{AdapterMode, Linear};
 use crate::lora::{init_rng, LoraConfig, LoraTarget};
 use crate::rope::Rope;
+use crate::scored::{Backprop, PairInput, Scored, Tape, AUTO_CHECKPOINT_BYTES};
 use crate::{ModelError, Result};
 
 /// Additive mask value: finite so that a fully masked row (a pad query) softmaxes to uniform, not NaN.
@@ -310,7 +311,8 @@ impl Decoder {
     /// Every token of every continuation is scored (the first one given the prefix), under the distribution
     /// `softmax(logits / temperature)` — the one a sampler at that temperature drew from, so that importance
     /// ratios against its behaviour log-probs are 1 for an unchanged policy. Returns flat rank-1 tensors,
-    /// continuation by continuation.
+    /// continuation by continuation; `backprop` chooses between no graph, the full graph and activation
+    /// checkpointing (see scored.rs), and [`Scored::backward`] differentiates a loss built from them.
     pub fn score_continuations(
         &self,
         prefix: &[u32],
@@ -318,7 +320,8 @@ impl Decoder {
         pad_id: u32,
         mode: AdapterMode,
         temperature: f64,
-    ) -> Result<(Tensor, Tensor)> {
+        backprop: Backprop,
+    ) -> Result<Scored<'_>> {
         if !(temperature > 0.0 && temperature.is_finite()) {
             return Err(ModelError::Invalid(format!("scoring temperature must be positive, got {temperature}")));
         }
@@ -335,32 +338,42 @@ impl Decoder {
                 self.max_positions()
             )));
         }
+        let backprop = match backprop {
+            Backprop::Auto if self.graph_bytes(p + b * c) > AUTO_CHECKPOINT_BYTES => Backprop::Checkpointed,
+            Backprop::Auto => Backprop::Full,
+            other => other,
+        };
         let dev = &self.device;
         let hsz = self.cfg.hidden_size;
-        // Prefix: positions 0..p, causal.
+        // Prefix: positions 0..p, causal. Continuations: positions p..p+c, right-padded; each sees the whole
+        // prefix and its own earlier tokens (causal attention with the prefix as an offset).
         let prefix_ids = Tensor::new(prefix, dev)?;
-        let mut xp = self.embed.index_select(&prefix_ids, 0)?.reshape((1, p, hsz))?;
         let pos_p = Tensor::new((0..p as u32).collect::<Vec<_>>().as_slice(), dev)?.unsqueeze(0)?;
         let (cos_p, sin_p) = self.rope.tables(&pos_p)?;
-        // Continuations: positions p..p+c, right-padded; each sees the whole prefix and its own earlier tokens
-        // (causal attention with the prefix as an offset).
-        let batch = TokenBatch::right_padded(continuations, pad_id, dev)?;
-        let mut xc = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, c, hsz))?;
+        let cont_ids = TokenBatch::right_padded(continuations, pad_id, dev)?.ids.flatten_all()?;
         let pos_c: Vec<u32> = (0..b).flat_map(|_| (p as u32)..((p + c) as u32)).collect();
         let (cos_c, sin_c) = self.rope.tables(&Tensor::from_vec(pos_c, (b, c), dev)?)?;
-        let nkv = self.cfg.num_kv_heads;
-        let hd = self.cfg.head_dim;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let i = i as u64;
-            let (qp, kp, vp) = self.train_qkv(layer, i, &xp, &cos_p, &sin_p, mode)?;
-            let yp = self.train_attention(&qp, &kp, &vp, 0)?;
-            let (qc, kc, vc) = self.train_qkv(layer, i, &xc, &cos_c, &sin_c, mode)?;
-            // cat of a broadcast view yields a strided result; attention's matmul needs it contiguous.
-            let k_all = Tensor::cat(&[&kp.broadcast_as((b, nkv, p, hd))?, &kc], 2)?.contiguous()?;
-            let v_all = Tensor::cat(&[&vp.broadcast_as((b, nkv, p, hd))?, &vc], 2)?.contiguous()?;
-            let yc = self.train_attention(&qc, &k_all, &v_all, p)?;
-            xc = self.train_block_tail(layer, i, &xc, &yc, mode)?;
-            xp = self.train_block_tail(layer, i, &xp, &yp, mode)?;
+        let pair = PairInput { p, b, c, cos_p, sin_p, cos_c, sin_c, prefix_ids, cont_ids, mode };
+        let (mut xp, mut xc) = self.embed_pair(&pair)?;
+        let mut layer_inputs = Vec::new();
+        for i in 0..self.layers.len() {
+            if backprop != Backprop::Full {
+                // Cut the graph at every layer boundary: only the layer inputs are kept (for the recomputation).
+                (xp, xc) = (xp.detach(), xc.detach());
+                if backprop == Backprop::Checkpointed {
+                    layer_inputs.push((xp.clone(), xc.clone()));
+                }
+            }
+            (xp, xc) = self.shared_prefix_block(i, &xp, &xc, &pair)?;
+        }
+        let mut top = None;
+        if backprop == Backprop::Checkpointed {
+            // The head's gradient stops at these leaves; `Scored::backward` carries it down the layers.
+            let (vp, vc) = (Var::from_tensor(&xp.detach())?, Var::from_tensor(&xc.detach())?);
+            (xp, xc) = (vp.as_tensor().clone(), vc.as_tensor().clone());
+            top = Some((vp, vc));
+        } else if backprop == Backprop::None {
+            (xp, xc) = (xp.detach(), xc.detach());
         }
         let eps = self.cfg.rms_norm_eps;
         let last_prefix =
@@ -379,8 +392,53 @@ impl Decoder {
         let picked = rows_all.index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
         // logits / T = (h / T) W^T: scaling the few picked rows is cheaper than scaling logits.
         let picked = if temperature != 1.0 { (picked / temperature)? } else { picked };
-        let out = crate::logprob::linear_logprobs_and_entropy(&picked, self.lm_head_weight(), &targets)?;
-        Ok((out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?))
+        let head =
+            if backprop == Backprop::None { self.lm_head_weight().detach() } else { self.lm_head_weight().clone() };
+        let out = crate::logprob::linear_logprobs_and_entropy(&picked, &head, &targets)?;
+        let (logprobs, entropies) = (out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?);
+        let tape = top.map(|top| Tape { decoder: self, pair, layer_inputs, top });
+        Ok(Scored { logprobs, entropies, backprop, tape })
+    }
+
+    /// Rough bytes the autograd graph of one forward over `tokens` tokens keeps alive, about twice that at the
+    /// peak of the backward pass: every op's output is held (counted for SmolLM2: ~24 hidden-sized and 8
+    /// MLP-sized f32 vectors per token per layer).
+    fn graph_bytes(&self, tokens: usize) -> usize {
+        let per_token_layer = 4 * (24 * self.cfg.hidden_size + 8 * self.cfg.intermediate_size);
+        2 * tokens * self.layers.len() * per_token_layer
+    }
+
+    /// Token embeddings of the prefix (1, p, hidden) and of the continuations (b, c, hidden).
+    pub(crate) fn embed_pair(&self, pair: &PairInput) -> Result<(Tensor, Tensor)> {
+        let hsz = self.cfg.hidden_size;
+        let xp = self.embed.index_select(&pair.prefix_ids, 0)?.reshape((1, pair.p, hsz))?;
+        let xc = self.embed.index_select(&pair.cont_ids, 0)?.reshape((pair.b, pair.c, hsz))?;
+        Ok((xp, xc))
+    }
+
+    /// One decoder block over a shared prefix (1, p, hidden) and its continuations (b, c, hidden): the prefix's
+    /// keys/values are broadcast to every continuation instead of being recomputed per sequence.
+    pub(crate) fn shared_prefix_block(
+        &self,
+        index: usize,
+        xp: &Tensor,
+        xc: &Tensor,
+        pair: &PairInput,
+    ) -> Result<(Tensor, Tensor)> {
+        let layer = &self.layers[index];
+        let index = index as u64;
+        let (nkv, hd) = (self.cfg.num_kv_heads, self.cfg.head_dim);
+        let (b, p) = (pair.b, pair.p);
+        let (qp, kp, vp) = self.train_qkv(layer, index, xp, &pair.cos_p, &pair.sin_p, pair.mode)?;
+        let yp = self.train_attention(&qp, &kp, &vp, 0)?;
+        let (qc, kc, vc) = self.train_qkv(layer, index, xc, &pair.cos_c, &pair.sin_c, pair.mode)?;
+        // cat of a broadcast view yields a strided result; attention's matmul needs it contiguous.
+        let k_all = Tensor::cat(&[&kp.broadcast_as((b, nkv, p, hd))?, &kc], 2)?.contiguous()?;
+        let v_all = Tensor::cat(&[&vp.broadcast_as((b, nkv, p, hd))?, &vc], 2)?.contiguous()?;
+        let yc = self.train_attention(&qc, &k_all, &v_all, p)?;
+        let xc = self.train_block_tail(layer, index, xc, &yc, pair.mode)?;
+        let xp = self.train_block_tail(layer, index, xp, &yp, pair.mode)?;
+        Ok((xp, xc))
     }
 
     /// Log-probability of each scored token and the entropy of the distribution it was drawn from.
@@ -631,6 +689,13 @@ impl Decoder {
     }
 
     /// The attached LoRA variables by name (empty without adapters).
+    /// Ids of every trainable tensor: full-fine-tuning weights and LoRA adapters.
+    pub(crate) fn variable_ids(&self) -> std::collections::HashSet<candle_core::TensorId> {
+        let weights = self.named_tensors().into_iter().map(|(_, t)| t).filter(Tensor::is_variable);
+        let adapters = self.lora_vars().into_iter().map(|(_, v)| v.as_tensor().clone());
+        weights.chain(adapters).map(|t| t.id()).collect()
+    }
+
     pub fn lora_vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {

@@ -8,7 +8,7 @@ use candle_nn::ops::log_softmax;
 use common::{tiny_decoder, ARCHS};
 use ideator_model::linear::sum_sq;
 use ideator_model::logprob::{composed, linear_logprobs_and_entropy};
-use ideator_model::{AdapterMode, LoraConfig};
+use ideator_model::{AdapterMode, Backprop, Decoder, LoraConfig};
 
 fn seqs() -> Vec<Vec<u32>> {
     vec![vec![5, 17, 3, 88, 42, 7, 9, 60], vec![11, 2, 33, 4, 96]]
@@ -208,39 +208,104 @@ fn left_padded_decoding_matches_unpadded() {
     }
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Scoring {
+    Concatenated,
+    Shared(Backprop),
+}
+
+/// Log-probs, entropies and the gradient of every var for one way of scoring continuations after a prefix.
+fn score_with(
+    dec: &Decoder,
+    vars: &[(String, Var)],
+    mode: AdapterMode,
+    how: Scoring,
+) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
+    let prefix = vec![3u32, 14, 15, 92, 65, 35];
+    let conts = vec![vec![8u32, 9, 7], vec![93u32], vec![2u32, 38, 46, 26, 43]];
+    let concat: Vec<Vec<u32>> = conts.iter().map(|c| [prefix.clone(), c.clone()].concat()).collect();
+    let from = vec![prefix.len(); conts.len()];
+    let loss_of = |lp: &Tensor, ent: &Tensor| {
+        ((lp.sum_all().unwrap() * -1.0).unwrap() + (ent.sum_all().unwrap() * 0.1).unwrap()).unwrap()
+    };
+    let (lp, ent, grads) = match how {
+        Scoring::Concatenated => {
+            let (lp, ent) = dec.score_tokens(&concat, &from, 0, mode).unwrap();
+            let grads = loss_of(&lp, &ent).backward().unwrap();
+            (lp, ent, grads)
+        }
+        Scoring::Shared(backprop) => {
+            let s = dec.score_continuations(&prefix, &conts, 0, mode, 1.0, backprop).unwrap();
+            let grads = s.backward(&loss_of(&s.logprobs, &s.entropies)).unwrap();
+            (s.logprobs.clone(), s.entropies.clone(), grads)
+        }
+    };
+    let g = vars
+        .iter()
+        .map(|(name, v)| {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{how:?}: no gradient for {name}"));
+            g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        })
+        .collect();
+    (lp.to_vec1::<f32>().unwrap(), ent.to_vec1::<f32>().unwrap(), g)
+}
+
+fn assert_same_scores(
+    what: &str,
+    vars: &[(String, Var)],
+    a: &(Vec<f32>, Vec<f32>, Vec<Vec<f32>>),
+    b: &(Vec<f32>, Vec<f32>, Vec<Vec<f32>>),
+) {
+    assert_eq!(a.0.len(), 9);
+    assert_eq!(a.0.len(), b.0.len());
+    for (x, y) in a.0.iter().zip(&b.0).chain(a.1.iter().zip(&b.1)) {
+        assert!((x - y).abs() < 1e-4, "{what}: {x} vs {y}");
+    }
+    for ((name, _), (ga, gb)) in vars.iter().zip(a.2.iter().zip(&b.2)) {
+        assert!(ga.iter().any(|x| *x != 0.0), "{what}: gradient of {name} is all zero");
+        for (x, y) in ga.iter().zip(gb) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: gradient of {name}: {x} vs {y}");
+        }
+    }
+}
+
 #[test]
 fn shared_prefix_scoring_equals_scoring_the_concatenations() {
     for arch in ARCHS {
         let mut dec = tiny_decoder(arch, 12);
         let vars = dec.make_trainable().unwrap();
-        let prefix = vec![3u32, 14, 15, 92, 65, 35];
-        let conts = vec![vec![8u32, 9, 7], vec![93u32], vec![2u32, 38, 46, 26, 43]];
-        let concat: Vec<Vec<u32>> = conts.iter().map(|c| [prefix.clone(), c.clone()].concat()).collect();
-        let from = vec![prefix.len(); conts.len()];
-        let run = |shared: bool| {
-            let (lp, ent) = if shared {
-                dec.score_continuations(&prefix, &conts, 0, AdapterMode::default(), 1.0).unwrap()
-            } else {
-                dec.score_tokens(&concat, &from, 0, AdapterMode::default()).unwrap()
-            };
-            let loss = ((lp.sum_all().unwrap() * -1.0).unwrap() + (ent.sum_all().unwrap() * 0.1).unwrap()).unwrap();
-            let grads = loss.backward().unwrap();
-            let g: Vec<Vec<f32>> = vars
-                .iter()
-                .map(|(_, v)| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .collect();
-            (lp.to_vec1::<f32>().unwrap(), ent.to_vec1::<f32>().unwrap(), g)
-        };
-        let (lp1, e1, g1) = run(true);
-        let (lp2, e2, g2) = run(false);
-        assert_eq!(lp1.len(), 9);
-        for (a, b) in lp1.iter().zip(&lp2).chain(e1.iter().zip(&e2)) {
-            assert!((a - b).abs() < 1e-4, "{arch:?}: shared {a} vs concatenated {b}");
-        }
-        for ((name, _), (ga, gb)) in vars.iter().zip(g1.iter().zip(&g2)) {
-            for (a, b) in ga.iter().zip(gb) {
-                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{arch:?}: gradient of {name}: {a} vs {b}");
-            }
+        let mode = AdapterMode::default();
+        let reference = score_with(&dec, &vars, mode, Scoring::Concatenated);
+        for backprop in [Backprop::Full, Backprop::Checkpointed] {
+            let shared = score_with(&dec, &vars, mode, Scoring::Shared(backprop));
+            assert_same_scores(&format!("{arch:?} full fine-tuning, {backprop:?}"), &vars, &shared, &reference);
         }
     }
+}
+
+#[test]
+fn checkpointed_backward_matches_the_full_graph_with_lora_and_dropout() {
+    for arch in ARCHS {
+        let mut dec = tiny_decoder(arch, 12);
+        let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.1, ..LoraConfig::default() };
+        let vars = dec.add_lora(&cfg, 7).unwrap();
+        // Non-zero B so that adapters change the forward, and dropout masks that must be recomputed identically.
+        for (_, v) in &vars {
+            v.set(&Tensor::randn(0f32, 0.05, v.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+        let mode = AdapterMode { enabled: true, dropout_seed: Some(11) };
+        let full = score_with(&dec, &vars, mode, Scoring::Shared(Backprop::Full));
+        let checkpointed = score_with(&dec, &vars, mode, Scoring::Shared(Backprop::Checkpointed));
+        assert_same_scores(&format!("{arch:?} LoRA"), &vars, &checkpointed, &full);
+    }
+}
+
+#[test]
+fn scores_without_gradients_refuse_a_backward() {
+    let dec = tiny_decoder(ARCHS[0], 12);
+    let s =
+        dec.score_continuations(&[1, 2, 3], &[vec![4, 5]], 0, AdapterMode::default(), 1.0, Backprop::None).unwrap();
+    assert_eq!(s.logprobs.dims(), &[2]);
+    assert!(!s.logprobs.track_op());
+    assert!(s.backward(&s.logprobs.sum_all().unwrap()).is_err());
 }

@@ -180,13 +180,13 @@ impl GrpoLearner {
                     .collect();
                 let mode = self.policy.training_mode(mix(mix(self.seed, self.step), micro));
                 micro += 1;
-                let (logp, entropy) = self.policy.score_continuations(&g.prompt_ids, &conts, mode, g.temperature)?;
-                let (loss, s) = grpo_loss(&logp, &entropy, &terms, &self.cfg)?;
+                let scored = self.policy.score_continuations(&g.prompt_ids, &conts, mode, g.temperature)?;
+                let (loss, s) = grpo_loss(&scored.logprobs, &scored.entropies, &terms, &self.cfg)?;
                 if !s.loss.is_finite() {
                     return Err(TrainerError::NonFinite(format!("loss ({})", s.loss)));
                 }
                 loss_stats.merge(&s);
-                acc.add(self.policy.params(), &loss.backward()?)?;
+                acc.add(self.policy.params(), &scored.backward(&loss)?)?;
                 any = true;
             }
         }

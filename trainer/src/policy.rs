@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
 use ideator_checkpoints::WeightsKind;
-use ideator_model::{AdapterMode, Decoder};
+use ideator_model::{AdapterMode, Backprop, Decoder, Scored};
 
 use crate::config::TrainMode;
 use crate::{Result, TrainerError};
@@ -80,14 +80,16 @@ impl TrainablePolicy {
     }
 
     /// Differentiable log-probs and entropies of continuations sharing `prefix` (the prefix is run once).
+    /// Differentiate a loss built from them with [`Scored::backward`]: long prompts are scored with activation
+    /// checkpointing (`Backprop::Auto`), where `loss.backward()` alone would stop at the top layer.
     pub fn score_continuations(
         &self,
         prefix: &[u32],
         conts: &[Vec<u32>],
         mode: AdapterMode,
         temperature: f64,
-    ) -> Result<(Tensor, Tensor)> {
-        Ok(self.decoder.score_continuations(prefix, conts, self.pad_id, mode, temperature)?)
+    ) -> Result<Scored<'_>> {
+        Ok(self.decoder.score_continuations(prefix, conts, self.pad_id, mode, temperature, Backprop::Auto)?)
     }
 
     /// Detached log-probs of continuations sharing `prefix` under the reference; `None` without a reference.
@@ -102,14 +104,28 @@ impl TrainablePolicy {
             Reference::BaseWithoutAdapters => &self.decoder,
             Reference::Frozen(d) => d.as_ref(),
         };
-        let (lp, _) = decoder.score_continuations(prefix, conts, self.pad_id, AdapterMode::default(), temperature)?;
-        Ok(Some(split_flat(&lp.detach().to_vec1::<f32>()?, conts)))
+        let s = decoder.score_continuations(
+            prefix,
+            conts,
+            self.pad_id,
+            AdapterMode::default(),
+            temperature,
+            Backprop::None,
+        )?;
+        Ok(Some(split_flat(&s.logprobs.to_vec1::<f32>()?, conts)))
     }
 
     /// Detached log-probs (temperature 1) of continuations sharing `prefix` under the current policy.
     pub fn current_continuation_logprobs(&self, prefix: &[u32], conts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        let (lp, _) = self.decoder.score_continuations(prefix, conts, self.pad_id, self.sampling_mode(), 1.0)?;
-        Ok(split_flat(&lp.detach().to_vec1::<f32>()?, conts))
+        let s = self.decoder.score_continuations(
+            prefix,
+            conts,
+            self.pad_id,
+            self.sampling_mode(),
+            1.0,
+            Backprop::None,
+        )?;
+        Ok(split_flat(&s.logprobs.to_vec1::<f32>()?, conts))
     }
 
     /// The trained tensors by name: adapters for LoRA, every weight for full fine-tuning.

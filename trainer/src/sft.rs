@@ -96,10 +96,10 @@ impl SftLearner {
                 let conts: Vec<Vec<u32>> = chunk.iter().map(|e| e.completion_ids.clone()).collect();
                 let mode = self.policy.training_mode(self.seed ^ (self.step << 20) ^ micro);
                 micro += 1;
-                let (logp, _) = self.policy.score_continuations(prompt, &conts, mode, 1.0)?;
-                let loss = (logp.sum_all()? * (-1.0 / total as f64))?;
+                let scored = self.policy.score_continuations(prompt, &conts, mode, 1.0)?;
+                let loss = (scored.logprobs.sum_all()? * (-1.0 / total as f64))?;
                 nll += loss.to_scalar::<f32>()? as f64;
-                acc.add(self.policy.params(), &loss.backward()?)?;
+                acc.add(self.policy.params(), &scored.backward(&loss)?)?;
             }
         }
         if !nll.is_finite() {
