@@ -94,7 +94,8 @@ fn unblock(parts: Vec<Tensor>, group: usize) -> candle_core::Result<Tensor> {
     joined.reshape((bh, group * t, d))
 }
 
-fn cpu_tensor(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
+/// A CPU f32 op input as a tensor (a copy: custom ops receive raw storage).
+pub(crate) fn cpu_tensor(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Tensor::from_slice(&data[a..b], l.shape(), &Device::Cpu),

@@ -3,7 +3,7 @@
 //! The base weight stays a plain tensor when only the adapter trains (candle then tracks no gradient for it);
 //! full fine-tuning turns it into a `Var` instead.
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -58,7 +58,10 @@ impl Linear {
         let in_dim = *dims.last().expect("linear input has at least one dimension");
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = if rows <= FEW_ROWS {
+        let frozen_in_training = !self.weight.is_variable() && x2.track_op();
+        let mut y = if frozen_in_training && x2.device().is_cpu() && x2.dtype() == DType::F32 {
+            x2.contiguous()?.apply_op1(FrozenMatmul { weight: self.weight.clone() })?
+        } else if rows <= FEW_ROWS {
             // Decode-shaped: W x^T streams the weight once without packing it (measured ~2x faster at 8 rows).
             self.weight.matmul(&x2.t()?)?.t()?
         } else {
@@ -104,4 +107,55 @@ fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
 /// Sum of squares of a tensor, as f64 (used for norms in tests and diagnostics).
 pub fn sum_sq(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.sqr()?.flatten_all()?.sum(D::Minus1)?.to_scalar::<f64>()?)
+}
+
+/// `x W^T` for a frozen `W` (LoRA training): the backward returns only `dL/dx = g W`. candle's own matmul
+/// backward would also compute `x^T g` for the weight — as much work as the forward — and nobody needs it.
+struct FrozenMatmul {
+    /// (out, in).
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = crate::attention::cpu_tensor(storage, layout)?;
+        let y = x.matmul(&self.weight.t()?)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn frozen_weights_give_the_input_gradient_of_a_plain_matmul() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (7, 5), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 7, &dev).unwrap();
+        let lin = Linear::new(w.clone(), Some(bias.clone()));
+        // More rows than FEW_ROWS, and a leading batch dimension.
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 40, 5), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (3, 40, 7), &dev).unwrap();
+        let run = |y: Tensor| {
+            let dx = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (flat(&y), flat(dx.get(x.as_tensor()).unwrap()))
+        };
+        let frozen = run(lin.forward(x.as_tensor(), AdapterMode::default(), 0).unwrap());
+        let plain = run(x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap());
+        for (a, b) in frozen.0.iter().zip(&plain.0).chain(frozen.1.iter().zip(&plain.1)) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "frozen {a} vs plain {b}");
+        }
+    }
 }
