@@ -3,7 +3,9 @@
 # or the pretrain twin) and ours run back to back, on the same machine, weights and settings. Each appends one JSON
 # line to bench-out/results.jsonl; scripts/bench_table.py turns the file into the tables of BENCHMARKS.md.
 #
-# Usage: scripts/bench.sh [decode|train|grpo|pretrain|all] [--repeats R] [--quiet-wait S]
+# Usage: scripts/bench.sh [decode|train|grpo|pretrain|all] [--repeats R] [--quiet-wait S] [--threads N]
+# --threads N gives both sides the same N CPU threads (default 2); on a shared machine 1 keeps each side on one
+# core and the ratio meaningful.
 # Needs: scripts/peers/setup.sh (the peers' venv; PY=... to use another Python), a release build.
 # The machine should be otherwise idle: ratios measured while other jobs run mean little (see the Method section).
 set -euo pipefail
@@ -13,10 +15,12 @@ what=${1:-all}
 shift || true
 repeats=3
 quiet=120
+threads=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --repeats) repeats=$2; shift 2 ;;
     --quiet-wait) quiet=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
     *) echo "bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -51,19 +55,20 @@ record() {
 if [ "$what" = all ] || [ "$what" = decode ]; then
   for b in 1 8 32; do
     record "$py" scripts/peers/hf_decode_bench.py --model "$hf" --batch $b --prompt-tokens 200 --new-tokens 128 \
-      --repeats "$repeats" --quiet-wait "$quiet"
-    record "$bin" bench decode --model "$hf" --batch $b --prompt-tokens 200 --new-tokens 128 --repeats "$repeats"
+      --repeats "$repeats" --quiet-wait "$quiet" --threads "$threads"
+    record "$bin" --threads "$threads" bench decode --model "$hf" --batch $b --prompt-tokens 200 --new-tokens 128 --repeats "$repeats"
   done
 fi
 if [ "$what" = all ] || [ "$what" = train ]; then
-  record "$py" scripts/peers/hf_train_bench.py --model "$hf" --batch 8 --seq 256 --repeats "$repeats" --quiet-wait "$quiet"
-  record "$bin" bench train --model "$hf" --batch 8 --seq 256 --repeats "$repeats"
+  record "$py" scripts/peers/hf_train_bench.py --model "$hf" --batch 8 --seq 256 --repeats "$repeats" --quiet-wait "$quiet" \
+    --threads "$threads"
+  record "$bin" --threads "$threads" bench train --model "$hf" --batch 8 --seq 256 --repeats "$repeats"
 fi
 if [ "$what" = all ] || [ "$what" = grpo ]; then
   for r in 16 0; do
     record "$py" scripts/peers/trl_grpo_bench.py --model "$hf" --group 8 --prompt-tokens 200 --new-tokens 128 \
-      --lora-rank $r --steps 2 --warmup-steps 1 --quiet-wait "$quiet"
-    record "$bin" bench grpo --model "$hf" --group 8 --prompt-tokens 200 --new-tokens 128 --lora-rank $r \
+      --lora-rank $r --steps 2 --warmup-steps 1 --quiet-wait "$quiet" --threads "$threads"
+    record "$bin" --threads "$threads" bench grpo --model "$hf" --group 8 --prompt-tokens 200 --new-tokens 128 --lora-rank $r \
       --steps 2 --warmup-steps 1
   done
 fi

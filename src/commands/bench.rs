@@ -122,7 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let out = json!({
                 "bench": "decode", "impl": "ideator", "model": m.spec.to_string(), "batch": batch,
                 "prompt_tokens": prompt.len(), "new_tokens": new_tokens, "repeats": repeats,
-                "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                "threads": tensor_threads(),
                 "seconds": total,
                 "new_tokens_per_s": (batch * new_tokens) as f64 / total,
                 "time_to_first_token_s": first,
@@ -168,7 +168,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let t = median(times);
             let out = json!({
                 "bench": "train", "impl": "ideator", "model": m.spec.to_string(), "batch": batch, "seq": seq,
-                "repeats": repeats, "seconds": t, "tokens_per_s": (batch * seq) as f64 / t,
+                "repeats": repeats, "threads": tensor_threads(), "seconds": t, "tokens_per_s": (batch * seq) as f64 / t,
             });
             println!("{out}");
         }
@@ -303,10 +303,18 @@ fn bench_grpo(
         "prompt_tokens": prompt.len(), "prompt_tokens_target": prompt_tokens, "new_tokens": new_tokens,
         "lora_rank": lora_rank, "beta": beta, "learning_rate": learning_rate, "steps": steps,
         "warmup_steps": warmup_steps,
-        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "threads": tensor_threads(),
         "seconds_per_step": col(|r| r.0), "generation_s": col(|r| r.1), "ref_logprobs_s": col(|r| r.2),
         "update_s": col(|r| r.3),
     });
     println!("{out}");
     Ok(())
+}
+
+/// Threads the tensor work runs on: `--threads` (which sets RAYON_NUM_THREADS), else every core.
+fn tensor_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
