@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Quickstart on a fresh machine: fetch the default assets, build, then a real (short) RL run of the default ideator
-# (SmolLM2-135M-Instruct) on the `toy` environment:
-#   1. write schema-valid example ideas for the environment,
-#   2. a supervised warm-up (LoRA) on them, and the executable share of sampled ideas before and after it,
-#   3. GRPO from the warm-up checkpoint, printing a summary per step,
-#   4. the run's HTML report (runs/quickstart/rl/report.html).
-# Results land in runs/quickstart/. Takes about 10 minutes on two CPU cores after the build.
+# Quickstart on a fresh machine: fetch the default assets, build, then a short real RL run of the default ideator
+# (SmolLM2-135M-Instruct, LoRA) on the `pretrain` environment at scale `tiny`:
+#   1. schema-valid example ideas for the environment,
+#   2. a supervised warm-up on them, with the executable share of sampled ideas before and after it,
+#   3. GRPO from the warm-up checkpoint: each idea trains a small GPT (one `ideator exec` process per slot),
+#      with a summary line per step,
+#   4. the HTML report.
+# Results land in runs/quickstart/ (rerunning resumes). About 10 minutes on two CPU cores after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-assets.sh
@@ -14,26 +15,23 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 bin="$target_dir/release/ideator"
 out=runs/quickstart
 mkdir -p "$out"
+resume_flag() { [ -d "$1/checkpoints" ] && echo --resume || true; }
 
-echo; echo "== 1. example ideas for the toy environment =="
-"$bin" env examples toy --n 96 --seed 1 --out "$out/toy-examples.jsonl"
-echo "wrote $out/toy-examples.jsonl"
+echo; echo "== 1. example ideas for the pretrain environment =="
+"$bin" env examples pretrain --n 64 --seed 1 --out "$out/pretrain-examples.jsonl"
+echo "wrote $out/pretrain-examples.jsonl"
 
 echo; echo "== 2. supervised warm-up =="
-echo "-- before the warm-up:"
-"$bin" eval --env toy --n 16 --max-new-tokens 96 --temperature 0.9 --top-p 0.95 --no-embeddings
-resume=""
-[ -d "$out/sft/checkpoints" ] && resume="--resume"
-"$bin" sft --config configs/quickstart-sft.toml $resume
-echo "-- after the warm-up:"
-"$bin" eval --env toy --checkpoint "$out/sft" --n 16 --max-new-tokens 96 --temperature 0.9 --top-p 0.95 --no-embeddings
+eval_args=(--env pretrain --n 16 --max-new-tokens 96 --temperature 0.9 --top-p 0.95 --implement-only --no-embeddings)
+echo "-- before:"
+"$bin" eval "${eval_args[@]}"
+"$bin" sft --config configs/quickstart-sft.toml $(resume_flag "$out/sft")
+echo "-- after:"
+"$bin" eval --checkpoint "$out/sft" "${eval_args[@]}"
 
-echo; echo "== 3. GRPO on the toy environment =="
-resume=""
-[ -d "$out/rl/checkpoints" ] && resume="--resume"
-"$bin" train --config configs/quickstart.toml $resume
-echo
-echo "metrics per step: $out/rl/metrics.jsonl; every idea with its result: $out/rl/ideas.jsonl"
+echo; echo "== 3. GRPO on pretrain (tiny) =="
+"$bin" train --config configs/quickstart.toml $(resume_flag "$out/rl")
 
 echo; echo "== 4. report =="
 "$bin" report "$out/rl"
+echo "metrics per step: $out/rl/metrics.jsonl; every idea: $out/rl/ideas.jsonl; run store: $out/rl/store.sqlite"

@@ -80,7 +80,8 @@ pub struct Decoder {
 #[derive(Debug, Clone)]
 pub struct TokenBatch {
     pub ids: Tensor,
-    /// 1 for a token, 0 for padding, per (batch, time). Padding may be on either side.
+    /// 1 for a token, 0 for padding, per (batch, time). Padding is on the right: a real token never attends
+    /// to the padding after it, so causal attention needs no padding mask.
     pub mask: Vec<Vec<u8>>,
 }
 
@@ -101,21 +102,6 @@ impl TokenBatch {
             mask.push(m);
         }
         Ok(TokenBatch { ids: Tensor::from_vec(ids, (seqs.len(), t), device)?, mask })
-    }
-
-    /// Position of each token: the count of real tokens before it (so left padding does not shift positions).
-    fn positions(&self) -> Vec<u32> {
-        let mut out = Vec::new();
-        for row in &self.mask {
-            let mut p = 0u32;
-            for &m in row {
-                out.push(p.saturating_sub(if m == 1 { 0 } else { 1 }).min(p));
-                if m == 1 {
-                    p += 1;
-                }
-            }
-        }
-        out
     }
 }
 
@@ -235,52 +221,25 @@ impl Decoder {
         if batch.mask.len() != b || batch.mask.iter().any(|r| r.len() != t) {
             return Err(ModelError::Invalid("mask shape does not match the ids".into()));
         }
+        if batch.mask.iter().any(|r| r.windows(2).any(|w| w[0] < w[1])) {
+            return Err(ModelError::Invalid("the trainable forward takes right-padded batches only".into()));
+        }
         if t > self.max_positions() {
             return Err(ModelError::Invalid(format!(
                 "sequence of {t} tokens exceeds the model's {} positions",
                 self.max_positions()
             )));
         }
-        let positions = Tensor::from_vec(batch.positions(), (b, t), &self.device)?;
-        let (cos, sin) = self.rope.tables(&positions)?;
-        let mask = self.training_mask(&batch.mask, t)?;
+        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        let (cos, sin) = self.rope.tables(&Tensor::from_vec(positions, (b, t), &self.device)?)?;
         let mut x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = self.train_block(layer, i as u64, &x, &cos, &sin, &mask, mode)?;
+            let i = i as u64;
+            let (q, k, v) = self.train_qkv(layer, i, &x, &cos, &sin, mode)?;
+            let y = self.train_attention(&q, &k, &v, 0)?;
+            x = self.train_block_tail(layer, i, &x, &y, mode)?;
         }
         rms_norm_differentiable(&x, &self.final_norm, self.cfg.rms_norm_eps)
-    }
-
-    /// (batch, 1, 1, t, t) additive mask: causal, and padding keys hidden.
-    fn training_mask(&self, pad: &[Vec<u8>], t: usize) -> Result<Tensor> {
-        let b = pad.len();
-        let mut m = vec![0f32; b * t * t];
-        for (bi, row) in pad.iter().enumerate() {
-            for i in 0..t {
-                for j in 0..t {
-                    if j > i || row[j] == 0 {
-                        m[(bi * t + i) * t + j] = MASKED;
-                    }
-                }
-            }
-        }
-        Ok(Tensor::from_vec(m, (b, 1, 1, t, t), &self.device)?.to_dtype(self.dtype())?)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn train_block(
-        &self,
-        layer: &Layer,
-        index: u64,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        mode: AdapterMode,
-    ) -> Result<Tensor> {
-        let (q, k, v) = self.train_qkv(layer, index, x, cos, sin, mode)?;
-        let y = self.train_attention(&q, &k, &v, mask)?;
-        self.train_block_tail(layer, index, x, &y, mode)
     }
 
     /// Normed input -> q (b, heads, t, hd), k and v (b, kv_heads, t, hd) with rotary applied, all differentiable.
@@ -312,19 +271,16 @@ impl Decoder {
         Ok((q, k, v))
     }
 
-    /// Grouped-query attention of q (b, heads, tq, hd) over k, v (b, kv_heads, tk, hd) with an additive mask
-    /// broadcastable to (b, kv_heads, group, tq, tk). Returns (b, tq, heads * hd).
-    fn train_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let cfg = &self.cfg;
+    /// Causal grouped-query attention of q (b, heads, tq, hd) over k, v (b, kv_heads, offset + tq, hd): query i
+    /// sees keys 0..=offset + i. Memory-efficient on CPU (see attention.rs). Returns (b, tq, heads * hd).
+    fn train_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, nh, tq, hd) = q.dims4()?;
-        let tk = k.dim(2)?;
-        let nkv = cfg.num_kv_heads;
+        let nkv = self.cfg.num_kv_heads;
         let group = nh / nkv;
+        // Heads h = kv * group + g, so (b, heads, t, d) is already (b, kv_heads, group * t, d) in memory.
         let q = q.reshape((b, nkv, group * tq, hd))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.reshape((b, nkv, group, tq, tk))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.reshape((b, nkv, group * tq, tk))?;
-        Ok(probs.matmul(v)?.reshape((b, nh, tq, hd))?.transpose(1, 2)?.reshape((b, tq, nh * hd))?)
+        let y = crate::attention::causal_attention(&q, k, v, group, offset)?;
+        Ok(y.reshape((b, nh, tq, hd))?.transpose(1, 2)?.reshape((b, tq, nh * hd))?)
     }
 
     /// Output projection, residual, and the MLP with its residual.
@@ -386,34 +342,23 @@ impl Decoder {
         let mut xp = self.embed.index_select(&prefix_ids, 0)?.reshape((1, p, hsz))?;
         let pos_p = Tensor::new((0..p as u32).collect::<Vec<_>>().as_slice(), dev)?.unsqueeze(0)?;
         let (cos_p, sin_p) = self.rope.tables(&pos_p)?;
-        let mask_p = self.training_mask(&[vec![1u8; p]], p)?;
-        // Continuations: positions p..p+c, right-padded; each sees the whole prefix and its own earlier tokens.
+        // Continuations: positions p..p+c, right-padded; each sees the whole prefix and its own earlier tokens
+        // (causal attention with the prefix as an offset).
         let batch = TokenBatch::right_padded(continuations, pad_id, dev)?;
         let mut xc = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, c, hsz))?;
         let pos_c: Vec<u32> = (0..b).flat_map(|_| (p as u32)..((p + c) as u32)).collect();
         let (cos_c, sin_c) = self.rope.tables(&Tensor::from_vec(pos_c, (b, c), dev)?)?;
-        let mut m = vec![0f32; b * c * (p + c)];
-        for (bi, row) in batch.mask.iter().enumerate() {
-            for i in 0..c {
-                for j in 0..c {
-                    if j > i || row[j] == 0 {
-                        m[(bi * c + i) * (p + c) + p + j] = MASKED;
-                    }
-                }
-            }
-        }
-        let mask_c = Tensor::from_vec(m, (b, 1, 1, c, p + c), dev)?.to_dtype(self.dtype())?;
         let nkv = self.cfg.num_kv_heads;
         let hd = self.cfg.head_dim;
         for (i, layer) in self.layers.iter().enumerate() {
             let i = i as u64;
             let (qp, kp, vp) = self.train_qkv(layer, i, &xp, &cos_p, &sin_p, mode)?;
-            let yp = self.train_attention(&qp, &kp, &vp, &mask_p)?;
+            let yp = self.train_attention(&qp, &kp, &vp, 0)?;
             let (qc, kc, vc) = self.train_qkv(layer, i, &xc, &cos_c, &sin_c, mode)?;
             // cat of a broadcast view yields a strided result; attention's matmul needs it contiguous.
             let k_all = Tensor::cat(&[&kp.broadcast_as((b, nkv, p, hd))?, &kc], 2)?.contiguous()?;
             let v_all = Tensor::cat(&[&vp.broadcast_as((b, nkv, p, hd))?, &vc], 2)?.contiguous()?;
-            let yc = self.train_attention(&qc, &k_all, &v_all, &mask_c)?;
+            let yc = self.train_attention(&qc, &k_all, &v_all, p)?;
             xc = self.train_block_tail(layer, i, &xc, &yc, mode)?;
             xp = self.train_block_tail(layer, i, &xp, &yp, mode)?;
         }

@@ -6,6 +6,7 @@
 //! KV-cached, batched decode path; LoRA adapters; and the batched sampler that records behaviour log-probs.
 
 pub mod assets;
+pub mod attention;
 pub mod chat_template;
 pub mod config;
 pub mod decoder;

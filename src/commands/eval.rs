@@ -47,6 +47,10 @@ pub struct Args {
     /// Skip the sentence embeddings (Vendi score, cosine).
     #[arg(long)]
     pub no_embeddings: bool,
+    /// Only implement the ideas (parse and validate them against the environment's knobs), without running
+    /// them: measures the executable share cheaply (e.g. before and after a warm-up). Rewards are not measured.
+    #[arg(long)]
+    pub implement_only: bool,
     /// Write every idea with its result to this JSONL file.
     #[arg(long)]
     pub ideas_out: Option<PathBuf>,
@@ -108,7 +112,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         time_limit: args.time_limit.map(std::time::Duration::from_secs_f64),
     };
     let t0 = Instant::now();
-    let results = executor.run_batch(&jobs);
+    let results = if args.implement_only {
+        jobs.iter()
+            .map(|j| match ideator_envs::implement(env.as_ref(), &j.text, &scale) {
+                Ok(_) => ideator_envs::ExecResult::ok(0.0, Default::default(), "implemented (not run)"),
+                Err(e) => ideator_envs::ExecResult::failed(ideator_envs::FailureCause::Implementation, e.to_string()),
+            })
+            .collect()
+    } else {
+        executor.run_batch(&jobs)
+    };
     let execute_seconds = t0.elapsed().as_secs_f64();
     let categories: Vec<Option<Category>> = ideas
         .iter()
@@ -148,6 +161,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     } else {
         println!("{source} on {} ({scale}), {} ideas:", args.env, args.n);
+        if args.implement_only {
+            println!("  executable      {:.1}% (implemented only, not run)", 100.0 * diag.execution_rate);
+            println!(
+                "  categories      {} distinct, top share {:.2}",
+                diag.categories.shares.len(),
+                diag.categories.top_share
+            );
+            return Ok(());
+        }
         println!("  executed        {:.1}%", 100.0 * diag.execution_rate);
         println!("  mean reward     {:.4}", diag.mean_reward);
         for m in &diag.max_at_k {
