@@ -5,6 +5,7 @@
 //! sets up logging and dispatches.
 
 mod commands;
+mod execution;
 mod policy_init;
 mod progress;
 mod run_config;
