@@ -35,6 +35,8 @@ enum Command {
     Sft(commands::sft::Args),
     /// RL (GRPO) on an ideator, rewarded by executing its ideas in an environment.
     Train(commands::train::Args),
+    /// Evolutionary search with a frozen ideator (the seed paper's method), on the same executor and run store.
+    Evolve(commands::evolve::Args),
     /// Sample ideas from a model or checkpoint, execute them, and report reward, max@k and diversity.
     Eval(commands::eval::Args),
     /// Write a run's report: one self-contained HTML file with its charts (default RUN/report.html).
@@ -79,6 +81,7 @@ fn run() -> anyhow::Result<()> {
         Command::Sft(args) => commands::sft::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Merge(args) => commands::merge::run(args),
+        Command::Evolve(args) => commands::evolve::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Bench(args) => commands::bench::run(args),

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod env;
 pub mod eval;
+pub mod evolve;
 pub mod exec;
 pub mod logprobs;
 pub mod merge;
