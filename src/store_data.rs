@@ -49,11 +49,22 @@ impl EvalKey {
     /// How the evaluation is named in tables and legends.
     pub fn label(&self) -> String {
         match (&self.checkpoint, self.step) {
-            (Some(_), Some(step)) => format!("checkpoint step {step}"),
+            // Checkpoints of different runs (a warm-up and the RL run after it) share step numbers: name the run.
+            (Some(c), Some(step)) => match run_of_checkpoint(Path::new(c)) {
+                Some(run) => format!("checkpoint {run} step {step}"),
+                None => format!("checkpoint step {step}"),
+            },
             (Some(c), None) => format!("checkpoint {c}"),
             _ => format!("model {}", self.model.as_deref().unwrap_or("default")),
         }
     }
+}
+
+/// The name of the run folder a checkpoint is in (`RUN/checkpoints/step-N` -> `RUN`'s name).
+fn run_of_checkpoint(checkpoint: &Path) -> Option<String> {
+    let parent = checkpoint.parent()?;
+    let run = if parent.file_name()? == "checkpoints" { parent.parent()? } else { parent };
+    Some(run.file_name()?.to_string_lossy().into_owned())
 }
 
 /// One run of the store, as shown.

@@ -249,11 +249,11 @@ fn compare_and_report_show_an_rl_run_and_an_evolution_of_one_store() {
     };
     assert_eq!(at("RL"), ["step 0", "step 1"]);
     assert_eq!(at("evolution"), ["epoch 0", "epoch 1"]);
-    assert_eq!(at("eval"), ["checkpoint step 2"]);
+    assert_eq!(at("eval"), ["checkpoint run step 2"]);
     for r in rows {
         assert!(r["best_of_n"].as_f64().unwrap() >= r["mean"].as_f64().unwrap() - 1e-12, "{r}");
     }
-    let last = |kind: &str| rows.iter().filter(|r| r["kind"] == kind).last().unwrap()["executions"].as_u64().unwrap();
+    let last = |kind: &str| rows.iter().rfind(|r| r["kind"] == kind).unwrap()["executions"].as_u64().unwrap();
     assert_eq!((last("RL"), last("evolution"), last("eval")), (12, 12, 4));
     let totals = c["totals"].as_array().unwrap();
     assert_eq!(totals.len(), 3);
