@@ -60,11 +60,15 @@ impl EvalKey {
     }
 }
 
-/// The name of the run folder a checkpoint is in (`RUN/checkpoints/step-N` -> `RUN`'s name).
-fn run_of_checkpoint(checkpoint: &Path) -> Option<String> {
+/// The run folder a checkpoint is in (`RUN/checkpoints/step-N` -> `RUN`).
+pub fn checkpoint_run_dir(checkpoint: &Path) -> Option<PathBuf> {
     let parent = checkpoint.parent()?;
     let run = if parent.file_name()? == "checkpoints" { parent.parent()? } else { parent };
-    Some(run.file_name()?.to_string_lossy().into_owned())
+    Some(run.to_path_buf())
+}
+
+fn run_of_checkpoint(checkpoint: &Path) -> Option<String> {
+    Some(checkpoint_run_dir(checkpoint)?.file_name()?.to_string_lossy().into_owned())
 }
 
 /// One run of the store, as shown.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::store_data::{environments, load_store, store_path, LoadedRun, StoreData};
+use crate::store_data::{checkpoint_run_dir, environments, load_store, store_path, LoadedRun, StoreData};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -87,19 +87,15 @@ fn select(input: &Path) -> anyhow::Result<Selected> {
         input.display()
     );
     let canonical = std::fs::canonicalize(input)?.display().to_string();
-    let run_dir = input
-        .parent()
-        .and_then(|p| if p.file_name().is_some_and(|n| n == "checkpoints") { p.parent() } else { Some(p) })
-        .filter(|r| store_path(r).is_file())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "checkpoint {} has no run store next to it; evaluate it first: ideator eval --checkpoint {} \
+    let run_dir = checkpoint_run_dir(input).filter(|r| store_path(r).is_file()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "checkpoint {} has no run store next to it; evaluate it first: ideator eval --checkpoint {} \
                  --env ENV --n N",
-                input.display(),
-                input.display()
-            )
-        })?;
-    let store = load_store(run_dir)?;
+            input.display(),
+            input.display()
+        )
+    })?;
+    let store = load_store(&run_dir)?;
     let runs: Vec<usize> = store
         .runs
         .iter()

@@ -3,7 +3,7 @@
 //!
 //! The ideas go through the same pipeline, backend and run store as training: the evaluation is a run of kind
 //! `eval` in the store of a run folder (by default the checkpoint's own run folder, so that `report` and `compare`
-//! find it next to the training run). Its name is a hash of everything that decides its ideas and rewards (the
+//! find it next to the run that wrote the checkpoint). Its name is a hash of everything that decides its ideas and rewards (the
 //! checkpoint's manifest or the model's weights, the environment and its config, scale, n, seed and sampling
 //! settings): the same evaluation asked again is read from the store and executes nothing, and one that was
 //! interrupted continues where it stopped.
@@ -23,7 +23,7 @@ use ideator_rollout::store::{GroupStatus, IdeaRow, Store};
 use crate::commands::model_args::ModelArgs;
 use crate::execution::{categorize, DiagnosticsSection, EnvSection, StepDiagnostics};
 use crate::policy_init::{load_checkpoint_model, resolve_checkpoint};
-use crate::store_data::{ideas_diagnostics_with, EvalKey};
+use crate::store_data::{checkpoint_run_dir, ideas_diagnostics_with, EvalKey};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -63,8 +63,8 @@ pub struct Args {
     /// them: measures the executable share cheaply (e.g. before and after a warm-up). Rewards are not measured.
     #[arg(long)]
     pub implement_only: bool,
-    /// Run folder whose store holds the evaluation (default: the checkpoint's run folder when it has a store,
-    /// else runs/eval).
+    /// Run folder whose store holds the evaluation (default: the checkpoint's run folder, next to the run that
+    /// wrote it; for --model, runs/eval).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
     /// Executions at once (local backend slots; each runs `ideator exec` with one thread).
@@ -97,8 +97,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         ..Default::default()
     };
+    let prompt_ids = ideator_rollout::prompt::prompt_ids(
+        env.as_ref(),
+        &scale,
+        &model.tokenizer,
+        args.max_new_tokens,
+        model.decoder.max_positions(),
+    )?;
     if args.implement_only {
-        return implement_only(&args, env.as_ref(), &scale, &model, &params);
+        return implement_only(&args, env.as_ref(), &scale, &model, &params, &prompt_ids);
     }
     let key = eval_key(&args, &scale, checkpoint.as_deref(), &model)?;
     let key_text = serde_json::to_string_pretty(&key)?;
@@ -119,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut executed_now = 0;
     let reused = !store.steps(run.id)?.is_empty();
     if !reused {
-        executed_now = execute(&args, &store, run.id, &dir, &scale, env.as_ref(), &model, params)?;
+        executed_now = execute(&args, &store, run.id, &dir, &scale, env.as_ref(), &model, params, prompt_ids)?;
     }
     let ideas: Vec<IdeaRow> =
         store.groups_with_status(run.id, &[GroupStatus::Trained])?.into_iter().flat_map(|g| g.ideas).collect();
@@ -157,13 +164,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print_diagnostics(&diag, args.n);
     }
     Ok(())
-}
-
-/// The run folder a checkpoint belongs to (`RUN/checkpoints/step-N` -> `RUN`), if it has a store.
-fn checkpoint_run_dir(checkpoint: &Path) -> Option<PathBuf> {
-    let parent = checkpoint.parent()?;
-    let run = if parent.file_name()? == "checkpoints" { parent.parent()? } else { parent };
-    crate::store_data::store_path(run).is_file().then(|| run.to_path_buf())
 }
 
 /// Everything that decides the evaluation's ideas and rewards.
@@ -217,14 +217,8 @@ fn execute(
     env: &dyn ideator_envs::Environment,
     model: &ideator_model::Model,
     params: SamplingParams,
+    prompt_ids: Vec<u32>,
 ) -> anyhow::Result<u64> {
-    let prompt_ids = ideator_rollout::prompt::prompt_ids(
-        env,
-        scale,
-        &model.tokenizer,
-        args.max_new_tokens,
-        model.decoder.max_positions(),
-    )?;
     let prompt_text = ideator_envs::prompt::ideator_prompt(env, scale)?;
     store.set_run_status(run, "running")?;
     let sampled = store.ideas(run)?.len();
@@ -292,19 +286,13 @@ fn implement_only(
     scale: &str,
     model: &ideator_model::Model,
     params: &SamplingParams,
+    prompt: &[u32],
 ) -> anyhow::Result<()> {
-    let prompt = ideator_rollout::prompt::prompt_ids(
-        env,
-        scale,
-        &model.tokenizer,
-        args.max_new_tokens,
-        model.decoder.max_positions(),
-    )?;
     let bar = crate::progress::bar(args.n as u64, "sampling", !args.json);
     let ideas = sample(
         &model.decoder,
         &model.tokenizer,
-        std::slice::from_ref(&prompt),
+        &[prompt.to_vec()],
         args.n,
         params,
         AdapterMode::default(),
