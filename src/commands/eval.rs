@@ -3,10 +3,10 @@
 //!
 //! The ideas go through the same pipeline, backend and run store as training: the evaluation is a run of kind
 //! `eval` in the store of a run folder (by default the checkpoint's own run folder, so that `report` and `compare`
-//! find it next to the run that wrote the checkpoint). Its name is a hash of everything that decides its ideas and rewards (the
-//! checkpoint's manifest or the model's weights, the environment and its config, scale, n, seed and sampling
-//! settings): the same evaluation asked again is read from the store and executes nothing, and one that was
-//! interrupted continues where it stopped.
+//! find it next to the run that wrote the checkpoint). Its name is a hash of everything that decides its ideas and
+//! rewards (the checkpoint's manifest or the model's weights, the environment and its config, scale, n, seed and
+//! sampling settings): the same evaluation asked again is read from the store and executes nothing, and one that
+//! was interrupted continues where it stopped.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
