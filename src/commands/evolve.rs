@@ -100,6 +100,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(dir.join("config.toml"), &text)?;
     let stop = ideator_rollout::pipeline::interrupt::stop_flag();
 
+    // The ideator first: a missing checkpoint should fail before any execution starts.
+    let init = cfg.init.checkpoint.as_ref().map(|p| relative_to_config(&args.config, p));
+    let (model, _) = load_initial_policy(&cfg.model, init.as_deref())?;
     // The baseline's score decides which ideas are "winners" for exploit prompts.
     let launcher = cfg.env.launcher(&args.config, &scale, &dir.join("work"))?;
     let (baseline, reused) = run_baseline(
@@ -121,8 +124,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("baseline reward {:.4} ({})", baseline.reward, if reused { "stored" } else { "measured" });
     store.set_run_status(run.id, "running")?;
 
-    let init = cfg.init.checkpoint.as_ref().map(|p| relative_to_config(&args.config, p));
-    let (model, _) = load_initial_policy(&cfg.model, init.as_deref())?;
     let mut generator = ModelGenerator {
         decoder: &model.decoder,
         tokenizer: &model.tokenizer,
