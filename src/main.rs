@@ -5,9 +5,11 @@
 //! sets up logging and dispatches.
 
 mod commands;
+mod execution;
 mod policy_init;
 mod progress;
 mod run_config;
+mod store_data;
 
 use clap::{Parser, Subcommand};
 
@@ -34,8 +36,13 @@ enum Command {
     Sft(commands::sft::Args),
     /// RL (GRPO) on an ideator, rewarded by executing its ideas in an environment.
     Train(commands::train::Args),
-    /// Sample ideas from a model or checkpoint, execute them, and report reward, max@k and diversity.
+    /// Evolutionary search with a frozen ideator (the seed paper's method), on the same executor and run store.
+    Evolve(commands::evolve::Args),
+    /// Sample ideas from a model or checkpoint, execute them, and report reward, max@k and diversity (stored:
+    /// the same evaluation is never executed twice).
     Eval(commands::eval::Args),
+    /// Average vs best-of-N across RL steps, evolution epochs and checkpoints, with the executions each used.
+    Compare(commands::compare::Args),
     /// Write a run's report: one self-contained HTML file with its charts (default RUN/report.html).
     Report(commands::report::Args),
     /// Fold a checkpoint's adapters into its base model and write a Hugging Face model folder.
@@ -78,7 +85,9 @@ fn run() -> anyhow::Result<()> {
         Command::Sft(args) => commands::sft::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Merge(args) => commands::merge::run(args),
+        Command::Evolve(args) => commands::evolve::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Compare(args) => commands::compare::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Env(args) => commands::env::run(args),

@@ -13,7 +13,7 @@ mod retention;
 mod store;
 
 pub use error::{CheckpointError, Result};
-pub use hashing::sha256_file;
+pub use hashing::{sha256_bytes, sha256_file};
 pub use manifest::{BaseModel, FileEntry, Manifest, WeightsKind, FORMAT_VERSION};
 pub use retention::{prune, RetentionPolicy};
 pub use store::{latest, list, load, save, verify, Checkpoint, CheckpointDir};

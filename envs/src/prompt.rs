@@ -23,13 +23,19 @@ knob = value\n\
 only knobs from the table; knobs you do not mention keep their default)\n\
 [End]";
 
-/// The ideator prompt for an environment at a scale: task, knob table, format, one example.
+/// The ideator prompt for an environment at a scale: task, knob table, format, one example, and the request.
 pub fn ideator_prompt(env: &dyn Environment, scale: &str) -> Result<String, EnvError> {
+    Ok(format!("{}\n\nPropose one new idea that should beat the baseline.", task_prompt(env, scale)?))
+}
+
+/// The ideator prompt without its final request: task, knob table, format and one example. Evolutionary search
+/// appends its own request (ideas to refine or to move away from).
+pub fn task_prompt(env: &dyn Environment, scale: &str) -> Result<String, EnvError> {
     env.check_scale(scale)?;
     let schema = env.schema(scale)?;
     Ok(format!(
         "{task}\n\nYou may change these knobs (defaults are the baseline at scale `{scale}`):\n\n{table}\n{format}\n\n\
-         Example:\n{example}\n\nPropose one new idea that should beat the baseline.",
+         Example:\n{example}",
         task = env.description().trim(),
         table = schema.to_markdown(),
         format = FORMAT_TEXT,

@@ -2,11 +2,15 @@
 //!
 //! From policy to scored ideas and back: the ideator prompt of an environment, sampling groups of ideas,
 //! executing them on a backend's slots through the asynchronous [`pipeline`], and feeding complete groups to a
-//! pluggable learner (GRPO now). The [`store`] (SQLite) records every idea, execution, update and checkpoint
-//! and is what a resumed run starts from; `metrics.jsonl` and `ideas.jsonl` are human-readable exports.
+//! pluggable learner: GRPO, evolutionary search (a frozen ideator, a changing prompt database), or a frozen
+//! sampler for evaluations. The [`store`] (SQLite) records every idea, execution, update and checkpoint and is
+//! what a resumed run starts from; `metrics.jsonl` and `ideas.jsonl` are human-readable exports. [`baseline`]
+//! runs an environment's baseline recipe once per run folder; [`generate`] is a frozen ideator.
 
+pub mod baseline;
 pub mod error;
 pub mod execute;
+pub mod generate;
 pub mod pipeline;
 pub mod prompt;
 pub mod rl;

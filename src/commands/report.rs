@@ -1,5 +1,7 @@
 //! `ideator report RUN`: one self-contained HTML file with the run's charts (reward, max@k, diversity, categories,
-//! execution, training signals, alarms, top ideas), readable in a browser with no network.
+//! execution, training signals, staleness and slot utilisation, alarms, top ideas), readable in a browser with no
+//! network. A run folder with a run store is read from the store: every run in it (RL steps and evolution epochs
+//! on the same charts, evaluations of checkpoints as max@k curves); an older folder from its JSONL files.
 
 use std::path::PathBuf;
 
@@ -7,7 +9,7 @@ use ideator_diagnostics::report::{load_run_folder, write_report};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The run folder (the one holding metrics.jsonl, ideas.jsonl, config.toml and checkpoints/).
+    /// The run folder (the one holding store.sqlite, or metrics.jsonl and ideas.jsonl).
     pub run: PathBuf,
     /// Where to write the report (default: RUN/report.html).
     #[arg(long)]
@@ -18,7 +20,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let data = load_run_folder(&args.run)?;
+    let data = if crate::store_data::store_path(&args.run).is_file() {
+        crate::store_data::load_store(&args.run)?.data
+    } else {
+        load_run_folder(&args.run)?
+    };
     let out = args.out.clone().unwrap_or_else(|| args.run.join("report.html"));
     write_report(&data, &out)?;
     let alarms = data.alarms().count();
@@ -38,6 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let summary = serde_json::json!({
             "report": out.display().to_string(),
             "series": series,
+            "evaluations": data.evaluations.iter().map(|e| &e.label).collect::<Vec<_>>(),
             "alarms": alarms,
             "top_reward": data.top_ideas.first().map(|i| i.reward),
             "notes": data.notes,

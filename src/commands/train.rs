@@ -5,11 +5,7 @@
 
 use std::path::PathBuf;
 
-use ideator_diagnostics::{check_collapse, AlarmConfig, BatchDiagnostics, Category, MiniLmEmbedder, ScoredIdea};
-use ideator_envs::backend::{Backend, LocalBackend, LocalConfig, SlurmBackend, SlurmConfig};
-use ideator_envs::Status;
 use ideator_model::sampler::SamplingParams;
-use ideator_rollout::pipeline::dispatch::ExecLauncher;
 use ideator_rollout::pipeline::grpo::GrpoAgent;
 use ideator_rollout::pipeline::{run_pipeline, PipelineConfig, PipelineContext};
 use ideator_rollout::rl::{RlConfig, StepReport};
@@ -19,6 +15,7 @@ use ideator_trainer::run_dir::RunDir;
 use ideator_trainer::{GrpoConfig, GrpoLearner, TrainablePolicy};
 use serde::Deserialize;
 
+use crate::execution::{categorize, BackendSection, DiagnosticsSection, EnvSection, StepDiagnostics};
 use crate::policy_init::load_initial_policy;
 use crate::run_config::{read_config, relative_to_config, run_dir_for, ModelSection, RunSection};
 
@@ -39,66 +36,11 @@ pub struct Args {
     pub json: bool,
 }
 
-/// `[env]`: where ideas are executed.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnvSection {
-    pub name: String,
-    /// Default: the environment's smallest scale.
-    pub scale: Option<String>,
-    /// The command environment's own config file.
-    pub config: Option<PathBuf>,
-    /// Per-idea time limit in seconds.
-    pub time_limit_s: Option<f64>,
-}
-
-/// `[backend]`: where executions run. `kind = "local"` (default) or `"slurm"`; the other keys are the backend's.
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum BackendSection {
-    Local(LocalConfig),
-    Slurm(SlurmConfig),
-}
-
-impl Default for BackendSection {
-    fn default() -> Self {
-        BackendSection::Local(LocalConfig::default())
-    }
-}
-
-impl BackendSection {
-    fn build(&self) -> anyhow::Result<Box<dyn Backend>> {
-        Ok(match self {
-            BackendSection::Local(c) => Box::new(LocalBackend::new(c)?),
-            BackendSection::Slurm(c) => {
-                SlurmBackend::available()
-                    .map_err(|e| anyhow::anyhow!("backend.kind = \"slurm\" but Slurm is not reachable: {e}"))?;
-                Box::new(SlurmBackend::new(c)?)
-            }
-        })
-    }
-}
-
 /// `[init]`: start from an earlier checkpoint (e.g. the SFT warm-up), merged into the base.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct InitSection {
     pub checkpoint: Option<PathBuf>,
-}
-
-/// `[diagnostics]`: what is measured per step.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DiagnosticsSection {
-    /// Embed ideas with MiniLM for Vendi score and mean cosine (costs a second or two per step).
-    pub embeddings: bool,
-    pub alarm: AlarmConfig,
-}
-
-impl Default for DiagnosticsSection {
-    fn default() -> Self {
-        DiagnosticsSection { embeddings: true, alarm: AlarmConfig::default() }
-    }
 }
 
 #[derive(Deserialize)]
@@ -138,9 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.sampling.validate()?;
     cfg.diagnostics.alarm.validate()?;
     let relative = |p: &PathBuf| relative_to_config(&args.config, p);
-    let env = ideator_envs::load(&cfg.env.name, cfg.env.config.as_ref().map(relative).as_deref())?;
-    let scale = cfg.env.scale.clone().unwrap_or_else(|| env.default_scale());
-    env.check_scale(&scale)?;
+    let (env, scale) = cfg.env.load(&args.config)?;
     let run_dir = RunDir::create(&run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config), args.resume)?;
     let store = Store::open_in(&run_dir.root)?;
     let run = store.open_run("train", "rl", &cfg.env.name, &scale, cfg.run.seed)?;
@@ -194,45 +134,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let embedder = if cfg.diagnostics.embeddings {
-        Some(MiniLmEmbedder::load_default(&candle_core::Device::Cpu)?)
-    } else {
-        None
-    };
-    let categorize = |idea: &str| {
-        ideator_envs::implement(env.as_ref(), idea, &scale).ok().map(|r| r.changed.into_iter().collect::<Vec<_>>())
-    };
+    let mut diagnostics = StepDiagnostics::new(&cfg.diagnostics, &store, run.id)?;
+    let categorize = |idea: &str| categorize(env.as_ref(), &scale, idea);
     let bar = crate::progress::bar(cfg.rl.steps, "train", !args.json);
-    let mut initial: Option<BatchDiagnostics> = None;
     let mut on_step = |report: &StepReport| -> serde_json::Map<String, serde_json::Value> {
-        let mut extra = serde_json::Map::new();
-        let categories: Vec<Option<Category>> =
-            report.ideas.iter().map(|i| i.category.as_ref().map(|c| c.iter().cloned().collect())).collect();
-        let scored: Vec<ScoredIdea> = report
-            .ideas
-            .iter()
-            .zip(&categories)
-            .map(|(i, c)| ScoredIdea {
-                text: &i.text,
-                reward: i.reward,
-                executed: i.status == Status::Ok,
-                category: c.as_ref(),
-            })
-            .collect();
-        match BatchDiagnostics::compute(
-            &scored,
-            embedder.as_ref().map(|e| e as &dyn ideator_diagnostics::SentenceEmbedder),
-        ) {
-            Ok(d) => {
-                let first = initial.get_or_insert_with(|| d.clone());
-                let alarms = check_collapse(&cfg.diagnostics.alarm, first, &d);
-                for a in &alarms {
-                    crate::progress::say(&bar, format!("step {}: collapse alarm: {}", report.step, a.message));
-                }
-                extra.insert("diagnostics".into(), serde_json::to_value(&d).unwrap_or_default());
-                extra.insert("alarms".into(), serde_json::to_value(&alarms).unwrap_or_default());
-            }
-            Err(e) => tracing::warn!("diagnostics failed at step {}: {e}", report.step),
+        let (extra, alarms) = diagnostics.compute(report.ideas);
+        for a in &alarms {
+            crate::progress::say(&bar, format!("step {}: collapse alarm: {}", report.step, a.message));
         }
         let r = report.record;
         bar.set_position(report.step + 1);
@@ -256,18 +164,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         extra
     };
-    let env_config = match cfg.env.config.as_ref().map(relative) {
-        Some(p) => Some(std::fs::canonicalize(&p).map_err(|e| anyhow::anyhow!("env config {}: {e}", p.display()))?),
-        None => None,
-    };
-    let launcher = ExecLauncher {
-        program: std::env::current_exe()?,
-        env: cfg.env.name.clone(),
-        env_config,
-        scale: scale.clone(),
-        work_root: std::path::absolute(run_dir.root.join("work"))?,
-        time_limit: cfg.env.time_limit_s.map(std::time::Duration::from_secs_f64),
-    };
+    let launcher = cfg.env.launcher(&args.config, &scale, &run_dir.root.join("work"))?;
     let stop = ideator_rollout::pipeline::interrupt::stop_flag();
     bar.set_position(agent.learner.step());
     let mut ctx = PipelineContext {

@@ -1,7 +1,8 @@
 //! The run report: one self-contained HTML file with inline SVG charts, readable in a browser with no network.
 //!
 //! - [`data`]: the plain data model ([`ReportData`]) any source fills;
-//! - [`run_folder`]: fills it from a run folder's JSONL files (the run store will get its own small loader);
+//! - [`run_folder`]: fills it from a run folder's JSONL files, or from the same records taken from the run store
+//!   ([`from_records`]; the CLI reads the store, which this crate does not depend on);
 //! - [`svg`]: hand-written chart primitives; [`charts`]: which numbers go on which chart;
 //! - [`render_html`]: the page, from a minijinja template (`report.html`) with the charts inlined.
 //!
@@ -22,7 +23,7 @@ pub use data::{
     CheckpointInfo, Evaluation, ReportData, RunSeries, SeriesKind, SeriesPoint, StalenessBin, TopIdea,
     UtilisationPoint,
 };
-pub use run_folder::load_run_folder;
+pub use run_folder::{from_records, load_run_folder};
 
 use crate::error::{DiagnosticsError, Result};
 

@@ -82,21 +82,8 @@ pub fn load_run_folder(dir: &Path) -> Result<ReportData> {
     }
     let mut notes = Vec::new();
     let ideas: Vec<IdeaLine> = if ideas_path.exists() { read_jsonl(&ideas_path, &mut notes)? } else { Vec::new() };
-    let mut ideas_by_point: BTreeMap<(SeriesKind, u64), Vec<&IdeaLine>> = BTreeMap::new();
-    for idea in &ideas {
-        if let Some(key) = idea.key() {
-            ideas_by_point.entry(key).or_default().push(idea);
-        }
-    }
     let records: Vec<Value> = if metrics_path.exists() { read_jsonl(&metrics_path, &mut notes)? } else { Vec::new() };
-    let series = if records.is_empty() {
-        if !ideas.is_empty() {
-            notes.push("metrics.jsonl is missing or empty: the points come from ideas.jsonl alone".into());
-        }
-        series_from_ideas(&ideas_by_point, &mut notes)
-    } else {
-        series_from_metrics(&metrics_path, &records, &ideas_by_point, &mut notes)?
-    };
+    let (series, top_ideas) = build(&metrics_path, &records, &ideas, &mut notes)?;
     let config_text = std::fs::read_to_string(dir.join("config.toml")).ok();
     let title = dir
         .canonicalize()
@@ -110,11 +97,51 @@ pub fn load_run_folder(dir: &Path) -> Result<ReportData> {
         series,
         evaluations: Vec::new(),
         checkpoints: checkpoints(&dir.join("checkpoints")),
-        top_ideas: top_ideas(&ideas, TOP_IDEAS),
+        top_ideas,
         staleness: Vec::new(),
         utilisation: Vec::new(),
         notes,
     })
+}
+
+/// The series and best ideas of one run from its step records and idea records, as any source holds them (the
+/// records `ideator train` and `ideator evolve` write to `metrics.jsonl` and `ideas.jsonl`, or their copies in the
+/// run store). `source` names where they came from in errors and notes.
+pub fn from_records(
+    source: &Path,
+    records: &[Value],
+    ideas: &[Value],
+    notes: &mut Vec<String>,
+) -> Result<(Vec<RunSeries>, Vec<TopIdea>)> {
+    let ideas: Vec<IdeaLine> = ideas
+        .iter()
+        .map(|v| serde_json::from_value(v.clone()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| DiagnosticsError::file(source, format!("an idea record is not valid: {e}")))?;
+    build(source, records, &ideas, notes)
+}
+
+fn build(
+    metrics_path: &Path,
+    records: &[Value],
+    ideas: &[IdeaLine],
+    notes: &mut Vec<String>,
+) -> Result<(Vec<RunSeries>, Vec<TopIdea>)> {
+    let mut ideas_by_point: BTreeMap<(SeriesKind, u64), Vec<&IdeaLine>> = BTreeMap::new();
+    for idea in ideas {
+        if let Some(key) = idea.key() {
+            ideas_by_point.entry(key).or_default().push(idea);
+        }
+    }
+    let series = if records.is_empty() {
+        if !ideas.is_empty() {
+            notes.push("metrics.jsonl is missing or empty: the points come from ideas.jsonl alone".into());
+        }
+        series_from_ideas(&ideas_by_point, notes)
+    } else {
+        series_from_metrics(metrics_path, records, &ideas_by_point, notes)?
+    };
+    Ok((series, top_ideas(ideas, TOP_IDEAS)))
 }
 
 /// Parses every line; a bad last line (a write cut short) is noted and skipped, a bad line elsewhere is an error.

@@ -6,8 +6,9 @@
 //! behaviour log-probs). With `max_inflight_groups = groups_per_step` and `max_staleness = 0` this is the
 //! synchronous loop: sample a step's groups, wait for all, update.
 //!
-//! The learner is pluggable ([`Learner`]): GRPO ([`grpo::GrpoAgent`]) now; evolutionary search (whose "update"
-//! changes a prompt database instead of weights) fits the same trait.
+//! The learner is pluggable ([`Learner`]): GRPO ([`grpo::GrpoAgent`]), evolutionary search
+//! ([`evolve::EvolutionAgent`], whose "update" changes a prompt database instead of weights), and a frozen sampler
+//! for evaluations and the baseline ([`frozen`]: one "update" that changes nothing).
 //!
 //! Crash safety: every transition is in the run store before it is acted on. On resume the caller restores the
 //! learner from its newest checkpoint (version k); the store is rewound to k (the groups of lost updates become
@@ -15,6 +16,8 @@
 //! or launched again.
 
 pub mod dispatch;
+pub mod evolve;
+pub mod frozen;
 pub mod grpo;
 pub mod interrupt;
 
@@ -126,6 +129,16 @@ pub trait Learner {
     fn sample_group(&mut self, seed: u64) -> Result<SampledGroup>;
     /// One update from complete groups; returns its statistics (a JSON object).
     fn update(&mut self, groups: &[ScoredGroup]) -> Result<serde_json::Value>;
+    /// Called just before [`Learner::update`] with the executed ideas of its groups, in group order (texts,
+    /// failures and causes: what a learner that reads ideas, like evolutionary search, needs beyond rewards).
+    fn see_results(&mut self, _ideas: &[IdeaRecord]) -> Result<()> {
+        Ok(())
+    }
+    /// Whether an update is an evolution epoch: records then carry `epoch` next to `step` (the report tells
+    /// evolution from RL by it).
+    fn counts_epochs(&self) -> bool {
+        false
+    }
     /// Saves the current version; returns where, and a score for keeping the best.
     fn checkpoint(&mut self, score: Option<f64>) -> Result<Option<PathBuf>>;
 }
@@ -135,6 +148,9 @@ pub trait Learner {
 pub struct IdeaRecord {
     /// The update that trained on it.
     pub step: u64,
+    /// The evolution epoch (equal to `step`) when the learner is evolutionary search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     pub group: u64,
     pub sample: usize,
     /// Policy version that sampled the idea.
@@ -569,6 +585,7 @@ fn train_step(
             }
             records.push(IdeaRecord {
                 step,
+                epoch: learner.counts_epochs().then_some(step),
                 group: g.seq,
                 sample: i.index,
                 policy_version: g.policy_version,
@@ -594,6 +611,7 @@ fn train_step(
         });
     }
     let t0 = Instant::now();
+    learner.see_results(&records)?;
     let stats = learner.update(&scored)?;
     let update_seconds = t0.elapsed().as_secs_f64();
     let wall = interval_seconds + update_seconds;
@@ -626,6 +644,7 @@ fn train_step(
     };
     record["executions"] = (after.completed - before.completed).into();
     record["executions_per_hour"] = ((after.completed - before.completed) as f64 / wall.max(1e-9) * 3600.0).into();
+    record["slots"] = after.slots.into();
     record["queued_ideas"] = after.queued.into();
     record["running_ideas"] = after.running.into();
     record["sampled_groups"] = interval.sampled_groups.into();

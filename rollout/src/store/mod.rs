@@ -384,6 +384,15 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The run with this id.
+    pub fn run_info(&self, id: i64) -> Result<RunInfo> {
+        let name: String = self
+            .conn
+            .query_row("SELECT name FROM runs WHERE id = ?1", [id], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        self.find_run(&name)?.ok_or_else(|| RolloutError::Config(format!("run {id} vanished")))
+    }
+
     pub fn runs(&self) -> Result<Vec<RunInfo>> {
         let mut st = self.conn.prepare("SELECT name FROM runs ORDER BY id").map_err(|e| self.err(e))?;
         let names: Vec<String> = st
@@ -450,6 +459,11 @@ impl Store {
             .query_row("SELECT token_ids FROM prompts WHERE id = ?1", [prompt], |r| r.get::<_, Vec<u8>>(0))
             .map(|b| blob_to_u32s(&b))
             .map_err(|e| self.err(e))
+    }
+
+    /// The prompt's text as sampled from (before the chat template).
+    pub fn prompt_text(&self, prompt: i64) -> Result<String> {
+        self.conn.query_row("SELECT text FROM prompts WHERE id = ?1", [prompt], |r| r.get(0)).map_err(|e| self.err(e))
     }
 
     /// The next free group sequence number of the run.
@@ -837,6 +851,32 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([idea], |r| {
+                Ok(AttemptRow {
+                    idea_id: r.get(0)?,
+                    attempt: r.get::<_, i64>(1)? as u32,
+                    backend: r.get(2)?,
+                    job_id: r.get(3)?,
+                    submitted_at: r.get(4)?,
+                    finished_at: r.get(5)?,
+                    outcome: r.get(6)?,
+                    message: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
+    }
+
+    /// Every launch of every idea of the run, in launch order (what slot utilisation over time is computed from).
+    pub fn attempts_of_run(&self, run: i64) -> Result<Vec<AttemptRow>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT a.idea_id, a.attempt, a.backend, a.job_id, a.submitted_at, a.finished_at, a.outcome, a.message
+                 FROM attempts a JOIN ideas i ON i.id = a.idea_id WHERE i.run_id = ?1 ORDER BY a.submitted_at",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([run], |r| {
                 Ok(AttemptRow {
                     idea_id: r.get(0)?,
                     attempt: r.get::<_, i64>(1)? as u32,

@@ -1,0 +1,229 @@
+//! `ideator evolve`: the seed paper's evolutionary search with a frozen ideator, on the same executor, backends
+//! and run store as `ideator train`. Each epoch is one pipeline step: epoch 0 samples fresh ideas, later epochs
+//! split their prompts into exploit (variants of ideas that beat the baseline) and explore (new directions, given
+//! earlier ideas and failures); the prompt database is every executed idea in the store.
+//!
+//! The run is the store's run named `evolve`; its exports (`metrics.jsonl`, `ideas.jsonl`, `database.json`) and
+//! execution folders go to `RUN/evolve/`, so an evolution can share a run folder (and store) with an RL run of
+//! the same environment: `compare` and `report` then show both. The baseline is run once per store (run
+//! `baseline`, folder `RUN/baseline/`). `--resume` continues at the epoch the store says, rebuilding the prompts
+//! of an epoch cut short and checking that they are the ones stored.
+
+use std::path::PathBuf;
+
+use ideator_model::sampler::SamplingParams;
+use ideator_model::AdapterMode;
+use ideator_rollout::baseline::run_baseline;
+use ideator_rollout::generate::ModelGenerator;
+use ideator_rollout::pipeline::evolve::EvolutionAgent;
+use ideator_rollout::pipeline::{run_pipeline, PipelineConfig, PipelineContext, StepReport};
+use ideator_rollout::store::Store;
+use ideator_trainer::evolve::EvolveConfig;
+use serde::Deserialize;
+
+use crate::commands::train::InitSection;
+use crate::execution::{categorize, BackendSection, DiagnosticsSection, EnvSection, StepDiagnostics};
+use crate::policy_init::load_initial_policy;
+use crate::run_config::{read_config, relative_to_config, run_dir_for, ModelSection, RunSection};
+
+/// The store's name for the evolution run (one per run folder).
+pub const EVOLVE_RUN: &str = "evolve";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML config: [model], [init], [sampling], [env], [evolve], [pipeline], [backend], [diagnostics], [run]
+    /// (see configs/evolve-toy.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Run folder (overrides [run] dir). It may be an RL run's folder: the evolution joins its store.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Continue the search stored in the run folder (executions already done are reused).
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvolveFile {
+    #[serde(default)]
+    model: ModelSection,
+    #[serde(default)]
+    init: InitSection,
+    #[serde(default)]
+    sampling: SamplingParams,
+    env: EnvSection,
+    #[serde(default)]
+    evolve: EvolveConfig,
+    /// Retries and interrupts; sampling ahead and staleness are fixed (an epoch's prompts depend on every result
+    /// before it, so the search runs synchronously).
+    #[serde(default)]
+    pipeline: PipelineConfig,
+    #[serde(default)]
+    backend: BackendSection,
+    #[serde(default)]
+    diagnostics: DiagnosticsSection,
+    #[serde(default)]
+    run: RunSection,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let (cfg, text): (EvolveFile, String) = read_config(&args.config)?;
+    cfg.evolve.validate()?;
+    cfg.sampling.validate()?;
+    cfg.diagnostics.alarm.validate()?;
+    let prompts = cfg.evolve.prompts_per_epoch;
+    anyhow::ensure!(
+        cfg.pipeline.max_inflight_groups == 0 || cfg.pipeline.max_inflight_groups == prompts,
+        "pipeline.max_inflight_groups must be 0 or evolve.prompts_per_epoch ({prompts}): evolutionary search runs \
+         one epoch at a time"
+    );
+    let pipeline = PipelineConfig { max_inflight_groups: prompts, max_staleness: 0, ..cfg.pipeline.clone() };
+    pipeline.validate(prompts)?;
+    let (env, scale) = cfg.env.load(&args.config)?;
+
+    let root = run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config);
+    let dir = root.join(EVOLVE_RUN);
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let store = Store::open_in(&root)?;
+    let run = store.open_run(EVOLVE_RUN, "evolve", &cfg.env.name, &scale, cfg.run.seed)?;
+    anyhow::ensure!(
+        args.resume || store.next_group_seq(run.id)? == 0,
+        "{} already holds an evolution (its store has sampled ideas); pass --resume to continue it or choose \
+         another --run-dir",
+        root.display()
+    );
+    store.add_config(run.id, &text)?;
+    std::fs::write(dir.join("config.toml"), &text)?;
+    let stop = ideator_rollout::pipeline::interrupt::stop_flag();
+
+    // The ideator first: a missing checkpoint should fail before any execution starts.
+    let init = cfg.init.checkpoint.as_ref().map(|p| relative_to_config(&args.config, p));
+    let (model, _) = load_initial_policy(&cfg.model, init.as_deref())?;
+    // The baseline's score decides which ideas are "winners" for exploit prompts.
+    let launcher = cfg.env.launcher(&args.config, &scale, &dir.join("work"))?;
+    let (baseline, reused) = run_baseline(
+        &store,
+        &root.join("baseline"),
+        &cfg.env.name,
+        &scale,
+        cfg.run.seed,
+        cfg.backend.build()?,
+        launcher.clone(),
+        pipeline.clone(),
+        stop.clone(),
+    )?;
+    anyhow::ensure!(
+        baseline.status == ideator_envs::Status::Ok,
+        "the environment's baseline failed ({}); evolutionary search needs its score",
+        baseline.message
+    );
+    tracing::info!("baseline reward {:.4} ({})", baseline.reward, if reused { "stored" } else { "measured" });
+    store.set_run_status(run.id, "running")?;
+
+    let mut generator = ModelGenerator {
+        decoder: &model.decoder,
+        tokenizer: &model.tokenizer,
+        params: cfg.sampling.clone(),
+        mode: AdapterMode::default(),
+    };
+    let task = ideator_envs::prompt::task_prompt(env.as_ref(), &scale)?;
+    let mut agent = EvolutionAgent::new(
+        &mut generator,
+        cfg.evolve.clone(),
+        task,
+        baseline.reward,
+        Some(dir.join("database.json")),
+    )?;
+    let restored = agent.restore(&store, run.id, cfg.run.seed)?;
+    if args.resume && !args.json {
+        eprintln!(
+            "resuming {} at epoch {} ({} ideas in the database, {} prompts of this epoch already sampled{})",
+            root.display(),
+            restored.epoch,
+            restored.database,
+            restored.sampled_prompts,
+            if restored.mismatched_prompts > 0 {
+                format!(", {} of them differ from the rebuilt ones", restored.mismatched_prompts)
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    let mut diagnostics = StepDiagnostics::new(&cfg.diagnostics, &store, run.id)?;
+    let categorize = |idea: &str| categorize(env.as_ref(), &scale, idea);
+    let bar = crate::progress::bar(cfg.evolve.epochs, "evolve", !args.json);
+    bar.set_position(restored.epoch);
+    let mut on_step = |report: &StepReport| -> serde_json::Map<String, serde_json::Value> {
+        let (extra, alarms) = diagnostics.compute(report.ideas);
+        for a in &alarms {
+            crate::progress::say(&bar, format!("epoch {}: collapse alarm: {}", report.step, a.message));
+        }
+        let r = report.record;
+        bar.set_position(report.step + 1);
+        crate::progress::say(
+            &bar,
+            format!(
+                "epoch {:>3}  reward mean {:.3} max {:.3}  executed {:.0}%  beat baseline {}  best so far {:.3}  \
+                 prompts {} exploit / {} explore / {} fresh  {:.0}s",
+                report.step,
+                r["reward_mean"].as_f64().unwrap_or(0.0),
+                r["reward_max"].as_f64().unwrap_or(0.0),
+                100.0 * r["execution_rate"].as_f64().unwrap_or(0.0),
+                r["beat_baseline"].as_u64().unwrap_or(0),
+                r["best_reward_so_far"].as_f64().unwrap_or(0.0),
+                r["exploit_prompts"].as_u64().unwrap_or(0),
+                r["explore_prompts"].as_u64().unwrap_or(0),
+                r["fresh_prompts"].as_u64().unwrap_or(0),
+                r["step_seconds"].as_f64().unwrap_or(0.0),
+            ),
+        );
+        extra
+    };
+    let mut ctx = PipelineContext {
+        store: &store,
+        run: run.id,
+        run_dir: &dir,
+        cfg: pipeline,
+        steps: cfg.evolve.epochs,
+        groups_per_step: prompts,
+        checkpoint_every: 1,
+        seed: cfg.run.seed,
+        stop,
+        categorize: &categorize,
+        on_step: &mut on_step,
+    };
+    let summary = run_pipeline(&mut agent, &mut ctx, cfg.backend.build()?, Box::new(launcher))?;
+    bar.finish_and_clear();
+    if args.json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["run_dir"] = root.display().to_string().into();
+        v["baseline_reward"] = baseline.reward.into();
+        v["resumed_at_epoch"] = restored.epoch.into();
+        v["resumed_prompts"] = restored.sampled_prompts.into();
+        v["mismatched_prompts"] = restored.mismatched_prompts.into();
+        println!("{v}");
+    } else {
+        let best = summary.best_reward.map(|b| format!("{b:.4}")).unwrap_or_else(|| "none".into());
+        let what = if summary.interrupted { "evolution interrupted" } else { "evolution done" };
+        println!(
+            "{what}: {} epochs, best reward {best} (baseline {:.4}); {} executions this session; run folder {}",
+            summary.steps,
+            baseline.reward,
+            summary.executions,
+            root.display()
+        );
+        if summary.interrupted {
+            println!(
+                "continue with: ideator evolve --config {} --run-dir {} --resume",
+                args.config.display(),
+                root.display()
+            );
+        }
+    }
+    Ok(())
+}

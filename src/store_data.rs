@@ -1,0 +1,285 @@
+//! A run folder's store read as what `report` and `compare` show: the RL run's steps and the evolution's epochs
+//! as series (from the step records and the ideas each step trained on), evaluations with their max@k curves,
+//! the baseline, checkpoints, staleness and slot utilisation. The store is the source of truth; the JSONL files
+//! next to it are exports.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ideator_diagnostics::report::{
+    from_records, CheckpointInfo, Evaluation, ReportData, StalenessBin, TopIdea, UtilisationPoint,
+};
+use ideator_diagnostics::{BatchDiagnostics, Category, ScoredIdea};
+use ideator_envs::Status;
+use ideator_rollout::baseline::{stored_baseline, BASELINE_RUN};
+use ideator_rollout::store::{GroupStatus, IdeaRow, RunInfo, Store};
+use serde_json::{json, Value};
+
+/// The store file of a run folder.
+pub fn store_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("store.sqlite")
+}
+
+/// What an evaluation's run in the store was (its config, written by `ideator eval`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalKey {
+    /// The checkpoint folder (canonical), when a checkpoint was evaluated.
+    pub checkpoint: Option<String>,
+    /// Its step.
+    pub step: Option<u64>,
+    /// sha256 of its manifest (which holds the weights' hashes): the checkpoint's identity.
+    pub manifest_sha256: Option<String>,
+    /// The model spec (the base of a checkpoint, when overridden).
+    pub model: Option<String>,
+    /// sha256 of the model's weight files (when a model rather than a checkpoint was evaluated).
+    pub weights_sha256: Vec<String>,
+    pub env: String,
+    pub env_config_sha256: Option<String>,
+    pub scale: String,
+    pub n: usize,
+    pub seed: u64,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+    pub time_limit_s: Option<f64>,
+}
+
+impl EvalKey {
+    /// How the evaluation is named in tables and legends.
+    pub fn label(&self) -> String {
+        match (&self.checkpoint, self.step) {
+            // Checkpoints of different runs (a warm-up and the RL run after it) share step numbers: name the run.
+            (Some(c), Some(step)) => match run_of_checkpoint(Path::new(c)) {
+                Some(run) => format!("checkpoint {run} step {step}"),
+                None => format!("checkpoint step {step}"),
+            },
+            (Some(c), None) => format!("checkpoint {c}"),
+            _ => format!("model {}", self.model.as_deref().unwrap_or("default")),
+        }
+    }
+}
+
+/// The run folder a checkpoint is in (`RUN/checkpoints/step-N` -> `RUN`).
+pub fn checkpoint_run_dir(checkpoint: &Path) -> Option<PathBuf> {
+    let parent = checkpoint.parent()?;
+    let run = if parent.file_name()? == "checkpoints" { parent.parent()? } else { parent };
+    Some(run.to_path_buf())
+}
+
+fn run_of_checkpoint(checkpoint: &Path) -> Option<String> {
+    Some(checkpoint_run_dir(checkpoint)?.file_name()?.to_string_lossy().into_owned())
+}
+
+/// One run of the store, as shown.
+pub struct LoadedRun {
+    pub info: RunInfo,
+    /// Index into `ReportData::series` (RL and evolution runs).
+    pub series: Option<usize>,
+    /// Index into `ReportData::evaluations` (evaluations).
+    pub evaluation: Option<usize>,
+    pub eval_key: Option<EvalKey>,
+    /// Rewards of the executed ideas in the order they were trained on (0 for failures): the best reward
+    /// within a budget of executions is the best of a prefix.
+    pub rewards: Vec<f64>,
+}
+
+pub struct StoreData {
+    pub data: ReportData,
+    pub runs: Vec<LoadedRun>,
+    pub baseline: Option<f64>,
+}
+
+/// The idea record of one trained idea, in the shape of `ideas.jsonl`.
+fn idea_record(idea: &IdeaRow, step: u64, evolution: bool, category: Option<Vec<String>>) -> Option<Value> {
+    let r = idea.result.as_ref()?;
+    let mut v = json!({
+        "step": step,
+        "text": idea.text,
+        "status": r.status,
+        "reward": r.reward,
+        "cause": r.cause.map(|c| c.as_str().to_string()),
+        "category": category,
+    });
+    if evolution {
+        v["epoch"] = step.into();
+    }
+    Some(v)
+}
+
+/// Reads every run of the store in `run_dir`.
+pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
+    let path = store_path(run_dir);
+    anyhow::ensure!(path.is_file(), "{} has no run store (store.sqlite)", run_dir.display());
+    let store = Store::open(&path)?;
+    let mut data = ReportData {
+        title: run_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| run_dir.display().to_string()),
+        source: path.display().to_string(),
+        ..Default::default()
+    };
+    let mut runs = Vec::new();
+    let mut top: Vec<TopIdea> = Vec::new();
+    let baseline = stored_baseline(&store)?.filter(|r| r.status == Status::Ok).map(|r| r.reward);
+    for info in store.runs()? {
+        if info.name == BASELINE_RUN {
+            continue;
+        }
+        // Categories need the environment (the command environment needs its config: then none are shown).
+        let env = ideator_envs::load(&info.env, None).ok();
+        let categorize =
+            |text: &str| env.as_ref().and_then(|e| crate::execution::categorize(e.as_ref(), &info.scale, text));
+        let steps = store.steps(info.id)?;
+        let mut loaded =
+            LoadedRun { info: info.clone(), series: None, evaluation: None, eval_key: None, rewards: vec![] };
+        match info.kind.as_str() {
+            "rl" | "evolve" => {
+                let evolution = info.kind == "evolve";
+                let mut records = Vec::new();
+                let mut ideas = Vec::new();
+                for s in &steps {
+                    let mut record = s.metrics.clone();
+                    if evolution && record.get("epoch").is_none() {
+                        record["epoch"] = s.step.into();
+                    }
+                    records.push(record);
+                    for idea in store.ideas_of_step(info.id, s.step)? {
+                        loaded.rewards.push(idea.result.as_ref().map_or(0.0, |r| r.reward));
+                        if let Some(v) = idea_record(&idea, s.step, evolution, categorize(&idea.text)) {
+                            ideas.push(v);
+                        }
+                    }
+                }
+                let (series, best) = from_records(&path, &records, &ideas, &mut data.notes)?;
+                top.extend(best);
+                for mut s in series {
+                    if info.name != "train" && info.name != "evolve" {
+                        s.label = info.name.clone();
+                    }
+                    loaded.series = Some(data.series.len());
+                    data.series.push(s);
+                }
+                if data.config_text.is_none() || !evolution {
+                    if let Some(c) = store.configs(info.id)?.pop() {
+                        data.config_text = Some(c);
+                    }
+                }
+                if !evolution {
+                    for c in store.checkpoints(info.id)? {
+                        data.checkpoints.push(CheckpointInfo { step: c.step, score: c.score });
+                    }
+                    for (staleness, groups) in store.staleness_histogram(info.id)? {
+                        data.staleness.push(StalenessBin { staleness, groups: groups as usize });
+                    }
+                }
+                if data.utilisation.is_empty() || !evolution {
+                    data.utilisation = utilisation(&steps.iter().map(|s| &s.metrics).collect::<Vec<_>>());
+                }
+            }
+            "eval" => {
+                let key: Option<EvalKey> = store.configs(info.id)?.first().and_then(|c| serde_json::from_str(c).ok());
+                let ideas: Vec<IdeaRow> = store
+                    .groups_with_status(info.id, &[GroupStatus::Trained])?
+                    .into_iter()
+                    .flat_map(|g| g.ideas)
+                    .collect();
+                loaded.rewards = ideas.iter().map(|i| i.result.as_ref().map_or(0.0, |r| r.reward)).collect();
+                if ideas.is_empty() {
+                    data.notes.push(format!("evaluation {} has no results yet", info.name));
+                } else {
+                    let stored: Option<BatchDiagnostics> = steps
+                        .first()
+                        .and_then(|s| s.metrics.get("diagnostics").cloned())
+                        .and_then(|d| serde_json::from_value(d).ok());
+                    let diagnostics = match stored {
+                        Some(d) => d,
+                        None => ideas_diagnostics(&ideas, &categorize)?,
+                    };
+                    loaded.evaluation = Some(data.evaluations.len());
+                    data.evaluations.push(Evaluation {
+                        label: key.as_ref().map_or_else(|| info.name.clone(), EvalKey::label),
+                        step: key.as_ref().and_then(|k| k.step),
+                        diagnostics,
+                    });
+                }
+                loaded.eval_key = key;
+            }
+            other => data.notes.push(format!("run {} of unknown kind {other} skipped", info.name)),
+        }
+        runs.push(loaded);
+    }
+    data.checkpoints.sort_by_key(|c| c.step);
+    top.sort_by(|a, b| b.reward.total_cmp(&a.reward).then(a.index.cmp(&b.index)));
+    top.truncate(ideator_diagnostics::report::run_folder::TOP_IDEAS);
+    data.top_ideas = top;
+    if let Some(b) = baseline {
+        data.notes.push(format!("the environment's baseline scored {b:.4} in this store"));
+    }
+    Ok(StoreData { data, runs, baseline })
+}
+
+/// The batch diagnostics of stored ideas (no embeddings).
+pub fn ideas_diagnostics(
+    ideas: &[IdeaRow],
+    categorize: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> anyhow::Result<BatchDiagnostics> {
+    ideas_diagnostics_with(ideas, categorize, None)
+}
+
+/// The batch diagnostics of stored ideas, with embeddings when an embedder is given.
+pub fn ideas_diagnostics_with(
+    ideas: &[IdeaRow],
+    categorize: &dyn Fn(&str) -> Option<Vec<String>>,
+    embedder: Option<&dyn ideator_diagnostics::SentenceEmbedder>,
+) -> anyhow::Result<BatchDiagnostics> {
+    let categories: Vec<Option<Category>> =
+        ideas.iter().map(|i| categorize(&i.text).map(|c| c.into_iter().collect())).collect();
+    let scored: Vec<ScoredIdea> = ideas
+        .iter()
+        .zip(&categories)
+        .map(|(i, c)| {
+            let r = i.result.as_ref();
+            ScoredIdea {
+                text: &i.text,
+                reward: r.map_or(0.0, |r| r.reward),
+                executed: r.is_some_and(|r| r.status == Status::Ok),
+                category: c.as_ref(),
+            }
+        })
+        .collect();
+    Ok(BatchDiagnostics::compute(&scored, embedder)?)
+}
+
+/// Busy slots per step, at the time each step ended (from the records' `slot_utilisation`, `slots` and
+/// `step_seconds`).
+fn utilisation(records: &[&Value]) -> Vec<UtilisationPoint> {
+    let mut seconds = 0.0;
+    let mut out = Vec::new();
+    for r in records {
+        seconds += r.get("step_seconds").and_then(Value::as_f64).unwrap_or(0.0);
+        let (Some(u), Some(slots)) =
+            (r.get("slot_utilisation").and_then(Value::as_f64), r.get("slots").and_then(Value::as_f64))
+        else {
+            continue;
+        };
+        out.push(UtilisationPoint {
+            seconds,
+            busy_slots: u * slots,
+            total_slots: slots,
+            queue_depth: r.get("queued_ideas").and_then(Value::as_f64),
+        });
+    }
+    out
+}
+
+/// Environments and scales of the runs, each with the runs on it (for refusing mixed comparisons).
+pub fn environments<'a>(runs: impl Iterator<Item = &'a RunInfo>) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for r in runs {
+        out.entry((r.env.clone(), r.scale.clone())).or_default().push(r.name.clone());
+    }
+    out
+}
