@@ -6,7 +6,8 @@
 #   3. GRPO from the warm-up checkpoint: each idea trains a small GPT (one `ideator exec` process per slot),
 #      with a summary line per step,
 #   4. the HTML report.
-# Results land in runs/quickstart/ (rerunning resumes). About 10 minutes on two CPU cores after the build.
+# Results land in runs/quickstart/ (rerunning resumes). Measured: 15 minutes after the build on two CPU
+# cores shared with other work (IDEATOR_THREADS=1), under 6 GB of memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-assets.sh
@@ -22,7 +23,7 @@ echo; echo "== 1. example ideas for the pretrain environment =="
 echo "wrote $out/pretrain-examples.jsonl"
 
 echo; echo "== 2. supervised warm-up =="
-eval_args=(--env pretrain --n 16 --max-new-tokens 96 --temperature 0.9 --top-p 0.95 --implement-only --no-embeddings)
+eval_args=(--env pretrain --n 16 --max-new-tokens 128 --temperature 0.9 --top-p 0.95 --implement-only --no-embeddings)
 echo "-- before:"
 "$bin" eval "${eval_args[@]}"
 "$bin" sft --config configs/quickstart-sft.toml $(resume_flag "$out/sft")

