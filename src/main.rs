@@ -20,6 +20,10 @@ struct Cli {
     /// candle's thread pool spin-waits, and oversubscribed cores make it several times slower.
     #[arg(long, global = true, env = "IDEATOR_THREADS")]
     threads: Option<usize>,
+    /// Memory in GB one training forward may keep for its backward pass before it switches to activation
+    /// checkpointing (recomputing each layer: about a third more compute, a fraction of the memory). Default 8.
+    #[arg(long, global = true, env = "IDEATOR_ACTIVATION_MEMORY_GB")]
+    activation_memory_gb: Option<f64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,6 +81,13 @@ fn run() -> anyhow::Result<()> {
         // Read once by candle's and gemm's thread pools, which start on the first tensor operation.
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    if let Some(gb) = cli.activation_memory_gb {
+        anyhow::ensure!(
+            gb >= 0.0 && gb.is_finite(),
+            "--activation-memory-gb must be a non-negative number, got {gb}"
+        );
+        ideator_model::scored::set_activation_memory((gb * (1u64 << 30) as f64) as usize);
     }
     match cli.command {
         Command::Sample(args) => commands::sample::run(args),

@@ -18,7 +18,7 @@ use crate::kv_cache::KvCache;
 use crate::linear::{AdapterMode, Linear};
 use crate::lora::{init_rng, LoraConfig, LoraTarget};
 use crate::rope::Rope;
-use crate::scored::{Backprop, PairInput, Scored, Tape, AUTO_CHECKPOINT_BYTES};
+use crate::scored::{activation_memory, Backprop, PairInput, Scored, Tape};
 use crate::{ModelError, Result};
 
 /// Additive mask value: finite so that a fully masked row (a pad query) softmaxes to uniform, not NaN.
@@ -339,7 +339,7 @@ impl Decoder {
             )));
         }
         let backprop = match backprop {
-            Backprop::Auto if self.graph_bytes(p + b * c) > AUTO_CHECKPOINT_BYTES => Backprop::Checkpointed,
+            Backprop::Auto if self.graph_bytes(p + b * c) > activation_memory() => Backprop::Checkpointed,
             Backprop::Auto => Backprop::Full,
             other => other,
         };
@@ -400,9 +400,9 @@ impl Decoder {
         Ok(Scored { logprobs, entropies, backprop, tape })
     }
 
-    /// Rough bytes the autograd graph of one forward over `tokens` tokens keeps alive, about twice that at the
-    /// peak of the backward pass: every op's output is held (counted for SmolLM2: ~24 hidden-sized and 8
-    /// MLP-sized f32 vectors per token per layer).
+    /// Rough peak bytes of a full-graph forward and backward over `tokens` tokens: the forward keeps every op's
+    /// output (counted for SmolLM2: ~24 hidden-sized and 8 MLP-sized f32 vectors per token per layer) and the
+    /// backward about doubles it (1,224 tokens with LoRA: estimated 7.6 GB, measured peak 7.2 GB).
     fn graph_bytes(&self, tokens: usize) -> usize {
         let per_token_layer = 4 * (24 * self.cfg.hidden_size + 8 * self.cfg.intermediate_size);
         2 * tokens * self.layers.len() * per_token_layer
