@@ -228,6 +228,22 @@ pub struct AttemptRow {
     pub message: Option<String>,
 }
 
+impl AttemptRow {
+    /// The row of `SELECT idea_id, attempt, backend, job_id, submitted_at, finished_at, outcome, message`.
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRow> {
+        Ok(AttemptRow {
+            idea_id: r.get(0)?,
+            attempt: r.get::<_, i64>(1)? as u32,
+            backend: r.get(2)?,
+            job_id: r.get(3)?,
+            submitted_at: r.get(4)?,
+            finished_at: r.get(5)?,
+            outcome: r.get(6)?,
+            message: r.get(7)?,
+        })
+    }
+}
+
 /// A connection to a run store. Open one per thread.
 pub struct Store {
     conn: Connection,
@@ -849,20 +865,7 @@ impl Store {
                  FROM attempts WHERE idea_id = ?1 ORDER BY attempt",
             )
             .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([idea], |r| {
-                Ok(AttemptRow {
-                    idea_id: r.get(0)?,
-                    attempt: r.get::<_, i64>(1)? as u32,
-                    backend: r.get(2)?,
-                    job_id: r.get(3)?,
-                    submitted_at: r.get(4)?,
-                    finished_at: r.get(5)?,
-                    outcome: r.get(6)?,
-                    message: r.get(7)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([idea], AttemptRow::from_row).map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
     }
 
@@ -875,20 +878,7 @@ impl Store {
                  FROM attempts a JOIN ideas i ON i.id = a.idea_id WHERE i.run_id = ?1 ORDER BY a.submitted_at",
             )
             .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([run], |r| {
-                Ok(AttemptRow {
-                    idea_id: r.get(0)?,
-                    attempt: r.get::<_, i64>(1)? as u32,
-                    backend: r.get(2)?,
-                    job_id: r.get(3)?,
-                    submitted_at: r.get(4)?,
-                    finished_at: r.get(5)?,
-                    outcome: r.get(6)?,
-                    message: r.get(7)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([run], AttemptRow::from_row).map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))
     }
 
