@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 
+use crate::cpu_op::{input_tensor, output_storage};
 use crate::{ModelError, Result};
 
 /// Query rows (per group) processed together: a block holds (rows x keys) floats per head.
@@ -94,15 +95,6 @@ fn unblock(parts: Vec<Tensor>, group: usize) -> candle_core::Result<Tensor> {
     joined.reshape((bh, group * t, d))
 }
 
-/// A CPU f32 op input as a tensor (a copy: custom ops receive raw storage).
-pub(crate) fn cpu_tensor(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Tensor::from_slice(&data[a..b], l.shape(), &Device::Cpu),
-        None => candle_core::bail!("blocked attention expects contiguous inputs"),
-    }
-}
-
 impl BlockedAttention {
     fn blocks(&self, t: usize) -> impl Iterator<Item = (usize, usize)> {
         (0..t).step_by(BLOCK_ROWS).map(move |t0| (t0, (t0 + BLOCK_ROWS).min(t)))
@@ -126,9 +118,9 @@ impl CustomOp3 for BlockedAttention {
         let (b, hkv, rows, d) = l1.shape().dims4()?;
         let s = l2.shape().dims()[2];
         let (g, t) = (self.group, rows / self.group);
-        let q = cpu_tensor(s1, l1)?.reshape((b * hkv, rows, d))?;
-        let k = cpu_tensor(s2, l2)?.reshape((b * hkv, s, d))?;
-        let v = cpu_tensor(s3, l3)?.reshape((b * hkv, s, d))?;
+        let q = input_tensor(self.name(), s1, l1)?.reshape((b * hkv, rows, d))?;
+        let k = input_tensor(self.name(), s2, l2)?.reshape((b * hkv, s, d))?;
+        let v = input_tensor(self.name(), s3, l3)?.reshape((b * hkv, s, d))?;
         let mut outs = Vec::new();
         let mut lses = Vec::new();
         for (t0, t1) in self.blocks(t) {
@@ -149,8 +141,7 @@ impl CustomOp3 for BlockedAttention {
         }
         let out = unblock(outs, g)?;
         *self.lse.lock().expect("lse lock") = Some(unblock(lses, g)?);
-        let data = out.flatten_all()?.to_vec1::<f32>()?;
-        Ok((CpuStorage::F32(data), Shape::from((b, hkv, rows, d))))
+        output_storage(&out.reshape((b, hkv, rows, d))?)
     }
 
     fn bwd(

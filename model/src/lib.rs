@@ -9,6 +9,7 @@ pub mod assets;
 pub mod attention;
 pub mod chat_template;
 pub mod config;
+mod cpu_op;
 pub mod decoder;
 pub mod device;
 pub mod error;

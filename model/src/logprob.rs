@@ -74,7 +74,7 @@ impl CustomOp2 for FusedLogProbs {
         _s2: &CpuStorage,
         _l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let hidden = cpu_tensor(s1, l1)?;
+        let hidden = crate::cpu_op::input_tensor(self.name(), s1, l1)?;
         let n = hidden.dim(0)?;
         let mut out = Vec::with_capacity(n * 2);
         for start in (0..n).step_by(CHUNK_ROWS) {
@@ -139,14 +139,5 @@ impl CustomOp2 for FusedLogProbs {
             }
         }
         Ok((Some(Tensor::cat(&grad_h, 0)?), grad_w))
-    }
-}
-
-/// A CPU tensor with the data of a contiguous storage + layout (copied: hidden states are small).
-fn cpu_tensor(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Tensor::from_slice(&data[a..b], l.shape(), &candle_core::Device::Cpu),
-        None => candle_core::bail!("fused-linear-logprobs expects contiguous hidden states"),
     }
 }
