@@ -48,15 +48,7 @@ impl IdeaGenerator for ModelGenerator<'_> {
         }
         let params = SamplingParams { seed, ..self.params.clone() };
         let completions = sample(self.decoder, self.tokenizer, &[prompt_ids.to_vec()], n, &params, self.mode, None)?;
-        Ok(completions
-            .into_iter()
-            .map(|c| SampledIdea {
-                text: c.text,
-                token_ids: c.token_ids,
-                logprobs: c.logprobs,
-                finish_reason: format!("{:?}", c.finish_reason).to_lowercase(),
-            })
-            .collect())
+        Ok(completions.into_iter().map(SampledIdea::from).collect())
     }
 
     fn temperature(&self) -> f64 {

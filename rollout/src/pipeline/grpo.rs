@@ -70,15 +70,7 @@ impl Learner for GrpoAgent<'_> {
             temperature: params.logprob_temperature(),
             prompt_text: self.prompt_text.clone(),
             prompt_ids: self.prompt_ids.clone(),
-            ideas: completions
-                .into_iter()
-                .map(|c| SampledIdea {
-                    text: c.text,
-                    token_ids: c.token_ids,
-                    logprobs: c.logprobs,
-                    finish_reason: format!("{:?}", c.finish_reason).to_lowercase(),
-                })
-                .collect(),
+            ideas: completions.into_iter().map(SampledIdea::from).collect(),
         })
     }
 

@@ -110,6 +110,17 @@ pub struct SampledIdea {
     pub finish_reason: String,
 }
 
+impl From<ideator_model::sampler::Completion> for SampledIdea {
+    fn from(c: ideator_model::sampler::Completion) -> Self {
+        SampledIdea {
+            text: c.text,
+            token_ids: c.token_ids,
+            logprobs: c.logprobs,
+            finish_reason: format!("{:?}", c.finish_reason).to_lowercase(),
+        }
+    }
+}
+
 /// A group of ideas sampled from one prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampledGroup {
