@@ -71,6 +71,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
+    ideator_model::allocator::keep_freed_tensor_memory();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IDEATOR_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

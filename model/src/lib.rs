@@ -5,6 +5,7 @@
 //! the tokenizer and chat template; a trainable forward that returns per-token log-probabilities; a detached,
 //! KV-cached, batched decode path; LoRA adapters; and the batched sampler that records behaviour log-probs.
 
+pub mod allocator;
 pub mod assets;
 pub mod attention;
 pub mod chat_template;
