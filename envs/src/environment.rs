@@ -82,6 +82,23 @@ pub trait Environment: Send + Sync {
     fn baseline(&self, scale: &str) -> Result<Recipe, EnvError> {
         Ok(Recipe::baseline(&self.schema(scale)?))
     }
+
+    /// How this environment uses several CPU threads; the process running it sets candle's thread pool to match
+    /// before the first tensor operation.
+    fn cpu_parallelism(&self) -> CpuParallelism {
+        CpuParallelism::WithinOps
+    }
+}
+
+/// How a run spreads over CPU threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuParallelism {
+    /// candle's thread pool splits each tensor operation ([`RunContext::threads`] is not used).
+    WithinOps,
+    /// The run splits its work (micro-batches) over [`RunContext::threads`] threads itself, each running
+    /// single-threaded tensor operations: for small models, whose operations are too small for a thread pool to
+    /// pay off.
+    AcrossMicroBatches,
 }
 
 /// Where and how one run happens.
@@ -95,6 +112,8 @@ pub struct RunContext {
     pub deadline: Option<Instant>,
     pub time_limit: Option<Duration>,
     pub device: Device,
+    /// CPU threads the run may use itself (see [`CpuParallelism::AcrossMicroBatches`]); at least 1.
+    pub threads: usize,
 }
 
 impl RunContext {
@@ -107,6 +126,7 @@ impl RunContext {
             deadline: None,
             time_limit: None,
             device: Device::Cpu,
+            threads: 1,
         }
     }
 
@@ -119,6 +139,12 @@ impl RunContext {
 
     pub fn with_device(mut self, device: Device) -> RunContext {
         self.device = device;
+        self
+    }
+
+    /// Lets the run use `threads` CPU threads itself (at least 1).
+    pub fn with_threads(mut self, threads: usize) -> RunContext {
+        self.threads = threads.max(1);
         self
     }
 

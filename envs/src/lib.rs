@@ -29,7 +29,7 @@ pub mod recipe;
 pub mod result;
 pub mod toy;
 
-pub use environment::{default_device, EnvError, Environment, RunContext, ScaleInfo};
+pub use environment::{default_device, CpuParallelism, EnvError, Environment, RunContext, ScaleInfo};
 pub use executor::{execute, execute_bytes, implement, run_recipe, ImplementationError};
 pub use knobs::{Knob, KnobKind, KnobValue, Schema};
 pub use recipe::Recipe;

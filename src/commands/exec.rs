@@ -1,7 +1,7 @@
 //! `ideator exec`: implement and run one idea in this process, and print its result. Backends launch this
 //! command (locally or through Slurm) so that every run is isolated in its own process.
 
-use ideator_envs::{ExecResult, FailureCause, RunContext};
+use ideator_envs::{CpuParallelism, ExecResult, FailureCause, RunContext};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,15 +40,27 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    set_threads(args.threads);
     let env = ideator_envs::load(&args.env, args.env_config.as_deref())?;
+    let device = ideator_envs::default_device();
+    let threads = requested_threads(args.threads);
+    // Before the first tensor operation: candle's thread pool reads its size once.
+    let run_threads = match env.cpu_parallelism() {
+        CpuParallelism::AcrossMicroBatches if device.is_cpu() => {
+            set_tensor_threads(1);
+            threads
+        }
+        _ => {
+            set_tensor_threads(threads);
+            1
+        }
+    };
     let scale = args.scale.clone().unwrap_or_else(|| env.default_scale());
     env.check_scale(&scale)?;
     let work_dir = match &args.work_dir {
         Some(d) => d.clone(),
         None => fresh_work_dir(),
     };
-    let mut ctx = RunContext::new(&scale, args.seed, &work_dir).with_device(ideator_envs::default_device());
+    let mut ctx = RunContext::new(&scale, args.seed, &work_dir).with_device(device).with_threads(run_threads);
     if let Some(secs) = args.time_limit {
         anyhow::ensure!(secs > 0.0 && secs.is_finite(), "--time-limit must be a positive number of seconds");
         ctx = ctx.with_time_limit(Duration::from_secs_f64(secs));
@@ -143,16 +155,18 @@ fn start_watchdog(limit: Duration, json: bool, work_dir: PathBuf) {
     });
 }
 
-/// Sets candle's and rayon's thread counts; must run before the first tensor op (both read them once). An
-/// explicit `CANDLE_NUM_THREADS` / `RAYON_NUM_THREADS` in the environment wins.
-fn set_threads(threads: usize) {
-    if threads == 0 {
-        return;
-    }
+/// The threads this run may use: `RAYON_NUM_THREADS` when set (the global `--threads` and `IDEATOR_THREADS`, which
+/// backends set per slot, end up there), else `--threads`, where 0 means every core.
+fn requested_threads(arg: usize) -> usize {
+    let from_env = std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0);
+    let all = || std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    from_env.unwrap_or(if arg == 0 { all() } else { arg })
+}
+
+/// Sets candle's and rayon's thread counts; must run before the first tensor op (both read them once).
+fn set_tensor_threads(threads: usize) {
     for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
-        if std::env::var_os(var).is_none() {
-            std::env::set_var(var, threads.to_string());
-        }
+        std::env::set_var(var, threads.to_string());
     }
 }
 

@@ -10,9 +10,10 @@ pub mod fused;
 pub mod gpt;
 pub mod optim;
 pub mod schedule;
+pub mod shards;
 pub mod train;
 
-use crate::environment::{EnvError, Environment, RunContext, ScaleInfo};
+use crate::environment::{CpuParallelism, EnvError, Environment, RunContext, ScaleInfo};
 use crate::knobs::{Knob, KnobValue, Schema};
 use crate::recipe::Recipe;
 use crate::result::{ExecResult, FailureCause};
@@ -388,6 +389,11 @@ impl Environment for Pretrain {
          1 / validation loss (cross-entropy in nats per byte) on fixed held-out text; the evaluation cannot be \
          changed. Propose changes to the training recipe that lower the validation loss within the budget."
             .into()
+    }
+
+    fn cpu_parallelism(&self) -> CpuParallelism {
+        // Its models are small (width 128 at `tiny`): whole micro-batches per thread beat split operations.
+        CpuParallelism::AcrossMicroBatches
     }
 
     fn scales(&self) -> Vec<ScaleInfo> {

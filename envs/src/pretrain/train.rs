@@ -5,9 +5,10 @@ use super::corpus::Corpus;
 use super::gpt::{Gpt, GptConfig};
 use super::optim::{clip_grad_norm, Ema, OptimConfig, Optimizer};
 use super::schedule::Schedule;
+use super::shards;
 use crate::environment::RunContext;
 use crate::result::FailureCause;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -76,6 +77,7 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
     let mut data_rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x5eed_da7a);
     let (b, t) = (plan.batch_size, plan.seq_len);
     let steps = plan.schedule.total_steps;
+    let parts = shards::split(b, device);
     let start = Instant::now();
     let mut recent = Vec::new();
     for step in 0..steps {
@@ -90,19 +92,14 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
             return Ok(());
         }
         let (inputs, targets) = sample_batch(&corpus.train, b, t, &mut data_rng, device)?;
-        let (ce, z_sq) = model.loss(&inputs, &targets)?;
-        let loss = if plan.z_loss > 0.0 { (&ce + (z_sq * plan.z_loss)?)? } else { ce.clone() };
-        let ce_value = ce.to_scalar::<f32>()? as f64;
-        if !ce_value.is_finite() || !loss.to_scalar::<f32>()?.is_finite() || ce_value > DIVERGED_LOSS {
+        let step_out = micro_batch_step(&model, &vars, plan, &inputs, &targets, &parts, ctx.threads)?;
+        let ce_value = step_out.ce;
+        if !ce_value.is_finite() || !step_out.loss.is_finite() || ce_value > DIVERGED_LOSS {
             out.failure =
                 Some((FailureCause::NonFiniteLoss, format!("the training loss became {ce_value} at step {step}")));
             return Ok(());
         }
-        let grad_store = loss.backward()?;
-        // Detached: a parameter's gradient still references the step's graph, and optimiser state built from it
-        // would keep every step's activations alive.
-        let mut grads: Vec<Option<Tensor>> = vars.iter().map(|v| grad_store.get(v).map(Tensor::detach)).collect();
-        drop(grad_store);
+        let mut grads = step_out.grads;
         let grad_norm = clip_grad_norm(&mut grads, plan.grad_clip)?;
         if !grad_norm.is_finite() {
             out.failure =
@@ -131,7 +128,7 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
         ema.copy_to(&vars)?;
     }
     let eval_start = Instant::now();
-    let val_loss = evaluate(&model, &corpus.val, plan.eval, device)?;
+    let val_loss = evaluate(&model, &corpus.val, plan.eval, device, ctx.threads)?;
     let eval_seconds = eval_start.elapsed().as_secs_f64();
     let tokens = (steps * b * t) as f64;
     let m = &mut out.metrics;
@@ -153,6 +150,51 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
     Ok(())
 }
 
+/// One step's loss values and (detached) gradients, summed over its micro-batches.
+struct StepOutput {
+    ce: f64,
+    loss: f64,
+    grads: Vec<Option<Tensor>>,
+}
+
+/// Forward and backward passes of the batch's micro-batches `parts` (on up to `threads` threads). Each
+/// micro-batch's loss is weighted by its share of the batch, so the sum of their gradients is the gradient of the
+/// whole batch's mean loss; the sum runs in micro-batch order, whatever thread computed each.
+fn micro_batch_step(
+    model: &Gpt,
+    vars: &[Var],
+    plan: &TrainPlan,
+    inputs: &Tensor,
+    targets: &Tensor,
+    parts: &[(usize, usize)],
+    threads: usize,
+) -> candle_core::Result<StepOutput> {
+    let batch = plan.batch_size as f64;
+    let outputs = shards::run_in_order(parts, threads, |&(start, len)| {
+        let (x, y) = (inputs.narrow(0, start, len)?, targets.narrow(0, start, len)?);
+        let (ce, z_sq) = model.loss(&x, &y)?;
+        let loss = if plan.z_loss > 0.0 { (&ce + (z_sq * plan.z_loss)?)? } else { ce.clone() };
+        let weight = len as f64 / batch;
+        let grad_store = (&loss * weight)?.backward()?;
+        // Detached: a parameter's gradient still references the step's graph, and optimiser state built from it
+        // would keep every step's activations alive.
+        let grads: Vec<Option<Tensor>> = vars.iter().map(|v| grad_store.get(v).map(Tensor::detach)).collect();
+        Ok((ce.to_scalar::<f32>()? as f64 * weight, loss.to_scalar::<f32>()? as f64 * weight, grads))
+    })?;
+    let mut total = StepOutput { ce: 0.0, loss: 0.0, grads: vec![None; vars.len()] };
+    for (ce, loss, grads) in outputs {
+        total.ce += ce;
+        total.loss += loss;
+        for (sum, g) in total.grads.iter_mut().zip(grads) {
+            *sum = match (sum.take(), g) {
+                (Some(s), Some(g)) => Some((s + g)?),
+                (s, g) => s.or(g),
+            };
+        }
+    }
+    Ok(total)
+}
+
 /// `b` random windows of `t + 1` bytes: inputs are the first `t`, targets the last `t`.
 fn sample_batch(
     data: &[u8],
@@ -171,18 +213,23 @@ fn sample_batch(
     Ok((Tensor::from_vec(inputs, (b, t), device)?, Tensor::from_vec(targets, (b, t), device)?))
 }
 
-/// Mean next-byte cross-entropy (nats) over the fixed validation windows. The recipe cannot change this: the
-/// windows, their count and their length come from the scale, and the loss has no z-loss term.
-pub fn evaluate(model: &Gpt, val: &[u8], spec: EvalSpec, device: &Device) -> candle_core::Result<f64> {
+/// Mean next-byte cross-entropy (nats) over the fixed validation windows, on up to `threads` threads. The recipe
+/// cannot change this: the windows, their count and their length come from the scale, and the loss has no z-loss
+/// term. Batches are summed in order, so the result does not depend on `threads`.
+pub fn evaluate(
+    model: &Gpt,
+    val: &[u8],
+    spec: EvalSpec,
+    device: &Device,
+    threads: usize,
+) -> candle_core::Result<f64> {
     let needed = spec.windows * (spec.ctx + 1);
     if val.len() < needed {
         candle_core::bail!("validation text has {} bytes; the evaluation needs {needed}", val.len());
     }
-    let mut total = 0.0;
-    let mut count = 0usize;
-    let mut w = 0;
-    while w < spec.windows {
-        let n = spec.batch.min(spec.windows - w);
+    let batches: Vec<(usize, usize)> =
+        (0..spec.windows).step_by(spec.batch).map(|w| (w, spec.batch.min(spec.windows - w))).collect();
+    let losses = shards::run_in_order(&batches, threads, |&(w, n)| {
         let mut inputs = Vec::with_capacity(n * spec.ctx);
         let mut targets = Vec::with_capacity(n * spec.ctx);
         for i in w..w + n {
@@ -193,9 +240,7 @@ pub fn evaluate(model: &Gpt, val: &[u8], spec: EvalSpec, device: &Device) -> can
         let inputs = Tensor::from_vec(inputs, (n, spec.ctx), device)?;
         let targets = Tensor::from_vec(targets, (n, spec.ctx), device)?;
         let (ce, _) = model.loss(&inputs, &targets)?;
-        total += ce.to_scalar::<f32>()? as f64 * n as f64;
-        count += n;
-        w += n;
-    }
-    Ok(total / count as f64)
+        Ok(ce.to_scalar::<f32>()? as f64 * n as f64)
+    })?;
+    Ok(losses.iter().sum::<f64>() / spec.windows as f64)
 }
