@@ -73,9 +73,14 @@ if [ "$what" = all ] || [ "$what" = grpo ]; then
   done
 fi
 if [ "$what" = all ] || [ "$what" = pretrain ]; then
-  for t in 1 2; do
-    record "$py" scripts/peers/torch_gpt_bench.py --threads $t
-    record "$bin" --threads $t exec --env pretrain --scale tiny --json # no --idea: the baseline recipe
+  # `small` would train 1,700 steps: our side stops at a time limit and reports the throughput of the steps it
+  # completed (metrics.tokens_per_second), the twin runs 12 steps.
+  for scale in tiny small; do
+    limit=()
+    [ "$scale" = small ] && limit=(--time-limit 60)
+    for t in 1 2; do
+      record "$py" scripts/peers/torch_gpt_bench.py --scale $scale --threads $t
+      record "$bin" --threads $t exec --env pretrain --scale $scale "${limit[@]}" --json # no --idea: the baseline
+    done
   done
 fi
-echo "bench: results appended to $results; make the tables with: python3 scripts/bench_table.py $results" >&2

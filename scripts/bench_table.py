@@ -27,9 +27,9 @@ def key(r):
             rank = int(s["fine_tuning"].split()[1][1:])
         return ("grpo", rank, s["group"], s["new_tokens"])
     if "framework" in r:  # torch_gpt_bench
-        return ("pretrain", r["threads"])
+        return ("pretrain", r.get("scale", "tiny"), r["threads"])
     if r.get("env") == "pretrain":
-        return ("pretrain", None)
+        return ("pretrain", r.get("scale", "tiny"), None)
     return None
 
 
@@ -49,7 +49,7 @@ def main(path):
             pending[k[0]] = (k, r)
         elif k[0] in pending:
             pk, peer = pending.pop(k[0])
-            if k[0] == "pretrain" or pk == k:
+            if (k[0] == "pretrain" and pk[1] == k[1]) or pk == k:
                 pairs.append((pk, peer, r))
     decode = [p for p in pairs if p[0][0] == "decode"]
     if decode:
@@ -82,11 +82,12 @@ def main(path):
         print()
     pre = [p for p in pairs if p[0][0] == "pretrain"]
     if pre:
-        print("| threads | PyTorch twin tok/s | ours (candle) tok/s | ratio |")
-        print("| --- | --- | --- | --- |")
+        print("| scale | threads | PyTorch twin tok/s | ours (candle) tok/s | ratio |")
+        print("| --- | --- | --- | --- | --- |")
         for k, peer, ours in pre:
             ours_tps = ours["metrics"]["tokens_per_second"]
-            print(f"| {k[1]} | {peer['tokens_per_second']:.0f} | {ours_tps:.0f} | **{ours_tps / peer['tokens_per_second']:.2f}x** |")
+            print(f"| {k[1]} | {k[2]} | {peer['tokens_per_second']:.0f} | {ours_tps:.0f} | "
+                  f"**{ours_tps / peer['tokens_per_second']:.2f}x** |")
         print()
 
 

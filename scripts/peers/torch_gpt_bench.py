@@ -104,21 +104,34 @@ class Gpt(nn.Module):
         return F.cross_entropy(logits.view(-1, 256), targets.reshape(-1))
 
 
+# The environment's baseline shapes (envs/src/pretrain/mod.rs). `small` trains 1,700 steps under its budget; a
+# throughput measurement needs far fewer.
+SCALES = {
+    "tiny": dict(n_layer=4, d_model=128, n_head=4, batch=8, seq=128, steps=102),
+    "small": dict(n_layer=6, d_model=384, n_head=6, batch=32, seq=256, steps=12),
+}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--brown", default=os.path.join(os.environ.get("IDEATOR_ASSETS", "assets"), "brown"))
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--n-layer", type=int, default=4)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--n-head", type=int, default=4)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--steps", type=int, default=102, help="the tiny budget buys 102 steps of the baseline")
+    p.add_argument("--scale", choices=sorted(SCALES), default="tiny",
+                   help="the environment scale whose baseline shape to use (the flags below override it)")
+    p.add_argument("--n-layer", type=int)
+    p.add_argument("--d-model", type=int)
+    p.add_argument("--n-head", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq", type=int)
+    p.add_argument("--steps", type=int, help="default: the steps the scale's budget buys (tiny), or 12 (small)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--explicit-attention", action="store_true",
                    help="materialise the attention matrix like the candle model instead of fused SDPA")
     a = p.parse_args()
+    for name, value in SCALES[a.scale].items():
+        if getattr(a, name) is None:
+            setattr(a, name, value)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     train, val = load_brown(a.brown)
@@ -148,7 +161,7 @@ def main():
         windows = torch.stack([vdata[i * 129:(i + 1) * 129] for i in range(128)])
         val_loss = sum(model(windows[i:i + 32, :-1], windows[i:i + 32, 1:]).item() for i in range(0, 128, 32)) / 4
     tokens = a.steps * a.batch * a.seq
-    print(json.dumps({"framework": f"torch {torch.__version__}", "threads": a.threads, "steps": a.steps,
+    print(json.dumps({"framework": f"torch {torch.__version__}", "scale": a.scale, "threads": a.threads, "steps": a.steps,
                       "tokens": tokens, "train_seconds": train_seconds, "tokens_per_second": tokens / train_seconds,
                       "val_loss": val_loss, "final_train_loss": loss.item()}))
 
