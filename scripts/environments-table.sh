@@ -53,7 +53,8 @@ def mean(xs):
 base = mean([r["reward"] for r in rows["baseline"] if r["status"] == "ok"])
 print(f"Hand-written ideas (`scripts/{env}-ideas/`) at scale `{scale}`, seeds {', '.join(seeds)}; reward = {reward_text},")
 print(f"mean over seeds; a failed run scores 0. Produced by `scripts/environments-table.sh {env}`;")
-print(f"{os.cpu_count()} CPU cores, one thread per run (`ideator exec` default), machine shared with other jobs, so seconds are indicative only.\n")
+threads = os.environ.get("IDEATOR_THREADS", "1")
+print(f"{os.cpu_count()} CPU cores, {threads} thread(s) per run (`IDEATOR_THREADS`; rewards do not depend on it), machine shared with other jobs, so seconds are indicative only.\n")
 extra_head = f" {extra[0]} |" if extra else ""
 print(f"| idea | code changes | reward | min-max |{extra_head} vs baseline | steps | status | seconds |")
 print("| --- | --- | --- | --- |" + (" --- |" if extra else "") + " --- | --- | --- | --- |")
