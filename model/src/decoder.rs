@@ -541,8 +541,17 @@ impl Decoder {
         cache.advance(tn);
         let last = x.narrow(1, tn - 1, 1)?.squeeze(1)?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.cfg.rms_norm_eps as f32)?;
-        // (vocab, hidden) x (hidden, batch): streams the largest matrix once without packing it (see linear.rs).
-        Ok(self.lm_head_weight().matmul(&last.t()?)?.t()?.contiguous()?)
+        // Streams the largest matrix once without packing it (see linear.rs and few_rows.rs).
+        let head = self.lm_head_weight();
+        if last.device().is_cpu()
+            && last.dtype() == DType::F32
+            && head.dtype() == DType::F32
+            && b <= crate::few_rows::FASTER_UP_TO_ROWS
+        {
+            Ok(crate::few_rows::matmul_t(&last, head)?)
+        } else {
+            Ok(head.matmul(&last.t()?)?.t()?.contiguous()?)
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -563,9 +572,9 @@ impl Decoder {
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let group = nh / nkv;
         let h = candle_nn::ops::rms_norm(&x.contiguous()?, &layer.attn_norm, eps)?;
-        let q = layer.q.forward(&h, mode, 0)?.reshape((b, tn, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = layer.k.forward(&h, mode, 0)?.reshape((b, tn, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = layer.v.forward(&h, mode, 0)?.reshape((b, tn, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = layer.q.forward_detached(&h, mode)?.reshape((b, tn, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = layer.k.forward_detached(&h, mode)?.reshape((b, tn, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = layer.v.forward_detached(&h, mode)?.reshape((b, tn, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let (q, k) = match (&layer.q_norm, &layer.k_norm) {
             (Some(qn), Some(kn)) => (candle_nn::ops::rms_norm(&q, qn, eps)?, candle_nn::ops::rms_norm(&k, kn, eps)?),
             _ => (q, k),
@@ -579,11 +588,11 @@ impl Decoder {
         let scores = scores.reshape((b, nkv, group, tn, total))?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b * nkv, group * tn, total))?;
         let y = probs.matmul(&values)?.reshape((b, nh, tn, hd))?.transpose(1, 2)?.reshape((b, tn, nh * hd))?;
-        let x = (x + layer.o.forward(&y, mode, 0)?)?;
+        let x = (x + layer.o.forward_detached(&y, mode)?)?;
         let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-        let gate = layer.gate.forward(&h, mode, 0)?.silu()?;
-        let up = layer.up.forward(&h, mode, 0)?;
-        Ok((x + layer.down.forward(&(gate * up)?, mode, 0)?)?)
+        let gate = layer.gate.forward_detached(&h, mode)?.silu()?;
+        let up = layer.up.forward_detached(&h, mode)?;
+        Ok((x + layer.down.forward_detached(&(gate * up)?, mode)?)?)
     }
 
     // ------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ mod cpu_op;
 pub mod decoder;
 pub mod device;
 pub mod error;
+pub mod few_rows;
 pub mod kv_cache;
 pub mod linear;
 pub mod load;

@@ -9,8 +9,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::Result;
 
-/// Up to this many input rows, `W x^T` is computed instead of `x W^T`: candle's gemm packs its right operand,
-/// which for few rows means copying the whole weight matrix on every call.
+/// Up to this many input rows, `W x^T` (or, detached, the few-rows kernel) is computed instead of `x W^T`: candle's
+/// gemm packs its right operand, which for few rows means copying the whole weight matrix on every call.
 const FEW_ROWS: usize = 64;
 
 /// A low-rank adapter: `A` is (rank, in), `B` is (out, rank); `B` starts at zero so a fresh adapter is a no-op.
@@ -54,12 +54,25 @@ impl Linear {
 
     /// `x` has any leading shape and `in` as its last dimension.
     pub fn forward(&self, x: &Tensor, mode: AdapterMode, layer_salt: u64) -> Result<Tensor> {
+        self.apply(x, mode, layer_salt, false)
+    }
+
+    /// The same for callers that never need a gradient (decoding): decode-shaped f32 inputs on the CPU go through
+    /// the few-rows kernel (`few_rows.rs`), which streams the weight once and records no graph.
+    pub fn forward_detached(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
+        self.apply(x, mode, 0, true)
+    }
+
+    fn apply(&self, x: &Tensor, mode: AdapterMode, layer_salt: u64, detached: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has at least one dimension");
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
         let frozen_in_training = !self.weight.is_variable() && x2.track_op();
-        let mut y = if frozen_in_training && x2.device().is_cpu() && x2.dtype() == DType::F32 {
+        let f32_on_cpu = x2.device().is_cpu() && x2.dtype() == DType::F32 && self.weight.dtype() == DType::F32;
+        let mut y = if detached && rows <= crate::few_rows::FASTER_UP_TO_ROWS && f32_on_cpu {
+            crate::few_rows::matmul_t(&x2.contiguous()?, &self.weight)?
+        } else if frozen_in_training && f32_on_cpu {
             x2.contiguous()?.apply_op1(FrozenMatmul { weight: self.weight.clone() })?
         } else if rows <= FEW_ROWS {
             // Decode-shaped: W x^T streams the weight once without packing it (measured ~2x faster at 8 rows).
