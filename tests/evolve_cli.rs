@@ -102,7 +102,13 @@ fn an_evolution_killed_mid_epoch_resumes_at_that_epoch_with_the_same_prompts() {
         .unwrap();
     let epoch_at_kill = loop {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the evolution ended ({status}) before a prompt of epoch 1 was stored");
+            let log = std::fs::read_to_string(dir.path().join("killed.log")).unwrap_or_default();
+            panic!("the evolution ended ({status}) before a prompt of epoch 1 was stored; its stderr:\n{log}");
+        }
+        // Only once the evolution has created its store: opening creates a missing one.
+        if !killed.join("store.sqlite").exists() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
         }
         if let Ok(store) = Store::open_in(&killed) {
             if let Some(run) = store.find_run("evolve").unwrap() {

@@ -293,6 +293,10 @@ fn idea_from_row(r: &Row) -> rusqlite::Result<IdeaRow> {
     })
 }
 
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
 /// The idea's key: unique in the run, names its work folder and backend job.
 pub fn idea_key(group_seq: u64, index: usize) -> String {
     format!("g{group_seq:06}-i{index}")
@@ -306,12 +310,29 @@ impl Store {
         store.conn.busy_timeout(Duration::from_secs(60)).map_err(|e| store.err(e))?;
         // WAL: readers never block the writer; NORMAL sync is durable against process crashes (SIGKILL), which
         // is what resume needs (power loss may lose the last transactions, never corrupt the file).
+        store.set_wal_mode()?;
         store
             .conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(|e| store.err(e))?;
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Switches a fresh store to WAL. The switch needs the file to itself and SQLite reports "database is locked"
+    /// at once, without waiting, when another process opens the same fresh store at that moment; so it is retried
+    /// for up to the busy timeout (on a store already in WAL mode it is a no-op that never fails).
+    fn set_wal_mode(&self) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+                Ok(_) => return Ok(()),
+                Err(e) if is_busy(&e) && started.elapsed() < Duration::from_secs(60) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
     }
 
     /// Opens the store of a run folder.
@@ -328,6 +349,33 @@ impl Store {
     }
 
     fn migrate(&self) -> Result<()> {
+        let newest = MIGRATIONS.len();
+        if self.version()? == newest {
+            return Ok(());
+        }
+        // Another process may be opening the same fresh store at this moment (a trainer starting while a reader
+        // polls its folder): the version is read again and the migrations applied under one write lock, so exactly
+        // one of them migrates and the other finds the schema done (it used to fail on "table already exists").
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.err(e))?;
+        let applied = (|| -> Result<()> {
+            let version = self.version()?;
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+                self.conn.execute_batch(sql).map_err(|e| self.err(e))?;
+                self.conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(|e| self.err(e))?;
+            }
+            Ok(())
+        })();
+        match applied {
+            Ok(()) => self.conn.execute_batch("COMMIT").map_err(|e| self.err(e)),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// The schema version, refusing one newer than this program knows.
+    fn version(&self) -> Result<usize> {
         let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.err(e))?;
         if version as usize > MIGRATIONS.len() {
             return Err(RolloutError::Store {
@@ -338,13 +386,7 @@ impl Store {
                 ),
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
-            tx.execute_batch(sql).map_err(|e| self.err(e))?;
-            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(|e| self.err(e))?;
-            tx.commit().map_err(|e| self.err(e))?;
-        }
-        Ok(())
+        Ok(version as usize)
     }
 
     /// The schema version (number of migrations applied).

@@ -48,6 +48,23 @@ fn migrations_apply_once_and_reopening_keeps_data() {
 }
 
 #[test]
+fn processes_opening_a_fresh_store_at_once_all_succeed() {
+    // A trainer creating its store while a reader polls the folder: both run the migrations' check at once.
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        let opened: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4).map(|_| scope.spawn(|| Store::open(&path).map(|_| ()))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in opened {
+            r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        assert_eq!(Store::open(&path).unwrap().schema_version().unwrap() as usize, MIGRATIONS.len());
+    }
+}
+
+#[test]
 fn a_newer_schema_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(STORE_FILE);
