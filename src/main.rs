@@ -70,6 +70,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Sets candle's and rayon's thread counts. They are read once, by thread pools that start on the first tensor
+/// operation, so this must run before it (`exec` may set them again, still before any tensor operation).
+pub(crate) fn set_tensor_threads(threads: usize) {
+    for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+        std::env::set_var(var, threads.to_string());
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     ideator_model::allocator::keep_freed_tensor_memory();
     tracing_subscriber::fmt()
@@ -79,9 +87,7 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         anyhow::ensure!(n >= 1, "--threads must be at least 1");
-        // Read once by candle's and gemm's thread pools, which start on the first tensor operation.
-        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        set_tensor_threads(n);
     }
     if let Some(gb) = cli.activation_memory_gb {
         anyhow::ensure!(

@@ -1,6 +1,7 @@
 //! `ideator exec`: implement and run one idea in this process, and print its result. Backends launch this
 //! command (locally or through Slurm) so that every run is isolated in its own process.
 
+use crate::set_tensor_threads;
 use ideator_envs::{CpuParallelism, ExecResult, FailureCause, RunContext};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -161,13 +162,6 @@ fn requested_threads(arg: usize) -> usize {
     let from_env = std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0);
     let all = || std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     from_env.unwrap_or(if arg == 0 { all() } else { arg })
-}
-
-/// Sets candle's and rayon's thread counts; must run before the first tensor op (both read them once).
-fn set_tensor_threads(threads: usize) {
-    for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
-        std::env::set_var(var, threads.to_string());
-    }
 }
 
 fn fresh_work_dir() -> PathBuf {
