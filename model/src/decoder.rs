@@ -543,11 +543,7 @@ impl Decoder {
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.cfg.rms_norm_eps as f32)?;
         // Streams the largest matrix once without packing it (see linear.rs and few_rows.rs).
         let head = self.lm_head_weight();
-        if last.device().is_cpu()
-            && last.dtype() == DType::F32
-            && head.dtype() == DType::F32
-            && b <= crate::few_rows::FASTER_UP_TO_ROWS
-        {
+        if crate::few_rows::applies(&last, head) {
             Ok(crate::few_rows::matmul_t(&last, head)?)
         } else {
             Ok(head.matmul(&last.t()?)?.t()?.contiguous()?)

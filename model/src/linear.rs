@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::Result;
 
-/// Up to this many input rows, `W x^T` (or, detached, the few-rows kernel) is computed instead of `x W^T`: candle's
+/// Up to this many input rows, `W x^T` is computed instead of `x W^T`: candle's
 /// gemm packs its right operand, which for few rows means copying the whole weight matrix on every call.
 const FEW_ROWS: usize = 64;
 
@@ -58,7 +58,8 @@ impl Linear {
     }
 
     /// The same for callers that never need a gradient (decoding): decode-shaped f32 inputs on the CPU go through
-    /// the few-rows kernel (`few_rows.rs`), which streams the weight once and records no graph.
+    /// the few-rows kernel when it is faster (`few_rows.rs`: one row), which streams the weight once and records no
+    /// graph.
     pub fn forward_detached(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
         self.apply(x, mode, 0, true)
     }
@@ -70,7 +71,7 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let frozen_in_training = !self.weight.is_variable() && x2.track_op();
         let f32_on_cpu = x2.device().is_cpu() && x2.dtype() == DType::F32 && self.weight.dtype() == DType::F32;
-        let mut y = if detached && rows <= crate::few_rows::FASTER_UP_TO_ROWS && f32_on_cpu {
+        let mut y = if detached && crate::few_rows::applies(&x2, &self.weight) {
             crate::few_rows::matmul_t(&x2.contiguous()?, &self.weight)?
         } else if frozen_in_training && f32_on_cpu {
             x2.contiguous()?.apply_op1(FrozenMatmul { weight: self.weight.clone() })?
