@@ -3,12 +3,14 @@
 //! added to each step's record.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ideator_diagnostics::{
     check_collapse, Alarm, AlarmConfig, BatchDiagnostics, Category, MiniLmEmbedder, ScoredIdea,
 };
 use ideator_envs::backend::{Backend, LocalBackend, LocalConfig, SlurmBackend, SlurmConfig};
 use ideator_envs::{Environment, Status};
+use ideator_rollout::cache::RecipeKeyer;
 use ideator_rollout::pipeline::dispatch::ExecLauncher;
 use ideator_rollout::pipeline::IdeaRecord;
 use ideator_rollout::store::Store;
@@ -46,6 +48,14 @@ impl EnvSection {
             }
             None => None,
         };
+        let env_config_text = match &env_config {
+            Some(p) => {
+                Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("env config {}: {e}", p.display()))?)
+            }
+            None => None,
+        };
+        let env = ideator_envs::load(&self.name, env_config.as_deref())?;
+        let keyer = RecipeKeyer::new(Arc::from(env), scale, env_config_text.as_deref());
         Ok(ExecLauncher {
             program: std::env::current_exe()?,
             env: self.name.clone(),
@@ -53,6 +63,7 @@ impl EnvSection {
             scale: scale.to_string(),
             work_root: std::path::absolute(work_root)?,
             time_limit: self.time_limit_s.map(std::time::Duration::from_secs_f64),
+            keyer: Some(Arc::new(keyer)),
         })
     }
 }

@@ -11,7 +11,7 @@ use ideator_diagnostics::report::{
 };
 use ideator_diagnostics::{BatchDiagnostics, Category, ScoredIdea};
 use ideator_envs::Status;
-use ideator_rollout::baseline::{stored_baseline, BASELINE_RUN};
+use ideator_rollout::baseline::{stored_noise_floor, NoiseFloor, BASELINE_RUN};
 use ideator_rollout::store::{GroupStatus, IdeaRow, RunInfo, Store};
 use serde_json::{json, Value};
 
@@ -82,12 +82,33 @@ pub struct LoadedRun {
     /// Rewards of the executed ideas in the order they were trained on (0 for failures): the best reward
     /// within a budget of executions is the best of a prefix.
     pub rewards: Vec<f64>,
+    /// For each reward, whether its idea cost an execution (false: copied from the execution cache).
+    pub executed: Vec<bool>,
+}
+
+impl LoadedRun {
+    /// The best reward among the ideas whose executions fit in `budget` (cache hits are free).
+    pub fn best_within(&self, budget: usize) -> Option<f64> {
+        let mut spent = 0;
+        let mut best: Option<f64> = None;
+        for (&r, &executed) in self.rewards.iter().zip(&self.executed) {
+            spent += usize::from(executed);
+            if spent > budget {
+                break;
+            }
+            best = Some(best.map_or(r, |b| b.max(r)));
+        }
+        best
+    }
 }
 
 pub struct StoreData {
     pub data: ReportData,
     pub runs: Vec<LoadedRun>,
+    /// The baseline recipe's mean score over its seeds.
     pub baseline: Option<f64>,
+    /// The baseline's scores across seeds: the environment's noise floor.
+    pub noise: Option<NoiseFloor>,
 }
 
 /// The idea record of one trained idea, in the shape of `ideas.jsonl`.
@@ -123,7 +144,8 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
     };
     let mut runs = Vec::new();
     let mut top: Vec<TopIdea> = Vec::new();
-    let baseline = stored_baseline(&store)?.filter(|r| r.status == Status::Ok).map(|r| r.reward);
+    let noise = stored_noise_floor(&store)?;
+    let baseline = noise.as_ref().map(|f| f.mean);
     for info in store.runs()? {
         if info.name == BASELINE_RUN {
             continue;
@@ -133,8 +155,14 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
         let categorize =
             |text: &str| env.as_ref().and_then(|e| crate::execution::categorize(e.as_ref(), &info.scale, text));
         let steps = store.steps(info.id)?;
-        let mut loaded =
-            LoadedRun { info: info.clone(), series: None, evaluation: None, eval_key: None, rewards: vec![] };
+        let mut loaded = LoadedRun {
+            info: info.clone(),
+            series: None,
+            evaluation: None,
+            eval_key: None,
+            rewards: vec![],
+            executed: vec![],
+        };
         match info.kind.as_str() {
             "rl" | "evolve" => {
                 let evolution = info.kind == "evolve";
@@ -148,6 +176,7 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
                     records.push(record);
                     for idea in store.ideas_of_step(info.id, s.step)? {
                         loaded.rewards.push(idea.result.as_ref().map_or(0.0, |r| r.reward));
+                        loaded.executed.push(idea.cached_from.is_none());
                         if let Some(v) = idea_record(&idea, s.step, evolution, categorize(&idea.text)) {
                             ideas.push(v);
                         }
@@ -187,6 +216,7 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
                     .flat_map(|g| g.ideas)
                     .collect();
                 loaded.rewards = ideas.iter().map(|i| i.result.as_ref().map_or(0.0, |r| r.reward)).collect();
+                loaded.executed = ideas.iter().map(|i| i.cached_from.is_none()).collect();
                 if ideas.is_empty() {
                     data.notes.push(format!("evaluation {} has no results yet", info.name));
                 } else {
@@ -215,10 +245,22 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
     top.sort_by(|a, b| b.reward.total_cmp(&a.reward).then(a.index.cmp(&b.index)));
     top.truncate(ideator_diagnostics::report::run_folder::TOP_IDEAS);
     data.top_ideas = top;
-    if let Some(b) = baseline {
-        data.notes.push(format!("the environment's baseline scored {b:.4} in this store"));
+    if let Some(f) = &noise {
+        data.notes.push(noise_note(f));
     }
-    Ok(StoreData { data, runs, baseline })
+    Ok(StoreData { data, runs, baseline, noise })
+}
+
+/// One line on the baseline and the noise floor, for reports and summaries.
+pub fn noise_note(f: &NoiseFloor) -> String {
+    match f.std {
+        Some(std) => format!(
+            "the environment's baseline scored {:.4} on average over {} seeds (range {:.4}-{:.4}); its seed-to-seed \
+             std, the noise floor, is {std:.5}: differences below it between ideas run at different seeds are noise",
+            f.mean, f.runs, f.min, f.max
+        ),
+        None => format!("the environment's baseline scored {:.4} in this store (one seed: no noise floor)", f.mean),
+    }
 }
 
 /// The batch diagnostics of stored ideas (no embeddings).

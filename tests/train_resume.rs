@@ -142,6 +142,11 @@ fn sigkill_at_random_moments_then_resume_runs_every_idea_once() {
         let attempts = store.attempts(idea.id).unwrap();
         let results = attempts.iter().filter(|a| a.outcome.as_deref() == Some("result")).count();
         match idea.status {
+            // Copied from an identical idea's execution at the same seed: nothing ran.
+            IdeaStatus::Done if idea.cached_from.is_some() => {
+                assert_eq!(results, 0, "{}: {attempts:?}", idea.key);
+                assert_eq!(finished_runs.get(&idea.key), None, "{} was cached but ran", idea.key);
+            }
             IdeaStatus::Done => {
                 assert_eq!(results, 1, "{}: {attempts:?}", idea.key);
                 assert_eq!(
@@ -163,4 +168,67 @@ fn sigkill_at_random_moments_then_resume_runs_every_idea_once() {
         store.idea_status_counts(run.id).unwrap(),
         store.group_status_counts(run.id).unwrap()
     );
+}
+
+fn train(cfg: &Path, run_dir: &Path, resume: bool, crash_after: Option<u64>) -> std::process::Output {
+    let mut cmd = ideator();
+    cmd.args(["train", "--config"]).arg(cfg).arg("--run-dir").arg(run_dir);
+    if resume {
+        cmd.arg("--resume");
+    }
+    if let Some(step) = crash_after {
+        cmd.env("IDEATOR_TEST_CRASH_AFTER_STEP", step.to_string());
+    }
+    cmd.output().unwrap()
+}
+
+fn assert_every_step_trained_once(run_dir: &Path) {
+    let store = Store::open_in(run_dir).unwrap();
+    let run = store.find_run("train").unwrap().unwrap();
+    let steps: Vec<u64> = store.steps(run.id).unwrap().iter().map(|s| s.step).collect();
+    assert_eq!(steps, (0..STEPS).collect::<Vec<_>>());
+    for step in 0..STEPS {
+        assert_eq!(store.groups_of_step(run.id, step).unwrap().len(), 2, "step {step}");
+    }
+    assert_eq!(store.groups_with_status(run.id, &[GroupStatus::Trained]).unwrap().len() as u64, 2 * STEPS);
+}
+
+/// A crash between a step's record and its checkpoint loses the step (it is trained again from the previous
+/// checkpoint), and a checkpoint whose step record was lost (an OS crash losing the last commits) is passed over
+/// on resume: no group is ever trained on twice by one lineage of weights.
+#[test]
+fn a_crash_between_step_record_and_checkpoint_loses_the_step_and_never_trains_it_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("train.toml");
+    std::fs::write(&cfg, config()).unwrap();
+    let run_dir = dir.path().join("run");
+    // Step 3 makes version 4, whose checkpoint is due (checkpoint_every = 2): the crash comes before it.
+    let out = train(&cfg, &run_dir, false, Some(3));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("aborting between the step record and its checkpoint"));
+    {
+        let store = Store::open_in(&run_dir).unwrap();
+        let run = store.find_run("train").unwrap().unwrap();
+        assert_eq!(store.steps(run.id).unwrap().len(), 4, "the step record was committed before the crash");
+    }
+    assert!(!run_dir.join("checkpoints/step-00000004").exists());
+    let out = train(&cfg, &run_dir, true, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("at step 2"), "resumes from the last checkpoint, step 2: {err}");
+    assert_every_step_trained_once(&run_dir);
+
+    // An OS crash that loses the store's last commits but not the checkpoints written after them leaves the
+    // store at version 4 with step-6 on disk.
+    {
+        let store = Store::open_in(&run_dir).unwrap();
+        let run = store.find_run("train").unwrap().unwrap();
+        store.rewind_to(run.id, 4).unwrap();
+    }
+    assert!(run_dir.join("checkpoints/step-00000006").exists());
+    let out = train(&cfg, &run_dir, true, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("at step 4"), "resumes from the newest checkpoint the store agrees with: {err}");
+    assert_every_step_trained_once(&run_dir);
 }

@@ -8,6 +8,7 @@
 //! - [`diversity`]: text diversity (distinct-n, self-BLEU, gzip compression ratio, lengths), on [`text`] tokens.
 //! - [`embed`]: all-MiniLM-L6-v2 sentence embeddings with candle; [`vendi`]: Vendi score and mean cosine.
 //! - [`categories`]: category shares and entropy.
+//! - [`interval`]: bootstrap intervals for differences between runs.
 //! - [`summary`]: [`BatchDiagnostics`], all of the above for one batch; [`alarm`]: the collapse alarm.
 //! - [`report`]: the run report (one self-contained HTML file with SVG charts) and its data model.
 
@@ -16,6 +17,7 @@ pub mod categories;
 pub mod diversity;
 pub mod embed;
 pub mod error;
+pub mod interval;
 pub mod maxk;
 pub mod report;
 pub mod summary;

@@ -83,6 +83,15 @@ pub trait Environment: Send + Sync {
         Ok(Recipe::baseline(&self.schema(scale)?))
     }
 
+    /// What a run of `recipe` computes, for the execution cache: two recipes with the same identity give the same
+    /// result at the same scale and seed (bit-exact on CPU), so the second reuses the first's result. `None`:
+    /// never reuse. The default is the recipe's knob values, which are canonical (typed, normalised values in key
+    /// order, defaults filled in), so `lr = 0.001` and `lr = 1e-3` written in any order are one recipe.
+    /// Environments whose result depends on more than the knobs (the idea's free text) must override it.
+    fn cache_identity(&self, recipe: &Recipe) -> Option<String> {
+        serde_json::to_string(&recipe.values).ok()
+    }
+
     /// How this environment uses several CPU threads; the process running it sets candle's thread pool to match
     /// before the first tensor operation.
     fn cpu_parallelism(&self) -> CpuParallelism {

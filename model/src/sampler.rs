@@ -66,8 +66,13 @@ impl SamplingParams {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Invalid(m));
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+        if !(self.temperature == 0.0 || (self.temperature >= MIN_TEMPERATURE && self.temperature <= MAX_TEMPERATURE))
+        {
+            return bad(format!(
+                "temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {}; below \
+                 {MIN_TEMPERATURE} sampling is greedy in all but name, so use 0",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -83,7 +88,31 @@ impl SamplingParams {
         }
         Ok(())
     }
+
+    /// [`SamplingParams::validate`] plus what a policy-gradient trainer needs: the trainer rescores completions
+    /// under the plain tempered distribution, so EOS masking (`min_new_tokens > 0`) would bias the importance
+    /// ratio by `1 - p(eos)` at the masked steps.
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] naming the setting.
+    pub fn validate_for_training(&self) -> Result<()> {
+        self.validate()?;
+        if self.min_new_tokens > 0 {
+            return Err(ModelError::Invalid(format!(
+                "sampling.min_new_tokens = {} cannot be used in training: the sampler masks end-of-sequence tokens \
+                 that the trainer's rescoring does not, which biases the importance ratio; set it to 0",
+                self.min_new_tokens
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// The lowest accepted non-zero temperature. Log-probs are computed in f64, so they stay finite and <= 0 down to
+/// here; below it a temperature only imitates greedy decoding (use 0).
+pub const MIN_TEMPERATURE: f64 = 1e-4;
+/// The highest accepted temperature (above it the distribution is uniform to f32 precision).
+pub const MAX_TEMPERATURE: f64 = 100.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -235,6 +264,12 @@ fn sample_chunk(
                     }
                 }
             }
+            if let Some(bad) = host[b].iter().find(|z| z.is_nan() || **z == f32::INFINITY) {
+                return Err(ModelError::Invalid(format!(
+                    "the model produced a non-finite logit ({bad}) at generated token {step}: its weights are \
+                     broken (NaN or overflow); sampling stopped"
+                )));
+            }
             let (token, logprob) = pick_token(&host[b], params, &mut row.rng);
             row.tokens.push(token);
             row.logprobs.push(logprob);
@@ -306,17 +341,16 @@ fn first_stop_end(text: &str, stop: &[String]) -> Option<usize> {
     stop.iter().filter_map(|s| text.find(s.as_str()).map(|i| i + s.len())).min()
 }
 
-/// Draws one token from a row of logits; returns it with its behaviour log-probability.
+/// Draws one token from a row of logits; returns it with its behaviour log-probability
+/// `log softmax(logits / T)[token]`, computed in f64 so that it is finite and <= 0 for every temperature in
+/// [`MIN_TEMPERATURE`, `MAX_TEMPERATURE`] (in f32, `z / T` at T = 1e-7 loses ~20 nats and yields positive
+/// "log-probs"). Logits must be finite or -inf (masked); the caller checks.
 pub fn pick_token(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> (u32, f32) {
-    let temperature = if params.temperature > 0.0 { params.temperature as f32 } else { 1.0 };
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let scaled_max = max / temperature;
-    let mut sum = 0f64;
-    for &z in logits {
-        sum += ((z / temperature - scaled_max) as f64).exp();
-    }
-    let log_z = scaled_max as f64 + sum.ln();
-    let logprob_of = |t: usize| (logits[t] as f64 / temperature as f64 - log_z) as f32;
+    let temperature = if params.temperature > 0.0 { params.temperature } else { 1.0 };
+    let scaled_max = logits.iter().map(|&z| z as f64 / temperature).fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = logits.iter().map(|&z| (z as f64 / temperature - scaled_max).exp()).sum();
+    let log_z = scaled_max + sum.ln();
+    let logprob_of = |t: usize| ((logits[t] as f64 / temperature - log_z).min(0.0)) as f32;
     if params.temperature == 0.0 {
         let best = argmax(logits);
         return (best as u32, logprob_of(best));
@@ -346,8 +380,12 @@ fn argmax(xs: &[f32]) -> usize {
 
 /// (token, probability) pairs left after top-k and top-p, most likely first when truncation applies, in
 /// vocabulary order otherwise (sampling from the full distribution needs no sort).
-fn truncated_candidates(logits: &[f32], temperature: f32, log_z: f64, top_k: usize, top_p: f64) -> Vec<(usize, f64)> {
-    let prob = |z: f32| ((z / temperature) as f64 - log_z).exp();
+///
+/// The order is HF transformers' and vLLM's: top-k first, then the kept probabilities are renormalised, then
+/// top-p keeps the smallest prefix whose renormalised mass reaches `top_p`. (Probabilities [0.5, 0.3, 0.2] with
+/// top_k 2 and top_p 0.6 keep one token: 0.5 / 0.8 = 0.625 >= 0.6.)
+fn truncated_candidates(logits: &[f32], temperature: f64, log_z: f64, top_k: usize, top_p: f64) -> Vec<(usize, f64)> {
+    let prob = |z: f32| (z as f64 / temperature - log_z).exp();
     if top_k == 0 && top_p >= 1.0 {
         return logits.iter().enumerate().map(|(i, &z)| (i, prob(z))).collect();
     }
@@ -361,13 +399,15 @@ fn truncated_candidates(logits: &[f32], temperature: f32, log_z: f64, top_k: usi
         }
         let mut head: Vec<usize> = order[..keep].to_vec();
         head.sort_by(by_logit_desc);
-        let mut out = Vec::with_capacity(head.len());
+        let with_p: Vec<(usize, f64)> = head.into_iter().map(|t| (t, prob(logits[t]))).collect();
+        // Mass the nucleus is measured against: the top-k survivors (renormalised), or the whole distribution.
+        let mass = if top_k > 0 { with_p.iter().map(|&(_, p)| p).sum::<f64>() } else { 1.0 };
+        let mut out = Vec::with_capacity(with_p.len());
         let mut cum = 0.0;
-        for t in head {
-            let p = prob(logits[t]);
+        for (t, p) in with_p {
             out.push((t, p));
             cum += p;
-            if top_p < 1.0 && cum >= top_p {
+            if top_p < 1.0 && cum >= top_p * mass {
                 return out;
             }
         }
@@ -425,6 +465,52 @@ mod tests {
         for (f, want) in freq.iter().zip([0.125, 0.25, 0.625]) {
             assert!((f - want).abs() < 0.02, "{freq:?}");
         }
+    }
+
+    #[test]
+    fn top_p_applies_to_the_renormalised_top_k() {
+        // Probabilities [0.5, 0.3, 0.2]: top-k 2 leaves [0.625, 0.375] after renormalising; top-p 0.6 keeps one.
+        let logits: Vec<f32> = [0.5f64, 0.3, 0.2].iter().map(|p| p.ln() as f32).collect();
+        let kept: Vec<usize> = truncated_candidates(&logits, 1.0, 0.0, 2, 0.6).iter().map(|c| c.0).collect();
+        assert_eq!(kept, vec![0]);
+        // Without top-k the same top-p needs two tokens (0.5 < 0.6 <= 0.8).
+        let kept: Vec<usize> = truncated_candidates(&logits, 1.0, 0.0, 0, 0.6).iter().map(|c| c.0).collect();
+        assert_eq!(kept, vec![0, 1]);
+        // top-p 0.7 over the renormalised pair needs both (0.625 < 0.7).
+        let kept: Vec<usize> = truncated_candidates(&logits, 1.0, 0.0, 2, 0.7).iter().map(|c| c.0).collect();
+        assert_eq!(kept, vec![0, 1]);
+    }
+
+    #[test]
+    fn logprobs_are_finite_and_not_positive_at_every_accepted_temperature() {
+        // Large, close logits are where an f32 computation of z / T - log Z goes wrong.
+        let logits: Vec<f32> = (0..500).map(|i| 20.0 - (i as f32) * 1e-3 + ((i * 7919) % 13) as f32 * 0.37).collect();
+        for t in [MIN_TEMPERATURE, 1e-3, 0.01, 0.1, 0.7, 1.0, 3.0, 10.0, MAX_TEMPERATURE] {
+            let p = SamplingParams { temperature: t, top_k: 40, top_p: 0.9, ..Default::default() };
+            p.validate().unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(3);
+            for _ in 0..50 {
+                let (tok, lp) = pick_token(&logits, &p, &mut rng);
+                assert!(lp.is_finite() && lp <= 0.0, "T = {t}: token {tok} has log-prob {lp}");
+            }
+        }
+    }
+
+    #[test]
+    fn temperatures_outside_the_range_are_refused() {
+        for t in [1e-50, 1e-7, MIN_TEMPERATURE / 2.0, MAX_TEMPERATURE * 2.0, f64::NAN, f64::INFINITY, -0.5] {
+            let err = SamplingParams { temperature: t, ..Default::default() }.validate().unwrap_err().to_string();
+            assert!(err.contains("temperature"), "{t}: {err}");
+        }
+        assert!(SamplingParams { temperature: 0.0, ..Default::default() }.validate().is_ok());
+    }
+
+    #[test]
+    fn min_new_tokens_is_refused_for_training_only() {
+        let p = SamplingParams { min_new_tokens: 4, ..Default::default() };
+        assert!(p.validate().is_ok());
+        assert!(p.validate_for_training().unwrap_err().to_string().contains("min_new_tokens"));
+        assert!(SamplingParams::default().validate_for_training().is_ok());
     }
 
     #[test]

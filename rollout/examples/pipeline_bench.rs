@@ -15,6 +15,7 @@
 //!
 //!     cargo run --release -p ideator-rollout --example pipeline_bench -- --steps 20
 
+use ideator_rollout::pipeline::reward::{RewardMode, SeedScope};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -175,6 +176,10 @@ fn run_mode(a: &Args, inflight_groups: usize, staleness: u64) -> Measured {
         groups_per_step: a.groups_per_step,
         checkpoint_every: u64::MAX,
         seed: 42,
+        seed_scope: SeedScope::Group,
+        reference: false,
+        reward: RewardMode::Raw,
+        noise_std: None,
         stop: Arc::new(AtomicBool::new(false)),
         categorize: &categorize,
         on_step: &mut on_step,

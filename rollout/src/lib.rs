@@ -8,6 +8,7 @@
 //! runs an environment's baseline recipe once per run folder; [`generate`] is a frozen ideator.
 
 pub mod baseline;
+pub mod cache;
 pub mod error;
 pub mod execute;
 pub mod generate;

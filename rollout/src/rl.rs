@@ -5,6 +5,7 @@
 use ideator_checkpoints::RetentionPolicy;
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::reward::RewardMode;
 use crate::{Result, RolloutError};
 
 pub use crate::pipeline::{IdeaRecord, StepReport};
@@ -19,11 +20,25 @@ pub struct RlConfig {
     /// Save a checkpoint every this many steps (and at the end).
     pub checkpoint_every: u64,
     pub retention: RetentionPolicy,
+    /// What the learner is given for an idea: `raw` (the environment's score), `improvement` (score minus the
+    /// baseline recipe's score at the same seed) or `positive_improvement` (that, floored at 0). The relative
+    /// modes give every group a reference run of the baseline.
+    pub reward: RewardMode,
+    /// Seeds the baseline recipe runs at before training, once per run store, to measure the environment's noise
+    /// floor (0: skip; the per-step `frac_reward_within_noise` then needs a store that measured it earlier).
+    pub noise_floor_seeds: usize,
 }
 
 impl Default for RlConfig {
     fn default() -> Self {
-        RlConfig { steps: 20, groups_per_step: 1, checkpoint_every: 5, retention: RetentionPolicy::default() }
+        RlConfig {
+            steps: 20,
+            groups_per_step: 1,
+            checkpoint_every: 5,
+            retention: RetentionPolicy::default(),
+            reward: RewardMode::Raw,
+            noise_floor_seeds: crate::baseline::NOISE_FLOOR_SEEDS,
+        }
     }
 }
 

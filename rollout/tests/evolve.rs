@@ -3,6 +3,7 @@
 //! with the epoch's ideas to avoid, and a resume from the middle of an epoch that rebuilds exactly the prompts an
 //! uninterrupted run builds.
 
+use ideator_rollout::pipeline::reward::{RewardMode, SeedScope};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,6 +149,10 @@ fn go(dir: &Path, epochs: u64, stop_after_ideas: Option<usize>) -> (u64, usize, 
         groups_per_step: PROMPTS,
         checkpoint_every: 1,
         seed: 3,
+        seed_scope: SeedScope::Step,
+        reference: true,
+        reward: RewardMode::Raw,
+        noise_std: None,
         stop,
         categorize: &categorize,
         on_step: &mut on_step,

@@ -1,6 +1,7 @@
 //! The asynchronous pipeline with a stand-in learner (no model) and the real local backend running small shell
 //! programs: every idea executed exactly once, staleness bounds, infrastructure retries, interruption and resume.
 
+use ideator_rollout::pipeline::reward::{RewardMode, SeedScope};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -175,6 +176,10 @@ fn go_on(
         groups_per_step,
         checkpoint_every: 1000,
         seed: 11,
+        seed_scope: SeedScope::Group,
+        reference: false,
+        reward: RewardMode::Raw,
+        noise_std: None,
         stop,
         categorize: &categorize,
         on_step: &mut on_step,
@@ -285,6 +290,25 @@ fn infrastructure_failures_are_retried_and_idea_results_are_not() {
     let r = idea.result.as_ref().unwrap();
     assert_eq!(r.cause, Some(ideator_envs::FailureCause::Infrastructure));
     assert_eq!(r.reward, 0.0);
+    // ... and is left out of the update: a dead node is no signal about the idea.
+    assert_eq!(learner.trained, vec![Vec::<f64>::new()], "the learner saw no sample of the failed idea");
+    let step = &s.store.steps(s.run).unwrap()[0].metrics;
+    assert_eq!(step["excluded_ideas"], 1);
+}
+
+#[test]
+fn only_the_infrastructure_failures_of_a_group_are_left_out() {
+    let s = setup();
+    let mut learner = Counter::new(s.dir.path(), 3);
+    let mut l = launcher(&s, 0.01);
+    // Idea 1 fails on the infrastructure on its only attempt; ideas 0 and 2 run.
+    l.flaky = vec!["g000000-i1".into()];
+    let cfg = PipelineConfig { max_inflight_groups: 1, retry_backoff_s: 0.01, max_attempts: 1, ..Default::default() };
+    go(&s, &mut learner, cfg, 1, 1, 2, l, None);
+    let ideas = s.store.ideas_of_step(s.run, 0).unwrap();
+    let kept: Vec<f64> = [0, 2].iter().map(|&i| ideas[i].result.as_ref().unwrap().reward).collect();
+    assert_eq!(learner.trained, vec![kept]);
+    assert_eq!(s.store.steps(s.run).unwrap()[0].metrics["excluded_ideas"], 1);
 }
 
 #[test]
@@ -366,6 +390,7 @@ fn on_slurm_runs_left_by_a_dead_trainer_are_reattached_not_run_again() {
                 logprobs: i.logprobs,
                 finish_reason: i.finish_reason,
                 seed: 1,
+                reference: false,
             })
             .collect(),
     };

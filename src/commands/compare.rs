@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use ideator_diagnostics::interval::{bootstrap_mean_difference, MeanDifference};
+use ideator_rollout::baseline::NoiseFloor;
+
 use crate::store_data::{checkpoint_run_dir, environments, load_store, store_path, LoadedRun, StoreData};
 
 #[derive(clap::Args)]
@@ -51,11 +54,18 @@ pub struct Total {
     pub kind: String,
     pub env: String,
     pub scale: String,
+    /// Ideas sampled.
+    pub ideas: usize,
+    /// Executions that really ran (cache hits are free; reference runs of the baseline count).
     pub executions: usize,
     pub mean: f64,
     pub best: Option<f64>,
     /// Best reward within the first `budget` executions (the smallest total of the runs compared).
     pub best_at_budget: Option<f64>,
+    /// Its mean reward against the first run's, with a 95% bootstrap interval (none for the first run).
+    pub vs_first: Option<MeanDifference>,
+    /// Whether that difference is beyond chance and larger than the noise floor (when the store measured one).
+    pub beyond_noise: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +74,8 @@ pub struct Comparison {
     pub totals: Vec<Total>,
     pub budget: usize,
     pub baseline: Option<f64>,
+    /// The environment's noise floor (the baseline recipe's scores across seeds), when measured.
+    pub noise: Option<NoiseFloor>,
     pub warnings: Vec<String>,
 }
 
@@ -139,8 +151,10 @@ pub fn compare(inputs: &[PathBuf], allow_mixed: bool) -> anyhow::Result<Comparis
     let mut rows = Vec::new();
     let mut totals = Vec::new();
     let mut baseline = None;
+    let mut noise = None;
     for sel in &selected {
         baseline = baseline.or(sel.store.baseline);
+        noise = noise.or(sel.store.noise.clone());
         for &i in &sel.runs {
             let run = &sel.store.runs[i];
             let kind = kind_name(run);
@@ -185,10 +199,13 @@ pub fn compare(inputs: &[PathBuf], allow_mixed: bool) -> anyhow::Result<Comparis
                 kind: kind.into(),
                 env: run.info.env.clone(),
                 scale: run.info.scale.clone(),
-                executions: n,
+                ideas: n,
+                executions: run.executed.iter().filter(|&&e| e).count(),
                 mean: run.rewards.iter().sum::<f64>() / n.max(1) as f64,
                 best: run.rewards.iter().cloned().reduce(f64::max),
                 best_at_budget: None,
+                vs_first: None,
+                beyond_noise: None,
             });
         }
     }
@@ -200,15 +217,35 @@ pub fn compare(inputs: &[PathBuf], allow_mixed: bool) -> anyhow::Result<Comparis
             .find(|(s, r)| s.source == t.source && r.info.name == t.run)
             .map(|(_, r)| r)
             .expect("listed above");
-        t.best_at_budget = run.rewards.iter().take(budget).cloned().reduce(f64::max);
+        t.best_at_budget = run.best_within(budget);
     }
+    compare_with_first(&selected, &mut totals, noise.as_ref().and_then(|f| f.std));
     if totals.iter().any(|t| t.executions != budget) {
         warnings.push(format!(
             "the runs used different numbers of executions; `best@{budget}` is each run's best within its first \
              {budget} executions (the fair comparison)"
         ));
     }
-    Ok(Comparison { rows, totals, budget, baseline, warnings })
+    Ok(Comparison { rows, totals, budget, baseline, noise, warnings })
+}
+
+/// Each run's mean reward against the first run's: the difference, its bootstrap interval, and whether it is
+/// beyond chance and beyond the noise floor.
+fn compare_with_first(selected: &[Selected], totals: &mut [Total], noise_std: Option<f64>) {
+    let rewards: Vec<&[f64]> = selected
+        .iter()
+        .flat_map(|s| s.runs.iter().map(move |&i| &s.store.runs[i]))
+        .filter(|r| r.series.is_some() || r.evaluation.is_some())
+        .map(|r| r.rewards.as_slice())
+        .collect();
+    let Some(first) = rewards.first() else { return };
+    for (i, (t, r)) in totals.iter_mut().zip(&rewards).enumerate().skip(1) {
+        t.vs_first = bootstrap_mean_difference(r, first, i as u64);
+        t.beyond_noise = match (t.vs_first, noise_std) {
+            (Some(d), Some(noise)) => Some(d.beyond_noise(noise)),
+            _ => None,
+        };
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -220,8 +257,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for w in &c.warnings {
         eprintln!("warning: {w}");
     }
-    if let Some(b) = c.baseline {
-        println!("baseline reward {b:.4}");
+    match &c.noise {
+        Some(f) => println!("{}", crate::store_data::noise_note(f)),
+        None => {
+            if let Some(b) = c.baseline {
+                println!("baseline reward {b:.4}");
+            }
+        }
     }
     let fmt = |x: Option<f64>| x.filter(|v| v.is_finite()).map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
     let source_width = c.rows.iter().map(|r| r.source.len()).max().unwrap_or(6).max(6);
@@ -259,10 +301,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!();
     let best_col = format!("best@{}", c.budget);
     println!(
-        "{:<sw$}  {:<9}  {:<22}  {:>10}  {:>8}  {:>8}  {:>10}",
+        "{:<sw$}  {:<9}  {:<22}  {:>6}  {:>10}  {:>8}  {:>8}  {:>10}  mean vs first run (95% bootstrap interval)",
         "source",
         "kind",
         "run",
+        "ideas",
         "executions",
         "mean",
         "best",
@@ -270,11 +313,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sw = source_width
     );
     for t in &c.totals {
+        let vs = match (t.vs_first, t.beyond_noise) {
+            (Some(d), beyond) => format!(
+                "{:+.4} [{:+.4}, {:+.4}]{}",
+                d.difference,
+                d.lo,
+                d.hi,
+                match beyond {
+                    Some(true) => "  beyond chance and the noise floor",
+                    Some(false) => "  within chance or the noise floor",
+                    None if d.excludes_zero() => "  beyond chance (no noise floor measured)",
+                    None => "  within chance",
+                }
+            ),
+            (None, _) => "-".into(),
+        };
         println!(
-            "{:<sw$}  {:<9}  {:<22}  {:>10}  {:>8}  {:>8}  {:>10}",
+            "{:<sw$}  {:<9}  {:<22}  {:>6}  {:>10}  {:>8}  {:>8}  {:>10}  {vs}",
             t.source,
             t.kind,
             t.run,
+            t.ideas,
             t.executions,
             fmt(Some(t.mean)),
             fmt(t.best),

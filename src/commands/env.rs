@@ -34,6 +34,26 @@ pub enum Action {
         /// Print the knob schema as JSON instead.
         #[arg(long)]
         json: bool,
+        /// A run folder whose store measured the noise floor (`ideator env noise`, `train`, `evolve`): show it.
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+    },
+    /// Measure the environment's noise floor: run the baseline recipe at several seeds (once per run store; a
+    /// second call reads the stored runs) and print the mean and the seed-to-seed standard deviation.
+    Noise {
+        #[command(flatten)]
+        which: Which,
+        /// Seeds to run the baseline at.
+        #[arg(long, default_value_t = ideator_rollout::baseline::NOISE_FLOOR_SEEDS)]
+        seeds: usize,
+        /// Run folder whose store keeps the runs (default: runs/noise/ENV-SCALE).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Runs side by side (local CPU slots, one thread each).
+        #[arg(long, default_value_t = 2)]
+        slots: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// Print the ideator prompt of an environment.
     Prompt {
@@ -54,6 +74,72 @@ pub enum Action {
     },
 }
 
+/// What `env show` says of the noise floor: the stored measurement of `run_dir`, or how to make one.
+fn noise_line(run_dir: Option<&std::path::Path>, name: &str, scale: &str) -> anyhow::Result<String> {
+    let measured = match run_dir {
+        Some(dir) if crate::store_data::store_path(dir).is_file() => {
+            ideator_rollout::baseline::stored_noise_floor(&ideator_rollout::store::Store::open_in(dir)?)?
+        }
+        _ => None,
+    };
+    Ok(match measured {
+        Some(f) => crate::store_data::noise_note(&f),
+        None => format!(
+            "not measured in this store; measure it with `ideator env noise {name} --scale {scale}` (ENVIRONMENTS.md \
+             lists the measured values)"
+        ),
+    })
+}
+
+fn noise(which: Which, seeds: usize, run_dir: Option<PathBuf>, slots: usize, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(seeds >= 2, "--seeds must be at least 2 to measure a spread (got {seeds})");
+    anyhow::ensure!(slots >= 1, "--slots must be at least 1");
+    let env = ideator_envs::load(&which.name, which.env_config.as_deref())?;
+    let scale = which.scale.clone().unwrap_or_else(|| env.default_scale());
+    env.check_scale(&scale)?;
+    let dir = run_dir.unwrap_or_else(|| PathBuf::from("runs/noise").join(format!("{}-{scale}", which.name)));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let section = crate::execution::EnvSection {
+        name: which.name.clone(),
+        scale: Some(scale.clone()),
+        config: which.env_config.map(std::path::absolute).transpose()?,
+        time_limit_s: None,
+    };
+    let launcher = section.launcher(std::path::Path::new("."), &scale, &dir.join("baseline/work"))?;
+    let backend = ideator_envs::backend::LocalBackend::new(&ideator_envs::backend::LocalConfig {
+        slots,
+        threads_per_run: Some(1),
+        ..Default::default()
+    })?;
+    let store = ideator_rollout::store::Store::open_in(&dir)?;
+    let (floor, reused) = ideator_rollout::baseline::run_baseline(
+        &store,
+        &dir.join("baseline"),
+        &which.name,
+        &scale,
+        seeds,
+        Box::new(backend),
+        launcher,
+        Default::default(),
+        ideator_rollout::pipeline::interrupt::stop_flag(),
+    )?;
+    if json {
+        let mut v = serde_json::to_value(&floor)?;
+        v["env"] = which.name.into();
+        v["scale"] = scale.into();
+        v["reused"] = reused.into();
+        println!("{v}");
+    } else {
+        println!(
+            "{} ({}; store {})",
+            crate::store_data::noise_note(&floor),
+            if reused { "stored" } else { "measured" },
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.action {
         Action::List => {
@@ -61,7 +147,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 println!("{name:<10} {summary}");
             }
         }
-        Action::Show { which, json } => {
+        Action::Noise { which, seeds, run_dir, slots, json } => noise(which, seeds, run_dir, slots, json)?,
+        Action::Show { which, json, run_dir } => {
             let env = ideator_envs::load(&which.name, which.env_config.as_deref())?;
             let scale = which.scale.unwrap_or_else(|| env.default_scale());
             env.check_scale(&scale)?;
@@ -75,6 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let (lo, hi) = env.plausible_reward(&s.name);
                 println!("- `{}`: {} (plausible reward {lo:.3} to {hi:.3})", s.name, s.doc);
             }
+            println!("\n## Noise floor\n\n{}", noise_line(run_dir.as_deref(), &which.name, &scale)?);
             println!("\n## Knobs (defaults = baseline at scale `{scale}`)\n\n{}", schema.to_markdown());
         }
         Action::Prompt { which } => {

@@ -8,6 +8,7 @@
 //! sampling settings): the same evaluation asked again is read from the store and executes nothing, and one that
 //! was interrupted continues where it stopped.
 
+use ideator_rollout::pipeline::reward::{RewardMode, SeedScope};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -251,6 +252,10 @@ fn execute(
         groups_per_step: groups,
         checkpoint_every: 1,
         seed: args.seed,
+        seed_scope: SeedScope::Step,
+        reference: false,
+        reward: RewardMode::Raw,
+        noise_std: None,
         stop: ideator_rollout::pipeline::interrupt::stop_flag(),
         categorize: &categorize,
         on_step: &mut on_step,

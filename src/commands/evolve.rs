@@ -5,15 +5,18 @@
 //!
 //! The run is the store's run named `evolve`; its exports (`metrics.jsonl`, `ideas.jsonl`, `database.json`) and
 //! execution folders go to `RUN/evolve/`, so an evolution can share a run folder (and store) with an RL run of
-//! the same environment: `compare` and `report` then show both. The baseline is run once per store (run
-//! `baseline`, folder `RUN/baseline/`). `--resume` continues at the epoch the store says, rebuilding the prompts
+//! the same environment: `compare` and `report` then show both. The baseline is run at several seeds once per
+//! store (run `baseline`, folder `RUN/baseline/`: its mean and noise floor); every group of an epoch runs at the
+//! epoch's seed together with a reference run of the baseline there, and an idea "beats the baseline" against
+//! that reference (common random numbers). `--resume` continues at the epoch the store says, rebuilding the prompts
 //! of an epoch cut short and checking that they are the ones stored.
 
+use ideator_rollout::pipeline::reward::{RewardMode, SeedScope};
 use std::path::PathBuf;
 
 use ideator_model::sampler::SamplingParams;
 use ideator_model::AdapterMode;
-use ideator_rollout::baseline::run_baseline;
+use ideator_rollout::baseline::{run_baseline, NOISE_FLOOR_SEEDS};
 use ideator_rollout::generate::ModelGenerator;
 use ideator_rollout::pipeline::evolve::EvolutionAgent;
 use ideator_rollout::pipeline::{run_pipeline, PipelineConfig, PipelineContext, StepReport};
@@ -105,23 +108,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (model, _) = load_initial_policy(&cfg.model, init.as_deref())?;
     // The baseline's score decides which ideas are "winners" for exploit prompts.
     let launcher = cfg.env.launcher(&args.config, &scale, &dir.join("work"))?;
-    let (baseline, reused) = run_baseline(
+    let (floor, reused) = run_baseline(
         &store,
         &root.join("baseline"),
         &cfg.env.name,
         &scale,
-        cfg.run.seed,
+        NOISE_FLOOR_SEEDS,
         cfg.backend.build()?,
         launcher.clone(),
         pipeline.clone(),
         stop.clone(),
     )?;
-    anyhow::ensure!(
-        baseline.status == ideator_envs::Status::Ok,
-        "the environment's baseline failed ({}); evolutionary search needs its score",
-        baseline.message
+    let baseline = floor.mean;
+    let noise_std = floor.std;
+    tracing::info!(
+        "baseline reward {baseline:.4} over {} seeds, noise floor (seed-to-seed std) {} ({})",
+        floor.runs,
+        noise_std.map_or("unknown".into(), |s| format!("{s:.5}")),
+        if reused { "stored" } else { "measured" }
     );
-    tracing::info!("baseline reward {:.4} ({})", baseline.reward, if reused { "stored" } else { "measured" });
     store.set_run_status(run.id, "running")?;
 
     let mut generator = ModelGenerator {
@@ -131,13 +136,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mode: AdapterMode::default(),
     };
     let task = ideator_envs::prompt::task_prompt(env.as_ref(), &scale)?;
-    let mut agent = EvolutionAgent::new(
-        &mut generator,
-        cfg.evolve.clone(),
-        task,
-        baseline.reward,
-        Some(dir.join("database.json")),
-    )?;
+    let mut agent =
+        EvolutionAgent::new(&mut generator, cfg.evolve.clone(), task, baseline, Some(dir.join("database.json")))?;
     let restored = agent.restore(&store, run.id, cfg.run.seed)?;
     if args.resume && !args.json {
         eprintln!(
@@ -193,6 +193,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         groups_per_step: prompts,
         checkpoint_every: 1,
         seed: cfg.run.seed,
+        seed_scope: SeedScope::Step,
+        reference: true,
+        reward: RewardMode::Raw,
+        noise_std,
         stop,
         categorize: &categorize,
         on_step: &mut on_step,
@@ -202,7 +206,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         let mut v = serde_json::to_value(&summary)?;
         v["run_dir"] = root.display().to_string().into();
-        v["baseline_reward"] = baseline.reward.into();
+        v["baseline_reward"] = baseline.into();
+        v["noise_std"] = noise_std.into();
         v["resumed_at_epoch"] = restored.epoch.into();
         v["resumed_prompts"] = restored.sampled_prompts.into();
         v["mismatched_prompts"] = restored.mismatched_prompts.into();
@@ -213,7 +218,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "{what}: {} epochs, best reward {best} (baseline {:.4}); {} executions this session; run folder {}",
             summary.steps,
-            baseline.reward,
+            baseline,
             summary.executions,
             root.display()
         );

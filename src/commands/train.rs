@@ -3,6 +3,8 @@
 //! run store (`store.sqlite` in the run folder) records everything, and `--resume` continues a run that was
 //! stopped or killed at any moment.
 
+use ideator_rollout::baseline::{run_baseline, stored_noise_floor};
+use ideator_rollout::pipeline::reward::SeedScope;
 use std::path::PathBuf;
 
 use ideator_model::sampler::SamplingParams;
@@ -71,13 +73,68 @@ struct TrainFile {
     run: RunSection,
 }
 
+/// The second line of a step's summary: what its ideas cost, and how many groups were within the noise floor.
+fn cost_and_noise(r: &serde_json::Value) -> String {
+    let u = |k: &str| r[k].as_u64().unwrap_or(0);
+    let within = match (r["frac_reward_within_noise"].as_f64(), r["noise_std"].as_f64()) {
+        (Some(f), Some(noise)) => format!("{:.0}% of groups within the noise floor ({noise:.5})", 100.0 * f),
+        _ => "no noise floor measured".into(),
+    };
+    format!(
+        "{} ideas; {} executions (reference runs included), {} results from the cache, {} ideas excluded; {:.0}% \
+         of groups flat; {within}",
+        u("ideas"),
+        u("executed_ideas"),
+        u("cache_hits"),
+        u("excluded_ideas"),
+        100.0 * r["frac_reward_zero_std"].as_f64().unwrap_or(0.0),
+    )
+}
+
+/// The environment's noise floor: the baseline recipe at `rl.noise_floor_seeds` seeds, run once per store on the
+/// run's backend (0 seeds: only what the store already holds).
+fn measure_noise_floor(
+    cfg: &TrainFile,
+    store: &Store,
+    root: &std::path::Path,
+    scale: &str,
+    launcher: &ideator_rollout::pipeline::dispatch::ExecLauncher,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    quiet: bool,
+) -> anyhow::Result<Option<f64>> {
+    if cfg.rl.noise_floor_seeds == 0 {
+        return Ok(stored_noise_floor(store)?.and_then(|f| f.std));
+    }
+    let (floor, reused) = run_baseline(
+        store,
+        &root.join("baseline"),
+        &cfg.env.name,
+        scale,
+        cfg.rl.noise_floor_seeds,
+        cfg.backend.build()?,
+        launcher.clone(),
+        cfg.pipeline.clone(),
+        stop.clone(),
+    )?;
+    if !quiet {
+        eprintln!(
+            "baseline {:.4} over {} seeds; noise floor (seed-to-seed std) {} ({})",
+            floor.mean,
+            floor.runs,
+            floor.std.map_or("unknown".into(), |s| format!("{s:.5}")),
+            if reused { "stored" } else { "measured" }
+        );
+    }
+    Ok(floor.std)
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (cfg, text): (TrainFile, String) = read_config(&args.config)?;
     cfg.grpo.validate()?;
     cfg.optim.validate()?;
     cfg.rl.validate()?;
     cfg.pipeline.validate(cfg.rl.groups_per_step)?;
-    cfg.sampling.validate()?;
+    cfg.sampling.validate_for_training()?;
     cfg.diagnostics.alarm.validate()?;
     let relative = |p: &PathBuf| relative_to_config(&args.config, p);
     let (env, scale) = cfg.env.load(&args.config)?;
@@ -127,7 +184,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config_text: text.clone(),
         retention: cfg.rl.retention.clone(),
     };
-    if let Some(step) = agent.restore_latest()? {
+    let recorded = store.policy_versions(run.id)?.last().copied();
+    if let Some(step) = agent.restore_latest(Some(recorded.unwrap_or(0)))? {
         tracing::info!("resumed from the checkpoint at step {step}");
         if !args.json {
             eprintln!("resuming {} at step {step}", run_dir.root.display());
@@ -162,10 +220,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 100.0 * r["slot_utilisation"].as_f64().unwrap_or(0.0),
             ),
         );
+        crate::progress::say(&bar, format!("           {}", cost_and_noise(r)));
         extra
     };
     let launcher = cfg.env.launcher(&args.config, &scale, &run_dir.root.join("work"))?;
     let stop = ideator_rollout::pipeline::interrupt::stop_flag();
+    let noise_std = measure_noise_floor(&cfg, &store, &run_dir.root, &scale, &launcher, &stop, args.json)?;
     bar.set_position(agent.learner.step());
     let mut ctx = PipelineContext {
         store: &store,
@@ -176,6 +236,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         groups_per_step: cfg.rl.groups_per_step,
         checkpoint_every: cfg.rl.checkpoint_every,
         seed: cfg.run.seed,
+        seed_scope: SeedScope::Group,
+        reference: cfg.rl.reward.needs_reference(),
+        reward: cfg.rl.reward,
+        noise_std,
         stop,
         categorize: &categorize,
         on_step: &mut on_step,
@@ -190,10 +254,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let best = summary.best_reward.map(|b| format!("{b:.4}")).unwrap_or_else(|| "none".into());
         let what = if summary.interrupted { "training interrupted" } else { "training done" };
         println!(
-            "{what}: {} steps, best reward {best}; {} executions ({:.0}/h), slots {:.0}% busy, learner idle {:.0}%, \
-             {} stale groups dropped; run folder {}",
+            "{what}: {} steps, best reward {best}; {} executions and {} cache hits ({:.0} executions/h), slots {:.0}% \
+             busy, learner idle {:.0}%, {} stale groups dropped; run folder {}",
             summary.steps,
             summary.executions,
+            summary.cache_hits,
             summary.executions_per_hour,
             100.0 * summary.slot_utilisation,
             100.0 * summary.learner_idle_frac,

@@ -141,11 +141,22 @@ pub struct Entry {
     pub reward: f64,
     /// Why it failed (cause and message), if it did.
     pub failure: Option<String>,
+    /// The baseline recipe's score at the same environment seed (common random numbers), when it was run; the
+    /// entry beats the baseline against this, else against [`PromptDatabase::baseline`].
+    #[serde(default)]
+    pub baseline: Option<f64>,
 }
 
 impl Entry {
     pub fn executed(&self) -> bool {
         self.failure.is_none()
+    }
+
+    /// Whether it executed and scored above the baseline at its own seed (or `fallback`, the run's baseline,
+    /// when none was run at its seed). At the same seed a no-op idea ties the baseline instead of beating it half
+    /// the time on seed noise.
+    pub fn beats_baseline(&self, fallback: f64) -> bool {
+        self.executed() && self.reward > self.baseline.unwrap_or(fallback)
     }
 }
 
@@ -170,7 +181,7 @@ impl PromptDatabase {
     /// Executed ideas that beat the baseline, one per distinct text (its best score), in database order.
     pub fn winners(&self) -> Vec<&Entry> {
         let mut best: Vec<&Entry> = Vec::new();
-        for e in self.entries.iter().filter(|e| e.executed() && e.reward > self.baseline) {
+        for e in self.entries.iter().filter(|e| e.beats_baseline(self.baseline)) {
             match best.iter_mut().find(|b| b.text == e.text) {
                 Some(b) if e.reward > b.reward => *b = e,
                 Some(_) => {}
@@ -383,7 +394,7 @@ mod tests {
     use super::*;
 
     fn entry(epoch: u64, text: &str, reward: f64, failure: Option<&str>) -> Entry {
-        Entry { epoch, text: text.into(), reward, failure: failure.map(str::to_string) }
+        Entry { epoch, text: text.into(), reward, failure: failure.map(str::to_string), baseline: None }
     }
 
     #[test]

@@ -211,6 +211,15 @@ impl GrpoLearner {
         Ok(stats)
     }
 
+    /// Advances the step without an update, for a step whose every sample was excluded (the machine failed, not
+    /// the ideas: there is nothing to learn from). The schedule moves on as if the step had been taken, so a
+    /// resumed run and an uninterrupted one stay in step.
+    pub fn skip_step(&mut self) -> GrpoStepStats {
+        let stats = GrpoStepStats { step: self.step, lr: self.lr(), ..Default::default() };
+        self.step += 1;
+        stats
+    }
+
     /// Trained tensors, optimiser tensors and counters, for a checkpoint.
     pub fn export(&self) -> (HashMap<String, Tensor>, HashMap<String, Tensor>, LearnerState) {
         (

@@ -51,6 +51,10 @@ pub struct CommandConfig {
     /// Knobs the idea may set (validated before the program runs); none means free-form code changes.
     #[serde(default)]
     pub knobs: Vec<Knob>,
+    /// Whether a result may be reused for the same idea text at the same seed (the execution cache). Off by
+    /// default: an external program need not be deterministic. Turn it on when it is.
+    #[serde(default)]
+    pub cache: bool,
     /// The folder of the config file (set when loading; `{config_dir}` in args).
     #[serde(skip)]
     pub config_dir: PathBuf,
@@ -154,6 +158,14 @@ impl CommandEnv {
 impl Environment for CommandEnv {
     fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    /// The whole idea text (the program reads all of it) plus the knobs, and only when the config says the
+    /// program is deterministic (`cache = true`).
+    fn cache_identity(&self, recipe: &Recipe) -> Option<String> {
+        self.cfg
+            .cache
+            .then(|| format!("{}\n{}", serde_json::to_string(&recipe.values).unwrap_or_default(), recipe.idea))
     }
 
     fn description(&self) -> String {

@@ -80,6 +80,19 @@ impl GptConfig {
     pub fn train_flops_per_token(&self, t: usize) -> f64 {
         6.0 * self.matmul_params() as f64 + 12.0 * (self.n_layer * self.d_model * t) as f64
     }
+
+    /// Shapes `(rows, cols)` of the matrices inside the blocks ([`ParamRole::Hidden`]: what Muon orthogonalises),
+    /// as [`Gpt`] creates them.
+    pub fn hidden_matrix_shapes(&self) -> Vec<(usize, usize)> {
+        let (d, h) = (self.d_model, self.mlp_hidden);
+        let mut per_layer = vec![(d, d); 4];
+        per_layer.push((d, h));
+        if self.activation == Activation::SwiGlu {
+            per_layer.push((d, h));
+        }
+        per_layer.push((h, d));
+        (0..self.n_layer).flat_map(|_| per_layer.clone()).collect()
+    }
 }
 
 /// What an optimiser should do with a parameter.

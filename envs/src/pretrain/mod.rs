@@ -172,7 +172,14 @@ impl Pretrain {
                 ),
             ));
         }
-        let flops_per_step = model.train_flops_per_token(seq_len) * (batch_size * seq_len) as f64;
+        let kind = match recipe.s("optimizer") {
+            "lion" => OptimizerKind::Lion,
+            "sgd" => OptimizerKind::Sgd,
+            "muon" => OptimizerKind::Muon,
+            _ => OptimizerKind::AdamW,
+        };
+        let flops_per_step = model.train_flops_per_token(seq_len) * (batch_size * seq_len) as f64
+            + optimizer_flops_per_step(kind, &model);
         let steps = (spec.budget_flops / flops_per_step).floor() as usize;
         if steps < spec.min_steps {
             return Err((
@@ -191,12 +198,7 @@ impl Pretrain {
             _ => Shape::Cosine,
         };
         let optim = OptimConfig {
-            kind: match recipe.s("optimizer") {
-                "lion" => OptimizerKind::Lion,
-                "sgd" => OptimizerKind::Sgd,
-                "muon" => OptimizerKind::Muon,
-                _ => OptimizerKind::AdamW,
-            },
+            kind,
             beta1: recipe.f("beta1"),
             beta2: recipe.f("beta2"),
             weight_decay: recipe.f("weight_decay"),
@@ -222,6 +224,19 @@ impl Pretrain {
             eval: spec.eval,
             log_every: (steps / 20).max(1),
         })
+    }
+}
+
+/// The optimiser's own matrix work per step, charged to the FLOP budget so that no optimiser buys compute: Muon's
+/// Newton-Schulz iterations on every hidden matrix (about 40% on top of the model's FLOPs at `tiny`, and more
+/// with small batches, since it does not shrink with the batch). Element-wise updates (AdamW, Lion, SGD) are a few
+/// FLOPs per parameter, below the model count's precision, and are not charged.
+pub fn optimizer_flops_per_step(kind: OptimizerKind, model: &GptConfig) -> f64 {
+    match kind {
+        OptimizerKind::Muon => {
+            model.hidden_matrix_shapes().iter().map(|&(r, c)| optim::newton_schulz_flops(r, c)).sum()
+        }
+        OptimizerKind::AdamW | OptimizerKind::Lion | OptimizerKind::Sgd => 0.0,
     }
 }
 
@@ -465,5 +480,47 @@ impl Environment for Pretrain {
             (None, None) => ExecResult::failed(FailureCause::RuntimeError, "the run produced no validation loss"),
         };
         result.with_metrics(out.metrics).with_log(out.log)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::implement;
+
+    fn plan_of(changes: &str, scale: &str) -> TrainPlan {
+        let env = Pretrain::new();
+        let recipe = implement(&env, &format!("[Experiment]\nx\n[Code Changes]\n{changes}\n[End]"), scale)
+            .expect("valid idea");
+        let spec = scales().into_iter().find(|s| s.name == scale).unwrap();
+        env.plan(&recipe, &spec).expect("within budget")
+    }
+
+    /// Newton-Schulz of a 2 x 3 matrix by hand: m = 2, n = 3; per iteration 2*2*2*3 (Gram) + 2*2*2*2 (its square)
+    /// + 2*2*2*3 (times x) = 24 + 16 + 24 = 64 FLOPs, five iterations.
+    #[test]
+    fn newton_schulz_flops_match_a_hand_count() {
+        assert_eq!(optim::newton_schulz_flops(2, 3), 320.0);
+        assert_eq!(optim::newton_schulz_flops(3, 2), 320.0);
+    }
+
+    #[test]
+    fn muon_pays_for_its_iterations_out_of_the_same_budget() {
+        for scale in ["tiny", "small"] {
+            let adamw = plan_of("optimizer = \"adamw\"", scale);
+            let muon = plan_of("optimizer = \"muon\"", scale);
+            let spec = scales().into_iter().find(|s| s.name == scale).unwrap();
+            let tokens_per_step = (adamw.batch_size * adamw.seq_len) as f64;
+            let model_flops = adamw.model.train_flops_per_token(adamw.seq_len) * tokens_per_step;
+            let ns_flops = optimizer_flops_per_step(OptimizerKind::Muon, &muon.model);
+            assert!(ns_flops > 0.1 * model_flops, "{scale}: Newton-Schulz {ns_flops:.3e} vs model {model_flops:.3e}");
+            let (sa, sm) = (adamw.schedule.total_steps, muon.schedule.total_steps);
+            assert!(sm < sa, "{scale}: muon {sm} steps, adamw {sa}");
+            // Both spend the budget and no more.
+            assert!(sa as f64 * model_flops <= spec.budget_flops);
+            assert!(sm as f64 * (model_flops + ns_flops) <= spec.budget_flops);
+            assert!((sm + 1) as f64 * (model_flops + ns_flops) > spec.budget_flops);
+            assert_eq!(optimizer_flops_per_step(OptimizerKind::AdamW, &adamw.model), 0.0);
+        }
     }
 }

@@ -105,6 +105,14 @@ impl Optimizer {
     }
 }
 
+/// FLOPs of one [`newton_schulz`] call on a `rows x cols` matrix: with m = min(rows, cols) and n = max(rows, cols),
+/// each of the [`NS_STEPS`] iterations computes the m x m Gram matrix (2 m^2 n), its square (2 m^3) and the
+/// polynomial times x (2 m^2 n), counting a multiply-add as 2 FLOPs like the model's FLOP count.
+pub fn newton_schulz_flops(rows: usize, cols: usize) -> f64 {
+    let (m, n) = (rows.min(cols) as f64, rows.max(cols) as f64);
+    NS_STEPS as f64 * (4.0 * m * m * n + 2.0 * m * m * m)
+}
+
 /// Approximately the orthogonal factor U V^T of `g = U S V^T`, by five quintic Newton-Schulz iterations on the
 /// wide orientation (fewer flops: the Gram matrix is the small side).
 pub fn newton_schulz(g: &Tensor) -> Result<Tensor> {

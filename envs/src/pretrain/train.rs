@@ -137,7 +137,9 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
     m.insert("steps".into(), steps as f64);
     m.insert("tokens".into(), tokens);
     m.insert("params".into(), plan.model.total_params() as f64);
-    m.insert("flops".into(), plan.model.train_flops_per_token(t) * tokens);
+    let optimizer_flops = super::optimizer_flops_per_step(plan.optim.kind, &plan.model) * steps as f64;
+    m.insert("flops".into(), plan.model.train_flops_per_token(t) * tokens + optimizer_flops);
+    m.insert("optimizer_flops".into(), optimizer_flops);
     m.insert("train_seconds".into(), train_seconds);
     m.insert("eval_seconds".into(), eval_seconds);
     m.insert("tokens_per_second".into(), tokens / train_seconds.max(1e-9));

@@ -16,6 +16,7 @@ use ideator_envs::backend::{Backend, BackendError, Outcome, RunSpec};
 use ideator_envs::{ExecResult, FailureCause};
 use tokio::sync::mpsc;
 
+use crate::cache::RecipeKeyer;
 use crate::store::{IdeaRow, Store};
 
 /// Turns an idea into a run: writes what the run reads into its folder and says what to start.
@@ -23,6 +24,11 @@ pub trait Launcher: Send {
     /// The run of `attempt` (1-based) of `idea`; writes its input files when `prepare` is true (false when
     /// re-attaching to a run that already exists).
     fn spec(&self, idea: &IdeaRow, attempt: u32, prepare: bool) -> std::io::Result<RunSpec>;
+
+    /// The execution cache's key of the idea ([`crate::cache`]); `None` (the default): always run it.
+    fn cache_key(&self, _idea: &IdeaRow) -> Option<String> {
+        None
+    }
 }
 
 /// Runs `ideator exec` (the binary at `program`) on the idea written to `idea.md` in the attempt's folder
@@ -36,6 +42,8 @@ pub struct ExecLauncher {
     pub work_root: PathBuf,
     /// The run's own limit (it reports a clean timeout); the backend kills it a little later.
     pub time_limit: Option<Duration>,
+    /// Keys for the execution cache; `None` turns the cache off.
+    pub keyer: Option<Arc<RecipeKeyer>>,
 }
 
 impl ExecLauncher {
@@ -55,20 +63,15 @@ impl Launcher for ExecLauncher {
             std::fs::write(&idea_path, &idea.text)?;
         }
         let mut args = vec!["exec".to_string(), "--env".into(), self.env.clone()];
+        // A reference run executes the baseline recipe: `ideator exec` without an idea.
+        let idea_args: Vec<String> =
+            if idea.reference { vec![] } else { vec!["--idea".into(), idea_path.display().to_string()] };
         if let Some(c) = &self.env_config {
             args.extend(["--env-config".into(), c.display().to_string()]);
         }
-        args.extend([
-            "--scale".into(),
-            self.scale.clone(),
-            "--seed".into(),
-            idea.seed.to_string(),
-            "--idea".into(),
-            idea_path.display().to_string(),
-            "--work-dir".into(),
-            work_dir.join("run").display().to_string(),
-            "--json".into(),
-        ]);
+        args.extend(["--scale".into(), self.scale.clone(), "--seed".into(), idea.seed.to_string()]);
+        args.extend(idea_args);
+        args.extend(["--work-dir".into(), work_dir.join("run").display().to_string(), "--json".into()]);
         if let Some(l) = self.time_limit {
             args.extend(["--time-limit".into(), format!("{}", l.as_secs_f64())]);
         }
@@ -80,6 +83,10 @@ impl Launcher for ExecLauncher {
             work_dir,
             time_limit: self.time_limit.map(Self::hard_limit),
         })
+    }
+
+    fn cache_key(&self, idea: &IdeaRow) -> Option<String> {
+        self.keyer.as_ref()?.key(idea)
     }
 }
 
@@ -130,6 +137,9 @@ pub struct DispatchStats {
     pub completed: u64,
     pub infrastructure_failures: u64,
     pub gave_up: u64,
+    /// Ideas whose result was copied from an execution of the same recipe at the same seed (counted in neither
+    /// `launched` nor `completed`).
+    pub cache_hits: u64,
 }
 
 struct Queued {
@@ -153,6 +163,14 @@ struct Dispatcher {
     events: std::sync::mpsc::Sender<Event>,
     stats: Arc<Mutex<DispatchStats>>,
     last_tick: Instant,
+    /// Cache keys being executed now (queued or running), each with the ideas waiting for its result.
+    leaders: HashMap<String, Leader>,
+}
+
+/// The idea that executes a cache key, and the identical ideas (same key, same seed) waiting for its result.
+struct Leader {
+    idea: i64,
+    followers: Vec<IdeaRow>,
 }
 
 /// A running dispatcher.
@@ -197,6 +215,7 @@ pub fn start(
         events: ev_tx,
         stats: stats.clone(),
         last_tick: Instant::now(),
+        leaders: HashMap::new(),
     };
     let thread = std::thread::Builder::new()
         .name("ideator-dispatch".into())
@@ -251,11 +270,16 @@ impl Dispatcher {
             match c {
                 Command::Run(idea) => {
                     self.stats.lock().expect("stats lock").received += 1;
-                    let attempt = idea.attempts + 1;
-                    self.queue.push_back(Queued { idea, attempt, not_before: Instant::now() });
+                    self.take_in(idea)?;
                 }
-                Command::Reattach(idea) => self.reattach(idea)?,
+                Command::Reattach(idea) => {
+                    if let Some(key) = &idea.recipe_key {
+                        self.leaders.insert(key_at(key, idea.seed), Leader { idea: idea.id, followers: vec![] });
+                    }
+                    self.reattach(idea)?
+                }
                 Command::Cancel(ids) => {
+                    self.release_cancelled(&ids)?;
                     self.queue.retain(|q| !ids.contains(&q.idea.id));
                     let keys: Vec<String> = self
                         .inflight
@@ -380,6 +404,75 @@ impl Dispatcher {
             self.stats.lock().expect("stats lock").completed += 1;
             let _ = self.events.send(Event::Done { idea: idea.id, group: idea.group_id });
         }
+        let Some(key) = idea.recipe_key.as_ref().map(|k| key_at(k, idea.seed)) else { return Ok(()) };
+        let Some(leader) = self.leaders.remove(&key) else { return Ok(()) };
+        if cacheable(r) {
+            for f in leader.followers {
+                self.finish_from_cache(&f, idea.id, r)?;
+            }
+        } else if let Some((first, rest)) = leader.followers.split_first() {
+            // The result says nothing about the recipe (the machine failed, or the time ran out): the next
+            // identical idea runs it itself.
+            self.leaders.insert(key, Leader { idea: first.id, followers: rest.to_vec() });
+            self.queue.push_back(Queued {
+                idea: first.clone(),
+                attempt: first.attempts + 1,
+                not_before: Instant::now(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes in a new idea: answered from the cache, attached to an identical idea that is executing, or queued.
+    fn take_in(&mut self, mut idea: IdeaRow) -> crate::Result<()> {
+        if idea.recipe_key.is_none() {
+            if let Some(key) = self.launcher.cache_key(&idea) {
+                self.store.set_recipe_key(idea.id, &key)?;
+                idea.recipe_key = Some(key);
+            }
+        }
+        if let Some(key) = idea.recipe_key.clone() {
+            if let Some((source, stored)) = self.store.cached_result(&key, idea.seed)? {
+                return self.finish_from_cache(&idea, source, &stored.into());
+            }
+            let key = key_at(&key, idea.seed);
+            if let Some(leader) = self.leaders.get_mut(&key) {
+                leader.followers.push(idea);
+                return Ok(());
+            }
+            self.leaders.insert(key, Leader { idea: idea.id, followers: vec![] });
+        }
+        let attempt = idea.attempts + 1;
+        self.queue.push_back(Queued { idea, attempt, not_before: Instant::now() });
+        Ok(())
+    }
+
+    fn finish_from_cache(&mut self, idea: &IdeaRow, source: i64, r: &ExecResult) -> crate::Result<()> {
+        if self.store.finish_idea_cached(idea.id, source, r)? {
+            self.stats.lock().expect("stats lock").cache_hits += 1;
+            let _ = self.events.send(Event::Done { idea: idea.id, group: idea.group_id });
+        }
+        Ok(())
+    }
+
+    /// Cancelled ideas leave the leaders' tables; a cancelled leader hands its key to its first follower that
+    /// is not cancelled too.
+    fn release_cancelled(&mut self, ids: &[i64]) -> crate::Result<()> {
+        let keys: Vec<String> = self.leaders.keys().cloned().collect();
+        for key in keys {
+            let mut leader = self.leaders.remove(&key).expect("listed above");
+            leader.followers.retain(|f| !ids.contains(&f.id));
+            if !ids.contains(&leader.idea) {
+                self.leaders.insert(key, leader);
+            } else if let Some((first, rest)) = leader.followers.split_first() {
+                self.leaders.insert(key, Leader { idea: first.id, followers: rest.to_vec() });
+                self.queue.push_back(Queued {
+                    idea: first.clone(),
+                    attempt: first.attempts + 1,
+                    not_before: Instant::now(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -403,6 +496,8 @@ impl Dispatcher {
     }
 
     fn stop(&mut self, cancel: bool) -> crate::Result<()> {
+        // Followers are still pending in the store: a resume takes them in again.
+        self.leaders.clear();
         if cancel {
             self.backend.cancel_all();
             for (_, run) in std::mem::take(&mut self.inflight) {
@@ -414,4 +509,15 @@ impl Dispatcher {
         self.account();
         Ok(())
     }
+}
+
+/// A leader's table key: the recipe key at one seed.
+fn key_at(recipe_key: &str, seed: u64) -> String {
+    format!("{recipe_key}@{seed}")
+}
+
+/// Whether a result may stand for every execution of its recipe at its seed: not when the machine failed or the
+/// time limit cut it (another attempt, machine or limit could finish it).
+fn cacheable(r: &ExecResult) -> bool {
+    !matches!(r.cause, Some(FailureCause::Infrastructure | FailureCause::TimeLimit))
 }

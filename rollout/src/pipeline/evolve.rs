@@ -99,15 +99,25 @@ impl<'a> EvolutionAgent<'a> {
             if epoch >= self.version {
                 continue;
             }
+            let baseline = g
+                .reference
+                .as_ref()
+                .and_then(|r| r.result.as_ref())
+                .filter(|r| r.status == Status::Ok)
+                .map(|r| r.reward);
             for i in &g.ideas {
                 let r = i.result.as_ref().ok_or_else(|| {
                     RolloutError::Config(format!("idea {} of a trained group has no result", i.key))
                 })?;
+                if r.cause == Some(ideator_envs::FailureCause::Infrastructure) {
+                    continue;
+                }
                 self.db.add(Entry {
                     epoch,
                     text: i.text.clone(),
                     reward: r.reward,
                     failure: failure_text(r.status, r.cause.map(|c| c.as_str().to_string()).as_deref(), &r.message),
+                    baseline,
                 });
             }
         }
@@ -267,11 +277,15 @@ impl Learner for EvolutionAgent<'_> {
             let index = seqs.iter().position(|&s| s == r.group).expect("listed above");
             let kind = self.epoch_prompts.get(index).map_or(PromptKind::Explore, |p| p.kind);
             by_kind.entry(kind.as_str()).or_default().push(r.reward);
+            if r.excluded {
+                continue;
+            }
             self.db.add(Entry {
                 epoch: self.version,
                 text: r.text.clone(),
                 reward: r.reward,
                 failure: failure_text(r.status, r.cause.as_deref(), &r.message),
+                baseline: r.baseline_reward,
             });
         }
         let n = rewards.len().max(1) as f64;
@@ -285,7 +299,10 @@ impl Learner for EvolutionAgent<'_> {
             "reward_std": reward_std,
             "reward_max": rewards.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
             "baseline_reward": self.db.baseline,
-            "beat_baseline": records.iter().filter(|r| r.status == Status::Ok && r.reward > self.db.baseline).count(),
+            "beat_baseline": records
+                .iter()
+                .filter(|r| r.status == Status::Ok && r.reward > r.baseline_reward.unwrap_or(self.db.baseline))
+                .count(),
             "exploit_share": if self.version == 0 { 0.0 } else { exploit_share(self.version) },
             "exploit_prompts_planned": exploit_prompts(self.version, self.cfg.prompts_per_epoch),
             "fresh_prompts": count(PromptKind::Fresh),

@@ -33,9 +33,14 @@ pub struct GrpoAgent<'a> {
 }
 
 impl GrpoAgent<'_> {
-    /// Restores the newest checkpoint in the folder, if any; returns its step.
-    pub fn restore_latest(&mut self) -> Result<Option<u64>> {
-        let Some(latest) = ideator_checkpoints::latest(&self.checkpoints)? else { return Ok(None) };
+    /// Restores the newest checkpoint in the folder whose step is at most `at_most` (the newest policy version the
+    /// run store recorded), if any; returns its step. A checkpoint newer than the store is one whose step record an
+    /// OS crash lost (the step's groups are complete again in the store): resuming from it would train those
+    /// groups twice, so it is passed over.
+    pub fn restore_latest(&mut self, at_most: Option<u64>) -> Result<Option<u64>> {
+        let mut all = ideator_checkpoints::list(&self.checkpoints)?;
+        all.retain(|c| at_most.is_none_or(|m| c.manifest.step <= m));
+        let Some(latest) = all.pop() else { return Ok(None) };
         let c = ideator_checkpoints::load(&latest.path, Some(&self.base_model))?;
         let state: CheckpointState = serde_json::from_value(c.trainer_state.clone()).map_err(|e| {
             RolloutError::Config(format!("checkpoint {}: bad trainer state: {e}", latest.path.display()))
@@ -75,7 +80,14 @@ impl Learner for GrpoAgent<'_> {
     }
 
     fn update(&mut self, groups: &[ScoredGroup]) -> Result<serde_json::Value> {
-        let stats = self.learner.train_step(groups)?;
+        // Groups whose every sample was excluded (infrastructure failures) carry nothing to learn from.
+        let groups: Vec<ScoredGroup> = groups.iter().filter(|g| !g.samples.is_empty()).cloned().collect();
+        let stats = if groups.is_empty() {
+            tracing::warn!("every sample of step {} was excluded; the step makes no update", self.learner.step());
+            self.learner.skip_step()
+        } else {
+            self.learner.train_step(&groups)?
+        };
         Ok(serde_json::to_value(&stats).expect("stats serialise"))
     }
 

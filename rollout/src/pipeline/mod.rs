@@ -20,6 +20,7 @@ pub mod evolve;
 pub mod frozen;
 pub mod grpo;
 pub mod interrupt;
+pub mod reward;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ideator_envs::backend::Backend;
-use ideator_envs::Status;
+use ideator_envs::{FailureCause, Status};
 use ideator_trainer::run_dir::{truncate_metrics, MetricsWriter};
 use ideator_trainer::{ScoredGroup, ScoredSample};
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,8 @@ use serde::{Deserialize, Serialize};
 use crate::store::{GroupRow, GroupStatus, IdeaStatus, NewGroup, NewIdea, Store};
 use crate::{Result, RolloutError};
 use dispatch::{Command, DispatchStats, Event, Launcher, RetryPolicy};
+use frozen::BASELINE_TEXT;
+use reward::{env_seed, within_noise, RewardMode, SeedScope};
 
 /// What to do with running executions when the trainer is interrupted (Ctrl-C).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +181,18 @@ pub struct IdeaRecord {
     pub attempts: u32,
     /// The knobs the idea changes (its category); `None` if it could not be implemented.
     pub category: Option<Vec<String>>,
+    /// The environment seed it ran at (shared by its group: common random numbers).
+    #[serde(default)]
+    pub seed: u64,
+    /// The reference run's score at the same seed (the baseline recipe), when the group has one that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_reward: Option<f64>,
+    /// The result was copied from an earlier execution of the same recipe at the same seed.
+    #[serde(default)]
+    pub cached: bool,
+    /// Left out of the update: the machine failed (after the retries), not the idea.
+    #[serde(default)]
+    pub excluded: bool,
 }
 
 /// What the caller sees after each step; it may add metrics (diagnostics) to the step's record.
@@ -199,6 +214,16 @@ pub struct PipelineContext<'a> {
     pub groups_per_step: usize,
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Which executions share an environment seed (common random numbers).
+    pub seed_scope: SeedScope,
+    /// Give every group a reference run: the environment's baseline recipe at the group's seed (needed by reward
+    /// modes relative to the baseline and by evolutionary search; a cached execution after the first per seed).
+    pub reference: bool,
+    /// What the learner is given for an idea's score.
+    pub reward: RewardMode,
+    /// The environment's seed-to-seed std of a fixed recipe (its noise floor), when measured: groups whose reward
+    /// range lies within it are counted (`frac_reward_within_noise`).
+    pub noise_std: Option<f64>,
     /// Set (e.g. by Ctrl-C) to stop: sampling stops, runs are cancelled or awaited, a checkpoint is saved.
     pub stop: Arc<AtomicBool>,
     pub categorize: &'a dyn Fn(&str) -> Option<Vec<String>>,
@@ -212,7 +237,11 @@ pub struct PipelineSummary {
     pub interrupted: bool,
     pub best_reward: Option<f64>,
     pub best_idea: Option<String>,
+    /// Executions that ran in this session (reference runs included, cache hits not).
     pub executions: u64,
+    /// Results copied from the execution cache in this session.
+    #[serde(default)]
+    pub cache_hits: u64,
     pub dropped_stale_groups: u64,
     pub wall_seconds: f64,
     pub slot_utilisation: f64,
@@ -231,6 +260,44 @@ pub(crate) fn mix(a: u64, b: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// Test hook: `IDEATOR_TEST_CRASH_AFTER_STEP=N` aborts the process right after step N's record is committed and
+/// before its checkpoint is written, the window in which a crash must lose the step, never train it twice.
+fn crash_point_for_tests(step: u64) {
+    if std::env::var("IDEATOR_TEST_CRASH_AFTER_STEP").ok().and_then(|v| v.parse::<u64>().ok()) == Some(step) {
+        eprintln!("IDEATOR_TEST_CRASH_AFTER_STEP={step}: aborting between the step record and its checkpoint");
+        std::process::abort();
+    }
+}
+
+/// What a step's groups held, beyond the learner's own statistics.
+#[derive(Default)]
+struct StepTally {
+    /// Ideas left out of the update (infrastructure failures; ideas of a group whose reference run failed when
+    /// the reward is relative to it).
+    excluded: u64,
+    /// Results (ideas and reference runs) copied from the execution cache.
+    cache_hits: u64,
+    references: u64,
+    /// Groups whose trained rewards are all equal (no policy-gradient signal).
+    zero_std: u64,
+    /// Groups whose reward range is within the noise floor.
+    within_noise: u64,
+}
+
+impl StepTally {
+    fn write(&self, record: &mut serde_json::Value, groups: usize, ideas: usize, noise_std: Option<f64>) {
+        let n = groups.max(1) as f64;
+        record["ideas"] = ideas.into();
+        record["reference_runs"] = self.references.into();
+        record["cache_hits"] = self.cache_hits.into();
+        record["executed_ideas"] = (ideas as u64 + self.references).saturating_sub(self.cache_hits).into();
+        record["excluded_ideas"] = self.excluded.into();
+        record["frac_reward_zero_std"] = (self.zero_std as f64 / n).into();
+        record["noise_std"] = noise_std.into();
+        record["frac_reward_within_noise"] = noise_std.map(|_| self.within_noise as f64 / n).into();
+    }
 }
 
 /// Time split and counters between two updates.
@@ -288,7 +355,7 @@ pub fn run_pipeline(
     let mut dispatcher = dispatch::start(&store_path, backend, launcher, retry)?;
     for g in store.groups_with_status(run, &[GroupStatus::Executing])? {
         let mut remaining = 0;
-        for i in &g.ideas {
+        for i in g.executions() {
             match i.status {
                 IdeaStatus::Pending => dispatcher.send(Command::Run(i.clone())),
                 IdeaStatus::Running => dispatcher.send(Command::Reattach(i.clone())),
@@ -433,34 +500,45 @@ pub fn run_pipeline(
                         id
                     }
                 };
-                let group_seed = mix(ctx.seed, seq);
+                let seed = env_seed(ctx.seed, ctx.seed_scope, seq, ctx.groups_per_step);
+                let mut ideas: Vec<NewIdea> = sampled
+                    .ideas
+                    .into_iter()
+                    .map(|s| NewIdea {
+                        text: s.text,
+                        token_ids: s.token_ids,
+                        logprobs: s.logprobs,
+                        finish_reason: s.finish_reason,
+                        seed,
+                        reference: false,
+                    })
+                    .collect();
+                if ctx.reference {
+                    ideas.push(NewIdea {
+                        text: BASELINE_TEXT.into(),
+                        token_ids: vec![],
+                        logprobs: vec![],
+                        finish_reason: "reference".into(),
+                        seed,
+                        reference: true,
+                    });
+                }
                 let new = NewGroup {
                     seq,
                     prompt_id,
                     policy_version: version,
                     sample_seconds,
                     temperature: sampled.temperature,
-                    ideas: sampled
-                        .ideas
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, s)| NewIdea {
-                            text: s.text,
-                            token_ids: s.token_ids,
-                            logprobs: s.logprobs,
-                            finish_reason: s.finish_reason,
-                            seed: mix(group_seed, i as u64 + 1),
-                        })
-                        .collect(),
+                    ideas,
                 };
                 // Stored before any of its ideas is launched.
                 let row = store.insert_group(run, &new)?;
                 next_seq += 1;
-                for i in &row.ideas {
+                for i in row.executions() {
                     dispatcher.send(Command::Run(i.clone()));
                     sent += 1;
                 }
-                let n = row.ideas.len();
+                let n = row.executions().count();
                 executing.insert(row.id, (row, n));
                 continue;
             }
@@ -515,6 +593,7 @@ pub fn run_pipeline(
         best_reward: best.as_ref().map(|b| b.0),
         best_idea: best.map(|b| b.1),
         executions,
+        cache_hits: final_stats.cache_hits,
         dropped_stale_groups: dropped_total,
         wall_seconds: wall,
         slot_utilisation: final_stats.busy_slot_seconds / (final_stats.slots as f64 * wall).max(1e-9),
@@ -571,6 +650,7 @@ fn train_step(
     let mut scored = Vec::with_capacity(groups.len());
     let mut records = Vec::new();
     let mut staleness = Vec::new();
+    let mut tally = StepTally::default();
     for g in groups {
         let prompt = match prompts.get(&g.prompt_id) {
             Some(p) => p.clone(),
@@ -580,20 +660,29 @@ fn train_step(
                 p
             }
         };
+        let baseline_reward =
+            g.reference.as_ref().and_then(|r| r.result.as_ref()).filter(|r| r.status == Status::Ok).map(|r| r.reward);
         let mut samples = Vec::with_capacity(g.ideas.len());
         for i in &g.ideas {
             let r = i
                 .result
                 .clone()
                 .ok_or_else(|| RolloutError::Config(format!("idea {} of a complete group has no result", i.key)))?;
-            samples.push(ScoredSample {
-                completion_ids: i.token_ids.clone(),
-                behaviour_logprobs: i.logprobs.clone(),
-                reward: r.reward,
-            });
+            // The machine failed, not the idea (after the retries): no signal either way.
+            let excluded = r.cause == Some(FailureCause::Infrastructure);
+            let shaped = ctx.reward.shape(r.reward, baseline_reward);
+            match shaped {
+                Some(reward) if !excluded => samples.push(ScoredSample {
+                    completion_ids: i.token_ids.clone(),
+                    behaviour_logprobs: i.logprobs.clone(),
+                    reward,
+                }),
+                _ => tally.excluded += 1,
+            }
             if r.status == Status::Ok && best.as_ref().is_none_or(|(b, _)| r.reward > *b) {
                 *best = Some((r.reward, i.text.clone()));
             }
+            tally.cache_hits += u64::from(i.cached_from.is_some());
             records.push(IdeaRecord {
                 step,
                 epoch: learner.counts_epochs().then_some(step),
@@ -611,7 +700,20 @@ fn train_step(
                 seconds: r.seconds,
                 attempts: i.attempts,
                 category: (ctx.categorize)(&i.text),
+                seed: i.seed,
+                baseline_reward,
+                cached: i.cached_from.is_some(),
+                excluded: excluded || shaped.is_none(),
             });
+        }
+        if let Some(r) = &g.reference {
+            tally.references += 1;
+            tally.cache_hits += u64::from(r.cached_from.is_some());
+        }
+        let rewards: Vec<f64> = samples.iter().map(|s| s.reward).collect();
+        tally.zero_std += u64::from(rewards.windows(2).all(|w| w[0] == w[1]));
+        if let Some(noise) = ctx.noise_std {
+            tally.within_noise += u64::from(within_noise(&rewards, noise));
         }
         staleness.push((g.id, version.saturating_sub(g.policy_version)));
         scored.push(ScoredGroup {
@@ -666,6 +768,7 @@ fn train_step(
         *hist.entry(s.to_string()).or_insert(0u64) += 1;
     }
     record["staleness"] = serde_json::to_value(&hist).expect("map serialises");
+    tally.write(&mut record, groups.len(), records.len(), ctx.noise_std);
     record["policy_version"] = version.into();
     let extra = (ctx.on_step)(&StepReport { step, ideas: &records, record: &record });
     for (k, v) in extra {
@@ -673,6 +776,7 @@ fn train_step(
     }
     // The update counts once its groups are marked trained and its row is written (one transaction).
     store.record_step(ctx.run, step, &staleness, &record)?;
+    crash_point_for_tests(step);
     metrics_out.write(&record)?;
     for r in &records {
         writeln!(ideas_out, "{}", serde_json::to_string(r).expect("records serialise"))

@@ -132,6 +132,8 @@ pub struct NewIdea {
     pub logprobs: Vec<f32>,
     pub finish_reason: String,
     pub seed: u64,
+    /// The group's reference run (the baseline recipe at the group's seed), not an idea of the policy.
+    pub reference: bool,
 }
 
 /// A sampled group to store.
@@ -169,6 +171,12 @@ pub struct IdeaRow {
     pub finished_at: Option<f64>,
     /// The execution's result, once done.
     pub result: Option<StoredResult>,
+    /// The group's reference run (the baseline recipe at the group's seed): executed, never trained on.
+    pub reference: bool,
+    /// What the execution computes (see the schema's migration 2); `None`: not cacheable or not yet known.
+    pub recipe_key: Option<String>,
+    /// The idea whose execution this result was copied from (the execution cache), if any.
+    pub cached_from: Option<i64>,
 }
 
 /// The part of an [`ExecResult`] the store keeps (the log stays in the run's work folder).
@@ -180,6 +188,22 @@ pub struct StoredResult {
     pub message: String,
     pub metrics: BTreeMap<String, f64>,
     pub seconds: f64,
+}
+
+impl From<StoredResult> for ExecResult {
+    /// The stored part of a result (its log stays with the execution it came from).
+    fn from(r: StoredResult) -> ExecResult {
+        ExecResult {
+            status: r.status,
+            reward: r.reward,
+            metrics: r.metrics,
+            cause: r.cause,
+            message: r.message,
+            seconds: r.seconds,
+            log: String::new(),
+            changed: Vec::new(),
+        }
+    }
 }
 
 /// A group as stored, with its ideas in index order.
@@ -195,7 +219,17 @@ pub struct GroupRow {
     pub status: GroupStatus,
     pub trained_step: Option<u64>,
     pub staleness: Option<u64>,
+    /// The policy's ideas, in index order.
     pub ideas: Vec<IdeaRow>,
+    /// The group's reference run, if it has one.
+    pub reference: Option<IdeaRow>,
+}
+
+impl GroupRow {
+    /// Every execution of the group: its ideas, then its reference run.
+    pub fn executions(&self) -> impl Iterator<Item = &IdeaRow> {
+        self.ideas.iter().chain(self.reference.as_ref())
+    }
 }
 
 /// One policy update as stored.
@@ -244,6 +278,17 @@ impl AttemptRow {
     }
 }
 
+/// What a run's ideas cost (see [`Store::execution_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionCounts {
+    /// Ideas sampled from the policy (reference runs excluded).
+    pub ideas: u64,
+    /// Executions that really ran to a result (reference runs included; cached results excluded).
+    pub executions: u64,
+    /// Results copied from an earlier execution of the same recipe at the same seed.
+    pub cache_hits: u64,
+}
+
 /// A connection to a run store. Open one per thread.
 pub struct Store {
     conn: Connection,
@@ -252,7 +297,7 @@ pub struct Store {
 
 const IDEA_COLUMNS: &str = "id, group_id, idx, key, text, token_ids, logprobs, finish_reason, seed, status, attempts, \
      backend, job_id, work_dir, log_path, created_at, submitted_at, finished_at, exec_status, reward, cause, message, \
-     metrics, exec_seconds";
+     metrics, exec_seconds, reference, recipe_key, cached_from";
 
 fn idea_from_row(r: &Row) -> rusqlite::Result<IdeaRow> {
     let exec_status: Option<String> = r.get(18)?;
@@ -290,6 +335,9 @@ fn idea_from_row(r: &Row) -> rusqlite::Result<IdeaRow> {
         submitted_at: r.get(16)?,
         finished_at: r.get(17)?,
         result,
+        reference: r.get::<_, i64>(24)? != 0,
+        recipe_key: r.get(25)?,
+        cached_from: r.get(26)?,
     })
 }
 
@@ -548,8 +596,8 @@ impl Store {
         for (i, idea) in g.ideas.iter().enumerate() {
             tx.execute(
                 "INSERT INTO ideas (run_id, group_id, idx, key, text, token_ids, logprobs, finish_reason, seed, status,
-                                    created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10)",
+                                    created_at, reference)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11)",
                 params![
                     run,
                     group_id,
@@ -560,7 +608,8 @@ impl Store {
                     f32s_to_blob(&idea.logprobs),
                     idea.finish_reason,
                     idea.seed as i64,
-                    t
+                    t,
+                    i64::from(idea.reference)
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -622,6 +671,16 @@ impl Store {
     /// Stores an idea's result; returns false (and changes nothing) if the idea already had one, so that a
     /// result can never be counted twice. When the last idea of a group is done, the group becomes complete.
     pub fn finish_idea(&self, idea: i64, attempt: u32, r: &ExecResult) -> Result<bool> {
+        self.store_result(idea, Some(attempt), None, r)
+    }
+
+    /// Stores a result copied from the execution of idea `source` (same recipe key and seed), without running
+    /// anything; like [`Store::finish_idea`] otherwise.
+    pub fn finish_idea_cached(&self, idea: i64, source: i64, r: &ExecResult) -> Result<bool> {
+        self.store_result(idea, None, Some(source), r)
+    }
+
+    fn store_result(&self, idea: i64, attempt: Option<u32>, source: Option<i64>, r: &ExecResult) -> Result<bool> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         let t = now();
         let status = match r.status {
@@ -631,7 +690,7 @@ impl Store {
         let changed = tx
             .execute(
                 "UPDATE ideas SET status = 'done', finished_at = ?2, exec_status = ?3, reward = ?4, cause = ?5,
-                                  message = ?6, metrics = ?7, exec_seconds = ?8
+                                  message = ?6, metrics = ?7, exec_seconds = ?8, cached_from = ?9
                  WHERE id = ?1 AND status IN ('pending', 'running')",
                 params![
                     idea,
@@ -641,16 +700,19 @@ impl Store {
                     r.cause.map(|c| c.as_str()),
                     r.message,
                     serde_json::to_string(&r.metrics).expect("metrics serialise"),
-                    r.seconds
+                    r.seconds,
+                    source
                 ],
             )
             .map_err(|e| self.err(e))?;
         if changed == 1 {
-            tx.execute(
-                "UPDATE attempts SET finished_at = ?3, outcome = 'result' WHERE idea_id = ?1 AND attempt = ?2",
-                params![idea, attempt as i64, t],
-            )
-            .map_err(|e| self.err(e))?;
+            if let Some(attempt) = attempt {
+                tx.execute(
+                    "UPDATE attempts SET finished_at = ?3, outcome = 'result' WHERE idea_id = ?1 AND attempt = ?2",
+                    params![idea, attempt as i64, t],
+                )
+                .map_err(|e| self.err(e))?;
+            }
             tx.execute(
                 "UPDATE groups SET status = 'complete'
                  WHERE id = (SELECT group_id FROM ideas WHERE id = ?1) AND status = 'executing'
@@ -661,6 +723,23 @@ impl Store {
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(changed == 1)
+    }
+
+    /// Records what an idea's execution computes (its cache key).
+    pub fn set_recipe_key(&self, idea: i64, key: &str) -> Result<()> {
+        self.exec("UPDATE ideas SET recipe_key = ?2 WHERE id = ?1", params![idea, key])
+    }
+
+    /// A stored result of an execution with this recipe key at this seed, from any run of the store, with the id
+    /// of the idea that executed it. Results that say nothing about the recipe are not reused: infrastructure
+    /// failures and time limits (another machine or limit may finish the run).
+    pub fn cached_result(&self, recipe_key: &str, seed: u64) -> Result<Option<(i64, StoredResult)>> {
+        let rows = self.ideas_where(
+            "recipe_key = ?1 AND seed = ?2 AND status = 'done' AND exec_status IS NOT NULL AND cached_from IS NULL
+             AND COALESCE(cause, '') NOT IN ('infrastructure', 'time_limit') ORDER BY id LIMIT 1",
+            params![recipe_key, seed as i64],
+        )?;
+        Ok(rows.into_iter().next().and_then(|i| i.result.map(|r| (i.id, r))))
     }
 
     /// Marks ideas not yet done as cancelled (shutdown), and their groups too.
@@ -718,8 +797,18 @@ impl Store {
     }
 
     /// Commits one policy update: the groups it consumed (with their staleness), its metrics row and the new
-    /// policy version, in one transaction.
+    /// policy version, in one transaction, durable when this returns (synced to disk even though the store
+    /// otherwise runs `synchronous = NORMAL`): the update's checkpoint is written after it, so an OS crash can
+    /// lose a checkpoint whose step is recorded (the step is trained again from the previous checkpoint) but not
+    /// the reverse.
     pub fn record_step(&self, run: i64, step: u64, groups: &[(i64, u64)], metrics: &serde_json::Value) -> Result<()> {
+        self.conn.execute_batch("PRAGMA synchronous = FULL").map_err(|e| self.err(e))?;
+        let committed = self.record_step_tx(run, step, groups, metrics);
+        self.conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(|e| self.err(e))?;
+        committed
+    }
+
+    fn record_step_tx(&self, run: i64, step: u64, groups: &[(i64, u64)], metrics: &serde_json::Value) -> Result<()> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         for &(g, staleness) in groups {
             tx.execute(
@@ -821,22 +910,41 @@ impl Store {
 
     /// All ideas of the run in sampling order.
     pub fn ideas(&self, run: i64) -> Result<Vec<IdeaRow>> {
-        self.ideas_where("run_id = ?1 ORDER BY group_id, idx", [run])
+        self.ideas_where("run_id = ?1 AND reference = 0 ORDER BY group_id, idx", [run])
     }
 
     /// Ideas with a given status, in sampling order.
     pub fn ideas_with_status(&self, run: i64, status: IdeaStatus) -> Result<Vec<IdeaRow>> {
-        self.ideas_where("run_id = ?1 AND status = ?2 ORDER BY group_id, idx", params![run, status.as_str()])
+        self.ideas_where(
+            "run_id = ?1 AND status = ?2 AND reference = 0 ORDER BY group_id, idx",
+            params![run, status.as_str()],
+        )
     }
 
+    /// Every execution of a group, its reference run included, in index order.
     pub fn ideas_of_group(&self, group: i64) -> Result<Vec<IdeaRow>> {
         self.ideas_where("group_id = ?1 ORDER BY idx", [group])
+    }
+
+    /// The reference runs of the run's groups (the baseline at each group's seed), in sampling order.
+    pub fn reference_ideas(&self, run: i64) -> Result<Vec<IdeaRow>> {
+        self.ideas_where("run_id = ?1 AND reference = 1 ORDER BY group_id", [run])
+    }
+
+    /// Fills a group's ideas and reference run.
+    fn load_ideas(&self, g: &mut GroupRow) -> Result<()> {
+        let (reference, ideas): (Vec<IdeaRow>, Vec<IdeaRow>) =
+            self.ideas_of_group(g.id)?.into_iter().partition(|i| i.reference);
+        g.ideas = ideas;
+        g.reference = reference.into_iter().next();
+        Ok(())
     }
 
     /// The ideas an update trained on, in group order.
     pub fn ideas_of_step(&self, run: i64, step: u64) -> Result<Vec<IdeaRow>> {
         self.ideas_where(
-            "group_id IN (SELECT id FROM groups WHERE run_id = ?1 AND trained_step = ?2) ORDER BY group_id, idx",
+            "group_id IN (SELECT id FROM groups WHERE run_id = ?1 AND trained_step = ?2) AND reference = 0
+             ORDER BY group_id, idx",
             params![run, step as i64],
         )
     }
@@ -851,7 +959,7 @@ impl Store {
                 group_from_row,
             )
             .map_err(|e| self.err(e))?;
-        g.ideas = self.ideas_of_group(id)?;
+        self.load_ideas(&mut g)?;
         Ok(g)
     }
 
@@ -869,7 +977,7 @@ impl Store {
         let rows = st.query_map([run], group_from_row).map_err(|e| self.err(e))?;
         let mut groups: Vec<GroupRow> = rows.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))?;
         for g in &mut groups {
-            g.ideas = self.ideas_of_group(g.id)?;
+            self.load_ideas(g)?;
         }
         Ok(groups)
     }
@@ -926,7 +1034,28 @@ impl Store {
 
     /// How many ideas of the run are in each status.
     pub fn idea_status_counts(&self, run: i64) -> Result<BTreeMap<String, u64>> {
-        self.counts("SELECT status, COUNT(*) FROM ideas WHERE run_id = ?1 GROUP BY status", run)
+        self.counts("SELECT status, COUNT(*) FROM ideas WHERE run_id = ?1 AND reference = 0 GROUP BY status", run)
+    }
+
+    /// What the run's ideas cost: ideas sampled, executions that really ran (reference runs included) and results
+    /// copied from the execution cache.
+    pub fn execution_counts(&self, run: i64) -> Result<ExecutionCounts> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(reference = 0), 0),
+                        COALESCE(SUM(status = 'done' AND cached_from IS NULL AND exec_status IS NOT NULL), 0),
+                        COALESCE(SUM(cached_from IS NOT NULL), 0)
+                 FROM ideas WHERE run_id = ?1",
+                [run],
+                |r| {
+                    Ok(ExecutionCounts {
+                        ideas: r.get::<_, i64>(0)? as u64,
+                        executions: r.get::<_, i64>(1)? as u64,
+                        cache_hits: r.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// How many groups of the run are in each status.
@@ -937,7 +1066,8 @@ impl Store {
     /// How many executed ideas failed with each cause (`ok` for successes).
     pub fn outcome_counts(&self, run: i64) -> Result<BTreeMap<String, u64>> {
         self.counts(
-            "SELECT COALESCE(cause, 'ok'), COUNT(*) FROM ideas WHERE run_id = ?1 AND status = 'done' GROUP BY 1",
+            "SELECT COALESCE(cause, 'ok'), COUNT(*) FROM ideas WHERE run_id = ?1 AND status = 'done' AND reference = 0
+             GROUP BY 1",
             run,
         )
     }
@@ -978,6 +1108,7 @@ fn group_from_row(r: &Row) -> rusqlite::Result<GroupRow> {
         staleness: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
         temperature: r.get(9)?,
         ideas: vec![],
+        reference: None,
     })
 }
 

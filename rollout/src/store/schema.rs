@@ -133,4 +133,14 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, step)
     );
     "#,
+    // 2: common random numbers and the execution cache. A group may carry one *reference* idea (the environment's
+    // baseline recipe at the group's seed, not trained on); `recipe_key` names what an execution computes (env,
+    // scale, environment config and canonical recipe; NULL when not cacheable) so that the same key at the same
+    // seed is executed once; `cached_from` is the idea whose execution a cached result was copied from.
+    r#"
+    ALTER TABLE ideas ADD COLUMN reference INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ideas ADD COLUMN recipe_key TEXT;
+    ALTER TABLE ideas ADD COLUMN cached_from INTEGER REFERENCES ideas(id);
+    CREATE INDEX ideas_by_recipe ON ideas (recipe_key, seed);
+    "#,
 ];

@@ -7,6 +7,7 @@ fn idea(text: &str, n: usize) -> NewIdea {
         logprobs: (0..n).map(|i| -0.1 - i as f32 / 3.0).collect(),
         finish_reason: "stop".into(),
         seed: 42,
+        reference: false,
     }
 }
 
