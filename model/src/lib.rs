@@ -23,6 +23,7 @@ pub mod lora;
 pub mod rope;
 pub mod sampler;
 pub mod scored;
+pub mod seed;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;

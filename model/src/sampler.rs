@@ -185,12 +185,9 @@ pub fn sample(
     Ok(out)
 }
 
+/// Distinct, well-mixed streams per row.
 fn row_seed(seed: u64, row: usize) -> u64 {
-    // SplitMix64 of (seed, row): distinct, well-mixed streams per row.
-    let mut z = seed ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    crate::seed::mix(seed, row as u64)
 }
 
 fn sample_chunk(

@@ -10,7 +10,6 @@
 pub mod baseline;
 pub mod cache;
 pub mod error;
-pub mod execute;
 pub mod generate;
 pub mod pipeline;
 pub mod prompt;

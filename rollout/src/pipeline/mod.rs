@@ -255,12 +255,7 @@ pub fn mix_seed(run_seed: u64, seq: u64) -> u64 {
     mix(run_seed, seq)
 }
 
-pub(crate) fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub(crate) use ideator_model::seed::mix;
 
 /// Test hook: `IDEATOR_TEST_CRASH_AFTER_STEP=N` aborts the process right after step N's record is committed and
 /// before its checkpoint is written, the window in which a crash must lose the step, never train it twice.
