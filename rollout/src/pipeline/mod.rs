@@ -551,6 +551,14 @@ fn handle_event(
     }
 }
 
+/// A key equal for ideas that change the same knobs (deterministic within a build: SipHash with fixed keys).
+fn idea_key(category: &[String]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    category.hash(&mut h);
+    h.finish()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train_step(
     learner: &mut dyn Learner,
@@ -586,10 +594,14 @@ fn train_step(
                 .result
                 .clone()
                 .ok_or_else(|| RolloutError::Config(format!("idea {} of a complete group has no result", i.key)))?;
+            let category = (ctx.categorize)(&i.text);
             samples.push(ScoredSample {
                 completion_ids: i.token_ids.clone(),
                 behaviour_logprobs: i.logprobs.clone(),
                 reward: r.reward,
+                // The `diversity` estimator's idea identity: for now the set of knobs changed (issue 17; the
+                // canonical recipe's hash is the intended key once the execution cache computes it).
+                cluster: category.as_deref().map(idea_key),
             });
             if r.status == Status::Ok && best.as_ref().is_none_or(|(b, _)| r.reward > *b) {
                 *best = Some((r.reward, i.text.clone()));
@@ -610,7 +622,7 @@ fn train_step(
                 metrics: r.metrics.clone(),
                 seconds: r.seconds,
                 attempts: i.attempts,
-                category: (ctx.categorize)(&i.text),
+                category,
             });
         }
         staleness.push((g.id, version.saturating_sub(g.policy_version)));
