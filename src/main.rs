@@ -45,6 +45,8 @@ enum Command {
     /// Sample ideas from a model or checkpoint, execute them, and report reward, max@k and diversity (stored:
     /// the same evaluation is never executed twice).
     Eval(commands::eval::Args),
+    /// Arms (best-of-N, evolution, GRPO objectives) x seeds at equal execution budgets; so far `--plan` only.
+    Experiment(commands::experiment::Args),
     /// Average vs best-of-N across RL steps, evolution epochs and checkpoints, with the executions each used.
     Compare(commands::compare::Args),
     /// Write a run's report: one self-contained HTML file with its charts (default RUN/report.html).
@@ -105,6 +107,7 @@ fn run() -> anyhow::Result<()> {
         Command::Merge(args) => commands::merge::run(args),
         Command::Evolve(args) => commands::evolve::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Experiment(args) => commands::experiment::run(args),
         Command::Compare(args) => commands::compare::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Bench(args) => commands::bench::run(args),

@@ -22,6 +22,7 @@ pub mod environment;
 pub mod executor;
 pub mod idea;
 pub mod knobs;
+pub mod peaks;
 pub mod posttrain;
 pub mod pretrain;
 pub mod prompt;
@@ -49,6 +50,7 @@ pub fn list() -> Vec<(&'static str, &'static str)> {
             "an external program implements and runs the idea (needs --env-config FILE, see examples/command_env)",
         ),
         ("toy", "synthetic: reward computed instantly from the knobs (closeness to a hidden best recipe); for tests and quick RL runs"),
+        ("peaks", "synthetic: a common recipe scores 0.5, two rare knob combinations score up to 0.8 and 1.0; for best-of-N objectives"),
         (
             "posttrain",
             "post-train a small policy with the project's GRPO on arithmetic problems for a fixed budget of samples; reward = held-out accuracy",
@@ -61,6 +63,7 @@ pub fn load(name: &str, config: Option<&Path>) -> Result<Box<dyn Environment>, E
     match name {
         "pretrain" => Ok(Box::new(pretrain::Pretrain::new())),
         "toy" => Ok(Box::new(toy::Toy)),
+        "peaks" => Ok(Box::new(peaks::Peaks)),
         "command" => {
             let path = config.ok_or_else(|| {
                 EnvError::Config(

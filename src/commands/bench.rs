@@ -282,6 +282,7 @@ fn bench_grpo(
                     completion_ids: c.token_ids.clone(),
                     behaviour_logprobs: c.logprobs.clone(),
                     reward: text_reward(&c.text),
+                    cluster: None,
                 })
                 .collect(),
         }];

@@ -6,6 +6,7 @@ pub mod env;
 pub mod eval;
 pub mod evolve;
 pub mod exec;
+pub mod experiment;
 pub mod logprobs;
 pub mod merge;
 pub mod model_args;

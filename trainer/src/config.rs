@@ -27,14 +27,126 @@ pub enum Baseline {
     LeaveOneOut,
 }
 
+/// Which advantage estimator turns a group's rewards into per-sample advantages (the registry in
+/// [`crate::advantages`]; verl calls this `algorithm.adv_estimator`). Formulas and sources are on each function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageEstimator {
+    /// Group-relative reward (the mean of the group or of the others as baseline): raises the mean reward.
+    #[default]
+    Grpo,
+    /// PKPO (Walder & Karkhanis 2025): raises E[max of k samples] for the configured `k`.
+    MaxK,
+    /// The k = n case of `max_k` (Tang et al. 2025; verl `grpo_passk`).
+    MaxLoo,
+    /// Risk-seeking policy gradient (Petersen et al. 2021): raises the mean of the top epsilon fraction.
+    RiskSeeking,
+    /// DARLING (Li et al. 2025): reward times the idea's normalised novelty within its group, then `grpo`.
+    Diversity,
+    /// Unlikeliness reward (He, Fried & Welleck 2025): rewards of the group's most likely ideas scaled down by rank.
+    Unlikeliness,
+}
+
+impl AdvantageEstimator {
+    /// Every estimator, in registry order.
+    pub const ALL: [AdvantageEstimator; 6] = [
+        AdvantageEstimator::Grpo,
+        AdvantageEstimator::MaxK,
+        AdvantageEstimator::MaxLoo,
+        AdvantageEstimator::RiskSeeking,
+        AdvantageEstimator::Diversity,
+        AdvantageEstimator::Unlikeliness,
+    ];
+
+    /// The name used in configs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdvantageEstimator::Grpo => "grpo",
+            AdvantageEstimator::MaxK => "max_k",
+            AdvantageEstimator::MaxLoo => "max_loo",
+            AdvantageEstimator::RiskSeeking => "risk_seeking",
+            AdvantageEstimator::Diversity => "diversity",
+            AdvantageEstimator::Unlikeliness => "unlikeliness",
+        }
+    }
+}
+
+/// Settings of `max_k` (`[grpo.max_k]`): the k of E[max of k], optionally annealed linearly over updates
+/// (PKPO found annealing k from high to low raised both max@1 and max@k).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaxKConfig {
+    /// k at update 0; 1 <= k <= group_size.
+    pub k: usize,
+    /// k reached after `anneal_steps` updates (none = k stays fixed).
+    pub k_final: Option<usize>,
+    /// Updates over which k moves linearly from `k` to `k_final` (rounded to the nearest integer).
+    pub anneal_steps: u64,
+}
+
+impl Default for MaxKConfig {
+    fn default() -> Self {
+        MaxKConfig { k: 4, k_final: None, anneal_steps: 0 }
+    }
+}
+
+impl MaxKConfig {
+    /// k at update `step`: `k + (k_final - k) * min(step / anneal_steps, 1)`, rounded.
+    pub fn k_at(&self, step: u64) -> usize {
+        match self.k_final {
+            Some(end) if self.anneal_steps > 0 => {
+                let t = (step as f64 / self.anneal_steps as f64).min(1.0);
+                (self.k as f64 + (end as f64 - self.k as f64) * t).round() as usize
+            }
+            Some(end) => end,
+            None => self.k,
+        }
+    }
+}
+
+/// Settings of `risk_seeking` (`[grpo.risk_seeking]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskSeekingConfig {
+    /// Fraction of each group that counts as its top (Petersen et al.'s epsilon): m = ceil(epsilon * n) samples.
+    pub epsilon: f64,
+}
+
+impl Default for RiskSeekingConfig {
+    fn default() -> Self {
+        RiskSeekingConfig { epsilon: 0.25 }
+    }
+}
+
+/// Settings of `unlikeliness` (`[grpo.unlikeliness]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnlikelinessConfig {
+    /// How much the most likely idea's reward is cut: r_i * (1 - beta * rank_i / n); He et al. use 0.25.
+    pub beta: f64,
+}
+
+impl Default for UnlikelinessConfig {
+    fn default() -> Self {
+        UnlikelinessConfig { beta: 0.25 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoConfig {
     /// Samples per prompt.
     pub group_size: usize,
     /// Divide advantages by the group's reward std (GRPO); false gives Dr.GRPO's unscaled advantages.
+    /// Applies to every estimator (for `diversity` and `unlikeliness`, the std of the reshaped rewards).
     pub scale_rewards: bool,
+    /// Baseline of `grpo`, `diversity` and `unlikeliness` (the others define their own).
     pub baseline: Baseline,
+    /// How rewards become advantages (default `grpo`).
+    pub advantage_estimator: AdvantageEstimator,
+    pub max_k: MaxKConfig,
+    pub risk_seeking: RiskSeekingConfig,
+    pub unlikeliness: UnlikelinessConfig,
     /// Ratio clip range [1 - clip_low, 1 + clip_high]; clip_high > clip_low is DAPO's clip-higher.
     pub clip_low: f64,
     pub clip_high: f64,
@@ -53,6 +165,10 @@ impl Default for GrpoConfig {
             group_size: 8,
             scale_rewards: true,
             baseline: Baseline::GroupMean,
+            advantage_estimator: AdvantageEstimator::Grpo,
+            max_k: MaxKConfig::default(),
+            risk_seeking: RiskSeekingConfig::default(),
+            unlikeliness: UnlikelinessConfig::default(),
             clip_low: 0.2,
             clip_high: 0.2,
             beta: 0.04,
@@ -77,6 +193,44 @@ impl GrpoConfig {
         }
         if self.micro_batch == 0 {
             return bad("grpo.micro_batch must be at least 1");
+        }
+        self.validate_estimator()
+    }
+
+    /// Checks the settings of the chosen estimator only, so unused tables may keep their defaults.
+    fn validate_estimator(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainerError::Config(m));
+        let n = self.group_size;
+        match self.advantage_estimator {
+            AdvantageEstimator::MaxK => {
+                let m = &self.max_k;
+                for (name, k) in [("grpo.max_k.k", Some(m.k)), ("grpo.max_k.k_final", m.k_final)] {
+                    if let Some(k) = k.filter(|&k| k == 0 || k > n) {
+                        return bad(format!(
+                            "{name} = {k} must be between 1 and grpo.group_size ({n}): E[max of k] is estimated \
+                             from the group's samples"
+                        ));
+                    }
+                }
+            }
+            AdvantageEstimator::RiskSeeking => {
+                let e = self.risk_seeking.epsilon;
+                if !(e > 0.0 && e < 1.0) {
+                    return bad(format!(
+                        "grpo.risk_seeking.epsilon = {e} must be in (0, 1): it is the fraction of each group that \
+                         counts as its top"
+                    ));
+                }
+            }
+            AdvantageEstimator::Unlikeliness => {
+                let b = self.unlikeliness.beta;
+                if !(0.0..=1.0).contains(&b) {
+                    return bad(format!(
+                        "grpo.unlikeliness.beta = {b} must be in [0, 1] (1 zeroes the most likely idea's reward)"
+                    ));
+                }
+            }
+            AdvantageEstimator::Grpo | AdvantageEstimator::MaxLoo | AdvantageEstimator::Diversity => {}
         }
         Ok(())
     }

@@ -9,6 +9,10 @@ pub struct ScoredSample {
     /// Log-probability of each completion token under the policy that sampled it (the behaviour policy).
     pub behaviour_logprobs: Vec<f32>,
     pub reward: f64,
+    /// Identity of the sample's idea (e.g. a hash of its canonical recipe): samples with equal keys are the same
+    /// idea for the `diversity` estimator. None = unknown, distinct from every other sample.
+    #[serde(default)]
+    pub cluster: Option<u64>,
 }
 
 /// Samples of one prompt, scored: the unit GRPO computes advantages over.

@@ -1,12 +1,12 @@
 //! The GRPO learner: scored groups in, one optimiser update out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::advantages::{group_advantages, is_zero_std};
+use crate::advantages::{compute_advantages, is_zero_std, GroupInput};
 use crate::config::{GrpoConfig, OptimConfig};
 use crate::data::ScoredGroup;
 use crate::loss::{grpo_loss, token_weights, LossStats, SequenceTerms};
@@ -39,6 +39,10 @@ pub struct GrpoStepStats {
     pub updated: bool,
     pub reference_seconds: f64,
     pub update_seconds: f64,
+    /// The advantage estimator's own metrics (`estimator/quantity`), averaged over the step's groups; empty for
+    /// `grpo`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub advantage_metrics: BTreeMap<String, f64>,
 }
 
 pub struct GrpoLearner {
@@ -111,8 +115,13 @@ impl GrpoLearner {
         // Per group: the samples with tokens, their advantages and their share of the step loss.
         let mut lengths = Vec::new();
         let mut per_group: Vec<Vec<(usize, f64)>> = Vec::with_capacity(groups.len());
+        let mut metric_sums: BTreeMap<String, f64> = BTreeMap::new();
         for g in groups {
-            let adv = group_advantages(&g.rewards(), &self.cfg);
+            let out = compute_advantages(&GroupInput::from_group(g), &self.cfg, self.step);
+            for (name, v) in out.metrics {
+                *metric_sums.entry(name.to_string()).or_default() += v / groups.len() as f64;
+            }
+            let adv = out.advantages;
             let mut kept = Vec::new();
             for (j, (s, a)) in g.samples.iter().zip(adv).enumerate() {
                 if s.completion_ids.is_empty() {
@@ -130,6 +139,7 @@ impl GrpoLearner {
             }
             per_group.push(kept);
         }
+        stats.advantage_metrics = metric_sums;
         stats.sequences = lengths.len();
         stats.completion_len_mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
         let weights = token_weights(&lengths, self.cfg.loss_aggregation, self.max_completion_tokens);

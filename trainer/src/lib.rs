@@ -19,7 +19,7 @@ pub mod schedule;
 pub mod sft;
 pub mod sft_run;
 
-pub use config::{GrpoConfig, LossAggregation, OptimConfig, TrainMode};
+pub use config::{AdvantageEstimator, GrpoConfig, LossAggregation, OptimConfig, TrainMode};
 pub use data::{ScoredGroup, ScoredSample};
 pub use error::{Result, TrainerError};
 pub use grpo::{GrpoLearner, GrpoStepStats};

@@ -47,6 +47,7 @@ fn rl_step(l: &mut GrpoLearner, tok: &Tokenizer, step: u64) -> (f64, f64) {
                     completion_ids: c.token_ids.clone(),
                     behaviour_logprobs: c.logprobs.clone(),
                     reward: vowel_share(&c.text),
+                    cluster: None,
                 })
                 .collect(),
         })
@@ -151,6 +152,7 @@ fn first_update_ratios_are_one_at_any_sampling_temperature() {
                     completion_ids: c.token_ids.clone(),
                     behaviour_logprobs: c.logprobs.clone(),
                     reward: vowel_share(&c.text),
+                    cluster: None,
                 })
                 .collect(),
         };

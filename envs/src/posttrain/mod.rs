@@ -306,6 +306,7 @@ impl Posttrain {
                     _ => LossAggregation::SequenceMean,
                 },
                 micro_batch: r.i("micro_batch") as usize,
+                ..Default::default()
             },
             optim: OptimConfig {
                 lr: r.f("lr"),

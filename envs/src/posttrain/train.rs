@@ -158,6 +158,7 @@ fn run(
                 reward: reward(plan.reward, &c.text, problem),
                 completion_ids: c.token_ids,
                 behaviour_logprobs: c.logprobs,
+                cluster: None,
             });
         }
         let train_accuracy = correct as f64 / (plan.prompts_per_step * group) as f64;

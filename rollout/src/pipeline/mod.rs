@@ -625,6 +625,20 @@ fn handle_event(
     }
 }
 
+/// A key equal for ideas that change the same knobs (deterministic within a build: SipHash with fixed keys).
+/// An idea's identity for novelty within its group: its canonical recipe when it implements, else the knobs it
+/// changes; `None` when neither is known. (Hashed within one process: only compared within a step.)
+fn cluster_of(recipe_key: Option<&str>, category: Option<&[String]>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match (recipe_key, category) {
+        (Some(k), _) => k.hash(&mut h),
+        (None, Some(c)) => c.hash(&mut h),
+        (None, None) => return None,
+    }
+    Some(h.finish())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train_step(
     learner: &mut dyn Learner,
@@ -666,11 +680,15 @@ fn train_step(
             // The machine failed, not the idea (after the retries): no signal either way.
             let excluded = r.cause == Some(FailureCause::Infrastructure);
             let shaped = ctx.reward.shape(r.reward, baseline_reward);
+            let category = (ctx.categorize)(&i.text);
             match shaped {
                 Some(reward) if !excluded => samples.push(ScoredSample {
                     completion_ids: i.token_ids.clone(),
                     behaviour_logprobs: i.logprobs.clone(),
                     reward,
+                    // The `diversity` estimator's idea identity: the canonical recipe (the execution cache's key),
+                    // else the set of knobs changed.
+                    cluster: cluster_of(i.recipe_key.as_deref(), category.as_deref()),
                 }),
                 _ => tally.excluded += 1,
             }
@@ -694,7 +712,7 @@ fn train_step(
                 metrics: r.metrics.clone(),
                 seconds: r.seconds,
                 attempts: i.attempts,
-                category: (ctx.categorize)(&i.text),
+                category,
                 seed: i.seed,
                 baseline_reward,
                 cached: i.cached_from.is_some(),
