@@ -14,7 +14,7 @@ pub const MIGRATIONS: &[&str] = &[
         scale       TEXT NOT NULL,
         seed        INTEGER NOT NULL,
         created_at  REAL NOT NULL,
-        -- 'running', 'interrupted', 'done'
+        -- 'running', 'interrupted', 'done', 'failed' (migration 2 adds the error)
         status      TEXT NOT NULL
     );
     -- Every start or resume records the config it ran with.
@@ -132,5 +132,9 @@ pub const MIGRATIONS: &[&str] = &[
         metrics             TEXT NOT NULL,
         PRIMARY KEY (run_id, step)
     );
+    "#,
+    // 2: why a run failed (status 'failed'): the error that stopped it, as the user saw it.
+    r#"
+    ALTER TABLE runs ADD COLUMN error TEXT;
     "#,
 ];
