@@ -89,7 +89,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let jsonl = ideator_envs::prompt::to_jsonl(&examples);
             match out {
                 Some(path) => {
-                    std::fs::write(&path, jsonl).with_context(|| format!("cannot write {}", path.display()))?
+                    std::fs::write(&path, jsonl).with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("wrote {} example ideas to {}", examples.len(), path.display());
                 }
                 None => print!("{jsonl}"),
             }
