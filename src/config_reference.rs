@@ -43,19 +43,41 @@ fn rows(value: &toml::Value, prefix: &str, required: &toml::Value, no_default: &
     }
 }
 
+/// `b`'s keys added to `a`, tables merged key by key.
+fn merge(a: &mut toml::Value, b: &toml::Value) {
+    match (a, b) {
+        (toml::Value::Table(a), toml::Value::Table(b)) => {
+            for (k, v) in b {
+                match a.get_mut(k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        a.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+/// The complete config of `T` for `text` plus `more` (every default filled in), as TOML.
+fn complete<T: Serialize + DeserializeOwned>(text: &toml::Value, more: &toml::Value) -> toml::Value {
+    let mut merged = text.clone();
+    merge(&mut merged, more);
+    let parsed: T = merged.try_into().expect("the reference's own config parses");
+    toml::Value::try_from(&parsed).expect("configs serialize")
+}
+
 fn section<T: Serialize + DeserializeOwned>(kind: &Kind, extra: &[(&str, &str)]) -> String {
-    let text = format!("{}\n{}", kind.required, kind.optional_without_default);
-    let parsed: T = toml::from_str(&text).expect("the reference's own config parses");
-    let full = toml::Value::try_from(&parsed).expect("configs serialize");
     let required: toml::Value = toml::from_str(kind.required).expect("valid TOML");
     let no_default: toml::Value = toml::from_str(kind.optional_without_default).expect("valid TOML");
+    let full = complete::<T>(&required, &no_default);
     let mut out = vec![format!("\n## `ideator {} --config FILE`", kind.command)];
     rows(&full, "", &required, &no_default, &mut out);
     for (title, variant) in extra {
         out.push(format!("\n{title}"));
         let v: toml::Value = toml::from_str(variant).expect("valid TOML");
-        let t: T = toml::from_str(&format!("{text}\n{variant}")).expect("the variant parses");
-        let full = toml::Value::try_from(&t).expect("configs serialize");
+        let full = complete::<T>(&required, &v);
         let (name, _) = v.as_table().and_then(|t| t.iter().next()).expect("one section");
         let sub = full.get(name.as_str()).cloned().expect("the section is serialized");
         let mut wrapped = toml::Table::new();
