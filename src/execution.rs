@@ -14,10 +14,10 @@ use ideator_rollout::cache::RecipeKeyer;
 use ideator_rollout::pipeline::dispatch::ExecLauncher;
 use ideator_rollout::pipeline::IdeaRecord;
 use ideator_rollout::store::Store;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[env]`: where ideas are executed.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvSection {
     pub name: String,
@@ -30,6 +30,14 @@ pub struct EnvSection {
 }
 
 impl EnvSection {
+    /// Checks the settings that need no file: the time limit. Errors name the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(secs) = self.time_limit_s {
+            crate::run_config::seconds("env.time_limit_s", secs)?;
+        }
+        Ok(())
+    }
+
     /// The environment and its scale; `config_path` is the run config's path (the env config is relative to it).
     pub fn load(&self, config_path: &Path) -> anyhow::Result<(Box<dyn Environment>, String)> {
         let env_config = self.config.as_ref().map(|p| crate::run_config::relative_to_config(config_path, p));
@@ -62,14 +70,14 @@ impl EnvSection {
             env_config,
             scale: scale.to_string(),
             work_root: std::path::absolute(work_root)?,
-            time_limit: self.time_limit_s.map(std::time::Duration::from_secs_f64),
+            time_limit: self.time_limit_s.map(|s| crate::run_config::seconds("env.time_limit_s", s)).transpose()?,
             keyer: Some(Arc::new(keyer)),
         })
     }
 }
 
 /// `[backend]`: where executions run. `kind = "local"` (default) or `"slurm"`; the other keys are the backend's.
-#[derive(Deserialize, Clone)]
+#[derive(Serialize, Deserialize, Clone)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BackendSection {
     Local(LocalConfig),
@@ -96,7 +104,7 @@ impl BackendSection {
 }
 
 /// `[diagnostics]`: what is measured per step.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiagnosticsSection {
     /// Embed ideas with MiniLM for Vendi score and mean cosine (costs a second or two per step).
@@ -162,6 +170,19 @@ impl StepDiagnostics {
             }
         }
     }
+}
+
+/// Runs `body` and, when it fails, marks `run` failed in `store` with the error as the user sees it, so that the
+/// store never claims that a run which stopped on an error is still running. (An interrupted run is marked by
+/// the pipeline and ends without an error.)
+pub fn fail_run_on_error<T>(store: &Store, run: i64, body: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let result = body();
+    if let Err(e) = &result {
+        if let Err(mark) = store.fail_run(run, &format!("{e:#}")) {
+            tracing::warn!("could not mark the run failed: {mark}");
+        }
+    }
+    result
 }
 
 /// The knobs an idea changes (its category), or `None` if it cannot be implemented.

@@ -5,10 +5,13 @@
 //! sets up logging and dispatches.
 
 mod commands;
+#[cfg(test)]
+mod config_reference;
 mod execution;
 mod policy_init;
 mod progress;
 mod run_config;
+mod run_lock;
 mod store_data;
 
 use clap::{Parser, Subcommand};
@@ -62,12 +65,24 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    // Errors are printed as a chain of causes (`{:#}`), without a backtrace: they are meant for users.
+    // Errors are printed as a chain of causes (`{:#}`), without a backtrace: they are meant for users. candle
+    // captures a backtrace into its errors' text whenever RUST_BACKTRACE is set; RUST_LIB_BACKTRACE=0 stops that
+    // for errors while panics keep their backtraces (the documented split), unless the user chose otherwise.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        // A run stopped cleanly by SIGINT/SIGTERM is not a success: the shells' 128 + signal (see `train --help`).
+        Ok(()) => match ideator_rollout::pipeline::interrupt::exit_code() {
+            Some(code) => std::process::ExitCode::from(code),
+            None => std::process::ExitCode::SUCCESS,
+        },
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            match ideator_rollout::pipeline::interrupt::exit_code() {
+                Some(code) => std::process::ExitCode::from(code),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -70,7 +70,10 @@ pub fn load_initial_policy(
     let mut model = model_section.args().load()?;
     let mut identity = base_model_identity(&model)?;
     if let Some(dir) = init {
+        // Absolute in the identity, which every checkpoint of the run records: a relative path would only work
+        // from the folder the run was started in.
         let dir = &resolve_checkpoint(dir)?;
+        let dir = &std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
         apply_checkpoint(&mut model, dir, &identity)?;
         identity.spec = format!("{} + {}", identity.spec, dir.display());
         identity.weights_sha256.push(ideator_checkpoints::sha256_file(&dir.join("weights.safetensors"))?);

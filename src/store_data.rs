@@ -132,7 +132,8 @@ fn idea_record(idea: &IdeaRow, step: u64, evolution: bool, category: Option<Vec<
 pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
     let path = store_path(run_dir);
     anyhow::ensure!(path.is_file(), "{} has no run store (store.sqlite)", run_dir.display());
-    let store = Store::open(&path)?;
+    // Readers never write: archived run folders on read-only storage must stay readable.
+    let store = Store::open_read_only(&path)?;
     let mut data = ReportData {
         title: run_dir
             .canonicalize()

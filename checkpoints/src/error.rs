@@ -10,6 +10,12 @@ pub enum CheckpointError {
     /// The checkpoint belongs to another base model or format.
     #[error("checkpoint {path} does not match: {message}")]
     Mismatch { path: PathBuf, message: String },
+    /// A tensor to be saved holds NaN or infinity: such a checkpoint would only spread the divergence.
+    #[error(
+        "refusing to write checkpoint step {step}: {file} tensor {tensor:?} holds NaN or infinite values (training \
+         diverged; lower the learning rate or clip gradients); earlier checkpoints are kept"
+    )]
+    NonFinite { step: u64, file: &'static str, tensor: String },
     #[error("no checkpoint found in {0}")]
     NotFound(PathBuf),
     #[error(transparent)]

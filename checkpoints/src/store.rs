@@ -63,9 +63,29 @@ fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| CheckpointError::io(path, e))
 }
 
+/// Refuses tensors holding NaN or infinity (checked before anything is written, so nothing is left behind).
+/// `x - x` is 0 for every finite x and NaN for NaN and +-inf, so its sum is 0 exactly when all values are finite.
+fn check_finite(step: u64, file: &'static str, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        if !t.dtype().is_float() {
+            continue;
+        }
+        let sum = t.sub(t)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        if sum != 0.0 {
+            return Err(CheckpointError::NonFinite { step, file, tensor: name.clone() });
+        }
+    }
+    Ok(())
+}
+
 /// Writes the checkpoint atomically: into a temporary folder first, renamed into place once complete, so a
 /// crash at any moment leaves either the previous state or the full new checkpoint, never half of one.
 pub fn save(root: &Path, ckpt: &Checkpoint) -> Result<CheckpointDir> {
+    check_finite(ckpt.step, WEIGHTS, &ckpt.weights)?;
+    check_finite(ckpt.step, OPTIMIZER, &ckpt.optimizer)?;
     fs::create_dir_all(root).map_err(|e| CheckpointError::io(root, e))?;
     let name = step_dir_name(ckpt.step);
     let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));

@@ -123,3 +123,31 @@ fn retention_keeps_the_last_k_and_the_best() {
     let steps: Vec<u64> = list(root.path()).unwrap().iter().map(|c| c.manifest.step).collect();
     assert_eq!(steps, vec![2, 4, 5]);
 }
+
+#[test]
+fn non_finite_weights_or_optimizer_state_are_never_written() {
+    let dev = Device::Cpu;
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for in_optimizer in [false, true] {
+            let root = tempfile::tempdir().unwrap();
+            let mut c = ckpt(3, None);
+            let t = Tensor::new(&[[0.5f32, bad, 1.0]], &dev).unwrap();
+            let name = if in_optimizer { "m.a.lora_A.weight" } else { "a.lora_B.weight" };
+            if in_optimizer {
+                c.optimizer.insert(name.into(), t);
+            } else {
+                c.weights.insert(name.into(), t);
+            }
+            let err = save(root.path().join("checkpoints").as_path(), &c).err().expect("refused");
+            let text = err.to_string();
+            assert!(matches!(err, CheckpointError::NonFinite { step: 3, .. }), "{text}");
+            assert!(text.contains(name), "{bad} in {name}: {text}");
+            assert!(!root.path().join("checkpoints").exists(), "nothing written for {bad} in {name}");
+        }
+    }
+    // Finite extremes are fine.
+    let root = tempfile::tempdir().unwrap();
+    let mut c = ckpt(4, None);
+    c.weights.insert("x".into(), Tensor::new(&[f32::MAX, f32::MIN, -0.0, f32::MIN_POSITIVE / 2.0], &dev).unwrap());
+    save(root.path(), &c).unwrap();
+}

@@ -170,3 +170,33 @@ fn bad_configs_are_refused_with_reasons() {
     let err = CommandEnv::from_file(&path).err().unwrap().to_string();
     assert!(err.contains("out of range"), "{err}");
 }
+
+/// `max_output_bytes` bounds the log files on disk, not only what the result keeps: whether the program floods
+/// stdout, stderr or both, the two files together hold at most the cap, and a quiet program's output is whole.
+#[test]
+fn logs_on_disk_stay_within_max_output_bytes() {
+    if !python_available() {
+        return;
+    }
+    let floods = [
+        "import sys\nwhile True: sys.stdout.write('x' * 65536)\n",
+        "import sys\nwhile True: sys.stderr.write('y' * 65536)\n",
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n    sys.stderr.write('y' * 65536)\n",
+    ];
+    for script in floods {
+        let dir = tempfile::tempdir().unwrap();
+        let env = scripted(dir.path(), script, "max_output_bytes = 1000");
+        let r = execute(&env, IDEA, &RunContext::new("default", 0, dir.path().join("run")));
+        assert_eq!(r.cause, Some(FailureCause::RuntimeError), "{script}: {}", r.message);
+        let len = |name: &str| std::fs::metadata(dir.path().join("run").join(name)).unwrap().len();
+        let on_disk = len("stdout.log") + len("stderr.log");
+        assert!(on_disk <= 1000, "{script}: {on_disk} bytes of logs on disk with a cap of 1000");
+        assert!(on_disk > 0, "{script}: the first bytes are kept");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = scripted(dir.path(), "import sys\nsys.stderr.write('note\\n')\nprint('{\"reward\": 0.5}')\n", "");
+    let r = execute(&env, IDEA, &RunContext::new("default", 0, dir.path().join("run")));
+    assert_eq!(r.reward, 0.5, "{}", r.message);
+    assert_eq!(std::fs::read_to_string(dir.path().join("run/stdout.log")).unwrap(), "{\"reward\": 0.5}\n");
+    assert_eq!(std::fs::read_to_string(dir.path().join("run/stderr.log")).unwrap(), "note\n");
+}

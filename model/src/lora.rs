@@ -80,6 +80,9 @@ impl LoraConfig {
         if self.rank == 0 {
             return Err(ModelError::Invalid("lora.rank must be at least 1".into()));
         }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(ModelError::Invalid(format!("lora.alpha must be a positive number, got {}", self.alpha)));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ModelError::Invalid(format!("lora.dropout must be in [0, 1), got {}", self.dropout)));
         }

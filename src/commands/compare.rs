@@ -98,7 +98,10 @@ fn select(input: &Path) -> anyhow::Result<Selected> {
         "{} is neither a run folder with a store (store.sqlite) nor a checkpoint folder",
         input.display()
     );
+    // A checkpoint is recognised by its manifest's hash (its identity wherever the folder now lies), or by the
+    // canonical path evaluations of older versions were keyed by.
     let canonical = std::fs::canonicalize(input)?.display().to_string();
+    let manifest_sha256 = ideator_checkpoints::sha256_file(&input.join("manifest.json"))?;
     let run_dir = checkpoint_run_dir(input).filter(|r| store_path(r).is_file()).ok_or_else(|| {
         anyhow::anyhow!(
             "checkpoint {} has no run store next to it; evaluate it first: ideator eval --checkpoint {} \
@@ -112,7 +115,12 @@ fn select(input: &Path) -> anyhow::Result<Selected> {
         .runs
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.eval_key.as_ref().is_some_and(|k| k.checkpoint.as_deref() == Some(canonical.as_str())))
+        .filter(|(_, r)| {
+            r.eval_key.as_ref().is_some_and(|k| {
+                k.manifest_sha256.as_deref() == Some(manifest_sha256.as_str())
+                    || k.checkpoint.as_deref() == Some(canonical.as_str())
+            })
+        })
         .filter(|(_, r)| r.evaluation.is_some())
         .map(|(i, _)| i)
         .collect();

@@ -78,7 +78,8 @@ pub enum Action {
 fn noise_line(run_dir: Option<&std::path::Path>, name: &str, scale: &str) -> anyhow::Result<String> {
     let measured = match run_dir {
         Some(dir) if crate::store_data::store_path(dir).is_file() => {
-            ideator_rollout::baseline::stored_noise_floor(&ideator_rollout::store::Store::open_in(dir)?)?
+            let store = ideator_rollout::store::Store::open_read_only(&crate::store_data::store_path(dir))?;
+            ideator_rollout::baseline::stored_noise_floor(&store)?
         }
         _ => None,
     };
@@ -99,6 +100,7 @@ fn noise(which: Which, seeds: usize, run_dir: Option<PathBuf>, slots: usize, jso
     env.check_scale(&scale)?;
     let dir = run_dir.unwrap_or_else(|| PathBuf::from("runs/noise").join(format!("{}-{scale}", which.name)));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _lock = crate::run_lock::lock_run_folder(&dir, "env noise")?;
     let section = crate::execution::EnvSection {
         name: which.name.clone(),
         scale: Some(scale.clone()),
@@ -177,7 +179,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let jsonl = ideator_envs::prompt::to_jsonl(&examples);
             match out {
                 Some(path) => {
-                    std::fs::write(&path, jsonl).with_context(|| format!("cannot write {}", path.display()))?
+                    std::fs::write(&path, jsonl).with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("wrote {} example ideas to {}", examples.len(), path.display());
                 }
                 None => print!("{jsonl}"),
             }

@@ -22,8 +22,9 @@ use ideator_rollout::pipeline::{run_pipeline, PipelineConfig, PipelineContext, S
 use ideator_rollout::store::{GroupStatus, IdeaRow, Store};
 
 use crate::commands::model_args::ModelArgs;
-use crate::execution::{categorize, DiagnosticsSection, EnvSection, StepDiagnostics};
+use crate::execution::{categorize, fail_run_on_error, DiagnosticsSection, EnvSection, StepDiagnostics};
 use crate::policy_init::{load_checkpoint_model, resolve_checkpoint};
+use crate::run_lock::lock_run_folder;
 use crate::store_data::{checkpoint_run_dir, ideas_diagnostics_with, EvalKey};
 
 #[derive(clap::Args)]
@@ -54,8 +55,8 @@ pub struct Args {
     pub seed: u64,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Per-idea time limit in seconds.
-    #[arg(long)]
+    /// Per-idea time limit in seconds (positive, at most 1e6).
+    #[arg(long, value_parser = crate::run_config::seconds_arg)]
     pub time_limit: Option<f64>,
     /// Skip the sentence embeddings (Vendi score, cosine).
     #[arg(long)]
@@ -85,10 +86,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let scale = args.scale.clone().unwrap_or_else(|| env.default_scale());
     env.check_scale(&scale)?;
     let checkpoint = args.checkpoint.as_deref().map(resolve_checkpoint).transpose()?;
-    let model = match &checkpoint {
-        Some(dir) => load_checkpoint_model(dir, args.model.model.as_deref())?,
-        None => args.model.load()?,
-    };
     let params = SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -97,6 +94,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         batch_size: args.batch_size,
         ..Default::default()
+    };
+    params.validate().map_err(|e| anyhow::anyhow!("{e} (--temperature, --top-p, --max-new-tokens)"))?;
+    let root = match (&args.run_dir, &checkpoint) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => checkpoint_run_dir(c).unwrap_or_else(|| PathBuf::from("runs/eval")),
+        (None, None) => PathBuf::from("runs/eval"),
+    };
+    // An existing folder is locked before the model loads, so that a second writer is refused at once; a new one
+    // is created (and locked) only once the model has loaded, so that a bad model leaves nothing behind.
+    // `--implement-only` stores nothing.
+    let early_lock = if !args.implement_only && root.is_dir() { Some(lock_run_folder(&root, "eval")?) } else { None };
+    let model = match &checkpoint {
+        Some(dir) => load_checkpoint_model(dir, args.model.model.as_deref())?,
+        None => args.model.load()?,
     };
     let prompt_ids = ideator_rollout::prompt::prompt_ids(
         env.as_ref(),
@@ -111,10 +122,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let key = eval_key(&args, &scale, checkpoint.as_deref(), &model)?;
     let key_text = serde_json::to_string_pretty(&key)?;
     let name = format!("eval-{}", &ideator_checkpoints::sha256_bytes(key_text.as_bytes())[..16]);
-    let root = match (&args.run_dir, &checkpoint) {
-        (Some(d), _) => d.clone(),
-        (None, Some(c)) => checkpoint_run_dir(c).unwrap_or_else(|| PathBuf::from("runs/eval")),
-        (None, None) => PathBuf::from("runs/eval"),
+    let _lock = match early_lock {
+        Some(lock) => lock,
+        None => lock_run_folder(&root, "eval")?,
     };
     let dir = root.join("eval").join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
@@ -127,7 +137,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut executed_now = 0;
     let reused = !store.steps(run.id)?.is_empty();
     if !reused {
-        executed_now = execute(&args, &store, run.id, &dir, &scale, env.as_ref(), &model, params, prompt_ids)?;
+        executed_now = fail_run_on_error(&store, run.id, || {
+            execute(&args, &store, run.id, &dir, &scale, env.as_ref(), &model, params, prompt_ids)
+        })?;
     }
     let ideas: Vec<IdeaRow> =
         store.groups_with_status(run.id, &[GroupStatus::Trained])?.into_iter().flat_map(|g| g.ideas).collect();

@@ -22,17 +22,21 @@ use ideator_rollout::pipeline::evolve::EvolutionAgent;
 use ideator_rollout::pipeline::{run_pipeline, PipelineConfig, PipelineContext, StepReport};
 use ideator_rollout::store::Store;
 use ideator_trainer::evolve::EvolveConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::commands::train::InitSection;
-use crate::execution::{categorize, BackendSection, DiagnosticsSection, EnvSection, StepDiagnostics};
-use crate::policy_init::load_initial_policy;
+use crate::execution::{
+    categorize, fail_run_on_error, BackendSection, DiagnosticsSection, EnvSection, StepDiagnostics,
+};
+use crate::policy_init::{load_initial_policy, resolve_checkpoint};
 use crate::run_config::{read_config, relative_to_config, run_dir_for, ModelSection, RunSection};
+use crate::run_lock::lock_run_folder;
 
 /// The store's name for the evolution run (one per run folder).
 pub const EVOLVE_RUN: &str = "evolve";
 
 #[derive(clap::Args)]
+#[command(after_help = crate::commands::EXIT_STATUS_HELP)]
 pub struct Args {
     /// TOML config: [model], [init], [sampling], [env], [evolve], [pipeline], [backend], [diagnostics], [run]
     /// (see configs/evolve-toy.toml).
@@ -49,9 +53,9 @@ pub struct Args {
     pub json: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EvolveFile {
+pub(crate) struct EvolveFile {
     #[serde(default)]
     model: ModelSection,
     #[serde(default)]
@@ -86,9 +90,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let pipeline = PipelineConfig { max_inflight_groups: prompts, max_staleness: 0, ..cfg.pipeline.clone() };
     pipeline.validate(prompts)?;
+    cfg.env.validate()?;
     let (env, scale) = cfg.env.load(&args.config)?;
+    // Checked before the run folder exists, so that a bad path or backend leaves nothing behind.
+    let init =
+        cfg.init.checkpoint.as_ref().map(|p| resolve_checkpoint(&relative_to_config(&args.config, p))).transpose()?;
+    cfg.backend.build()?;
 
     let root = run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config);
+    let _lock = lock_run_folder(&root, "evolve")?;
     let dir = root.join(EVOLVE_RUN);
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let store = Store::open_in(&root)?;
@@ -101,73 +111,73 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     store.add_config(run.id, &text)?;
     std::fs::write(dir.join("config.toml"), &text)?;
-    let stop = ideator_rollout::pipeline::interrupt::stop_flag();
+    fail_run_on_error(&store, run.id, || {
+        let stop = ideator_rollout::pipeline::interrupt::stop_flag();
 
-    // The ideator first: a missing checkpoint should fail before any execution starts.
-    let init = cfg.init.checkpoint.as_ref().map(|p| relative_to_config(&args.config, p));
-    let (model, _) = load_initial_policy(&cfg.model, init.as_deref())?;
-    // The baseline's score decides which ideas are "winners" for exploit prompts.
-    let launcher = cfg.env.launcher(&args.config, &scale, &dir.join("work"))?;
-    let (floor, reused) = run_baseline(
-        &store,
-        &root.join("baseline"),
-        &cfg.env.name,
-        &scale,
-        NOISE_FLOOR_SEEDS,
-        cfg.backend.build()?,
-        launcher.clone(),
-        pipeline.clone(),
-        stop.clone(),
-    )?;
-    let baseline = floor.mean;
-    let noise_std = floor.std;
-    tracing::info!(
-        "baseline reward {baseline:.4} over {} seeds, noise floor (seed-to-seed std) {} ({})",
-        floor.runs,
-        noise_std.map_or("unknown".into(), |s| format!("{s:.5}")),
-        if reused { "stored" } else { "measured" }
-    );
-    store.set_run_status(run.id, "running")?;
-
-    let mut generator = ModelGenerator {
-        decoder: &model.decoder,
-        tokenizer: &model.tokenizer,
-        params: cfg.sampling.clone(),
-        mode: AdapterMode::default(),
-    };
-    let task = ideator_envs::prompt::task_prompt(env.as_ref(), &scale)?;
-    let mut agent =
-        EvolutionAgent::new(&mut generator, cfg.evolve.clone(), task, baseline, Some(dir.join("database.json")))?;
-    let restored = agent.restore(&store, run.id, cfg.run.seed)?;
-    if args.resume && !args.json {
-        eprintln!(
-            "resuming {} at epoch {} ({} ideas in the database, {} prompts of this epoch already sampled{})",
-            root.display(),
-            restored.epoch,
-            restored.database,
-            restored.sampled_prompts,
-            if restored.mismatched_prompts > 0 {
-                format!(", {} of them differ from the rebuilt ones", restored.mismatched_prompts)
-            } else {
-                String::new()
-            }
+        // The ideator first: a model that cannot load should fail before any execution starts.
+        let (model, _) = load_initial_policy(&cfg.model, init.as_deref())?;
+        // The baseline's score decides which ideas are "winners" for exploit prompts.
+        let launcher = cfg.env.launcher(&args.config, &scale, &dir.join("work"))?;
+        let (floor, reused) = run_baseline(
+            &store,
+            &root.join("baseline"),
+            &cfg.env.name,
+            &scale,
+            NOISE_FLOOR_SEEDS,
+            cfg.backend.build()?,
+            launcher.clone(),
+            pipeline.clone(),
+            stop.clone(),
+        )?;
+        let baseline = floor.mean;
+        let noise_std = floor.std;
+        tracing::info!(
+            "baseline reward {baseline:.4} over {} seeds, noise floor (seed-to-seed std) {} ({})",
+            floor.runs,
+            noise_std.map_or("unknown".into(), |s| format!("{s:.5}")),
+            if reused { "stored" } else { "measured" }
         );
-    }
+        store.set_run_status(run.id, "running")?;
 
-    let mut diagnostics = StepDiagnostics::new(&cfg.diagnostics, &store, run.id)?;
-    let categorize = |idea: &str| categorize(env.as_ref(), &scale, idea);
-    let bar = crate::progress::bar(cfg.evolve.epochs, "evolve", !args.json);
-    bar.set_position(restored.epoch);
-    let mut on_step = |report: &StepReport| -> serde_json::Map<String, serde_json::Value> {
-        let (extra, alarms) = diagnostics.compute(report.ideas);
-        for a in &alarms {
-            crate::progress::say(&bar, format!("epoch {}: collapse alarm: {}", report.step, a.message));
+        let mut generator = ModelGenerator {
+            decoder: &model.decoder,
+            tokenizer: &model.tokenizer,
+            params: cfg.sampling.clone(),
+            mode: AdapterMode::default(),
+        };
+        let task = ideator_envs::prompt::task_prompt(env.as_ref(), &scale)?;
+        let mut agent =
+            EvolutionAgent::new(&mut generator, cfg.evolve.clone(), task, baseline, Some(dir.join("database.json")))?;
+        let restored = agent.restore(&store, run.id, cfg.run.seed)?;
+        if args.resume && !args.json {
+            eprintln!(
+                "resuming {} at epoch {} ({} ideas in the database, {} prompts of this epoch already sampled{})",
+                root.display(),
+                restored.epoch,
+                restored.database,
+                restored.sampled_prompts,
+                if restored.mismatched_prompts > 0 {
+                    format!(", {} of them differ from the rebuilt ones", restored.mismatched_prompts)
+                } else {
+                    String::new()
+                }
+            );
         }
-        let r = report.record;
-        bar.set_position(report.step + 1);
-        crate::progress::say(
-            &bar,
-            format!(
+
+        let mut diagnostics = StepDiagnostics::new(&cfg.diagnostics, &store, run.id)?;
+        let categorize = |idea: &str| categorize(env.as_ref(), &scale, idea);
+        let bar = crate::progress::bar(cfg.evolve.epochs, "evolve", !args.json);
+        bar.set_position(restored.epoch);
+        let mut on_step = |report: &StepReport| -> serde_json::Map<String, serde_json::Value> {
+            let (extra, alarms) = diagnostics.compute(report.ideas);
+            for a in &alarms {
+                crate::progress::say(&bar, format!("epoch {}: collapse alarm: {}", report.step, a.message));
+            }
+            let r = report.record;
+            bar.set_position(report.step + 1);
+            crate::progress::say(
+                &bar,
+                format!(
                 "epoch {:>3}  reward mean {:.3} max {:.3}  executed {:.0}%  beat baseline {}  best so far {:.3}  \
                  prompts {} exploit / {} explore / {} fresh  {:.0}s",
                 report.step,
@@ -181,54 +191,71 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 r["fresh_prompts"].as_u64().unwrap_or(0),
                 r["step_seconds"].as_f64().unwrap_or(0.0),
             ),
-        );
-        extra
-    };
-    let mut ctx = PipelineContext {
-        store: &store,
-        run: run.id,
-        run_dir: &dir,
-        cfg: pipeline,
-        steps: cfg.evolve.epochs,
-        groups_per_step: prompts,
-        checkpoint_every: 1,
-        seed: cfg.run.seed,
-        seed_scope: SeedScope::Step,
-        reference: true,
-        reward: RewardMode::Raw,
-        noise_std,
-        stop,
-        categorize: &categorize,
-        on_step: &mut on_step,
-    };
-    let summary = run_pipeline(&mut agent, &mut ctx, cfg.backend.build()?, Box::new(launcher))?;
-    bar.finish_and_clear();
-    if args.json {
-        let mut v = serde_json::to_value(&summary)?;
-        v["run_dir"] = root.display().to_string().into();
-        v["baseline_reward"] = baseline.into();
-        v["noise_std"] = noise_std.into();
-        v["resumed_at_epoch"] = restored.epoch.into();
-        v["resumed_prompts"] = restored.sampled_prompts.into();
-        v["mismatched_prompts"] = restored.mismatched_prompts.into();
-        println!("{v}");
-    } else {
-        let best = summary.best_reward.map(|b| format!("{b:.4}")).unwrap_or_else(|| "none".into());
-        let what = if summary.interrupted { "evolution interrupted" } else { "evolution done" };
-        println!(
-            "{what}: {} epochs, best reward {best} (baseline {:.4}); {} executions this session; run folder {}",
-            summary.steps,
-            baseline,
-            summary.executions,
-            root.display()
-        );
-        if summary.interrupted {
+            );
+            extra
+        };
+        let mut ctx = PipelineContext {
+            store: &store,
+            run: run.id,
+            run_dir: &dir,
+            cfg: pipeline,
+            steps: cfg.evolve.epochs,
+            groups_per_step: prompts,
+            checkpoint_every: 1,
+            seed: cfg.run.seed,
+            seed_scope: SeedScope::Step,
+            reference: true,
+            reward: RewardMode::Raw,
+            noise_std,
+            stop,
+            categorize: &categorize,
+            on_step: &mut on_step,
+        };
+        let summary = run_pipeline(&mut agent, &mut ctx, cfg.backend.build()?, Box::new(launcher))?;
+        bar.finish_and_clear();
+        if args.json {
+            let mut v = serde_json::to_value(&summary)?;
+            v["run_dir"] = root.display().to_string().into();
+            v["baseline_reward"] = baseline.into();
+            v["noise_std"] = noise_std.into();
+            v["resumed_at_epoch"] = restored.epoch.into();
+            v["resumed_prompts"] = restored.sampled_prompts.into();
+            v["mismatched_prompts"] = restored.mismatched_prompts.into();
+            println!("{v}");
+        } else {
+            let best = summary.best_reward.map(|b| format!("{b:.4}")).unwrap_or_else(|| "none".into());
+            let what = if summary.interrupted { "evolution interrupted" } else { "evolution done" };
             println!(
-                "continue with: ideator evolve --config {} --run-dir {} --resume",
-                args.config.display(),
+                "{what}: {} epochs, best reward {best} (baseline {:.4}); {} executions this session; run folder {}",
+                summary.steps,
+                baseline,
+                summary.executions,
                 root.display()
             );
+            if summary.interrupted {
+                println!(
+                    "continue with: ideator evolve --config {} --run-dir {} --resume",
+                    args.config.display(),
+                    root.display()
+                );
+            }
         }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_float_setting_that_is_not_finite_is_refused_naming_its_key() {
+        let check = |text: &str| -> anyhow::Result<()> {
+            let cfg: EvolveFile = crate::run_config::parse_config(text)?;
+            Ok(cfg.evolve.validate()?)
+        };
+        let minimal = "[env]\nname = \"toy\"\ntime_limit_s = 60.0\n";
+        let n = crate::run_config::float_keys::each_non_finite_is_refused::<EvolveFile>(minimal, check);
+        assert!(n >= 5, "only {n} float settings found in the evolve config");
     }
-    Ok(())
 }

@@ -22,8 +22,8 @@ pub struct Args {
     /// File holding the idea (`[Experiment] ... [Code Changes] ... [End]`). Without it the baseline runs.
     #[arg(long)]
     pub idea: Option<PathBuf>,
-    /// Wall-clock limit of the run in seconds.
-    #[arg(long)]
+    /// Wall-clock limit of the run in seconds (positive, at most 1e6).
+    #[arg(long, value_parser = crate::run_config::seconds_arg)]
     pub time_limit: Option<f64>,
     /// Folder the run may write to and that is kept (default: a fresh folder under the system temp dir).
     #[arg(long)]
@@ -62,16 +62,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => fresh_work_dir(),
     };
     let mut ctx = RunContext::new(&scale, args.seed, &work_dir).with_device(device).with_threads(run_threads);
+    // A file the user named that cannot be read is a usage error, not a failed idea: checked before anything runs.
+    let idea = match &args.idea {
+        Some(path) => Some(
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read the idea file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     if let Some(secs) = args.time_limit {
-        anyhow::ensure!(secs > 0.0 && secs.is_finite(), "--time-limit must be a positive number of seconds");
-        ctx = ctx.with_time_limit(Duration::from_secs_f64(secs));
-        start_watchdog(Duration::from_secs_f64(secs), args.json, work_dir.clone());
+        let limit = crate::run_config::seconds("--time-limit", secs)?;
+        ctx = ctx.with_time_limit(limit);
+        start_watchdog(limit, args.json, work_dir.clone());
     }
-    let result = match &args.idea {
-        Some(path) => match std::fs::read(path) {
-            Ok(bytes) => ideator_envs::execute_bytes(env.as_ref(), &bytes, &ctx),
-            Err(e) => ExecResult::failed(FailureCause::Implementation, format!("cannot read the idea file: {e}")),
-        },
+    let result = match &idea {
+        Some(bytes) => ideator_envs::execute_bytes(env.as_ref(), bytes, &ctx),
         None => {
             let started = std::time::Instant::now();
             let mut r = ideator_envs::run_recipe(env.as_ref(), &env.baseline(&scale)?, &ctx);

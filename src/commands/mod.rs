@@ -15,3 +15,8 @@ pub mod sample;
 pub mod sft;
 pub mod tokenize;
 pub mod train;
+
+/// The exit statuses of commands that run the pipeline (`--help` shows them).
+pub(crate) const EXIT_STATUS_HELP: &str = "Exit status: 0 when the run finished; 130 after a clean stop on SIGINT \
+(Ctrl-C) and 143 on SIGTERM, as shells report signals (continue with --resume); 1 on any error (the run is then \
+marked failed, with the error, in its store).";

@@ -47,6 +47,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.n >= 1, "--n must be at least 1 (completions to sample), got 0");
+    anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1, got 0");
+    anyhow::ensure!(args.max_new_tokens >= 1, "--max-new-tokens must be at least 1, got 0");
     let model = args.model.load()?;
     let prompt_text = if args.chat {
         let mut messages = Vec::new();

@@ -6,13 +6,16 @@ use anyhow::Context;
 use ideator_trainer::config::{OptimConfig, TrainMode};
 use ideator_trainer::run_dir::RunDir;
 use ideator_trainer::sft::SftLearner;
-use ideator_trainer::sft_run::{load_chat_jsonl, run_sft, split_examples, total_steps, SftRunConfig, SftRunContext};
+use ideator_trainer::sft_run::{
+    read_chat_jsonl, run_sft, split_examples, tokenize_chats, total_steps, SftRunConfig, SftRunContext,
+};
 use ideator_trainer::TrainablePolicy;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::run_config::{
     base_model_identity, read_config, relative_to_config, run_dir_for, ModelSection, RunSection,
 };
+use crate::run_lock::lock_run_folder;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,9 +33,9 @@ pub struct Args {
     pub json: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SftFile {
+pub(crate) struct SftFile {
     #[serde(default)]
     model: ModelSection,
     #[serde(default)]
@@ -45,16 +48,21 @@ struct SftFile {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // Everything that can be checked before the run folder exists is: a config or data error leaves nothing.
     let (cfg, text): (SftFile, String) = read_config(&args.config)?;
+    cfg.train.validate()?;
     cfg.sft.validate()?;
     cfg.optim.validate()?;
-    let run_dir = RunDir::create(&run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config), args.resume)?;
+    // Relative data paths are relative to the config file.
+    let data = relative_to_config(&args.config, &cfg.sft.data);
+    let chats = read_chat_jsonl(&data)?;
+    let root = run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config);
+    let _lock = lock_run_folder(&root, "sft")?;
+    let run_dir = RunDir::create(&root, args.resume)?;
     run_dir.write_config(&text)?;
     let model = cfg.model.args().load()?;
     let base = base_model_identity(&model)?;
-    // Relative data paths are relative to the config file.
-    let data = relative_to_config(&args.config, &cfg.sft.data);
-    let examples = load_chat_jsonl(&data, &model.tokenizer).with_context(|| format!("reading {}", data.display()))?;
+    let examples = tokenize_chats(&chats, &model.tokenizer).with_context(|| format!("reading {}", data.display()))?;
     let (train, eval) = split_examples(examples, cfg.sft.eval_fraction, cfg.run.seed);
     let total = total_steps(train.len(), &cfg.sft);
     let pad = model.tokenizer.pad_id().unwrap_or(0);
@@ -82,4 +90,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_float_setting_that_is_not_finite_is_refused_naming_its_key() {
+        let check = |text: &str| -> anyhow::Result<()> {
+            let cfg: SftFile = crate::run_config::parse_config(text)?;
+            cfg.train.validate()?;
+            cfg.sft.validate()?;
+            Ok(cfg.optim.validate()?)
+        };
+        let n = crate::run_config::float_keys::each_non_finite_is_refused::<SftFile>(
+            "[sft]\ndata = \"x.jsonl\"\n",
+            check,
+        );
+        assert!(n >= 8, "only {n} float settings found in the SFT config");
+    }
 }

@@ -15,13 +15,17 @@ use ideator_rollout::store::Store;
 use ideator_trainer::config::{OptimConfig, TrainMode};
 use ideator_trainer::run_dir::RunDir;
 use ideator_trainer::{GrpoConfig, GrpoLearner, TrainablePolicy};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::execution::{categorize, BackendSection, DiagnosticsSection, EnvSection, StepDiagnostics};
-use crate::policy_init::load_initial_policy;
+use crate::execution::{
+    categorize, fail_run_on_error, BackendSection, DiagnosticsSection, EnvSection, StepDiagnostics,
+};
+use crate::policy_init::{load_initial_policy, resolve_checkpoint};
 use crate::run_config::{read_config, relative_to_config, run_dir_for, ModelSection, RunSection};
+use crate::run_lock::lock_run_folder;
 
 #[derive(clap::Args)]
+#[command(after_help = crate::commands::EXIT_STATUS_HELP)]
 pub struct Args {
     /// TOML config: [model], [init], [train], [optim], [grpo], [sampling], [env], [rl], [pipeline], [backend],
     /// [diagnostics], [run] (see configs/).
@@ -39,15 +43,15 @@ pub struct Args {
 }
 
 /// `[init]`: start from an earlier checkpoint (e.g. the SFT warm-up), merged into the base.
-#[derive(Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct InitSection {
     pub checkpoint: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TrainFile {
+pub(crate) struct TrainFile {
     #[serde(default)]
     model: ModelSection,
     #[serde(default)]
@@ -129,16 +133,18 @@ fn measure_noise_floor(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // Everything that can be checked without a model is checked before the run folder exists: a config error
+    // leaves nothing behind.
     let (cfg, text): (TrainFile, String) = read_config(&args.config)?;
-    cfg.grpo.validate()?;
-    cfg.optim.validate()?;
-    cfg.rl.validate()?;
-    cfg.pipeline.validate(cfg.rl.groups_per_step)?;
-    cfg.sampling.validate_for_training()?;
-    cfg.diagnostics.alarm.validate()?;
-    let relative = |p: &PathBuf| relative_to_config(&args.config, p);
+    validate(&cfg)?;
     let (env, scale) = cfg.env.load(&args.config)?;
-    let run_dir = RunDir::create(&run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config), args.resume)?;
+    let init =
+        cfg.init.checkpoint.as_ref().map(|p| resolve_checkpoint(&relative_to_config(&args.config, p))).transpose()?;
+    let backend = cfg.backend.build()?;
+
+    let root = run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config);
+    let _lock = lock_run_folder(&root, "train")?;
+    let run_dir = RunDir::create(&root, args.resume)?;
     let store = Store::open_in(&run_dir.root)?;
     let run = store.open_run("train", "rl", &cfg.env.name, &scale, cfg.run.seed)?;
     anyhow::ensure!(
@@ -150,18 +156,60 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     store.add_config(run.id, &text)?;
     store.set_run_status(run.id, "running")?;
     run_dir.write_config(&text)?;
-    let backend = cfg.backend.build()?;
+    let started = Started { args: &args, cfg: &cfg, text: &text, env: env.as_ref(), scale: &scale, init, run_dir };
+    fail_run_on_error(&store, run.id, || train(started, &store, run.id, backend))
+}
 
-    let init = cfg.init.checkpoint.as_ref().map(relative);
+/// The config checks that need no model, in the order a user would fix them. Errors name the key.
+fn validate(cfg: &TrainFile) -> anyhow::Result<()> {
+    cfg.train.validate()?;
+    cfg.grpo.validate()?;
+    cfg.optim.validate()?;
+    cfg.rl.validate()?;
+    cfg.pipeline.validate(cfg.rl.groups_per_step)?;
+    cfg.sampling.validate_for_training()?;
+    cfg.env.validate()?;
+    cfg.diagnostics.alarm.validate()?;
+    // Greedy decoding makes every idea of a group the same text: equal rewards, zero advantages, no update.
+    anyhow::ensure!(
+        cfg.sampling.temperature > 0.0,
+        "sampling.temperature = 0 decodes greedily, so all grpo.group_size = {} ideas of a group would be the same \
+         text with the same reward: every GRPO advantage would be 0 and the run would learn nothing; set \
+         sampling.temperature > 0 (e.g. 0.7 to 1.0)",
+        cfg.grpo.group_size
+    );
+    Ok(())
+}
+
+/// What a started run needs beyond its store.
+struct Started<'a> {
+    args: &'a Args,
+    cfg: &'a TrainFile,
+    text: &'a str,
+    env: &'a dyn ideator_envs::Environment,
+    scale: &'a str,
+    init: Option<PathBuf>,
+    run_dir: RunDir,
+}
+
+/// Loads the policy and runs the pipeline to the end (or a clean stop).
+fn train(
+    started: Started,
+    store: &Store,
+    run: i64,
+    backend: Box<dyn ideator_envs::backend::Backend>,
+) -> anyhow::Result<()> {
+    let Started { args, cfg, text, env, scale, init, run_dir } = started;
+    let scale = scale.to_string();
     let (model, base) = load_initial_policy(&cfg.model, init.as_deref())?;
     let prompt_ids = ideator_rollout::prompt::prompt_ids(
-        env.as_ref(),
+        env,
         &scale,
         &model.tokenizer,
         cfg.sampling.max_new_tokens,
         model.decoder.max_positions(),
     )?;
-    let prompt_text = ideator_envs::prompt::ideator_prompt(env.as_ref(), &scale)?;
+    let prompt_text = ideator_envs::prompt::ideator_prompt(env, &scale)?;
     let pad = model.tokenizer.pad_id().unwrap_or(0);
     let tokenizer = model.tokenizer;
     let policy = TrainablePolicy::new(model.decoder, &cfg.train, cfg.grpo.beta > 0.0, cfg.run.seed, pad)?;
@@ -181,10 +229,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sampling: cfg.sampling.clone(),
         checkpoints: run_dir.checkpoints(),
         base_model: base,
-        config_text: text.clone(),
+        config_text: text.to_string(),
         retention: cfg.rl.retention.clone(),
     };
-    let recorded = store.policy_versions(run.id)?.last().copied();
+    let recorded = store.policy_versions(run)?.last().copied();
     if let Some(step) = agent.restore_latest(Some(recorded.unwrap_or(0)))? {
         tracing::info!("resumed from the checkpoint at step {step}");
         if !args.json {
@@ -192,8 +240,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let mut diagnostics = StepDiagnostics::new(&cfg.diagnostics, &store, run.id)?;
-    let categorize = |idea: &str| categorize(env.as_ref(), &scale, idea);
+    let mut diagnostics = StepDiagnostics::new(&cfg.diagnostics, store, run)?;
+    let categorize = |idea: &str| categorize(env, &scale, idea);
     let bar = crate::progress::bar(cfg.rl.steps, "train", !args.json);
     let mut on_step = |report: &StepReport| -> serde_json::Map<String, serde_json::Value> {
         let (extra, alarms) = diagnostics.compute(report.ideas);
@@ -225,11 +273,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let launcher = cfg.env.launcher(&args.config, &scale, &run_dir.root.join("work"))?;
     let stop = ideator_rollout::pipeline::interrupt::stop_flag();
-    let noise_std = measure_noise_floor(&cfg, &store, &run_dir.root, &scale, &launcher, &stop, args.json)?;
+    let noise_std = measure_noise_floor(cfg, store, &run_dir.root, &scale, &launcher, &stop, args.json)?;
     bar.set_position(agent.learner.step());
     let mut ctx = PipelineContext {
-        store: &store,
-        run: run.id,
+        store,
+        run,
         run_dir: &run_dir.root,
         cfg: cfg.pipeline.clone(),
         steps: cfg.rl.steps,
@@ -274,4 +322,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> anyhow::Result<()> {
+        validate(&crate::run_config::parse_config::<TrainFile>(text)?)
+    }
+
+    #[test]
+    fn every_float_setting_that_is_not_finite_is_refused_naming_its_key() {
+        // Optional floats are set so that they are serialized (and therefore checked) too.
+        let minimal = "[env]\nname = \"toy\"\ntime_limit_s = 60.0\n";
+        let n = crate::run_config::float_keys::each_non_finite_is_refused::<TrainFile>(minimal, check);
+        assert!(n >= 15, "only {n} float settings found in the train config");
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_naming_their_key() {
+        let cases = [
+            ("[grpo]\nbeta = -0.1", "grpo.beta"),
+            ("[grpo]\nclip_low = 1.5", "grpo.clip_low"),
+            ("[optim]\neps = 0.0", "optim.eps"),
+            ("[optim]\nbeta2 = 1.0", "optim.beta2"),
+            ("[optim]\ngrad_clip = -1.0", "optim.grad_clip"),
+            ("[train]\nmode = \"lora\"\n[train.lora]\nrank = 0", "lora.rank"),
+            ("[train]\nmode = \"lora\"\n[train.lora]\nalpha = 0.0", "lora.alpha"),
+            ("[env]\nname = \"toy\"\ntime_limit_s = -1.0", "env.time_limit_s"),
+            ("[env]\nname = \"toy\"\ntime_limit_s = 1e30", "env.time_limit_s"),
+            ("[pipeline]\nretry_backoff_s = 1e30", "pipeline.retry_backoff_s"),
+            ("[sampling]\ntemperature = 0.0", "sampling.temperature = 0"),
+        ];
+        for (section, key) in cases {
+            let env = if section.starts_with("[env]") { "" } else { "[env]\nname = \"toy\"\n" };
+            let err = check(&format!("{env}{section}\n")).err().unwrap_or_else(|| panic!("{section} accepted"));
+            assert!(format!("{err:#}").contains(key), "{section}: {err:#}");
+        }
+        check("[env]\nname = \"toy\"\n").unwrap();
+    }
 }

@@ -185,12 +185,10 @@ impl GrpoConfig {
         if self.group_size < 2 {
             return bad("grpo.group_size must be at least 2 (advantages are relative to the group)");
         }
-        if !(0.0..1.0).contains(&self.clip_low) || self.clip_high <= 0.0 {
-            return bad("grpo.clip_low must be in [0, 1) and grpo.clip_high > 0");
-        }
-        if self.beta < 0.0 || self.entropy_coef < 0.0 {
-            return bad("grpo.beta and grpo.entropy_coef must be >= 0");
-        }
+        check("grpo.clip_low", self.clip_low, "in [0, 1)", |x| (0.0..1.0).contains(&x))?;
+        check("grpo.clip_high", self.clip_high, "positive", |x| x > 0.0)?;
+        check("grpo.beta", self.beta, ">= 0", |x| x >= 0.0)?;
+        check("grpo.entropy_coef", self.entropy_coef, ">= 0", |x| x >= 0.0)?;
         if self.micro_batch == 0 {
             return bad("grpo.micro_batch must be at least 1");
         }
@@ -269,16 +267,26 @@ impl OptimConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("optim.lr must be positive, got {}", self.lr));
         }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad("optim.beta1 and optim.beta2 must be in [0, 1)".into());
-        }
-        if self.weight_decay < 0.0 || self.eps <= 0.0 {
-            return bad("optim.weight_decay must be >= 0 and optim.eps > 0".into());
-        }
-        if self.grad_clip.is_some_and(|c| c <= 0.0) {
-            return bad("optim.grad_clip must be positive (omit it to disable clipping)".into());
+        check("optim.beta1", self.beta1, "in [0, 1)", |x| (0.0..1.0).contains(&x))?;
+        check("optim.beta2", self.beta2, "in [0, 1)", |x| (0.0..1.0).contains(&x))?;
+        check("optim.weight_decay", self.weight_decay, ">= 0", |x| x >= 0.0)?;
+        check("optim.eps", self.eps, "positive", |x| x > 0.0)?;
+        if let Some(c) = self.grad_clip {
+            check("optim.grad_clip", c, "positive (omit it to disable clipping)", |x| x > 0.0)?;
         }
         self.schedule.validate()
+    }
+}
+
+/// Refuses `x` unless it is finite and `ok(x)` holds; `what` names the range (e.g. "in [0, 1)"). Checks state what
+/// must hold rather than what must not: every comparison with NaN is false, so `x < 0.0` lets NaN through.
+///
+/// Errors: [`TrainerError::Config`] naming `key`, the range and the value.
+pub(crate) fn check(key: &str, x: f64, what: &str, ok: impl Fn(f64) -> bool) -> Result<()> {
+    if x.is_finite() && ok(x) {
+        Ok(())
+    } else {
+        Err(TrainerError::Config(format!("{key} must be {what}, got {x}")))
     }
 }
 
@@ -296,5 +304,15 @@ pub enum TrainMode {
 impl Default for TrainMode {
     fn default() -> Self {
         TrainMode::Lora { lora: LoraConfig::default() }
+    }
+}
+
+impl TrainMode {
+    /// Checks the LoRA settings (rank, alpha, dropout, targets); full training has none.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            TrainMode::Lora { lora } => Ok(lora.validate()?),
+            TrainMode::Full => Ok(()),
+        }
     }
 }

@@ -68,39 +68,60 @@ struct ChatLine {
     messages: Vec<ChatMessage>,
 }
 
-/// Reads chat JSONL into (prompt, completion) token ids: the prompt is every message but the last, rendered
-/// with the chat template and a generation prompt; the completion is the last (assistant) message followed by
-/// the end-of-turn token, so the model also learns to stop.
-pub fn load_chat_jsonl(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<SftExample>> {
+/// One chat example as read from JSONL and checked: at least one message before a final assistant turn.
+pub struct ChatExample {
+    messages: Vec<ChatMessage>,
+}
+
+/// Reads and checks chat JSONL without a tokenizer, so that bad data is refused before a run folder is created
+/// or a model loaded. Errors name the file and line.
+pub fn read_chat_jsonl(path: &Path) -> Result<Vec<ChatExample>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| TrainerError::Data(format!("cannot read {}: {e}", path.display())))?;
-    let end = *tokenizer
-        .eos_ids()
-        .first()
-        .ok_or_else(|| TrainerError::Data("the tokenizer has no end-of-sequence token".into()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let where_ = || format!("{}:{}", path.display(), i + 1);
         let chat: ChatLine = serde_json::from_str(line)
             .map_err(|e| TrainerError::Data(format!("{}: not a chat example ({e})", where_())))?;
-        let Some((last, context)) = chat.messages.split_last() else {
-            return Err(TrainerError::Data(format!("{}: no messages", where_())));
-        };
-        if last.role != "assistant" || context.is_empty() {
+        let valid =
+            chat.messages.split_last().is_some_and(|(last, context)| last.role == "assistant" && !context.is_empty());
+        if !valid {
             return Err(TrainerError::Data(format!(
                 "{}: the last message must be an assistant turn after at least one other message",
                 where_()
             )));
         }
-        let prompt_ids = tokenizer.encode_chat(context, true)?;
-        let mut completion_ids = tokenizer.encode(&last.content, false)?;
-        completion_ids.push(end);
-        out.push(SftExample { prompt_ids, completion_ids });
+        out.push(ChatExample { messages: chat.messages });
     }
     if out.is_empty() {
         return Err(TrainerError::Data(format!("{} holds no examples", path.display())));
     }
     Ok(out)
+}
+
+/// Chat examples as (prompt, completion) token ids: the prompt is every message but the last, rendered with the
+/// chat template and a generation prompt; the completion is the last (assistant) message followed by the
+/// end-of-turn token, so the model also learns to stop.
+pub fn tokenize_chats(chats: &[ChatExample], tokenizer: &Tokenizer) -> Result<Vec<SftExample>> {
+    let end = *tokenizer
+        .eos_ids()
+        .first()
+        .ok_or_else(|| TrainerError::Data("the tokenizer has no end-of-sequence token".into()))?;
+    let mut out = Vec::with_capacity(chats.len());
+    for chat in chats {
+        // read_chat_jsonl guarantees a final assistant turn after at least one message.
+        let Some((last, context)) = chat.messages.split_last() else { continue };
+        let prompt_ids = tokenizer.encode_chat(context, true)?;
+        let mut completion_ids = tokenizer.encode(&last.content, false)?;
+        completion_ids.push(end);
+        out.push(SftExample { prompt_ids, completion_ids });
+    }
+    Ok(out)
+}
+
+/// Reads chat JSONL into (prompt, completion) token ids ([`read_chat_jsonl`], then [`tokenize_chats`]).
+pub fn load_chat_jsonl(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<SftExample>> {
+    tokenize_chats(&read_chat_jsonl(path)?, tokenizer)
 }
 
 /// Deterministic split into (train, held-out).

@@ -700,13 +700,13 @@ fn training_section(data: &ReportData) -> Section {
                 .iter()
                 .map(|p| Column {
                     label: p.index.to_string(),
-                    values: present.iter().map(|(k, _)| p.scalars.get(*k).copied().unwrap_or(0.0)).collect(),
+                    values: present.iter().map(|(k, _)| time_part(&p.scalars, k)).collect(),
                 })
                 .collect();
             charts.push(Chart {
                 id: "train-time".into(),
                 title: "Time per step".into(),
-                caption: "Where each step's wall time went.".into(),
+                caption: "Where each step's wall time went (the parts add up to the step's time).".into(),
                 svg: stacked_bars(&StackedBars {
                     id: "train-time".into(),
                     size: WIDE,
@@ -826,6 +826,18 @@ fn pipeline_section(data: &ReportData) -> Section {
     )
 }
 
+/// One part of a step's time, such that the parts add up to `step_seconds`. The pipeline's step is sample + wait
+/// + update, and its `update_seconds` includes the reference model's forward (`reference_seconds`, recorded by
+/// the learner), so that is taken out of the update bar; in older synchronous records it was already apart.
+fn time_part(scalars: &BTreeMap<String, f64>, key: &str) -> f64 {
+    let get = |k: &str| scalars.get(k).copied().unwrap_or(0.0);
+    let pipeline = scalars.contains_key("wait_seconds");
+    match key {
+        "update_seconds" if pipeline => (get("update_seconds") - get("reference_seconds")).max(0.0),
+        k => get(k),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -880,5 +892,31 @@ mod tests {
     fn colours() {
         assert_eq!(ramp(SeriesKind::Rl, 1.0), "#08306b");
         assert_eq!(darker("#ffffff"), "#a6a6a6");
+    }
+
+    #[test]
+    fn time_parts_add_up_to_the_step_time() {
+        let parts = ["sample_seconds", "wait_seconds", "execute_seconds", "reference_seconds", "update_seconds"];
+        // The pipeline's record of the step 0: sample + wait + update = 70.2 s, reference inside update.
+        let pipeline: BTreeMap<String, f64> = [
+            ("sample_seconds", 30.0),
+            ("wait_seconds", 5.2),
+            ("reference_seconds", 7.1),
+            ("update_seconds", 35.0),
+            ("step_seconds", 70.2),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let sum: f64 = parts.iter().map(|k| time_part(&pipeline, k)).sum();
+        assert!((sum - 70.2).abs() < 1e-9, "{sum}");
+        // A synchronous record: update_seconds excludes the reference already.
+        let synchronous: BTreeMap<String, f64> =
+            [("sample_seconds", 11.0), ("reference_seconds", 3.4), ("update_seconds", 33.0), ("step_seconds", 47.4)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        let sum: f64 = parts.iter().map(|k| time_part(&synchronous, k)).sum();
+        assert!((sum - 47.4).abs() < 1e-9, "{sum}");
     }
 }

@@ -96,8 +96,12 @@ impl SlurmBackend {
         if cfg.max_jobs == 0 || cfg.cpus_per_run == 0 {
             return Err(BackendError::Config("backend.max_jobs and backend.cpus_per_run must be at least 1".into()));
         }
-        if cfg.poll_interval_s.is_nan() || cfg.poll_interval_s <= 0.0 {
-            return Err(BackendError::Config("backend.poll_interval_s must be positive".into()));
+        // Written so that NaN fails too; the upper bound keeps the poll loop's durations finite.
+        if !(cfg.poll_interval_s > 0.0 && cfg.poll_interval_s <= 1e6) {
+            return Err(BackendError::Config(format!(
+                "backend.poll_interval_s must be in (0, 1e6] seconds, got {}",
+                cfg.poll_interval_s
+            )));
         }
         Ok(SlurmBackend { cfg: cfg.clone(), jobs: vec![], last_query: None, last_success: Instant::now() })
     }

@@ -5,7 +5,7 @@
 //! its arguments come from the config; `{workdir}`, `{idea}`, `{task}`, `{recipe}`, `{seed}`, `{scale}` and
 //! `{config_dir}` in the arguments are replaced by values, each argument staying one argv entry: no shell ever sees
 //! the idea. The program runs in the work folder, in its own process group (killed as a whole at the time limit),
-//! with stdout and stderr captured to files there (and killed when they exceed a cap). Its last stdout line is a
+//! with stdout and stderr captured to files there (and killed when they exceed a cap, which also bounds the files). Its last stdout line is a
 //! JSON result: `{"reward": 0.42, "metrics": {...}}` on success, or
 //! `{"status": "failed", "cause": "non_finite_loss", "message": "..."}`. The work folder is kept for inspection.
 
@@ -16,10 +16,12 @@ use crate::result::{ExecResult, FailureCause};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// The TOML config of a command environment.
@@ -107,8 +109,12 @@ impl CommandEnv {
         if cfg.scales.is_empty() {
             return Err(EnvError::Config("a command environment needs at least one scale".into()));
         }
-        if cfg.time_limit_secs.is_nan() || cfg.time_limit_secs <= 0.0 {
-            return Err(EnvError::Config("time_limit_secs must be positive".into()));
+        // Written so that NaN fails too; the upper bound keeps Duration::from_secs_f64 from panicking.
+        if !(cfg.time_limit_secs > 0.0 && cfg.time_limit_secs <= 1e6) {
+            return Err(EnvError::Config(format!(
+                "command environment {}: time_limit_secs must be in (0, 1e6] seconds, got {}",
+                cfg.name, cfg.time_limit_secs
+            )));
         }
         Ok(CommandEnv { cfg, schema })
     }
@@ -204,7 +210,7 @@ impl Environment for CommandEnv {
         let stdout_path = ctx.work_dir.join("stdout.log");
         let stderr_path = ctx.work_dir.join("stderr.log");
         let files = File::create(&stdout_path).and_then(|o| Ok((o, File::create(&stderr_path)?)));
-        let (stdout, stderr) = match files {
+        let (stdout_file, stderr_file) = match files {
             Ok(f) => f,
             Err(e) => {
                 return ExecResult::failed(FailureCause::Infrastructure, format!("cannot create log files: {e}"))
@@ -216,8 +222,8 @@ impl Environment for CommandEnv {
             .args(&args)
             .current_dir(&ctx.work_dir)
             .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .env("IDEATOR_WORKDIR", &ctx.work_dir)
             .env("IDEATOR_SEED", ctx.seed.to_string())
             .env("IDEATOR_SCALE", &ctx.scale)
@@ -233,6 +239,9 @@ impl Environment for CommandEnv {
             }
         };
         let pgid = child.id() as i32;
+        // The output goes through pipes so that what reaches the disk is bounded too (the program writing straight
+        // into the files used to leave logs many times the cap before the poll below noticed).
+        let logs = OutputLogs::start(&mut child, stdout_file, stderr_file, self.cfg.max_output_bytes);
         let start = Instant::now();
         let mut stop: Option<(FailureCause, String)> = None;
         let status = loop {
@@ -248,8 +257,7 @@ impl Environment for CommandEnv {
                 stop = Some((FailureCause::TimeLimit, format!("time limit of {:.1} s reached", limit.as_secs_f64())));
                 break None;
             }
-            let size = file_len(&stdout_path) + file_len(&stderr_path);
-            if size > self.cfg.max_output_bytes {
+            if logs.bytes_seen() > self.cfg.max_output_bytes {
                 stop = Some((
                     FailureCause::RuntimeError,
                     format!("the program wrote more than {} bytes of output", self.cfg.max_output_bytes),
@@ -261,6 +269,7 @@ impl Environment for CommandEnv {
         // The whole group goes, so grandchildren cannot outlive the run (also after a normal exit).
         kill_group(pgid);
         let status = status.or_else(|| child.wait().ok());
+        logs.finish();
         let stdout_tail = read_tail(&stdout_path, LOG_TAIL_BYTES);
         let stderr_tail = read_tail(&stderr_path, LOG_TAIL_BYTES);
         let log = format!("--- stdout ---\n{stdout_tail}\n--- stderr ---\n{stderr_tail}");
@@ -347,8 +356,74 @@ fn parse_result(line: &str) -> Result<ExecResult, String> {
     }
 }
 
-fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+/// Copies the program's stdout and stderr into their log files, keeping at most `cap` bytes on disk for the two
+/// together, and counts every byte the program wrote (the run is stopped once that count exceeds the cap).
+struct OutputLogs {
+    seen: Arc<AtomicU64>,
+    done: mpsc::Receiver<()>,
+    copiers: usize,
+}
+
+/// How long `finish` waits for the pipes to close after the program's group was killed (a process that left the
+/// group could hold them open forever; its output is then lost, not waited for).
+const LOG_DRAIN: Duration = Duration::from_secs(2);
+
+impl OutputLogs {
+    fn start(child: &mut std::process::Child, stdout: File, stderr: File, cap: u64) -> OutputLogs {
+        let seen = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(0));
+        let (tx, done) = mpsc::channel();
+        let mut copiers = 0;
+        let pipes: [(Option<Box<dyn Read + Send>>, File); 2] = [
+            (child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), stdout),
+            (child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>), stderr),
+        ];
+        for (pipe, file) in pipes {
+            let Some(pipe) = pipe else { continue };
+            let (seen, written, tx) = (seen.clone(), written.clone(), tx.clone());
+            copiers += 1;
+            std::thread::spawn(move || {
+                copy_bounded(pipe, file, cap, &seen, &written);
+                let _ = tx.send(());
+            });
+        }
+        OutputLogs { seen, done, copiers }
+    }
+
+    fn bytes_seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// Waits (briefly) until both pipes are drained, so the log files hold everything kept.
+    fn finish(self) {
+        let deadline = Instant::now() + LOG_DRAIN;
+        for _ in 0..self.copiers {
+            if self.done.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads `pipe` to its end; writes to `file` only while the bytes written by all copiers stay within `cap`
+/// (reading on keeps the program from blocking on a full pipe until it is killed).
+fn copy_bounded(mut pipe: impl Read, mut file: File, cap: u64, seen: &AtomicU64, written: &AtomicU64) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        seen.fetch_add(n as u64, Ordering::Relaxed);
+        // Reserve room for this chunk; the part beyond the cap is dropped.
+        let before = written.fetch_add(n as u64, Ordering::Relaxed);
+        let keep = cap.saturating_sub(before).min(n as u64) as usize;
+        if keep > 0 {
+            let _ = file.write_all(&buf[..keep]);
+        }
+    }
 }
 
 /// The last `max` bytes of a file as (lossy) text.

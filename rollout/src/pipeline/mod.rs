@@ -87,10 +87,13 @@ impl PipelineConfig {
                 self.max_inflight_groups
             )));
         }
-        if self.max_attempts == 0 || self.retry_backoff_s.is_nan() || self.retry_backoff_s < 0.0 {
-            return Err(RolloutError::Config(
-                "pipeline.max_attempts must be at least 1 and retry_backoff_s not negative".into(),
-            ));
+        // Written so that NaN fails too; the upper bound keeps Duration::from_secs_f64 from panicking.
+        if self.max_attempts == 0 || !(0.0..=1e6).contains(&self.retry_backoff_s) {
+            return Err(RolloutError::Config(format!(
+                "pipeline.max_attempts must be at least 1 (got {}) and pipeline.retry_backoff_s in [0, 1e6] seconds \
+                 (got {})",
+                self.max_attempts, self.retry_backoff_s
+            )));
         }
         Ok(())
     }

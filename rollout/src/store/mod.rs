@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ideator_envs::{ExecResult, FailureCause, Status};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::{Result, RolloutError};
@@ -122,6 +122,8 @@ pub struct RunInfo {
     pub seed: u64,
     pub created_at: f64,
     pub status: String,
+    /// The error that stopped the run when `status` is "failed".
+    pub error: Option<String>,
 }
 
 /// One sampled idea to store with its group.
@@ -244,6 +246,7 @@ pub struct StepRow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointRow {
     pub step: u64,
+    /// Relative to the run folder (the store's folder) for the run's own checkpoints, else absolute.
     pub path: String,
     pub score: Option<f64>,
     pub created_at: f64,
@@ -341,6 +344,20 @@ fn idea_from_row(r: &Row) -> rusqlite::Result<IdeaRow> {
     })
 }
 
+/// A `file:` URI for `path` (percent-encoding the characters URIs reserve), read-only and, with `immutable`,
+/// telling SQLite that nothing changes the file (no locks, no WAL: for read-only storage).
+fn sqlite_uri(path: &Path, immutable: bool) -> String {
+    let mut uri = String::from("file:");
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str(if immutable { "?mode=ro&immutable=1" } else { "?mode=ro" });
+    uri
+}
+
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
 }
@@ -381,6 +398,60 @@ impl Store {
                 Err(e) => return Err(self.err(e)),
             }
         }
+    }
+
+    /// Opens an existing store for reading only (`compare`, `report` and other readers): nothing is created,
+    /// migrated or written, so archived run folders on read-only storage can be read. A store with a write-ahead
+    /// log beside it (a live writer, or one that was killed) is read through the log; one without (every writer
+    /// closed cleanly) is opened as immutable, because a read-only WAL connection would otherwise create the log
+    /// and shared-memory files next to it (and could not remove them). A writer that starts while such a read is
+    /// in progress may make it fail; run the reader again.
+    ///
+    /// A store of an older schema is upgraded in a copy in memory, never on disk.
+    ///
+    /// Errors: the file is missing or not a store; its schema is newer than this program knows.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        if !path.is_file() {
+            return Err(store_err(path, rusqlite::Error::InvalidPath(path.to_path_buf())));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let store = if Path::new(&wal).exists() {
+            match Store::open_with(path, &sqlite_uri(path, false), flags) {
+                Ok(store) => store,
+                // SQLITE_CANTOPEN / READONLY: the -shm file can be neither opened nor created next to the store.
+                Err(_) => Store::open_with(path, &sqlite_uri(path, true), flags)?,
+            }
+        } else {
+            Store::open_with(path, &sqlite_uri(path, true), flags)?
+        };
+        if store.version()? < MIGRATIONS.len() {
+            return store.upgraded_in_memory();
+        }
+        Ok(store)
+    }
+
+    /// A store written by an older version, read-only: copied into memory (SQLite's backup API) and upgraded
+    /// there, so readers see the current schema while the file stays untouched.
+    fn upgraded_in_memory(&self) -> Result<Store> {
+        let mut conn = Connection::open_in_memory().map_err(|e| self.err(e))?;
+        rusqlite::backup::Backup::new(&self.conn, &mut conn)
+            .and_then(|b| b.run_to_completion(1024, Duration::ZERO, None))
+            .map_err(|e| self.err(e))?;
+        let store = Store { conn, path: self.path.clone() };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens `uri` with `flags` and reads the schema version once, so that a store SQLite cannot read this way
+    /// fails here rather than at the first query.
+    fn open_with(path: &Path, uri: &str, flags: OpenFlags) -> Result<Store> {
+        let conn = Connection::open_with_flags(uri, flags).map_err(|e| store_err(path, e))?;
+        let store = Store { conn, path: path.to_path_buf() };
+        store.conn.busy_timeout(Duration::from_secs(60)).map_err(|e| store.err(e))?;
+        store.version()?;
+        Ok(store)
     }
 
     /// Opens the store of a run folder.
@@ -471,7 +542,7 @@ impl Store {
     pub fn find_run(&self, name: &str) -> Result<Option<RunInfo>> {
         self.conn
             .query_row(
-                "SELECT id, name, kind, env, scale, seed, created_at, status FROM runs WHERE name = ?1",
+                "SELECT id, name, kind, env, scale, seed, created_at, status, error FROM runs WHERE name = ?1",
                 [name],
                 |r| {
                     Ok(RunInfo {
@@ -483,6 +554,7 @@ impl Store {
                         seed: r.get::<_, i64>(5)? as u64,
                         created_at: r.get(6)?,
                         status: r.get(7)?,
+                        error: r.get(8)?,
                     })
                 },
             )
@@ -510,7 +582,12 @@ impl Store {
     }
 
     pub fn set_run_status(&self, run: i64, status: &str) -> Result<()> {
-        self.exec("UPDATE runs SET status = ?2 WHERE id = ?1", params![run, status])
+        self.exec("UPDATE runs SET status = ?2, error = NULL WHERE id = ?1", params![run, status])
+    }
+
+    /// Marks the run failed with the error that stopped it (shown by readers; a resume sets it running again).
+    pub fn fail_run(&self, run: i64, error: &str) -> Result<()> {
+        self.exec("UPDATE runs SET status = 'failed', error = ?2 WHERE id = ?1", params![run, error])
     }
 
     pub fn add_config(&self, run: i64, text: &str) -> Result<()> {
@@ -846,11 +923,22 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Records a checkpoint. Its path is stored relative to the store's folder when it lies inside it (so the run
+    /// folder can be moved), else absolute.
     pub fn record_checkpoint(&self, run: i64, step: u64, path: &Path, score: Option<f64>) -> Result<()> {
+        let stored = self.portable_path(path);
         self.exec(
             "INSERT OR REPLACE INTO checkpoints (run_id, step, path, score, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![run, step as i64, path.display().to_string(), score, now()],
+            params![run, step as i64, stored.display().to_string(), score, now()],
         )
+    }
+
+    /// `path` relative to the folder holding the store when inside it, else absolute.
+    fn portable_path(&self, path: &Path) -> PathBuf {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let path = absolute(path);
+        let folder = absolute(self.path.parent().unwrap_or(Path::new(".")));
+        path.strip_prefix(&folder).map(Path::to_path_buf).unwrap_or(path)
     }
 
     pub fn checkpoints(&self, run: i64) -> Result<Vec<CheckpointRow>> {

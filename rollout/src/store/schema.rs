@@ -14,7 +14,7 @@ pub const MIGRATIONS: &[&str] = &[
         scale       TEXT NOT NULL,
         seed        INTEGER NOT NULL,
         created_at  REAL NOT NULL,
-        -- 'running', 'interrupted', 'done'
+        -- 'running', 'interrupted', 'done', 'failed' (migration 2 adds the error)
         status      TEXT NOT NULL
     );
     -- Every start or resume records the config it ran with.
@@ -133,7 +133,11 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, step)
     );
     "#,
-    // 2: common random numbers and the execution cache. A group may carry one *reference* idea (the environment's
+    // 2: why a run failed (status 'failed'): the error that stopped it, as the user saw it.
+    r#"
+    ALTER TABLE runs ADD COLUMN error TEXT;
+    "#,
+    // 3: common random numbers and the execution cache. A group may carry one *reference* idea (the environment's
     // baseline recipe at the group's seed, not trained on); `recipe_key` names what an execution computes (env,
     // scale, environment config and canonical recipe; NULL when not cacheable) so that the same key at the same
     // seed is executed once; `cached_from` is the idea whose execution a cached result was copied from.

@@ -249,3 +249,109 @@ fn two_connections_write_concurrently() {
     assert_eq!(store.configs(run).unwrap().len(), 50);
     assert_eq!(store.next_group_seq(run).unwrap(), 50);
 }
+
+fn set_read_only(dir: &Path, read_only: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(if read_only { 0o444 } else { 0o644 })).unwrap();
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(if read_only { 0o555 } else { 0o755 })).unwrap();
+}
+
+#[test]
+fn a_read_only_open_reads_without_writing_even_from_read_only_storage() {
+    let (dir, store, run, prompt) = setup();
+    let group = NewGroup {
+        seq: 0,
+        prompt_id: prompt,
+        policy_version: 0,
+        sample_seconds: 0.5,
+        temperature: 1.0,
+        ideas: vec![idea("a", 3)],
+    };
+    store.insert_group(run, &group).unwrap();
+    // While the writer is open (its WAL holds the rows), a reader sees them and cannot write.
+    let reader = Store::open_read_only(&dir.path().join(STORE_FILE)).unwrap();
+    assert_eq!(reader.ideas(run).unwrap().len(), 1);
+    let err = reader.set_run_status(run, "done").err().expect("a read-only store refuses writes").to_string();
+    assert!(err.contains("readonly") || err.contains("read-only"), "{err}");
+    drop((reader, store));
+    // Archived: the folder and its files are read-only (the -shm file cannot be created).
+    let files_before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    set_read_only(dir.path(), true);
+    let reader = Store::open_read_only(&dir.path().join(STORE_FILE));
+    let read = reader.and_then(|r| Ok((r.ideas(run)?.len(), r.run_info(run)?.name)));
+    let files_after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    set_read_only(dir.path(), false);
+    assert_eq!(read.unwrap(), (1, "r".to_string()));
+    assert_eq!(files_before, files_after, "a read-only open creates no file (no -wal, no -shm)");
+    // A missing store is an error naming it, and nothing is created.
+    let missing = dir.path().join("nope").join(STORE_FILE);
+    let err = Store::open_read_only(&missing).err().expect("missing").to_string();
+    assert!(err.contains("nope"), "{err}");
+    assert!(!missing.parent().unwrap().exists());
+}
+
+#[test]
+fn the_immutable_fallback_reads_a_store_at_a_path_with_uri_characters() {
+    // Root ignores permissions, so the fallback is exercised directly; the folder name needs percent-encoding.
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("a?b#c%d");
+    std::fs::create_dir(&folder).unwrap();
+    let run = {
+        let store = Store::open_in(&folder).unwrap();
+        store.open_run("r", "rl", "toy", "tiny", 3).unwrap().id
+    };
+    let path = folder.join(STORE_FILE);
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    for immutable in [false, true] {
+        let store = Store::open_with(&path, &sqlite_uri(&path, immutable), flags).unwrap();
+        assert_eq!(store.run_info(run).unwrap().env, "toy");
+        assert!(store.set_run_status(run, "done").is_err(), "immutable={immutable}: read-only");
+    }
+}
+
+#[test]
+fn a_store_of_an_older_schema_is_read_through_an_upgraded_copy_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STORE_FILE);
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch("PRAGMA user_version = 1").unwrap();
+        conn.execute(
+            "INSERT INTO runs (name, kind, env, scale, seed, created_at, status) VALUES ('old', 'rl', 'toy', 'tiny', 1, 0, 'done')",
+            [],
+        )
+        .unwrap();
+    }
+    let reader = Store::open_read_only(&path).unwrap();
+    let run = reader.find_run("old").unwrap().expect("the old run");
+    assert_eq!((run.status.as_str(), run.error), ("done", None));
+    assert_eq!(reader.schema_version().unwrap() as usize, MIGRATIONS.len(), "upgraded in the copy");
+    drop(reader);
+    let on_disk: i64 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(on_disk, 1, "the file is not upgraded by a reader");
+}
+
+#[test]
+fn a_failed_run_keeps_its_error_until_it_runs_again() {
+    let (_dir, store, run, _) = setup();
+    store.fail_run(run, "loading the model: no such file").unwrap();
+    let info = store.run_info(run).unwrap();
+    assert_eq!((info.status.as_str(), info.error.as_deref()), ("failed", Some("loading the model: no such file")));
+    store.set_run_status(run, "running").unwrap();
+    assert_eq!(store.run_info(run).unwrap().error, None);
+}
+
+#[test]
+fn checkpoint_paths_are_stored_relative_to_the_run_folder() {
+    let (dir, store, run, _) = setup();
+    store.record_checkpoint(run, 1, &dir.path().join("checkpoints/step-00000001"), None).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    store.record_checkpoint(run, 2, &elsewhere.path().join("step-2"), Some(0.5)).unwrap();
+    let paths: Vec<String> = store.checkpoints(run).unwrap().into_iter().map(|c| c.path).collect();
+    assert_eq!(paths[0], "checkpoints/step-00000001");
+    assert_eq!(paths[1], elsewhere.path().join("step-2").display().to_string(), "outside the folder: absolute");
+}
