@@ -90,7 +90,11 @@ pub fn load_checkpoint_model(dir: &Path, model_override: Option<&str>) -> anyhow
         Some((b, i)) => (b.to_string(), Some(std::path::PathBuf::from(i))),
         None => (recorded.clone(), None),
     };
-    let section = ModelSection { spec: model_override.map(str::to_string).unwrap_or(base), device: "cpu".into(), ..Default::default() };
+    let section = ModelSection {
+        spec: model_override.map(str::to_string).unwrap_or(base),
+        device: "cpu".into(),
+        ..Default::default()
+    };
     let (mut model, identity) = load_initial_policy(&section, init.as_deref())?;
     apply_checkpoint(&mut model, dir, &identity)?;
     Ok(model)

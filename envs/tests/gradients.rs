@@ -2,9 +2,9 @@
 //! and the optimisers reduce the loss of a tiny model.
 
 use candle_core::Tensor;
-use ideator_model::device::test_device;
 use ideator_envs::pretrain::gpt::{Activation, Gpt, GptConfig, NormKind, Positions};
 use ideator_envs::pretrain::optim::{newton_schulz, OptimConfig, Optimizer, OptimizerKind};
+use ideator_model::device::test_device;
 
 fn base() -> GptConfig {
     GptConfig {

@@ -380,7 +380,12 @@ fn bench_logprobs(model: ModelArgs, batch: usize, tokens: usize, max_abs_diff: O
     let m = model.load()?;
     score(&m)?; // warm-up: the first call on a GPU loads its kernels
     let (got, seconds) = score(&m)?;
-    anyhow::ensure!(got.len() == expected.len(), "{} log-probs on the device, {} on the CPU", got.len(), expected.len());
+    anyhow::ensure!(
+        got.len() == expected.len(),
+        "{} log-probs on the device, {} on the CPU",
+        got.len(),
+        expected.len()
+    );
     let diffs: Vec<f64> = got.iter().zip(&expected).map(|(a, b)| (a - b).abs() as f64).collect();
     let max = diffs.iter().copied().fold(0.0, f64::max);
     let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;

@@ -1,8 +1,8 @@
 //! The `--model` / `--device` options shared by commands that load an ideator.
 
 use anyhow::Context;
-use ideator_model::load::{load_model, Model};
 use ideator_model::device::Precision;
+use ideator_model::load::{load_model, Model};
 use ideator_model::ModelSpec;
 
 #[derive(clap::Args, Debug, Clone)]

@@ -2,10 +2,10 @@
 //! rises clearly within a bounded number of steps, with LoRA and with full fine-tuning. And training resumes
 //! exactly: N steps straight equal N/2 steps, a checkpoint on disk, a fresh process state, and N/2 more.
 
-use ideator_checkpoints::{BaseModel, Checkpoint};
-use ideator_model::sampler::{sample, SamplingParams};
 use candle_core::{DType, Device};
+use ideator_checkpoints::{BaseModel, Checkpoint};
 use ideator_model::device::test_device;
+use ideator_model::sampler::{sample, SamplingParams};
 use ideator_model::tiny::{char_tokenizer, tiny_decoder_on};
 use ideator_model::{LoraConfig, Tokenizer};
 use ideator_trainer::config::{OptimConfig, TrainMode};
