@@ -23,4 +23,14 @@ elif [ "$(id -u)" = 0 ] && [ "${IDEATOR_SKIP_SLURM:-}" != 1 ]; then
 fi
 
 cargo build --release --locked --workspace --all-targets
-cargo test --release --locked --workspace --no-fail-fast "$@"
+status=0
+cargo test --release --locked --workspace --no-fail-fast "$@" || status=$?
+
+# The GPU code compiles and lints clean without a GPU (scripts/cuda-check.sh): always in CI (CI=true), skippable
+# locally with IDEATOR_SKIP_CUDA_CHECK=1. It runs even after failed tests, so one CI log shows both.
+if [ "${CI:-}" = "true" ] || [ "${IDEATOR_SKIP_CUDA_CHECK:-}" != 1 ]; then
+  scripts/cuda-check.sh || status=$?
+else
+  echo "test.sh: IDEATOR_SKIP_CUDA_CHECK=1: the cuda feature was not compiled" >&2
+fi
+exit $status

@@ -46,7 +46,7 @@ pub fn apply_checkpoint(model: &mut Model, dir: &Path, expected: &BaseModel) -> 
             let vars = model.decoder.add_lora(&lora, 0)?;
             for (name, var) in &vars {
                 let t = c.weights.get(name).with_context(|| format!("checkpoint lacks adapter {name}"))?;
-                var.set(&t.to_device(var.device())?)?;
+                var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
             }
             model.decoder.merge_lora()?;
         }
@@ -54,7 +54,7 @@ pub fn apply_checkpoint(model: &mut Model, dir: &Path, expected: &BaseModel) -> 
             let vars = model.decoder.make_trainable()?;
             for (name, var) in &vars {
                 let t = c.weights.get(name).with_context(|| format!("checkpoint lacks weight {name}"))?;
-                var.set(&t.to_device(var.device())?)?;
+                var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
             }
         }
     }
@@ -93,7 +93,11 @@ pub fn load_checkpoint_model(dir: &Path, model_override: Option<&str>) -> anyhow
         Some((b, i)) => (b.to_string(), Some(std::path::PathBuf::from(i))),
         None => (recorded.clone(), None),
     };
-    let section = ModelSection { spec: model_override.map(str::to_string).unwrap_or(base), device: "cpu".into() };
+    let section = ModelSection {
+        spec: model_override.map(str::to_string).unwrap_or(base),
+        device: "cpu".into(),
+        ..Default::default()
+    };
     let (mut model, identity) = load_initial_policy(&section, init.as_deref())?;
     apply_checkpoint(&mut model, dir, &identity)?;
     Ok(model)

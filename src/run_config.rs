@@ -13,11 +13,14 @@ pub struct ModelSection {
     pub spec: String,
     /// cpu, cuda, cuda:N or auto.
     pub device: String,
+    /// Precision of sampling and of the training forward: `f32` (default) or `bf16` (on a GPU; the optimiser
+    /// keeps f32 master weights and f32 moments either way).
+    pub dtype: ideator_model::device::Precision,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
-        ModelSection { spec: String::new(), device: "auto".into() }
+        ModelSection { spec: String::new(), device: "auto".into(), dtype: Default::default() }
     }
 }
 
@@ -26,6 +29,7 @@ impl ModelSection {
         crate::commands::model_args::ModelArgs {
             model: (!self.spec.is_empty()).then(|| self.spec.clone()),
             device: self.device.clone(),
+            dtype: self.dtype,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Every parameter of every architecture variant receives a gradient (candle's fused ops would silently cut it),
 //! and the optimisers reduce the loss of a tiny model.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use ideator_envs::pretrain::gpt::{Activation, Gpt, GptConfig, NormKind, Positions};
 use ideator_envs::pretrain::optim::{newton_schulz, OptimConfig, Optimizer, OptimizerKind};
+use ideator_model::device::test_device;
 
 fn base() -> GptConfig {
     GptConfig {
@@ -26,7 +27,7 @@ fn base() -> GptConfig {
 
 fn batch() -> (Tensor, Tensor) {
     let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 37 % 256) as u32).collect();
-    let t = Tensor::from_vec(ids, (2, 9), &Device::Cpu).unwrap();
+    let t = Tensor::from_vec(ids, (2, 9), &test_device()).unwrap();
     (t.narrow(1, 0, 8).unwrap().contiguous().unwrap(), t.narrow(1, 1, 8).unwrap().contiguous().unwrap())
 }
 
@@ -53,7 +54,7 @@ fn every_parameter_gets_a_gradient_in_every_variant() {
     let (x, y) = batch();
     for (name, cfg) in variants() {
         let zero_head = cfg.zero_init_head;
-        let model = Gpt::new(cfg.clone(), 3, &Device::Cpu).unwrap();
+        let model = Gpt::new(cfg.clone(), 3, &test_device()).unwrap();
         let (ce, z) = model.loss(&x, &y).unwrap();
         let loss = (ce + (z * 1e-3).unwrap()).unwrap();
         let grads = loss.backward().unwrap();
@@ -81,7 +82,7 @@ fn each_optimizer_lowers_the_training_loss() {
         (OptimizerKind::Sgd, 0.05),
         (OptimizerKind::Muon, 1e-2),
     ] {
-        let model = Gpt::new(base(), 1, &Device::Cpu).unwrap();
+        let model = Gpt::new(base(), 1, &test_device()).unwrap();
         let cfg = OptimConfig { kind, beta1: 0.9, beta2: 0.95, weight_decay: 0.0, momentum: 0.9, eps: 1e-8 };
         let vars: Vec<_> = model.params().iter().map(|(_, v, _)| v.clone()).collect();
         let mut opt = Optimizer::new(cfg, model.params().iter().map(|(_, v, r)| (v.clone(), *r)).collect()).unwrap();
@@ -108,7 +109,7 @@ fn newton_schulz_roughly_orthogonalises() {
             ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * (1 + i / c) as f32
         })
         .collect();
-    let g = Tensor::from_vec(data, (r, c), &Device::Cpu).unwrap();
+    let g = Tensor::from_vec(data, (r, c), &test_device()).unwrap();
     for m in [g.clone(), g.t().unwrap().contiguous().unwrap()] {
         let o = newton_schulz(&m).unwrap();
         assert_eq!(o.dims(), m.dims());

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 
 use crate::cpu_op::{input_tensor, output_storage};
+use crate::device::{kernel_for, Kernel};
 use crate::{ModelError, Result};
 
 /// Query rows (per group) processed together: a block holds (rows x keys) floats per head.
@@ -35,23 +36,25 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset
         )));
     }
     let scale = 1.0 / (d as f64).sqrt();
-    if q.device().is_cpu() && q.dtype() == DType::F32 {
+    if kernel_for(&[q, k, v]) == Kernel::CpuFast {
         let op = BlockedAttention { group, offset, scale, lse: Mutex::new(None) };
         return Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
     }
     composed(q, k, v, group, offset)
 }
 
-/// The same attention with ordinary ops (kept for other devices, and as the reference in tests).
+/// The same attention with ordinary ops (the portable path: other devices and dtypes, and the reference in tests).
+/// The softmax runs in f32 whatever the inputs' dtype (a bf16 softmax over long rows loses the small
+/// probabilities); the products run in the inputs' dtype.
 pub fn composed(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset: usize) -> Result<Tensor> {
     let (b, hkv, rows, d) = q.dims4()?;
     let t = rows / group;
     let s = k.dim(2)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, hkv, group, t, s))?;
-    let mask = causal_mask(0, t, s, offset, q.device())?.to_dtype(q.dtype())?;
-    let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?.reshape((b, hkv, rows, s))?;
-    Ok(probs.matmul(v)?)
+    let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.reshape((b, hkv, group, t, s))?;
+    let mask = causal_mask(0, t, s, offset, q.device())?;
+    let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
+    Ok(probs.to_dtype(v.dtype())?.reshape((b, hkv, rows, s))?.matmul(v)?)
 }
 
 /// Additive mask (t1 - t0, limit) for query positions t0..t1: key j is hidden when j > offset + i.

@@ -543,6 +543,10 @@ impl Decoder {
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.cfg.rms_norm_eps as f32)?;
         // Streams the largest matrix once without packing it (see linear.rs and few_rows.rs).
         let head = self.lm_head_weight();
+        if self.dtype() != DType::F32 {
+            // In f32, like the training forward's log-probs (logprob.rs), so behaviour and policy agree.
+            return Ok(last.to_dtype(DType::F32)?.matmul(&head.to_dtype(DType::F32)?.t()?)?);
+        }
         if crate::few_rows::applies(&last, head) {
             Ok(crate::few_rows::matmul_t(&last, head)?)
         } else {
@@ -739,9 +743,12 @@ fn salt(layer: u64, projection: u64) -> u64 {
     layer * 16 + projection
 }
 
-/// RMS norm built from differentiable ops: `x / sqrt(mean(x^2) + eps) * w`.
+/// RMS norm built from differentiable ops: `x / sqrt(mean(x^2) + eps) * w`, computed in f32 and returned in
+/// `x`'s dtype (as Hugging Face's `LlamaRMSNorm` does: a bf16 mean of 576 squares loses too much).
 pub fn rms_norm_differentiable(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&inv)?.broadcast_mul(weight)?)
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?.to_dtype(dtype)?)
 }

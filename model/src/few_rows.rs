@@ -13,7 +13,7 @@
 //! Every output element is the same dot product (its lanes accumulate in `k` order, then reduce), so a row's logits
 //! do not depend on the other rows of the batch, nor on the thread count (threads split the output columns).
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Weight rows per parallel task: small enough to balance threads, large enough to amortise scheduling.
@@ -22,7 +22,7 @@ const WEIGHT_ROWS_PER_TASK: usize = 256;
 /// Whether `x W^T` is faster here than with candle's matmul: one f32 row and an f32 weight, on the CPU.
 pub fn applies(x: &Tensor, w: &Tensor) -> bool {
     let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
-    rows == 1 && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32
+    rows == 1 && crate::device::kernel_for(&[x, w]) == crate::device::Kernel::CpuFast
 }
 
 /// `x W^T` for `x` `(m, k)` and `W` `(n, k)`, both contiguous f32 on the CPU, without gradient: `(m, n)`.

@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::device::{kernel_for, Kernel};
 use crate::Result;
 
 /// Up to this many input rows, `W x^T` is computed instead of `x W^T`: candle's
@@ -70,7 +71,7 @@ impl Linear {
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
         let frozen_in_training = !self.weight.is_variable() && x2.track_op();
-        let f32_on_cpu = x2.device().is_cpu() && x2.dtype() == DType::F32 && self.weight.dtype() == DType::F32;
+        let f32_on_cpu = kernel_for(&[&x2, &self.weight]) == Kernel::CpuFast;
         let mut y = if detached && crate::few_rows::applies(&x2, &self.weight) {
             crate::few_rows::matmul_t(&x2.contiguous()?, &self.weight)?
         } else if frozen_in_training && f32_on_cpu {

@@ -8,6 +8,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 
+use crate::device::{kernel_for, Kernel};
 use crate::Result;
 
 /// Rows of logits materialised at a time (64 x 49152 floats = 12.6 MB).
@@ -24,7 +25,7 @@ pub fn linear_logprobs_and_entropy(hidden: &Tensor, weight: &Tensor, targets: &[
     if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
         return Err(crate::ModelError::Invalid(format!("target token {bad} is outside the vocabulary of {vocab}")));
     }
-    if hidden.device().is_cpu() && hidden.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+    if kernel_for(&[hidden, weight]) == Kernel::CpuFast {
         let op = FusedLogProbs { weight: weight.clone(), targets: targets.to_vec() };
         // The op reads the hidden states' storage directly: make it contiguous first.
         Ok(hidden.contiguous()?.apply_op2(weight, op)?)
@@ -33,9 +34,11 @@ pub fn linear_logprobs_and_entropy(hidden: &Tensor, weight: &Tensor, targets: &[
     }
 }
 
-/// Reference implementation with ordinary ops (used off-CPU, and in tests to check the fused op).
+/// Reference implementation with ordinary ops (the portable path: other devices and dtypes, and the reference in
+/// tests). The logits are computed in f32 whatever the inputs' dtype: a bf16 logit of magnitude 16 is only known
+/// to +-0.06, an error that would go straight into every log-prob and importance ratio.
 pub fn composed(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    let logits = hidden.matmul(&weight.t()?)?.to_dtype(DType::F32)?;
+    let logits = hidden.to_dtype(DType::F32)?.matmul(&weight.to_dtype(DType::F32)?.t()?)?;
     let logp_all = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let idx = Tensor::new(targets, hidden.device())?.unsqueeze(1)?;
     let logp = logp_all.gather(&idx, 1)?;

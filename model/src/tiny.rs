@@ -79,7 +79,13 @@ pub fn tiny_config() -> ModelConfig {
 /// The tiny decoder with weights drawn from `seed`, std 0.1: next-token distributions start close to uniform,
 /// yet the (frozen, tied) embedding is large enough for LoRA alone to move logits by several nats.
 pub fn tiny_decoder(seed: u64) -> Result<Decoder> {
-    Decoder::from_raw(random_weights(&tiny_config(), seed, 5.0)?, DType::F32, &Device::Cpu)
+    tiny_decoder_on(seed, DType::F32, &Device::Cpu)
+}
+
+/// The same model computing in `dtype` on `device` (the device-agnostic tests pass
+/// [`crate::device::test_device`]); the weights are drawn on the CPU, so a seed gives the same model everywhere.
+pub fn tiny_decoder_on(seed: u64, dtype: DType, device: &Device) -> Result<Decoder> {
+    Decoder::from_raw(random_weights(&tiny_config(), seed, 5.0)?, dtype, device)
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! The decoder's two forward paths on tiny random models of every architecture: gradients reach every
-//! parameter, the fused log-prob op equals the composed one, and cached decoding equals the training forward.
+//! parameter, the fused log-prob op equals the composed one, and cached decoding equals the training forward;
+//! the portable path a GPU takes equals the CPU kernels, and bf16 stays close to f32.
+//! Device-agnostic: they run on `IDEATOR_TEST_DEVICE` (cpu by default, cuda in scripts/gpu-check.sh).
 
 mod common;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::ops::log_softmax;
-use common::{tiny_decoder, ARCHS};
+use common::{tiny_decoder, tiny_decoder_in, ARCHS};
+use ideator_model::device::{test_device, with_portable_kernels};
 use ideator_model::linear::sum_sq;
 use ideator_model::logprob::{composed, linear_logprobs_and_entropy};
 use ideator_model::{AdapterMode, Backprop, Decoder, LoraConfig};
@@ -79,7 +82,7 @@ fn adapters_change_outputs_only_when_enabled_and_merge_exactly() {
 
 #[test]
 fn fused_logprobs_match_composed_values_and_gradients() {
-    let dev = Device::Cpu;
+    let dev = test_device();
     let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (150, 16), &dev).unwrap()).unwrap();
     let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (300, 16), &dev).unwrap()).unwrap();
     let targets: Vec<u32> = (0..150).map(|i| (i * 7 % 300) as u32).collect();
@@ -114,7 +117,7 @@ fn fused_logprobs_match_composed_values_and_gradients() {
 
 /// Log-probs of `seq[1..]` through the KV-cached path: prefill a prefix, then feed one token at a time.
 fn cached_logprobs(dec: &ideator_model::Decoder, seq: &[u32], prefill: usize) -> Vec<f32> {
-    let dev = Device::Cpu;
+    let dev = test_device();
     let mut cache = dec.new_cache(1, seq.len()).unwrap();
     let mut out = Vec::new();
     let step = |cache: &mut ideator_model::kv_cache::KvCache, from: usize, to: usize| {
@@ -169,7 +172,7 @@ fn padding_does_not_change_log_probs() {
 
 #[test]
 fn left_padded_decoding_matches_unpadded() {
-    let dev = Device::Cpu;
+    let dev = test_device();
     for arch in ARCHS {
         let dec = tiny_decoder(arch, 9);
         let short = [4u32, 8, 15, 16];
@@ -291,7 +294,7 @@ fn checkpointed_backward_matches_the_full_graph_with_lora_and_dropout() {
         let vars = dec.add_lora(&cfg, 7).unwrap();
         // Non-zero B so that adapters change the forward, and dropout masks that must be recomputed identically.
         for (_, v) in &vars {
-            v.set(&Tensor::randn(0f32, 0.05, v.shape(), &Device::Cpu).unwrap()).unwrap();
+            v.set(&Tensor::randn(0f32, 0.05, v.shape(), v.device()).unwrap()).unwrap();
         }
         let mode = AdapterMode { enabled: true, dropout_seed: Some(11) };
         let full = score_with(&dec, &vars, mode, Scoring::Shared(Backprop::Full));
@@ -308,4 +311,73 @@ fn scores_without_gradients_refuse_a_backward() {
     assert_eq!(s.logprobs.dims(), &[2]);
     assert!(!s.logprobs.track_op());
     assert!(s.backward(&s.logprobs.sum_all().unwrap()).is_err());
+}
+
+/// Every op with a CPU kernel (blocked attention, fused log-probs, LoRA's frozen matmul, the one-row decode
+/// matmul) has a portable twin built from candle ops, which GPUs run. Forced on the CPU, the portable path must
+/// give the same log-probs, entropies and gradients (full fine-tuning and LoRA) and the same cached decoding.
+#[test]
+fn the_portable_path_a_gpu_takes_equals_the_cpu_kernels() {
+    for arch in ARCHS {
+        let mut dec = tiny_decoder(arch, 13);
+        let vars = dec.make_trainable().unwrap();
+        let mode = AdapterMode::default();
+        let fast = score_with(&dec, &vars, mode, Scoring::Shared(Backprop::Full));
+        let portable = with_portable_kernels(|| score_with(&dec, &vars, mode, Scoring::Shared(Backprop::Full)));
+        assert_same_scores(&format!("{arch:?} full fine-tuning"), &vars, &portable, &fast);
+
+        let mut dec = tiny_decoder(arch, 14);
+        let vars = dec.add_lora(&LoraConfig { rank: 4, alpha: 8.0, ..LoraConfig::default() }, 2).unwrap();
+        for (_, v) in &vars {
+            v.set(&Tensor::randn(0f32, 0.05, v.shape(), v.device()).unwrap()).unwrap();
+        }
+        let mode = AdapterMode { enabled: true, dropout_seed: None };
+        let fast = score_with(&dec, &vars, mode, Scoring::Shared(Backprop::Full));
+        let portable = with_portable_kernels(|| score_with(&dec, &vars, mode, Scoring::Shared(Backprop::Full)));
+        assert_same_scores(&format!("{arch:?} LoRA"), &vars, &portable, &fast);
+
+        let seq = seqs()[0].clone();
+        let fast = cached_logprobs(&dec, &seq, 3);
+        let portable = with_portable_kernels(|| cached_logprobs(&dec, &seq, 3));
+        for (a, b) in portable.iter().zip(&fast) {
+            assert!((a - b).abs() < 1e-4, "{arch:?}: portable decoding {a} vs CPU kernels {b}");
+        }
+    }
+}
+
+/// Largest per-token log-prob difference (nats) allowed between bf16 and f32 on these tiny models: their logits
+/// span tens of nats (init scale 10), and a bf16 value carries 8 significant bits.
+const BF16_TOLERANCE: f32 = 0.5;
+
+/// bf16 computes the same model: log-probs within [`BF16_TOLERANCE`] of f32, cached decoding agreeing with the
+/// bf16 training forward, and gradients (in bf16) reaching every parameter.
+#[test]
+fn bf16_stays_close_to_f32_and_trains() {
+    for arch in ARCHS {
+        let reference = tiny_decoder(arch, 15);
+        let mut half = tiny_decoder_in(arch, 15, DType::BF16);
+        let s = seqs();
+        let lp = |d: &Decoder| {
+            let (lp, _) = d.score_tokens(&s, &[1, 1], 0, AdapterMode::default()).unwrap();
+            lp.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (want, got) = (lp(&reference), lp(&half));
+        let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= BF16_TOLERANCE && got.iter().all(|x| x.is_finite()), "{arch:?}: bf16 off by {worst}");
+        assert!(got.iter().zip(&want).any(|(a, b)| a != b), "{arch:?}: bf16 gave f32's exact values: not bf16?");
+
+        let cached = cached_logprobs(&half, &s[0], 3);
+        for (a, b) in cached.iter().zip(&got[2..s[0].len() - 1]) {
+            assert!((a - b).abs() <= BF16_TOLERANCE, "{arch:?}: bf16 cached {a} vs training forward {b}");
+        }
+
+        let vars = half.make_trainable().unwrap();
+        let (lp, _) = half.score_tokens(&s, &[1, 1], 0, AdapterMode::default()).unwrap();
+        let grads = (lp.sum_all().unwrap() * -1.0).unwrap().backward().unwrap();
+        for (name, var) in &vars {
+            assert_eq!(var.dtype(), DType::BF16, "{name}");
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{arch:?}: no bf16 gradient for {name}"));
+            assert!(sum_sq(g).unwrap() > 0.0, "{arch:?}: zero bf16 gradient for {name}");
+        }
+    }
 }

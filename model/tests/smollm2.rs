@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
+use ideator_model::device::test_device;
 use ideator_model::sampler::{sample, Completion, FinishReason, SamplingParams};
 use ideator_model::{load_model, AdapterMode, ChatMessage, Model, ModelSpec};
 use serde::Deserialize;
@@ -28,7 +29,7 @@ fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
         let spec = ModelSpec::default_model();
-        load_model(&spec, DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{e} (run scripts/fetch-assets.sh)"))
+        load_model(&spec, DType::F32, &test_device()).unwrap_or_else(|e| panic!("{e} (run scripts/fetch-assets.sh)"))
     })
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use ideator_model::device::Precision;
 use ideator_model::sampler::{sample, SamplingParams};
 use ideator_model::AdapterMode;
 use serde_json::json;
@@ -52,6 +53,37 @@ pub enum What {
         beta: f64,
         #[arg(long, default_value_t = 1e-6)]
         learning_rate: f64,
+    },
+    /// Log-probs on `--device` in `--dtype` against the CPU in f32, on B sequences of T tokens: prints the largest
+    /// and mean per-token difference (nats) and fails when the largest exceeds the tolerance.
+    Logprobs {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        /// Largest per-token difference allowed, in nats. Default: 2e-3 in f32 (summation order only), 0.25 in
+        /// bf16 (8-bit mantissas through 30 layers; see BENCHMARKS.md for the measured values).
+        #[arg(long)]
+        max_abs_diff: Option<f64>,
+    },
+    /// The pretrain environment's training throughput (its baseline recipe at a scale) for a fixed number of
+    /// steps, without evaluation.
+    Pretrain {
+        /// tiny, small or paper.
+        #[arg(long, default_value = "small")]
+        scale: String,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Untimed steps first (kernel loading, allocator growth).
+        #[arg(long, default_value_t = 2)]
+        warmup_steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Full fine-tuning forward + backward throughput on B random sequences of T tokens.
     Train {
@@ -121,6 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let first = median(firsts);
             let out = json!({
                 "bench": "decode", "impl": "ideator", "model": m.spec.to_string(), "batch": batch,
+                "device": model.device, "dtype": model.dtype.as_str(),
                 "prompt_tokens": prompt.len(), "new_tokens": new_tokens, "repeats": repeats,
                 "threads": tensor_threads(),
                 "seconds": total,
@@ -142,6 +175,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             learning_rate,
         } => {
             bench_grpo(model, group, prompt_tokens, new_tokens, lora_rank, steps, warmup_steps, beta, learning_rate)?;
+        }
+        What::Logprobs { model, batch, tokens, max_abs_diff } => bench_logprobs(model, batch, tokens, max_abs_diff)?,
+        What::Pretrain { scale, device, steps, warmup_steps, seed } => {
+            bench_pretrain(&scale, &device, steps, warmup_steps, seed)?
         }
         What::Train { model, batch, seq, repeats } => {
             let mut m = model.load()?;
@@ -168,6 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let t = median(times);
             let out = json!({
                 "bench": "train", "impl": "ideator", "model": m.spec.to_string(), "batch": batch, "seq": seq,
+                "device": model.device, "dtype": model.dtype.as_str(),
                 "repeats": repeats, "threads": tensor_threads(), "seconds": t, "tokens_per_s": (batch * seq) as f64 / t,
             });
             println!("{out}");
@@ -231,6 +269,7 @@ fn bench_grpo(
     use ideator_trainer::config::{LossAggregation, OptimConfig, TrainMode};
     use ideator_trainer::{GrpoConfig, GrpoLearner, ScoredGroup, ScoredSample, TrainablePolicy};
     let m = model.load()?;
+    let (device, dtype) = (model.device.clone(), model.dtype.as_str());
     let prompt = grpo_prompt(&m.tokenizer, prompt_tokens)?;
     let mode = if lora_rank == 0 {
         TrainMode::Full
@@ -301,12 +340,93 @@ fn bench_grpo(
     let col = |f: fn(&(f64, f64, f64, f64)) -> f64| median(records.iter().map(f).collect());
     let out = json!({
         "bench": "grpo", "impl": "ideator", "model": m.spec.to_string(), "group": group,
+        "device": device, "dtype": dtype,
         "prompt_tokens": prompt.len(), "prompt_tokens_target": prompt_tokens, "new_tokens": new_tokens,
         "lora_rank": lora_rank, "beta": beta, "learning_rate": learning_rate, "steps": steps,
         "warmup_steps": warmup_steps,
         "threads": tensor_threads(),
         "seconds_per_step": col(|r| r.0), "generation_s": col(|r| r.1), "ref_logprobs_s": col(|r| r.2),
         "update_s": col(|r| r.3),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// Tolerance of the log-prob check by precision (per-token nats), when `--max-abs-diff` is not given.
+fn default_logprob_tolerance(dtype: Precision) -> f64 {
+    match dtype {
+        Precision::F32 => 2e-3,
+        Precision::Bf16 => 0.25,
+    }
+}
+
+/// B sequences of T tokens (the same paragraph from different offsets), scored on the CPU in f32 and on the
+/// asked device and dtype; one JSON line with the differences; an error when the largest exceeds the tolerance.
+fn bench_logprobs(model: ModelArgs, batch: usize, tokens: usize, max_abs_diff: Option<f64>) -> anyhow::Result<()> {
+    anyhow::ensure!(batch >= 1 && tokens >= 2, "need --batch >= 1 and --tokens >= 2");
+    let tolerance = max_abs_diff.unwrap_or_else(|| default_logprob_tolerance(model.dtype));
+    let reference_args = ModelArgs { device: "cpu".into(), dtype: Precision::F32, ..model.clone() };
+    let reference = reference_args.load()?;
+    let text = prompt_of_length(&reference.tokenizer, tokens + 7 * batch)?;
+    let seqs: Vec<Vec<u32>> = (0..batch).map(|r| text[7 * r..7 * r + tokens].to_vec()).collect();
+    let pad = reference.tokenizer.pad_id().unwrap_or(0);
+    let score = |m: &ideator_model::Model| -> anyhow::Result<(Vec<f32>, f64)> {
+        let t0 = Instant::now();
+        let (lp, _) = m.decoder.score_tokens(&seqs, &vec![1; batch], pad, AdapterMode::default())?;
+        let values = lp.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        Ok((values, t0.elapsed().as_secs_f64()))
+    };
+    let (expected, _) = score(&reference)?;
+    drop(reference);
+    let m = model.load()?;
+    score(&m)?; // warm-up: the first call on a GPU loads its kernels
+    let (got, seconds) = score(&m)?;
+    anyhow::ensure!(
+        got.len() == expected.len(),
+        "{} log-probs on the device, {} on the CPU",
+        got.len(),
+        expected.len()
+    );
+    let diffs: Vec<f64> = got.iter().zip(&expected).map(|(a, b)| (a - b).abs() as f64).collect();
+    let max = diffs.iter().copied().fold(0.0, f64::max);
+    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    let finite = got.iter().all(|x| x.is_finite());
+    let pass = finite && max <= tolerance;
+    let out = json!({
+        "bench": "logprobs", "impl": "ideator", "model": m.spec.to_string(), "device": model.device,
+        "dtype": model.dtype.as_str(), "reference": "cpu f32", "batch": batch, "tokens": tokens,
+        "scored_tokens": got.len(), "max_abs_diff": max, "mean_abs_diff": mean, "tolerance": tolerance,
+        "seconds": seconds, "pass": pass,
+    });
+    println!("{out}");
+    anyhow::ensure!(
+        pass,
+        "log-probs on {} in {} differ from the CPU's f32 ones by up to {max:.4} nats (tolerance {tolerance}){}: \
+         the device's kernels or the {} path are wrong",
+        model.device,
+        model.dtype,
+        if finite { "" } else { ", some are not finite" },
+        model.dtype
+    );
+    Ok(())
+}
+
+/// `ideator bench pretrain`: the pretrain environment's baseline at `scale`, `steps` timed steps on `device`.
+fn bench_pretrain(scale: &str, device: &str, steps: usize, warmup: usize, seed: u64) -> anyhow::Result<()> {
+    use ideator_envs::pretrain::Pretrain;
+    anyhow::ensure!(steps >= 1, "need --steps >= 1");
+    let dev = ideator_model::device::parse_device(device)?;
+    let env = Pretrain::new();
+    ideator_envs::Environment::check_scale(&env, scale)?;
+    let threads = tensor_threads();
+    let work = std::env::temp_dir().join(format!("ideator-bench-pretrain-{}", std::process::id()));
+    let ctx = ideator_envs::RunContext::new(scale, seed, &work).with_device(dev).with_threads(threads);
+    let (plan, t) = env.baseline_throughput(&ctx, warmup, steps).map_err(anyhow::Error::msg)?;
+    let out = json!({
+        "bench": "pretrain", "impl": "ideator", "scale": scale, "device": device, "dtype": "f32",
+        "params": plan.model.total_params(), "batch": plan.batch_size, "seq": plan.seq_len,
+        "warmup_steps": warmup, "steps": t.steps, "threads": threads, "seconds": t.seconds,
+        "tokens_per_s": t.tokens_per_second, "last_loss": t.last_loss,
     });
     println!("{out}");
     Ok(())

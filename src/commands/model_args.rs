@@ -1,7 +1,7 @@
 //! The `--model` / `--device` options shared by commands that load an ideator.
 
 use anyhow::Context;
-use candle_core::DType;
+use ideator_model::device::Precision;
 use ideator_model::load::{load_model, Model};
 use ideator_model::ModelSpec;
 
@@ -13,6 +13,9 @@ pub struct ModelArgs {
     /// cpu, cuda, cuda:N, or auto (a GPU if the binary was built with `--features cuda` and one is visible).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Precision of the forward passes: f32, or bf16 (GPU; training keeps f32 master weights and optimiser state).
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
 }
 
 impl ModelArgs {
@@ -33,7 +36,13 @@ impl ModelArgs {
         let spec = self.spec()?;
         let device = ideator_model::device::parse_device(&self.device)?;
         let t0 = std::time::Instant::now();
-        let model = load_model(&spec, DType::F32, &device).with_context(|| format!("loading model {spec}"))?;
+        if self.dtype != Precision::F32 && device.is_cpu() {
+            // Allowed (the CPU tests check the mixed-precision path this way), but candle's CPU bf16 matmul is
+            // several times slower than its f32 one, and a CPU run gains nothing from it.
+            tracing::warn!("dtype {} on the CPU is slow; use f32 there and {} on a GPU", self.dtype, self.dtype);
+        }
+        let model =
+            load_model(&spec, self.dtype.dtype(), &device).with_context(|| format!("loading model {spec}"))?;
         tracing::info!("loaded {spec} in {:.1}s", t0.elapsed().as_secs_f64());
         Ok(model)
     }

@@ -191,7 +191,7 @@ impl GrpoLearner {
                     return Err(TrainerError::NonFinite(format!("loss ({})", s.loss)));
                 }
                 loss_stats.merge(&s);
-                acc.add(self.policy.params(), &scored.backward(&loss)?)?;
+                self.policy.accumulate(&mut acc, &scored.backward(&loss)?)?;
                 any = true;
             }
         }
@@ -208,7 +208,7 @@ impl GrpoLearner {
         stats.ratio_max = loss_stats.ratio_max;
         if any {
             let grads = acc.into_grads();
-            stats.grad_norm = self.optimizer.step(self.policy.params(), &grads, stats.lr)?;
+            stats.grad_norm = self.policy.apply_update(&mut self.optimizer, &grads, stats.lr)?;
             stats.updated = true;
         }
         stats.update_seconds = t_update.elapsed().as_secs_f64() - reference_seconds;

@@ -19,9 +19,12 @@ impl GradAccumulator {
         GradAccumulator { sums: vec![None; params] }
     }
 
+    /// Adds the gradients of `params` found in `grads`, converted to f32 (the sums, the clipping norm and the
+    /// optimiser work in f32 whatever dtype the forward ran in).
     pub fn add(&mut self, params: &[(String, Var)], grads: &GradStore) -> Result<()> {
         for (slot, (_, var)) in self.sums.iter_mut().zip(params) {
             if let Some(g) = grads.get(var.as_tensor()) {
+                let g = g.to_dtype(DType::F32)?;
                 *slot = Some(match slot.take() {
                     None => g.detach(),
                     Some(acc) => (acc + g)?.detach(),

@@ -99,13 +99,13 @@ impl SftLearner {
                 let scored = self.policy.score_continuations(prompt, &conts, mode, 1.0)?;
                 let loss = (scored.logprobs.sum_all()? * (-1.0 / total as f64))?;
                 nll += loss.to_scalar::<f32>()? as f64;
-                acc.add(self.policy.params(), &scored.backward(&loss)?)?;
+                self.policy.accumulate(&mut acc, &scored.backward(&loss)?)?;
             }
         }
         if !nll.is_finite() {
             return Err(TrainerError::NonFinite(format!("SFT loss ({nll})")));
         }
-        let grad_norm = self.optimizer.step(self.policy.params(), &acc.into_grads(), lr)?;
+        let grad_norm = self.policy.apply_update(&mut self.optimizer, &acc.into_grads(), lr)?;
         self.step += 1;
         Ok(SftStepStats {
             step: self.step - 1,

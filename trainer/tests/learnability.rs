@@ -2,9 +2,11 @@
 //! rises clearly within a bounded number of steps, with LoRA and with full fine-tuning. And training resumes
 //! exactly: N steps straight equal N/2 steps, a checkpoint on disk, a fresh process state, and N/2 more.
 
+use candle_core::{DType, Device};
 use ideator_checkpoints::{BaseModel, Checkpoint};
+use ideator_model::device::test_device;
 use ideator_model::sampler::{sample, SamplingParams};
-use ideator_model::tiny::{char_tokenizer, tiny_decoder};
+use ideator_model::tiny::{char_tokenizer, tiny_decoder_on};
 use ideator_model::{LoraConfig, Tokenizer};
 use ideator_trainer::config::{OptimConfig, TrainMode};
 use ideator_trainer::grpo::LearnerState;
@@ -19,9 +21,14 @@ fn vowel_share(text: &str) -> f64 {
     text.chars().filter(|c| "aeiou".contains(*c)).count() as f64 / n as f64
 }
 
+/// A learner on the test device (`IDEATOR_TEST_DEVICE`) in f32.
 fn learner(mode: TrainMode, lr: f64, steps: u64) -> (GrpoLearner, Tokenizer) {
+    learner_on(mode, lr, steps, DType::F32, &test_device())
+}
+
+fn learner_on(mode: TrainMode, lr: f64, steps: u64, dtype: DType, device: &Device) -> (GrpoLearner, Tokenizer) {
     let tok = char_tokenizer().unwrap();
-    let policy = TrainablePolicy::new(tiny_decoder(1).unwrap(), &mode, true, 7, 0).unwrap();
+    let policy = TrainablePolicy::new(tiny_decoder_on(1, dtype, device).unwrap(), &mode, true, 7, 0).unwrap();
     let cfg = GrpoConfig { group_size: 8, beta: 0.01, micro_batch: 8, ..Default::default() };
     let optim = OptimConfig { lr, ..Default::default() };
     (GrpoLearner::new(policy, cfg, optim, steps, 12, 99).unwrap(), tok)
@@ -61,8 +68,12 @@ fn mean(xs: &[f64]) -> f64 {
 }
 
 fn check_learns(mode: TrainMode, lr: f64) {
+    check_learns_in(mode, lr, DType::F32);
+}
+
+fn check_learns_in(mode: TrainMode, lr: f64, dtype: DType) {
     let steps = 40;
-    let (mut l, tok) = learner(mode.clone(), lr, steps);
+    let (mut l, tok) = learner_on(mode.clone(), lr, steps, dtype, &test_device());
     let rewards: Vec<f64> = (0..steps).map(|s| rl_step(&mut l, &tok, s).0).collect();
     let first = mean(&rewards[..5]);
     let last = mean(&rewards[rewards.len() - 5..]);
@@ -84,8 +95,11 @@ fn bits(t: &candle_core::Tensor) -> Vec<u32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
 }
 
+/// On the CPU whatever `IDEATOR_TEST_DEVICE` says: bit-exactness is a property of our CPU kernels (fixed
+/// summation orders); a GPU's embedding backward adds gradients with atomics, in no fixed order.
 #[test]
 fn resume_is_bit_exact() {
+    let learner = |mode: TrainMode, lr: f64, steps: u64| learner_on(mode, lr, steps, DType::F32, &Device::Cpu);
     for mode in
         [TrainMode::Lora { lora: LoraConfig { rank: 4, dropout: 0.1, ..Default::default() } }, TrainMode::Full]
     {
@@ -162,4 +176,29 @@ fn first_update_ratios_are_one_at_any_sampling_temperature() {
         assert_eq!((s.clip_low_frac, s.clip_high_frac), (0.0, 0.0), "T={temperature}");
         assert!(s.kl.abs() < 1e-6, "T={temperature}: kl {}", s.kl);
     }
+}
+
+/// Mixed precision: a bf16 policy's optimiser and checkpoints see f32 master weights and f32 moments; after
+/// each update the decoder's bf16 adapters are the master weights rounded; and the reward still rises.
+#[test]
+fn bf16_policies_train_on_f32_master_weights() {
+    let mode = TrainMode::Lora { lora: LoraConfig { rank: 8, alpha: 16.0, ..Default::default() } };
+    let (mut l, tok) = learner_on(mode.clone(), 5e-2, 3, DType::BF16, &test_device());
+    for step in 0..3 {
+        rl_step(&mut l, &tok, step);
+    }
+    let (weights, optimizer, _) = l.export();
+    assert!(!weights.is_empty() && !optimizer.is_empty());
+    for (name, t) in weights.iter().chain(&optimizer) {
+        assert_eq!(t.dtype(), DType::F32, "{name} is not f32");
+    }
+    let compute: std::collections::HashMap<String, candle_core::Var> =
+        l.policy().decoder().lora_vars().into_iter().collect();
+    for (name, master) in l.policy().params() {
+        let c = &compute[name];
+        assert_eq!(c.dtype(), DType::BF16, "{name}");
+        let rounded = master.as_tensor().to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        assert_eq!(bits(&rounded), bits(&c.as_tensor().to_dtype(DType::F32).unwrap()), "{name}");
+    }
+    check_learns_in(mode, 5e-2, DType::BF16);
 }

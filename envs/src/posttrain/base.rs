@@ -263,7 +263,7 @@ fn train(
     let start = Instant::now();
     let raw = random_weights(&spec.model_config(), spec.init_seed, 1.0).map_err(|e| runtime(&e))?;
     let decoder = Decoder::from_raw(raw, DType::F32, &ctx.device).map_err(|e| runtime(&e))?;
-    let policy = TrainablePolicy::new(decoder, &TrainMode::Full, false, 0, PAD_ID).map_err(|e| runtime(&e))?;
+    let mut policy = TrainablePolicy::new(decoder, &TrainMode::Full, false, 0, PAD_ID).map_err(|e| runtime(&e))?;
     let optim = OptimConfig {
         lr: spec.sft_lr,
         weight_decay: 0.0,
@@ -315,9 +315,9 @@ fn train(
         }
         let grads = loss.backward().map_err(|e| runtime(&e))?;
         let mut acc = GradAccumulator::new(policy.params().len());
-        acc.add(policy.params(), &grads).map_err(|e| runtime(&e))?;
+        policy.accumulate(&mut acc, &grads).map_err(|e| runtime(&e))?;
         let lr = optim.schedule.lr(optim.lr, step as u64, spec.sft_steps as u64);
-        opt.step(policy.params(), &acc.into_grads(), lr).map_err(|e| runtime(&e))?;
+        policy.apply_update(&mut opt, &acc.into_grads(), lr).map_err(|e| runtime(&e))?;
         if step + tail >= spec.sft_steps {
             recent.push(value);
         }

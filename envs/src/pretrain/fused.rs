@@ -7,6 +7,7 @@
 //! Other devices (CUDA) use the composed form, which computes the same function.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use ideator_model::device::{kernel_for, Kernel};
 
 /// sqrt(2 / pi), the tanh-approximation constant of GELU.
 const K: f32 = 0.797_884_6;
@@ -15,7 +16,7 @@ const C: f32 = 0.044_715;
 /// GELU with the tanh approximation (GPT-2's), written as `x * sigmoid(2k (x + c x^3))`, which equals
 /// `0.5 x (1 + tanh(k (x + c x^3)))` and needs one `exp` per element instead of a `tanh`.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if kernel_for(&[x]) == Kernel::CpuFast {
         x.contiguous()?.apply_op1(GeluTanh)
     } else {
         let cube = (x.sqr()? * x)?;
@@ -88,7 +89,7 @@ impl CustomOp2 for GeluTanhGrad {
 /// attends to columns `0..=i` only (the others get probability 0). `scores` is `(..., t, t)`.
 pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     let t = scores.dim(candle_core::D::Minus1)?;
-    if scores.device().is_cpu() && scores.dtype() == candle_core::DType::F32 {
+    if kernel_for(&[scores]) == Kernel::CpuFast {
         scores.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32, t })
     } else {
         let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
@@ -164,7 +165,7 @@ impl CustomOp2 for CausalSoftmaxGrad {
 /// Normalises each row (last dimension) of `x`: `(x - mean) / sqrt(var + eps)` when `center` (LayerNorm without
 /// its affine part), `x / sqrt(mean(x^2) + eps)` otherwise (RMSNorm without its gain).
 pub fn normalize(x: &Tensor, center: bool, eps: f64) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if kernel_for(&[x]) == Kernel::CpuFast {
         let d = x.dim(candle_core::D::Minus1)?;
         x.contiguous()?.apply_op1(Normalize { center, eps: eps as f32, d })
     } else if center {
@@ -247,7 +248,7 @@ impl CustomOp2 for NormalizeGrad {
 
 /// Log-softmax over the last dimension.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if kernel_for(&[x]) == Kernel::CpuFast {
         let d = x.dim(candle_core::D::Minus1)?;
         x.contiguous()?.apply_op1(LogSoftmax { d })
     } else {

@@ -121,6 +121,23 @@ impl Pretrain {
         Ok(scales().into_iter().find(|s| s.name == scale).expect("checked"))
     }
 
+    /// Training throughput of the scale's baseline recipe for a fixed number of steps (`ideator bench pretrain`);
+    /// see [`train::training_throughput`]. The error says what failed.
+    pub fn baseline_throughput(
+        &self,
+        ctx: &RunContext,
+        warmup: usize,
+        steps: usize,
+    ) -> Result<(TrainPlan, train::Throughput), String> {
+        let spec = self.scale_spec(&ctx.scale).map_err(|e| e.to_string())?;
+        let recipe = self.baseline(&ctx.scale).map_err(|e| e.to_string())?;
+        let plan = self.plan(&recipe, &spec).map_err(|(cause, msg)| format!("{cause}: {msg}"))?;
+        let corpus = corpus::load(&self.corpus_dir)?;
+        let throughput = train::training_throughput(&plan, &corpus, ctx, warmup, steps)
+            .map_err(|e| format!("training at scale {} failed: {e}", ctx.scale))?;
+        Ok((plan, throughput))
+    }
+
     /// Resolves a recipe into a training plan at a scale, or an out-of-budget / out-of-memory failure.
     pub fn plan(&self, recipe: &Recipe, spec: &ScaleSpec) -> Result<TrainPlan, (FailureCause, String)> {
         let d = recipe.i("d_model") as usize;

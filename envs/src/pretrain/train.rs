@@ -152,6 +152,57 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
     Ok(())
 }
 
+/// Training speed of a plan, without evaluation: `ideator bench pretrain`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throughput {
+    /// Timed steps (after the untimed warm-up ones).
+    pub steps: usize,
+    pub seconds: f64,
+    /// Training tokens (bytes) per second over the timed steps: `steps * batch * seq_len / seconds`.
+    pub tokens_per_second: f64,
+    /// Cross-entropy of the last step (nats per byte), a check that the steps trained something.
+    pub last_loss: f64,
+}
+
+/// Runs `warmup` untimed then `steps` timed training steps of `plan` (forward, backward, clipping, optimiser
+/// update, as in a run), on `ctx.device`. The warm-up absorbs one-off costs (a GPU's kernel loading, allocator
+/// growth). Each step reads its loss back to the host, so the timing covers finished work on any device.
+///
+/// # Errors
+/// A candle error (out of memory, an op the device lacks), or a non-finite loss.
+pub fn training_throughput(
+    plan: &TrainPlan,
+    corpus: &Corpus,
+    ctx: &RunContext,
+    warmup: usize,
+    steps: usize,
+) -> candle_core::Result<Throughput> {
+    let device = &ctx.device;
+    let model = Gpt::new(plan.model.clone(), ctx.seed, device)?;
+    let vars: Vec<_> = model.params().iter().map(|(_, v, _)| v.clone()).collect();
+    let mut opt = Optimizer::new(plan.optim, model.params().iter().map(|(_, v, role)| (v.clone(), *role)).collect())?;
+    let mut data_rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x5eed_da7a);
+    let (b, t) = (plan.batch_size, plan.seq_len);
+    let parts = shards::split(b, device);
+    let mut start = Instant::now();
+    let mut last_loss = f64::NAN;
+    for step in 0..warmup + steps {
+        if step == warmup {
+            start = Instant::now();
+        }
+        let (inputs, targets) = sample_batch(&corpus.train, b, t, &mut data_rng, device)?;
+        let mut out = micro_batch_step(&model, &vars, plan, &inputs, &targets, &parts, ctx.threads)?;
+        if !out.ce.is_finite() {
+            candle_core::bail!("the training loss became {} at step {step}", out.ce);
+        }
+        clip_grad_norm(&mut out.grads, plan.grad_clip)?;
+        opt.step(&out.grads, plan.lr, plan.muon_lr)?;
+        last_loss = out.ce;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Throughput { steps, seconds, tokens_per_second: (steps * b * t) as f64 / seconds.max(1e-9), last_loss })
+}
+
 /// One step's loss values and (detached) gradients, summed over its micro-batches.
 struct StepOutput {
     ce: f64,

@@ -1,7 +1,8 @@
 //! Tiny model configs shared by the model crate's integration tests.
 #![allow(dead_code)]
 
-use candle_core::{DType, Device};
+use candle_core::DType;
+use ideator_model::device::test_device;
 use ideator_model::weights::random::random_weights;
 use ideator_model::{Arch, Decoder, ModelConfig};
 
@@ -25,10 +26,16 @@ pub fn tiny_config(arch: Arch) -> ModelConfig {
     }
 }
 
+/// A tiny random decoder in f32 on the test device (`IDEATOR_TEST_DEVICE`).
 pub fn tiny_decoder(arch: Arch, seed: u64) -> Decoder {
+    tiny_decoder_in(arch, seed, DType::F32)
+}
+
+/// The same weights computing in `dtype`.
+pub fn tiny_decoder_in(arch: Arch, seed: u64, dtype: DType) -> Decoder {
     // Larger init than usual so a random model's outputs differ clearly between positions.
     let raw = random_weights(&tiny_config(arch), seed, 10.0).unwrap();
-    Decoder::from_raw(raw, DType::F32, &Device::Cpu).unwrap()
+    Decoder::from_raw(raw, dtype, &test_device()).unwrap()
 }
 
 pub const ARCHS: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3];
