@@ -138,7 +138,7 @@ fn non_finite_weights_or_optimizer_state_are_never_written() {
             } else {
                 c.weights.insert(name.into(), t);
             }
-            let err = save(root.path().join("checkpoints").as_path(), &c).err().expect("refused");
+            let err = save(root.path().join("checkpoints").as_path(), &c).expect_err("refused");
             let text = err.to_string();
             assert!(matches!(err, CheckpointError::NonFinite { step: 3, .. }), "{text}");
             assert!(text.contains(name), "{bad} in {name}: {text}");

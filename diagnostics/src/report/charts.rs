@@ -826,9 +826,9 @@ fn pipeline_section(data: &ReportData) -> Section {
     )
 }
 
-/// One part of a step's time, such that the parts add up to `step_seconds`. The pipeline's step is sample + wait
-/// + update, and its `update_seconds` includes the reference model's forward (`reference_seconds`, recorded by
-/// the learner), so that is taken out of the update bar; in older synchronous records it was already apart.
+/// One part of a step's time, such that the parts add up to `step_seconds`. The pipeline's step is the sum of
+/// sample, wait and update, and its `update_seconds` includes the reference model's forward (`reference_seconds`,
+/// recorded by the learner), so that is taken out of the update bar; in older synchronous records it was apart.
 fn time_part(scalars: &BTreeMap<String, f64>, key: &str) -> f64 {
     let get = |k: &str| scalars.get(k).copied().unwrap_or(0.0);
     let pipeline = scalars.contains_key("wait_seconds");

@@ -274,7 +274,7 @@ fn a_read_only_open_reads_without_writing_even_from_read_only_storage() {
     // While the writer is open (its WAL holds the rows), a reader sees them and cannot write.
     let reader = Store::open_read_only(&dir.path().join(STORE_FILE)).unwrap();
     assert_eq!(reader.ideas(run).unwrap().len(), 1);
-    let err = reader.set_run_status(run, "done").err().expect("a read-only store refuses writes").to_string();
+    let err = reader.set_run_status(run, "done").expect_err("a read-only store refuses writes").to_string();
     assert!(err.contains("readonly") || err.contains("read-only"), "{err}");
     drop((reader, store));
     // Archived: the folder and its files are read-only (the -shm file cannot be created).
