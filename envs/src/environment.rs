@@ -56,6 +56,12 @@ pub trait Environment: Send + Sync {
         Ok(())
     }
 
+    /// The idea format told to the ideator when it is not the knob table's `key = value` lines (e.g. a unified
+    /// diff for the `codebase` environment); `None` for knob environments.
+    fn idea_format(&self) -> Option<String> {
+        None
+    }
+
     /// A hand-written idea in the exact format, shown in the ideator prompt.
     fn example_idea(&self) -> String;
 

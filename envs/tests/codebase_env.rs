@@ -1,0 +1,249 @@
+//! The codebase environment on the shipped spirals example: diffs that apply, do not apply, touch protected or
+//! unlisted files, loop forever, allocate without bound, tamper with the evaluation at run time; and the sandbox
+//! (nothing outlives a run, scrubbed environment, own network namespace when root).
+
+use ideator_envs::codebase::CodebaseEnv;
+use ideator_envs::executor::execute;
+use ideator_envs::{Environment, FailureCause, RunContext, Status};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn python_available() -> bool {
+    let ok = std::process::Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("!!! python3 is not available: SKIPPING the codebase environment tests !!!");
+    }
+    ok
+}
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/codebase_env")
+}
+
+fn baseline_train() -> String {
+    std::fs::read_to_string(example_dir().join("baseline/train.py")).unwrap()
+}
+
+/// The example environment, with its time and memory limits replaced.
+fn env_with(dir: &Path, time_limit: f64, memory_mb: u64) -> CodebaseEnv {
+    let text = std::fs::read_to_string(example_dir().join("codebase.toml")).unwrap();
+    let baseline = example_dir().join("baseline").canonicalize().unwrap();
+    let text = text
+        .replace("baseline = \"baseline\"", &format!("baseline = {:?}", baseline.to_str().unwrap()))
+        .replace("time_limit_secs = 60", &format!("time_limit_secs = {time_limit}"))
+        .replace("memory_limit_mb = 1024", &format!("memory_limit_mb = {memory_mb}"));
+    std::fs::write(dir.join("codebase.toml"), text).unwrap();
+    CodebaseEnv::from_file(&dir.join("codebase.toml")).unwrap()
+}
+
+/// A unified diff of `file` from `old` to `new`, with git-style headers.
+fn diff(file: &str, old: &str, new: &str) -> String {
+    let patch = diffy::create_patch(old, new).to_string();
+    let body: Vec<&str> = patch.lines().skip(2).collect();
+    format!("--- a/{file}\n+++ b/{file}\n{}\n", body.join("\n"))
+}
+
+fn idea(diff: &str) -> String {
+    format!("[Experiment]\nA test change.\n[Code Changes]\n{diff}[End]\n")
+}
+
+/// `train.py` with `from` replaced by `to` (which must occur).
+fn edited(from: &str, to: &str) -> String {
+    let base = baseline_train();
+    assert!(base.contains(from), "{from:?} not in train.py");
+    base.replacen(from, to, 1)
+}
+
+/// Pids of live (non-zombie) processes whose command line contains `marker`.
+fn live_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(marker) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits (up to 10 s: the kernel finishes a killed process asynchronously) until no process carries `marker`.
+fn survivors(marker: &str) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let live = live_with(marker);
+        if live.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            return live;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_correct_diff_applies_runs_and_beats_the_baseline() {
+    if !python_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_with(dir.path(), 60.0, 1024);
+    let baseline = ideator_envs::run_recipe(
+        &env,
+        &env.baseline("tiny").unwrap(),
+        &RunContext::new("tiny", 0, dir.path().join("b")),
+    );
+    assert_eq!(baseline.status, Status::Ok, "{} / {}", baseline.message, baseline.log);
+    let wider = idea(&diff("train.py", &baseline_train(), &edited("HIDDEN = 8", "HIDDEN = 32")));
+    let r = execute(&env, &wider, &RunContext::new("tiny", 0, dir.path().join("run")));
+    assert_eq!(r.status, Status::Ok, "{} / {}", r.message, r.log);
+    assert!(r.reward > baseline.reward, "wider {} vs baseline {}", r.reward, baseline.reward);
+    assert_eq!(r.metrics["applied"], 1.0);
+    assert_eq!(r.metrics["ran"], 1.0);
+    assert_eq!(r.metrics["diff_lines_added"], 1.0);
+    assert_eq!(r.metrics["diff_lines_removed"], 1.0);
+    assert_eq!(r.changed, vec!["train.py:HIDDEN".to_string()]);
+    let copy = std::fs::read_to_string(dir.path().join("run/code/train.py")).unwrap();
+    assert!(copy.contains("HIDDEN = 32"));
+    assert!(baseline_train().contains("HIDDEN = 8"), "the baseline itself never changes");
+    assert!(dir.path().join("run/patch.diff").exists());
+    // A diff inside a function is categorised by the function; wrong hunk counts are tolerated.
+    let in_fit = diff(
+        "train.py",
+        &baseline_train(),
+        &edited("    rng = random.Random(seed)", "    rng = random.Random(seed + 1)"),
+    );
+    let miscounted = in_fit.replacen(",7 +", ",9 +", 1);
+    let r = execute(&env, &idea(&miscounted), &RunContext::new("tiny", 0, dir.path().join("fit")));
+    assert_eq!(r.status, Status::Ok, "{} / {}\n{miscounted}", r.message, r.log);
+    assert_eq!(r.changed, vec!["train.py:fit".to_string()]);
+}
+
+#[test]
+fn diffs_that_do_not_apply_or_leave_the_whitelist_fail_with_their_cause() {
+    if !python_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_with(dir.path(), 60.0, 1024);
+    let run = |name: &str, text: &str| execute(&env, &idea(text), &RunContext::new("tiny", 0, dir.path().join(name)));
+    let stale = "--- a/train.py\n+++ b/train.py\n@@ -13,1 +13,1 @@\n-HIDDEN = 16\n+HIDDEN = 64\n";
+    let r = run("stale", stale);
+    assert_eq!(r.cause, Some(FailureCause::Implementation), "{}", r.message);
+    assert!(r.message.contains("does not apply to train.py"), "{}", r.message);
+    assert_eq!(r.metrics["applied"], 0.0);
+    let evaluate = std::fs::read_to_string(example_dir().join("baseline/evaluate.py")).unwrap();
+    let hacked = evaluate.replace("accuracy = correct / len(val_points)", "accuracy = 1.0");
+    let r = run("protected", &diff("evaluate.py", &evaluate, &hacked));
+    assert_eq!(r.cause, Some(FailureCause::Implausible), "{}", r.message);
+    assert!(r.message.contains("evaluate.py is protected"), "{}", r.message);
+    let r = run("unlisted", "--- /dev/null\n+++ b/helper.py\n@@ -0,0 +1,1 @@\n+x = 1\n");
+    assert_eq!(r.cause, Some(FailureCause::Implementation));
+    assert!(r.message.contains("helper.py is not one of the editable files"), "{}", r.message);
+    let r = run("escape", "--- a/../train.py\n+++ b/../train.py\n@@ -1,1 +1,1 @@\n-a\n+b\n");
+    assert_eq!(r.cause, Some(FailureCause::Implementation));
+    assert!(r.message.contains("leaves the codebase"), "{}", r.message);
+    let r = run("prose", "make the network wider\n");
+    assert_eq!(r.cause, Some(FailureCause::Implementation));
+    assert!(r.message.contains("no unified diff"), "{}", r.message);
+}
+
+#[test]
+fn a_run_that_changes_a_protected_file_is_implausible() {
+    if !python_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_with(dir.path(), 60.0, 1024);
+    let tamper = edited(
+        "def fit(points, seed):\n",
+        "def fit(points, seed):\n    open(\"evaluate.py\", \"a\").write(\"# tampered\\n\")\n",
+    );
+    let r = execute(
+        &env,
+        &idea(&diff("train.py", &baseline_train(), &tamper)),
+        &RunContext::new("tiny", 0, dir.path().join("t")),
+    );
+    assert_eq!(r.status, Status::Failed);
+    assert_eq!(r.cause, Some(FailureCause::Implausible), "{} / {}", r.message, r.log);
+    assert!(r.message.contains("changed protected files (evaluate.py)"), "{}", r.message);
+    assert_eq!(r.reward, 0.0);
+}
+
+#[test]
+fn an_endless_loop_hits_the_time_limit_and_leaves_no_process_behind() {
+    if !python_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_with(dir.path(), 60.0, 1024);
+    // The run starts a grandchild in its group, then spins: both must be gone afterwards.
+    let marker = format!("{}.{}", 3000 + std::process::id() % 1000, 4242);
+    let looping = edited(
+        "def fit(points, seed):\n",
+        &format!(
+            "def fit(points, seed):\n    import subprocess\n    subprocess.Popen([\"sleep\", \"{marker}\"])\n    while True:\n        pass\n"
+        ),
+    );
+    let ctx = RunContext::new("tiny", 0, dir.path().join("loop")).with_time_limit(Duration::from_secs(3));
+    let r = execute(&env, &idea(&diff("train.py", &baseline_train(), &looping)), &ctx);
+    assert_eq!(r.cause, Some(FailureCause::TimeLimit), "{} / {}", r.message, r.log);
+    assert_eq!(r.metrics["applied"], 1.0);
+    assert_eq!(r.metrics["ran"], 0.0);
+    assert_eq!(survivors(&marker), Vec::<u32>::new(), "processes outlived the run");
+}
+
+#[test]
+fn an_unbounded_allocation_fails_as_out_of_memory() {
+    if !python_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_with(dir.path(), 60.0, 256);
+    let hog = edited(
+        "def fit(points, seed):\n",
+        "def fit(points, seed):\n    hoard = []\n    while True:\n        hoard.append(bytearray(1 << 24))\n",
+    );
+    let r = execute(
+        &env,
+        &idea(&diff("train.py", &baseline_train(), &hog)),
+        &RunContext::new("tiny", 0, dir.path().join("m")),
+    );
+    assert_eq!(r.cause, Some(FailureCause::OutOfMemory), "{} / {}", r.message, r.log);
+    assert!(r.message.contains("limit 256 MiB"), "{}", r.message);
+}
+
+#[test]
+fn the_program_sees_a_scrubbed_environment_and_no_network_when_root() {
+    if !python_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_with(dir.path(), 60.0, 1024);
+    let spy = edited(
+        "def fit(points, seed):\n",
+        "def fit(points, seed):\n    import os\n    print(\"ENV \" + \" \".join(sorted(os.environ)), file=sys.stderr)\n    \
+         print(\"NETNS \" + os.readlink(\"/proc/self/ns/net\"), file=sys.stderr)\n",
+    );
+    let r = execute(
+        &env,
+        &idea(&diff("train.py", &baseline_train(), &spy)),
+        &RunContext::new("tiny", 5, dir.path().join("s")),
+    );
+    assert_eq!(r.status, Status::Ok, "{} / {}", r.message, r.log);
+    let stderr = std::fs::read_to_string(dir.path().join("s/stderr.log")).unwrap();
+    let line = |tag: &str| stderr.lines().find_map(|l| l.strip_prefix(tag)).unwrap_or_default().to_string();
+    let names: Vec<String> = line("ENV ").split(' ').map(String::from).collect();
+    assert!(names.contains(&"IDEATOR_SEED".to_string()), "{names:?}");
+    // cargo sets CARGO_PKG_NAME for the test process; the program must not inherit it.
+    if std::env::var_os("CARGO_PKG_NAME").is_some() {
+        assert!(!names.contains(&"CARGO_PKG_NAME".to_string()), "{names:?}");
+    }
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy().into_owned();
+    let theirs = line("NETNS ");
+    if ideator_envs::sandbox::Policy::network_isolation_available() {
+        assert_ne!(theirs, ours, "the program shares the executor's network namespace");
+    } else {
+        eprintln!("not root: network isolation is not available, only checked that the run works");
+    }
+}
