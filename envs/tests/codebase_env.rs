@@ -247,3 +247,128 @@ fn the_program_sees_a_scrubbed_environment_and_no_network_when_root() {
         eprintln!("not root: network isolation is not available, only checked that the run works");
     }
 }
+
+/// A scripted OpenAI-compatible endpoint on 127.0.0.1: answers the n-th chat-completions request with
+/// `answers[n]` (the last one again when they run out) and records each request body.
+struct ScriptedEndpoint {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl ScriptedEndpoint {
+    fn start(answers: Vec<String>) -> ScriptedEndpoint {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let n = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(request);
+                    seen.len() - 1
+                };
+                let content = answers[n.min(answers.len() - 1)].clone();
+                let reply = serde_json::json!({
+                    "id": "x", "object": "chat.completion", "model": "scripted",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                })
+                .to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+            }
+        });
+        ScriptedEndpoint { url, requests }
+    }
+}
+
+/// The example environment with an `[implementer]` at `url`.
+fn implementer_env(dir: &Path, url: &str, repairs: usize) -> CodebaseEnv {
+    env_with(dir, 60.0, 1024);
+    let mut text = std::fs::read_to_string(dir.join("codebase.toml")).unwrap();
+    text = text.replace("scales = [\"tiny\"]", "scales = [\"tiny\"]\nimplementation = \"implementer\"");
+    text.push_str(&format!(
+        "\n[implementer]\nbase_url = \"{url}\"\nmodel = \"scripted\"\nmax_repairs = {repairs}\ntimeout_secs = 30\n"
+    ));
+    std::fs::write(dir.join("codebase.toml"), text).unwrap();
+    CodebaseEnv::from_file(&dir.join("codebase.toml")).unwrap()
+}
+
+const DESCRIBED: &str = "[Experiment]\nWider hidden layer.\n[Code Changes]\nSet HIDDEN to 32 in train.py.\n[End]\n";
+
+#[test]
+fn the_implementer_repairs_a_broken_diff_and_records_every_attempt() {
+    if !python_available() {
+        return;
+    }
+    let broken =
+        "Here you go:\n```diff\n--- a/train.py\n+++ b/train.py\n@@ -13,1 +13,1 @@\n-HIDDEN = 80\n+HIDDEN = 32\n```\n";
+    let good = format!("```diff\n{}```\n", diff("train.py", &baseline_train(), &edited("HIDDEN = 8", "HIDDEN = 32")));
+    let endpoint = ScriptedEndpoint::start(vec![broken.to_string(), good]);
+    let dir = tempfile::tempdir().unwrap();
+    let env = implementer_env(dir.path(), &endpoint.url, 3);
+    let r = execute(&env, DESCRIBED, &RunContext::new("tiny", 0, dir.path().join("run")));
+    assert_eq!(r.status, Status::Ok, "{} / {}", r.message, r.log);
+    assert_eq!(r.metrics["implementer_attempts"], 2.0);
+    assert_eq!(r.metrics["repair_attempts"], 1.0);
+    assert_eq!(r.changed, vec!["train.py:HIDDEN".to_string()]);
+    let requests = endpoint.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0]["model"], "scripted");
+    let first_user = requests[0]["messages"][1]["content"].as_str().unwrap();
+    assert!(first_user.contains("Set HIDDEN to 32") && first_user.contains("HIDDEN = 8"), "{first_user}");
+    // The repair request carries the apply error back, after the model's own answer.
+    let second = requests[1]["messages"].as_array().unwrap();
+    assert_eq!(second.len(), 4);
+    assert_eq!(second[2]["role"], "assistant");
+    assert!(second[3]["content"].as_str().unwrap().contains("does not apply to train.py"), "{}", second[3]);
+    let attempt0: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/implementer/attempt-0.json")).unwrap())
+            .unwrap();
+    assert!(attempt0["outcome"].as_str().unwrap().contains("does not apply"), "{attempt0}");
+    assert!(attempt0["diff"].as_str().unwrap().contains("HIDDEN = 80"));
+    let attempt1: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/implementer/attempt-1.json")).unwrap())
+            .unwrap();
+    assert!(attempt1["outcome"].as_str().unwrap().starts_with("applied and ran"), "{attempt1}");
+}
+
+#[test]
+fn the_implementer_gives_up_after_its_repairs_and_reports_why() {
+    if !python_available() {
+        return;
+    }
+    let endpoint = ScriptedEndpoint::start(vec!["I would make the layer wider.".to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let env = implementer_env(dir.path(), &endpoint.url, 2);
+    let r = execute(&env, DESCRIBED, &RunContext::new("tiny", 0, dir.path().join("run")));
+    assert_eq!(r.cause, Some(FailureCause::Implementation), "{}", r.message);
+    assert!(r.message.contains("in 3 attempts") && r.message.contains("no unified diff"), "{}", r.message);
+    assert_eq!(r.metrics["implementer_attempts"], 3.0);
+    assert_eq!(r.metrics["applied"], 0.0);
+    assert_eq!(endpoint.requests.lock().unwrap().len(), 3);
+    // An endpoint that is not there is the machine's fault, not the idea's.
+    let gone = implementer_env(dir.path(), "http://127.0.0.1:9/v1", 2);
+    let r = execute(&gone, DESCRIBED, &RunContext::new("tiny", 0, dir.path().join("gone")));
+    assert_eq!(r.cause, Some(FailureCause::Infrastructure), "{}", r.message);
+    assert!(r.message.contains("could not be reached"), "{}", r.message);
+}

@@ -17,6 +17,7 @@
 //! result), `diff_files`, `diff_lines_added`, `diff_lines_removed`, `program_seconds`. The result's `changed`
 //! lists the touched code units (`train.py:fit`, `train.py:LR`): the idea's category for diagnostics.
 
+pub mod implementer;
 pub mod patch;
 
 use crate::command::{describe_status, last_stderr_line, parse_result, read_tail};
@@ -78,9 +79,13 @@ pub struct CodebaseConfig {
     pub plausible_reward: (f64, f64),
     /// An idea in the exact format (a diff against the baseline), for the prompt.
     pub example_idea: String,
-    /// How an idea becomes code: `direct` (the idea holds a unified diff).
+    /// How an idea becomes code: `direct` (the idea holds a unified diff) or `implementer` (a chat model writes
+    /// the diff from the idea's description).
     #[serde(default)]
     pub implementation: Implementation,
+    /// The chat model of `implementation = "implementer"`.
+    #[serde(default)]
+    pub implementer: Option<implementer::ImplementerConfig>,
     #[serde(skip)]
     pub config_dir: PathBuf,
 }
@@ -92,6 +97,8 @@ pub enum Implementation {
     /// `[Code Changes]` holds a unified diff, applied as is.
     #[default]
     Direct,
+    /// `[Code Changes]` describes the change; a chat model writes (and repairs) the diff.
+    Implementer,
 }
 
 fn default_name() -> String {
@@ -129,6 +136,15 @@ One or two sentences: what you change and why it should improve the result.\n\
 A unified diff against the editable files above: `--- a/FILE` and `+++ b/FILE` headers, then hunks starting with \
 `@@ -OLD_START,OLD_COUNT +NEW_START,NEW_COUNT @@`; context lines start with a space, removed lines with `-`, added \
 lines with `+`, copied exactly from the current file. Change only the editable files.\n\
+[End]";
+
+/// The idea format when an implementer model writes the diff.
+pub const DESCRIBED_FORMAT: &str = "Answer with exactly one idea in this format:\n\
+[Experiment]\n\
+One or two sentences: what you change and why it should improve the result.\n\
+[Code Changes]\n\
+A precise description of the change to the editable files above (which function, which lines, the new code); an \
+engineer implements it as written.\n\
 [End]";
 
 pub struct CodebaseEnv {
@@ -176,6 +192,9 @@ impl CodebaseEnv {
         }
         if let Some(p) = cfg.editable.iter().find(|p| cfg.protected.contains(p)) {
             return bad(format!("{p} is both editable and protected; pick one"));
+        }
+        if cfg.implementation == Implementation::Implementer && cfg.implementer.is_none() {
+            return bad("implementation = \"implementer\" needs an [implementer] table (base_url, model)".into());
         }
         if cfg.scales.is_empty() {
             return bad("`scales` is empty; list at least one".into());
@@ -232,12 +251,114 @@ impl CodebaseEnv {
             .replace("{scale}", &ctx.scale)
     }
 
-    /// Applies the idea's diff to the copy; failures carry their cause.
-    fn implement_direct(&self, idea: &str, code: &Path, work_dir: &Path) -> Result<AppliedDiff, ExecResult> {
-        let sections = split_sections(idea).map_err(|e| ExecResult::failed(FailureCause::Implementation, e))?;
-        let diff = extract_diff(&sections.code_changes).ok_or_else(|| patch_failure(&PatchError::NoDiff))?;
-        let _ = std::fs::write(work_dir.join("patch.diff"), &diff);
-        apply_diff(&diff, code, &self.whitelist).map_err(|e| patch_failure(&e))
+    /// Direct implementation: the idea's `[Code Changes]` is the diff.
+    fn implement_direct(&self, idea: &str, ctx: &RunContext, limit: Duration) -> ExecResult {
+        let diff = split_sections(idea)
+            .map_err(|e| ExecResult::failed(FailureCause::Implementation, e))
+            .and_then(|s| extract_diff(&s.code_changes).ok_or_else(|| patch_failure(&PatchError::NoDiff)));
+        match diff {
+            Ok(diff) => self.try_diff(Some(&diff), ctx, limit).unwrap_or_else(|f| f),
+            Err(failure) => not_applied(failure),
+        }
+    }
+
+    /// Implementer: a chat model writes the diff and repairs it (see [`implementer`]).
+    fn implement_with_model(&self, idea: &str, ctx: &RunContext, limit: Duration) -> ExecResult {
+        let Some(model) = &self.cfg.implementer else {
+            return ExecResult::failed(
+                FailureCause::Infrastructure,
+                "implementation = \"implementer\" needs [implementer]",
+            );
+        };
+        let log_dir = ctx.work_dir.join("implementer");
+        if let Err(e) = std::fs::create_dir_all(&log_dir) {
+            return infrastructure(&ctx.work_dir, e);
+        }
+        let mut messages = implementer::first_request(
+            self.cfg.description.trim(),
+            idea,
+            &self.editable_listing(),
+            &self.cfg.editable,
+        );
+        let mut last = ExecResult::failed(FailureCause::Implementation, "the implementer was never asked");
+        let mut attempts = 0usize;
+        for index in 0..=model.max_repairs {
+            attempts = index + 1;
+            let answer = match model.complete(&messages) {
+                Ok(a) => a,
+                Err(e) => {
+                    last = ExecResult::failed(FailureCause::Infrastructure, e.to_string());
+                    break;
+                }
+            };
+            let diff = implementer::diff_in_answer(&answer);
+            let outcome = match &diff {
+                Some(d) => self.try_diff(Some(d), ctx, ctx.time_left().unwrap_or(limit)),
+                None => Err(not_applied(patch_failure(&PatchError::NoDiff))),
+            };
+            let (result, error) = match outcome {
+                Ok(r) if r.cause == Some(FailureCause::RuntimeError) => {
+                    let error = format!("the diff applied but the program crashed: {}", r.message);
+                    (r, Some(error))
+                }
+                Ok(r) => (r, None),
+                Err(f) => {
+                    let error = format!("the diff was rejected: {}", f.message);
+                    (f, Some(error))
+                }
+            };
+            let record = implementer::Attempt {
+                index,
+                messages: messages.clone(),
+                answer: answer.clone(),
+                diff,
+                outcome: error.clone().unwrap_or_else(|| format!("applied and ran: {}", result.message)),
+            };
+            let json = serde_json::to_string_pretty(&record).expect("plain data");
+            let _ = std::fs::write(log_dir.join(format!("attempt-{index}.json")), json + "\n");
+            last = result;
+            let Some(error) = error else { break };
+            messages.push(implementer::ChatMessage::new("assistant", answer));
+            messages.push(implementer::repair_request(&error));
+        }
+        if last.metrics.get("applied") == Some(&0.0) && last.cause != Some(FailureCause::Infrastructure) {
+            last.message =
+                format!("no diff of the implementer applied in {attempts} attempts; last: {}", last.message);
+        }
+        last.metrics.insert("implementer_attempts".to_string(), attempts as f64);
+        last.metrics.insert("repair_attempts".to_string(), attempts.saturating_sub(1) as f64);
+        last
+    }
+
+    /// Copies the baseline, applies `diff` (none: the baseline runs), runs the program and checks the protected
+    /// files. `Err` when the diff did not apply (nothing ran).
+    fn try_diff(&self, diff: Option<&str>, ctx: &RunContext, limit: Duration) -> Result<ExecResult, ExecResult> {
+        let code = fresh_copy(&self.baseline_dir(), &ctx.work_dir).map_err(|e| infrastructure(&ctx.work_dir, e))?;
+        let before = hash_protected(&code, &self.cfg.protected);
+        let mut metrics = BTreeMap::new();
+        let mut applied = AppliedDiff::default();
+        if let Some(diff) = diff {
+            let _ = std::fs::write(ctx.work_dir.join("patch.diff"), diff);
+            applied = apply_diff(diff, &code, &self.whitelist).map_err(|e| not_applied(patch_failure(&e)))?;
+            metrics.insert("diff_files".to_string(), applied.files.len() as f64);
+            metrics.insert("diff_lines_added".to_string(), applied.lines_added as f64);
+            metrics.insert("diff_lines_removed".to_string(), applied.lines_removed as f64);
+        }
+        metrics.insert("applied".to_string(), 1.0);
+        let mut result = self.run_program(&code, ctx, limit);
+        metrics.insert("ran".to_string(), if result.is_ok() { 1.0 } else { 0.0 });
+        let after = hash_protected(&code, &self.cfg.protected);
+        let changed: Vec<&str> =
+            before.iter().filter(|(p, h)| after.get(*p) != Some(h)).map(|(p, _)| p.as_str()).collect();
+        if !changed.is_empty() {
+            result = result.into_failure(
+                FailureCause::Implausible,
+                format!("the run changed protected files ({}); not rewarded", changed.join(", ")),
+            );
+        }
+        result.metrics.append(&mut metrics);
+        result.changed = applied.units.into_iter().collect();
+        Ok(result)
     }
 
     /// Runs the program in the copy and reads its result.
@@ -327,6 +448,12 @@ fn looks_out_of_memory(stderr: &str) -> bool {
     ["MemoryError", "Cannot allocate memory", "std::bad_alloc", "memory allocation of", "out of memory"]
         .iter()
         .any(|m| tail.contains(m))
+}
+
+/// A failure before anything ran, marked `applied = 0`.
+fn not_applied(mut failure: ExecResult) -> ExecResult {
+    failure.metrics.insert("applied".to_string(), 0.0);
+    failure
 }
 
 fn patch_failure(e: &PatchError) -> ExecResult {
@@ -431,52 +558,32 @@ impl Environment for CodebaseEnv {
     }
 
     fn idea_format(&self) -> Option<String> {
-        Some(DIFF_FORMAT.to_string())
+        Some(match self.cfg.implementation {
+            Implementation::Direct => DIFF_FORMAT.to_string(),
+            Implementation::Implementer => DESCRIBED_FORMAT.to_string(),
+        })
     }
 
     fn run(&self, recipe: &Recipe, ctx: &RunContext) -> ExecResult {
         let limit = ctx.time_left().unwrap_or(Duration::from_secs_f64(self.cfg.time_limit_secs));
         let prepared = std::fs::create_dir_all(&ctx.work_dir)
-            .and_then(|_| std::fs::write(ctx.work_dir.join("idea.md"), &recipe.idea))
-            .and_then(|_| fresh_copy(&self.baseline_dir(), &ctx.work_dir));
-        let code = match prepared {
-            Ok(c) => c,
-            Err(e) => {
-                return ExecResult::failed(
-                    FailureCause::Infrastructure,
-                    format!("cannot prepare the work folder {}: {e}", ctx.work_dir.display()),
-                )
-            }
-        };
-        let before = hash_protected(&code, &self.cfg.protected);
-        let mut metrics = BTreeMap::new();
-        let mut applied = AppliedDiff::default();
-        if !recipe.idea.trim().is_empty() {
-            applied = match self.implement_direct(&recipe.idea, &code, &ctx.work_dir) {
-                Ok(a) => a,
-                Err(failure) => {
-                    metrics.insert("applied".to_string(), 0.0);
-                    return failure.with_metrics(metrics);
-                }
-            };
-            metrics.insert("diff_files".to_string(), applied.files.len() as f64);
-            metrics.insert("diff_lines_added".to_string(), applied.lines_added as f64);
-            metrics.insert("diff_lines_removed".to_string(), applied.lines_removed as f64);
+            .and_then(|_| std::fs::write(ctx.work_dir.join("idea.md"), &recipe.idea));
+        if let Err(e) = prepared {
+            return infrastructure(&ctx.work_dir, e);
         }
-        metrics.insert("applied".to_string(), 1.0);
-        let mut result = self.run_program(&code, ctx, limit);
-        metrics.insert("ran".to_string(), if result.is_ok() { 1.0 } else { 0.0 });
-        let after = hash_protected(&code, &self.cfg.protected);
-        let changed: Vec<&String> = before.iter().filter(|(p, h)| after.get(*p) != Some(h)).map(|(p, _)| p).collect();
-        if !changed.is_empty() {
-            let list: Vec<&str> = changed.iter().map(|s| s.as_str()).collect();
-            result = result.into_failure(
-                FailureCause::Implausible,
-                format!("the run changed protected files ({}); not rewarded", list.join(", ")),
-            );
+        if recipe.idea.trim().is_empty() {
+            return self.try_diff(None, ctx, limit).unwrap_or_else(|f| f);
         }
-        result.metrics.append(&mut metrics);
-        result.changed = applied.units.into_iter().collect();
-        result
+        match self.cfg.implementation {
+            Implementation::Direct => self.implement_direct(&recipe.idea, ctx, limit),
+            Implementation::Implementer => self.implement_with_model(&recipe.idea, ctx, limit),
+        }
     }
+}
+
+fn infrastructure(work_dir: &Path, e: std::io::Error) -> ExecResult {
+    ExecResult::failed(
+        FailureCause::Infrastructure,
+        format!("cannot prepare the work folder {}: {e}", work_dir.display()),
+    )
 }
