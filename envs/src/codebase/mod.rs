@@ -557,6 +557,17 @@ impl Environment for CodebaseEnv {
         self.cfg.example_idea.clone()
     }
 
+    /// The code units the idea's diff touches (`train.py:fit`), read against the baseline without running it;
+    /// `None` when the diff does not apply, and always with an implementer (its diff is not known in advance).
+    fn categorize(&self, idea: &str, _scale: &str) -> Option<Vec<String>> {
+        if self.cfg.implementation != Implementation::Direct {
+            return None;
+        }
+        let diff = extract_diff(&split_sections(idea).ok()?.code_changes)?;
+        let summary = patch::diff_summary(&diff, &self.baseline_dir(), &self.whitelist).ok()?;
+        Some(summary.units.into_iter().collect())
+    }
+
     fn idea_format(&self) -> Option<String> {
         Some(match self.cfg.implementation {
             Implementation::Direct => DIFF_FORMAT.to_string(),

@@ -128,6 +128,24 @@ fn header_path(raw: &str) -> Result<Option<String>, PatchError> {
 /// Applies a unified diff to the files under `root`, all or nothing: every file is checked and patched in memory
 /// before any is written.
 pub fn apply_diff(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<AppliedDiff, PatchError> {
+    let (out, writes) = plan_diff(diff, root, whitelist)?;
+    for (path, text) in writes {
+        let target = root.join(&path);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| PatchError::Write { path: path.clone(), reason: e.to_string() })?;
+        }
+        std::fs::write(&target, text).map_err(|e| PatchError::Write { path, reason: e.to_string() })?;
+    }
+    Ok(out)
+}
+
+/// What a diff would change under `root`, without writing anything (the idea's category for diagnostics).
+pub fn diff_summary(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<AppliedDiff, PatchError> {
+    plan_diff(diff, root, whitelist).map(|(out, _)| out)
+}
+
+/// Checks and applies every file's patch in memory: the summary and the new text of each file.
+fn plan_diff(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<(AppliedDiff, Vec<(String, String)>), PatchError> {
     let chunks = split_files(diff);
     if chunks.is_empty() {
         return Err(PatchError::NoDiff);
@@ -142,15 +160,7 @@ pub fn apply_diff(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<Appl
         out.files.push(path.clone());
         writes.push((path, new_text));
     }
-    for (path, text) in writes {
-        let target = root.join(&path);
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| PatchError::Write { path: path.clone(), reason: e.to_string() })?;
-        }
-        std::fs::write(&target, text).map_err(|e| PatchError::Write { path, reason: e.to_string() })?;
-    }
-    Ok(out)
+    Ok((out, writes))
 }
 
 /// Parses, checks and applies the patch of one file in memory; returns its path and new text.
@@ -282,7 +292,7 @@ fn top_level_name(line: &str) -> Option<String> {
     }
     let name = ident(line)?;
     let rest = line[name.len()..].trim_start();
-    (rest.starts_with('=') && !rest.starts_with("==") || rest.starts_with(':')).then_some(name)
+    ((rest.starts_with('=') && !rest.starts_with("==")) || rest.starts_with(':')).then_some(name)
 }
 
 /// The nearest definition at column 0 at or above line `index` (0-based) of the original file.
