@@ -49,11 +49,8 @@ fn serves_openai_chat_completions_and_feeds_the_implementer() {
         "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}],
         "max_tokens": 8, "temperature": 0.0, "n": 2, "user": "ignored-field",
     });
-    let answer: serde_json::Value = ureq::post(&format!("{}/chat/completions", server.url))
-        .send_json(&body)
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let answer: serde_json::Value =
+        ureq::post(&format!("{}/chat/completions", server.url)).send_json(&body).unwrap().into_json().unwrap();
     assert_eq!(answer["object"], "chat.completion", "{answer}");
     let choices = answer["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 2);
@@ -76,10 +73,8 @@ fn serves_openai_chat_completions_and_feeds_the_implementer() {
     let dir = tempfile::tempdir().unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/codebase_env");
     let mut config = std::fs::read_to_string(example.join("codebase.toml")).unwrap();
-    config = config.replace(
-        "baseline = \"baseline\"",
-        &format!("baseline = {:?}", example.join("baseline").to_str().unwrap()),
-    );
+    config = config
+        .replace("baseline = \"baseline\"", &format!("baseline = {:?}", example.join("baseline").to_str().unwrap()));
     config = config.replace("scales = [\"tiny\"]", "scales = [\"tiny\"]\nimplementation = \"implementer\"");
     config.push_str(&format!(
         "\n[implementer]\nbase_url = \"{}\"\nmodel = \"smol\"\nmax_repairs = 1\nmax_tokens = 96\ntimeout_secs = 300\n",

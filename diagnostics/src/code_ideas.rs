@@ -69,7 +69,10 @@ mod tests {
         assert_eq!(s.ran_rate, 0.25);
         assert_eq!(s.mean_diff_lines, Some(4.0));
         assert_eq!(s.mean_repair_attempts, None);
-        let repaired = [metrics(&[("applied", 1.0), ("ran", 1.0), ("repair_attempts", 3.0)]), metrics(&[("applied", 0.0), ("repair_attempts", 10.0)])];
+        let repaired = [
+            metrics(&[("applied", 1.0), ("ran", 1.0), ("repair_attempts", 3.0)]),
+            metrics(&[("applied", 0.0), ("repair_attempts", 10.0)]),
+        ];
         assert_eq!(CodeIdeaStats::compute(&repaired).unwrap().mean_repair_attempts, Some(6.5));
         assert_eq!(CodeIdeaStats::compute(&[metrics(&[("val_loss", 3.0)])]), None);
     }

@@ -377,7 +377,11 @@ fn the_implementer_gives_up_after_its_repairs_and_reports_why() {
 fn a_direct_idea_is_categorised_by_the_code_it_touches_without_running() {
     let dir = tempfile::tempdir().unwrap();
     let env = env_with(dir.path(), 60.0, 1024);
-    let two = edited("HIDDEN = 8", "HIDDEN = 16").replacen("    rng = random.Random(seed)", "    rng = random.Random(seed + 7)", 1);
+    let two = edited("HIDDEN = 8", "HIDDEN = 16").replacen(
+        "    rng = random.Random(seed)",
+        "    rng = random.Random(seed + 7)",
+        1,
+    );
     let units = env.categorize(&idea(&diff("train.py", &baseline_train(), &two)), "tiny");
     assert_eq!(units, Some(vec!["train.py:HIDDEN".to_string(), "train.py:fit".to_string()]));
     assert_eq!(env.categorize(&idea("--- a/train.py\n+++ b/train.py\n@@ -1,1 +1,1 @@\n-nope\n+x\n"), "tiny"), None);

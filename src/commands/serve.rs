@@ -130,8 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(dir) => dir.display().to_string(),
         None => model.spec.to_string(),
     });
-    let served =
-        Arc::new(Served { model: Mutex::new(model), name, max_tokens_limit: args.max_tokens_limit.max(1) });
+    let served = Arc::new(Served { model: Mutex::new(model), name, max_tokens_limit: args.max_tokens_limit.max(1) });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr)
@@ -152,7 +151,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn models(State(served): State<Arc<Served>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"object": "list", "data": [{"id": served.name, "object": "model", "owned_by": "ideator"}]}))
+    Json(
+        serde_json::json!({"object": "list", "data": [{"id": served.name, "object": "model", "owned_by": "ideator"}]}),
+    )
 }
 
 async fn chat_completions(
@@ -239,7 +240,8 @@ fn complete(served: &Served, request: ChatRequest) -> Result<ChatResponse, ApiEr
     )
     .map_err(|e| internal(&e))?;
     let completion_tokens = completions.iter().map(|c| c.token_ids.len()).sum();
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let created =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     Ok(ChatResponse {
         id: format!("chatcmpl-{created}-{}", prompt.len()),
         object: "chat.completion",
@@ -253,6 +255,10 @@ fn complete(served: &Served, request: ChatRequest) -> Result<ChatResponse, ApiEr
                 finish_reason: if c.finish_reason == FinishReason::Length { "length" } else { "stop" },
             })
             .collect(),
-        usage: Usage { prompt_tokens: prompt.len(), completion_tokens, total_tokens: prompt.len() + completion_tokens },
+        usage: Usage {
+            prompt_tokens: prompt.len(),
+            completion_tokens,
+            total_tokens: prompt.len() + completion_tokens,
+        },
     })
 }

@@ -132,7 +132,8 @@ pub fn apply_diff(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<Appl
     for (path, text) in writes {
         let target = root.join(&path);
         if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| PatchError::Write { path: path.clone(), reason: e.to_string() })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| PatchError::Write { path: path.clone(), reason: e.to_string() })?;
         }
         std::fs::write(&target, text).map_err(|e| PatchError::Write { path, reason: e.to_string() })?;
     }
@@ -145,7 +146,11 @@ pub fn diff_summary(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<Ap
 }
 
 /// Checks and applies every file's patch in memory: the summary and the new text of each file.
-fn plan_diff(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<(AppliedDiff, Vec<(String, String)>), PatchError> {
+fn plan_diff(
+    diff: &str,
+    root: &Path,
+    whitelist: &Whitelist,
+) -> Result<(AppliedDiff, Vec<(String, String)>), PatchError> {
     let chunks = split_files(diff);
     if chunks.is_empty() {
         return Err(PatchError::NoDiff);
