@@ -187,5 +187,8 @@ pub fn fail_run_on_error<T>(store: &Store, run: i64, body: impl FnOnce() -> anyh
 
 /// The knobs an idea changes (its category), or `None` if it cannot be implemented.
 pub fn categorize(env: &dyn Environment, scale: &str, idea: &str) -> Option<Vec<String>> {
+    if env.idea_format().is_some() {
+        return env.categorize(idea, scale);
+    }
     ideator_envs::implement(env, idea, scale).ok().map(|r| r.changed.into_iter().collect())
 }

@@ -62,6 +62,8 @@ enum Command {
     Env(commands::env::Args),
     /// Implement and run one idea in an environment; prints the result.
     Exec(commands::exec::Args),
+    /// Serve a model or checkpoint over the OpenAI chat-completions API (localhost by default).
+    Serve(commands::serve::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -115,6 +117,7 @@ fn run() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Sample(args) => commands::sample::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Logprobs(args) => commands::logprobs::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Sft(args) => commands::sft::run(args),

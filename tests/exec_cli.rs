@@ -136,3 +136,74 @@ fn exec_runs_the_example_command_environment() {
     assert_eq!(saved["reward"], v["reward"]);
     assert!(std::fs::read_to_string(work.join("run.log")).unwrap().contains("--- stdout ---"));
 }
+
+/// Pids of live (non-zombie) processes whose command line contains `marker`.
+fn live_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(marker) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 50 ms for up to `secs` seconds (process start and exit are asynchronous); its last value.
+fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed().as_secs() >= secs {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn command_programs_die_with_their_executor_on_every_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    // `sleep` as the program itself (killed by PR_SET_PDEATHSIG), and `sleep` as a grandchild under `sh` (killed
+    // with its process group by the executor's watcher).
+    let cases = [("kill", "-KILL", false), ("int", "-INT", false), ("term", "-TERM", false), ("sh", "-KILL", true)];
+    for (i, (name, signal, via_shell)) in cases.into_iter().enumerate() {
+        let marker = format!("600.{}{i}", std::process::id());
+        let (program, args) = if via_shell {
+            ("sh", format!("[\"-c\", \"sleep {marker}; echo done\"]"))
+        } else {
+            ("sleep", format!("[\"{marker}\"]"))
+        };
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "description = \"sleeps\"\nprogram = \"{program}\"\nargs = {args}\n\
+                 example_idea = \"[Experiment] x [Code Changes] y [End]\"\n"
+            ),
+        )
+        .unwrap();
+        let mut exec = ideator()
+            .args(["exec", "--env", "command", "--env-config", config.to_str().unwrap(), "--json"])
+            .args(["--work-dir", dir.path().join(name).to_str().unwrap(), "--time-limit", "900"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(eventually(30, || !live_with(&marker).is_empty()), "{name}: the program never started");
+        let status = Command::new("kill").args([signal, &exec.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = exec.wait().unwrap();
+        assert!(!exit.success(), "{name}: the executor should have died of the signal");
+        assert!(
+            eventually(10, || live_with(&marker).is_empty()),
+            "{name}: {:?} outlived the executor",
+            live_with(&marker)
+        );
+    }
+}

@@ -7,13 +7,15 @@
 //! - [`maxk`]: the unbiased max@k estimator and its curve, mean, best.
 //! - [`diversity`]: text diversity (distinct-n, self-BLEU, gzip compression ratio, lengths), on [`text`] tokens.
 //! - [`embed`]: all-MiniLM-L6-v2 sentence embeddings with candle; [`vendi`]: Vendi score and mean cosine.
-//! - [`categories`]: category shares and entropy.
+//! - [`categories`]: category shares and entropy; [`code_ideas`]: applied / ran rates, diff size and repairs of
+//!   code ideas.
 //! - [`interval`]: bootstrap intervals for differences between runs.
 //! - [`summary`]: [`BatchDiagnostics`], all of the above for one batch; [`alarm`]: the collapse alarm.
 //! - [`report`]: the run report (one self-contained HTML file with SVG charts) and its data model.
 
 pub mod alarm;
 pub mod categories;
+pub mod code_ideas;
 pub mod diversity;
 pub mod embed;
 pub mod error;
@@ -26,6 +28,7 @@ pub mod vendi;
 
 pub use alarm::{check_collapse, Alarm, AlarmConfig, AlarmKind, DiversityMetric};
 pub use categories::{Category, CategoryStats};
+pub use code_ideas::CodeIdeaStats;
 pub use diversity::TextDiversity;
 pub use embed::{MiniLmEmbedder, SentenceEmbedder};
 pub use error::{DiagnosticsError, Result};

@@ -56,6 +56,19 @@ pub trait Environment: Send + Sync {
         Ok(())
     }
 
+    /// The idea format told to the ideator when it is not the knob table's `key = value` lines (e.g. a unified
+    /// diff for the `codebase` environment); `None` for knob environments.
+    fn idea_format(&self) -> Option<String> {
+        None
+    }
+
+    /// The category of an idea in an environment with its own [`Environment::idea_format`] (e.g. the code units
+    /// a diff touches), without running it; `None` when unknown. Knob environments are categorised by the knobs
+    /// the implemented recipe changes instead, so they need not override this.
+    fn categorize(&self, _idea: &str, _scale: &str) -> Option<Vec<String>> {
+        None
+    }
+
     /// A hand-written idea in the exact format, shown in the ideator prompt.
     fn example_idea(&self) -> String;
 

@@ -104,7 +104,10 @@ pub fn execute(env: &dyn Environment, idea: &str, ctx: &RunContext) -> ExecResul
     let mut result = match implement(env, idea, &ctx.scale) {
         Ok(recipe) => {
             let mut r = run_recipe(env, &recipe, ctx);
-            r.changed = recipe.changed.iter().cloned().collect();
+            // Environments without knobs (codebase) report the code units they changed themselves.
+            if !recipe.changed.is_empty() {
+                r.changed = recipe.changed.iter().cloned().collect();
+            }
             r
         }
         Err(e) => ExecResult::failed(FailureCause::Implementation, e.reason),

@@ -13,10 +13,14 @@
 //!   arithmetic problems for a fixed budget of sampled completions; reward = held-out accuracy.
 //! - [`command`]: an external program implements and runs the idea (the idea travels as a file, never through a
 //!   shell).
+//! - [`codebase`]: an idea is a unified diff to a real program (a baseline folder, editable and protected files),
+//!   applied to a fresh copy and run inside the [`sandbox`] (process group, rlimits, scrubbed environment, no
+//!   network when root).
 //! - [`backend`]: where executions run as separate processes: local slots (CPU shares or GPUs) or Slurm jobs.
 //! - [`prompt`]: the ideator prompt of an environment and schema-valid example ideas for a supervised warm-up.
 
 pub mod backend;
+pub mod codebase;
 pub mod command;
 pub mod environment;
 pub mod executor;
@@ -28,6 +32,7 @@ pub mod pretrain;
 pub mod prompt;
 pub mod recipe;
 pub mod result;
+pub mod sandbox;
 pub mod toy;
 
 pub use environment::{default_device, CpuParallelism, EnvError, Environment, RunContext, ScaleInfo};
@@ -49,6 +54,10 @@ pub fn list() -> Vec<(&'static str, &'static str)> {
             "command",
             "an external program implements and runs the idea (needs --env-config FILE, see examples/command_env)",
         ),
+        (
+            "codebase",
+            "an idea is a unified diff to a real program, run in a sandbox (needs --env-config FILE, see examples/codebase_env)",
+        ),
         ("toy", "synthetic: reward computed instantly from the knobs (closeness to a hidden best recipe); for tests and quick RL runs"),
         ("peaks", "synthetic: a common recipe scores 0.5, two rare knob combinations score up to 0.8 and 1.0; for best-of-N objectives"),
         (
@@ -58,7 +67,7 @@ pub fn list() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-/// Loads an environment by name. `command` needs a config file; the others ignore it.
+/// Loads an environment by name. `command` and `codebase` need a config file; the others ignore it.
 pub fn load(name: &str, config: Option<&Path>) -> Result<Box<dyn Environment>, EnvError> {
     match name {
         "pretrain" => Ok(Box::new(pretrain::Pretrain::new())),
@@ -72,6 +81,15 @@ pub fn load(name: &str, config: Option<&Path>) -> Result<Box<dyn Environment>, E
                 )
             })?;
             Ok(Box::new(command::CommandEnv::from_file(path)?))
+        }
+        "codebase" => {
+            let path = config.ok_or_else(|| {
+                EnvError::Config(
+                    "the codebase environment needs a config file (--env-config FILE); see examples/codebase_env/"
+                        .into(),
+                )
+            })?;
+            Ok(Box::new(codebase::CodebaseEnv::from_file(path)?))
         }
         "posttrain" => Ok(Box::new(posttrain::Posttrain::new())),
         other => Err(EnvError::UnknownEnvironment {

@@ -32,6 +32,13 @@ pub fn ideator_prompt(env: &dyn Environment, scale: &str) -> Result<String, EnvE
 /// appends its own request (ideas to refine or to move away from).
 pub fn task_prompt(env: &dyn Environment, scale: &str) -> Result<String, EnvError> {
     env.check_scale(scale)?;
+    if let Some(format) = env.idea_format() {
+        return Ok(format!(
+            "{task}\n\n{format}\n\nExample:\n{example}",
+            task = env.description().trim(),
+            example = env.example_idea().trim(),
+        ));
+    }
     let schema = env.schema(scale)?;
     Ok(format!(
         "{task}\n\nYou may change these knobs (defaults are the baseline at scale `{scale}`):\n\n{table}\n{format}\n\n\

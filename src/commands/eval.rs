@@ -12,7 +12,7 @@ use ideator_rollout::pipeline::reward::{RewardMode, SeedScope};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ideator_diagnostics::{BatchDiagnostics, Category, MiniLmEmbedder, ScoredIdea, SentenceEmbedder};
+use ideator_diagnostics::{BatchDiagnostics, Category, CodeIdeaStats, MiniLmEmbedder, ScoredIdea, SentenceEmbedder};
 use ideator_envs::backend::{LocalBackend, LocalConfig};
 use ideator_model::sampler::{sample, SamplingParams};
 use ideator_model::AdapterMode;
@@ -153,6 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if args.no_embeddings { None } else { Some(MiniLmEmbedder::load_default(&candle_core::Device::Cpu)?) };
     let categorize = |text: &str| categorize(env.as_ref(), &scale, text);
     let diag = ideas_diagnostics_with(&ideas, &categorize, embedder.as_ref().map(|e| e as &dyn SentenceEmbedder))?;
+    let code = CodeIdeaStats::compute(ideas.iter().filter_map(|i| i.result.as_ref().map(|r| &r.metrics)));
     if let Some(path) = &args.ideas_out {
         let mut out = String::new();
         for i in &ideas {
@@ -167,7 +168,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({"model": source, "checkpoint": key.checkpoint, "env": args.env, "scale": scale,
                 "n": args.n, "run_dir": root.display().to_string(), "run": name, "reused": reused,
-                "executed_now": executed_now, "seconds": t0.elapsed().as_secs_f64(), "diagnostics": diag})
+                "executed_now": executed_now, "seconds": t0.elapsed().as_secs_f64(), "diagnostics": diag,
+                "code_ideas": code})
         );
     } else {
         println!("{source} on {} ({scale}), {} ideas:", args.env, args.n);
@@ -175,6 +177,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("  (stored as {name} in {}: nothing executed again)", root.display());
         }
         print_diagnostics(&diag, args.n);
+        if let Some(c) = &code {
+            print_code_ideas(c);
+        }
     }
     Ok(())
 }
@@ -294,6 +299,15 @@ fn print_diagnostics(diag: &BatchDiagnostics, n: usize) {
         diag.categories.shares.len(),
         diag.categories.top_share
     );
+}
+
+/// The execution rate of code ideas split as the seed paper reports it.
+fn print_code_ideas(c: &CodeIdeaStats) {
+    let fmt = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
+    println!("  diff applied    {:.1}% of {} code ideas", 100.0 * c.applied_rate, c.n_ideas);
+    println!("  applied and ran {:.1}%", 100.0 * c.ran_rate);
+    println!("  diff lines      {} (mean over applied)", fmt(c.mean_diff_lines));
+    println!("  repairs         {} (mean per idea)", fmt(c.mean_repair_attempts));
 }
 
 /// `--implement-only`: samples in this process and only parses the ideas (nothing runs, so nothing is stored).

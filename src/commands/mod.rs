@@ -12,6 +12,7 @@ pub mod merge;
 pub mod model_args;
 pub mod report;
 pub mod sample;
+pub mod serve;
 pub mod sft;
 pub mod tokenize;
 pub mod train;

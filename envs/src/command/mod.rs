@@ -13,6 +13,7 @@ use crate::environment::{EnvError, Environment, RunContext, ScaleInfo};
 use crate::knobs::{clip, Knob, Schema};
 use crate::recipe::Recipe;
 use crate::result::{ExecResult, FailureCause};
+use crate::sandbox;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -218,7 +219,11 @@ impl Environment for CommandEnv {
         };
         let args: Vec<String> = self.cfg.args.iter().map(|a| self.substitute(a, ctx)).collect();
         let program = self.program_path();
-        let mut child = match Command::new(&program)
+        let mut cmd = Command::new(&program);
+        // The program dies with the thread that started it (PR_SET_PDEATHSIG); the watcher below kills its whole
+        // group when this process dies in any way (Ctrl-C, SIGKILL), so nothing outlives the executor.
+        sandbox::die_with_parent(&mut cmd);
+        let mut child = match cmd
             .args(&args)
             .current_dir(&ctx.work_dir)
             .stdin(Stdio::null())
@@ -239,6 +244,9 @@ impl Environment for CommandEnv {
             }
         };
         let pgid = child.id() as i32;
+        let _watch = sandbox::GroupWatch::start(child.id())
+            .map_err(|e| tracing::warn!("cannot start the watcher of process group {pgid}: {e}"))
+            .ok();
         // The output goes through pipes so that what reaches the disk is bounded too (the program writing straight
         // into the files used to leave logs many times the cap before the poll below noticed).
         let logs = OutputLogs::start(&mut child, stdout_file, stderr_file, self.cfg.max_output_bytes);
@@ -306,7 +314,7 @@ impl Environment for CommandEnv {
     }
 }
 
-fn describe_status(status: Option<std::process::ExitStatus>) -> String {
+pub(crate) fn describe_status(status: Option<std::process::ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Some(s) => match (s.code(), s.signal()) {
@@ -318,7 +326,7 @@ fn describe_status(status: Option<std::process::ExitStatus>) -> String {
     }
 }
 
-fn last_stderr_line(stderr: &str) -> String {
+pub(crate) fn last_stderr_line(stderr: &str) -> String {
     clip(stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no stderr)"), 300)
 }
 
@@ -337,7 +345,7 @@ struct ProgramResult {
     message: Option<String>,
 }
 
-fn parse_result(line: &str) -> Result<ExecResult, String> {
+pub(crate) fn parse_result(line: &str) -> Result<ExecResult, String> {
     let parsed: ProgramResult = serde_json::from_str(line.trim())
         .map_err(|e| format!("the last line of stdout is not a JSON result ({e}): {:?}", clip(line.trim(), 200)))?;
     let metrics: BTreeMap<String, f64> =
@@ -427,7 +435,7 @@ fn copy_bounded(mut pipe: impl Read, mut file: File, cap: u64, seen: &AtomicU64,
 }
 
 /// The last `max` bytes of a file as (lossy) text.
-fn read_tail(path: &Path, max: u64) -> String {
+pub(crate) fn read_tail(path: &Path, max: u64) -> String {
     let Ok(mut f) = File::open(path) else { return String::new() };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if len > max {
