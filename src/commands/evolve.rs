@@ -102,9 +102,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = root.join(EVOLVE_RUN);
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let store = Store::open_in(&root)?;
+    // Started before and not failed, perhaps stopped while the baseline ran: continued with --resume.
+    let started = store.find_run(EVOLVE_RUN)?.is_some_and(|r| r.status != "failed");
     let run = store.open_run(EVOLVE_RUN, "evolve", &cfg.env.name, &scale, cfg.run.seed)?;
     anyhow::ensure!(
-        args.resume || store.next_group_seq(run.id)? == 0,
+        args.resume || (!started && store.next_group_seq(run.id)? == 0),
         "{} already holds an evolution (its store has sampled ideas); pass --resume to continue it or choose \
          another --run-dir",
         root.display()
@@ -118,7 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (model, _) = load_initial_policy(&cfg.model, init.as_deref())?;
         // The baseline's score decides which ideas are "winners" for exploit prompts.
         let launcher = cfg.env.launcher(&args.config, &scale, &dir.join("work"))?;
-        let (floor, reused) = run_baseline(
+        let measured = run_baseline(
             &store,
             &root.join("baseline"),
             &cfg.env.name,
@@ -128,7 +130,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             launcher.clone(),
             pipeline.clone(),
             stop.clone(),
-        )?;
+        );
+        let (floor, reused) = match measured {
+            Ok(m) => m,
+            // Stopped (SIGINT/SIGTERM) while the baseline ran: a clean stop (exit code 130/143); a resume goes on.
+            Err(ideator_rollout::RolloutError::Interrupted) => {
+                store.set_run_status(run.id, "interrupted")?;
+                let msg = "evolution interrupted while the baseline ran; continue with --resume";
+                if args.json {
+                    println!("{}", serde_json::json!({ "interrupted": true, "steps": 0, "message": msg }));
+                } else {
+                    println!("{msg}");
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let baseline = floor.mean;
         let noise_std = floor.std;
         tracing::info!(

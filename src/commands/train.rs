@@ -109,7 +109,7 @@ fn measure_noise_floor(
     if cfg.rl.noise_floor_seeds == 0 {
         return Ok(stored_noise_floor(store)?.and_then(|f| f.std));
     }
-    let (floor, reused) = run_baseline(
+    let measured = run_baseline(
         store,
         &root.join("baseline"),
         &cfg.env.name,
@@ -119,7 +119,14 @@ fn measure_noise_floor(
         launcher.clone(),
         cfg.pipeline.clone(),
         stop.clone(),
-    )?;
+    );
+    let (floor, reused) = match measured {
+        Ok(m) => m,
+        // Stopped (SIGINT/SIGTERM) while the baseline ran: the pipeline sees the same stop flag and ends the run
+        // cleanly at once (status `interrupted`, exit code 130/143); a resume measures the rest.
+        Err(ideator_rollout::RolloutError::Interrupted) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     if !quiet {
         eprintln!(
             "baseline {:.4} over {} seeds; noise floor (seed-to-seed std) {} ({})",
@@ -146,9 +153,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let _lock = lock_run_folder(&root, "train")?;
     let run_dir = RunDir::create(&root, args.resume)?;
     let store = Store::open_in(&run_dir.root)?;
+    // A run started before (and not failed) may not have sampled ideas yet (it was stopped while the baseline
+    // measured the noise floor): it is continued with --resume all the same.
+    let started = store.find_run("train")?.is_some_and(|r| r.status != "failed");
     let run = store.open_run("train", "rl", &cfg.env.name, &scale, cfg.run.seed)?;
     anyhow::ensure!(
-        args.resume || store.next_group_seq(run.id)? == 0,
+        args.resume || (!started && store.next_group_seq(run.id)? == 0),
         "{} already holds a run (its store has sampled ideas); pass --resume to continue it or choose another \
          --run-dir",
         run_dir.root.display()
