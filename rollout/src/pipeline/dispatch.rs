@@ -410,17 +410,23 @@ impl Dispatcher {
             for f in leader.followers {
                 self.finish_from_cache(&f, idea.id, r)?;
             }
-        } else if let Some((first, rest)) = leader.followers.split_first() {
+        } else {
             // The result says nothing about the recipe (the machine failed, or the time ran out): the next
             // identical idea runs it itself.
-            self.leaders.insert(key, Leader { idea: first.id, followers: rest.to_vec() });
-            self.queue.push_back(Queued {
-                idea: first.clone(),
-                attempt: first.attempts + 1,
-                not_before: Instant::now(),
-            });
+            self.promote(key, leader.followers);
         }
         Ok(())
+    }
+
+    /// The first of `followers` becomes the key's leader and is queued; the rest wait for it.
+    fn promote(&mut self, key: String, mut followers: Vec<IdeaRow>) {
+        if followers.is_empty() {
+            return;
+        }
+        let first = followers.remove(0);
+        self.leaders.insert(key, Leader { idea: first.id, followers });
+        let attempt = first.attempts + 1;
+        self.queue.push_back(Queued { idea: first, attempt, not_before: Instant::now() });
     }
 
     /// Takes in a new idea: answered from the cache, attached to an identical idea that is executing, or queued.
@@ -464,13 +470,8 @@ impl Dispatcher {
             leader.followers.retain(|f| !ids.contains(&f.id));
             if !ids.contains(&leader.idea) {
                 self.leaders.insert(key, leader);
-            } else if let Some((first, rest)) = leader.followers.split_first() {
-                self.leaders.insert(key, Leader { idea: first.id, followers: rest.to_vec() });
-                self.queue.push_back(Queued {
-                    idea: first.clone(),
-                    attempt: first.attempts + 1,
-                    not_before: Instant::now(),
-                });
+            } else {
+                self.promote(key, leader.followers);
             }
         }
         Ok(())
