@@ -49,6 +49,32 @@ impl RlConfig {
                 "rl.steps, rl.groups_per_step and rl.checkpoint_every must be at least 1".into(),
             ));
         }
+        if self.noise_floor_seeds == 1 || self.noise_floor_seeds > MAX_NOISE_FLOOR_SEEDS {
+            return Err(RolloutError::Config(format!(
+                "rl.noise_floor_seeds = {} must be 0 (skip) or between 2 (a spread needs two runs) and \
+                 {MAX_NOISE_FLOOR_SEEDS}",
+                self.noise_floor_seeds
+            )));
+        }
         Ok(())
+    }
+}
+
+/// The most seeds the baseline may be run at to measure the noise floor (each seed is one execution).
+pub const MAX_NOISE_FLOOR_SEEDS: usize = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_floor_seeds_are_zero_or_a_sensible_count() {
+        for ok in [0, 2, 8, MAX_NOISE_FLOOR_SEEDS] {
+            assert!(RlConfig { noise_floor_seeds: ok, ..Default::default() }.validate().is_ok(), "{ok}");
+        }
+        for bad in [1, MAX_NOISE_FLOOR_SEEDS + 1, usize::MAX] {
+            let err = RlConfig { noise_floor_seeds: bad, ..Default::default() }.validate().unwrap_err().to_string();
+            assert!(err.contains("rl.noise_floor_seeds"), "{err}");
+        }
     }
 }

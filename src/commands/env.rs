@@ -93,8 +93,12 @@ fn noise_line(run_dir: Option<&std::path::Path>, name: &str, scale: &str) -> any
 }
 
 fn noise(which: Which, seeds: usize, run_dir: Option<PathBuf>, slots: usize, json: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(seeds >= 2, "--seeds must be at least 2 to measure a spread (got {seeds})");
-    anyhow::ensure!(slots >= 1, "--slots must be at least 1");
+    let max = ideator_rollout::rl::MAX_NOISE_FLOOR_SEEDS;
+    anyhow::ensure!(
+        (2..=max).contains(&seeds),
+        "--seeds must be between 2 (a spread needs two runs) and {max} (got {seeds})"
+    );
+    anyhow::ensure!((1..=1024).contains(&slots), "--slots must be between 1 and 1024 (got {slots})");
     let env = ideator_envs::load(&which.name, which.env_config.as_deref())?;
     let scale = which.scale.clone().unwrap_or_else(|| env.default_scale());
     env.check_scale(&scale)?;
