@@ -99,12 +99,7 @@ impl<'a> EvolutionAgent<'a> {
             if epoch >= self.version {
                 continue;
             }
-            let baseline = g
-                .reference
-                .as_ref()
-                .and_then(|r| r.result.as_ref())
-                .filter(|r| r.status == Status::Ok)
-                .map(|r| r.reward);
+            let baseline = g.reference_reward();
             for i in &g.ideas {
                 let r = i.result.as_ref().ok_or_else(|| {
                     RolloutError::Config(format!("idea {} of a trained group has no result", i.key))

@@ -672,8 +672,7 @@ fn train_step(
                 p
             }
         };
-        let baseline_reward =
-            g.reference.as_ref().and_then(|r| r.result.as_ref()).filter(|r| r.status == Status::Ok).map(|r| r.reward);
+        let baseline_reward = g.reference_reward();
         let mut samples = Vec::with_capacity(g.ideas.len());
         for i in &g.ideas {
             let r = i
@@ -727,7 +726,7 @@ fn train_step(
             tally.cache_hits += u64::from(r.cached_from.is_some());
         }
         let rewards: Vec<f64> = samples.iter().map(|s| s.reward).collect();
-        tally.zero_std += u64::from(rewards.windows(2).all(|w| w[0] == w[1]));
+        tally.zero_std += u64::from(ideator_trainer::advantages::is_zero_std(&rewards));
         if let Some(noise) = ctx.noise_std {
             tally.within_noise += u64::from(within_noise(&rewards, noise));
         }

@@ -232,6 +232,11 @@ impl GroupRow {
     pub fn executions(&self) -> impl Iterator<Item = &IdeaRow> {
         self.ideas.iter().chain(self.reference.as_ref())
     }
+
+    /// The reference run's score (the baseline recipe at the group's seed), when it ran and succeeded.
+    pub fn reference_reward(&self) -> Option<f64> {
+        self.reference.as_ref().and_then(|r| r.result.as_ref()).filter(|r| r.status == Status::Ok).map(|r| r.reward)
+    }
 }
 
 /// One policy update as stored.
