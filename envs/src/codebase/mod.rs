@@ -162,16 +162,8 @@ impl CodebaseEnv {
     ///
     /// Errors: the file cannot be read or parsed, or [`CodebaseEnv::new`] rejects it.
     pub fn from_file(path: &Path) -> Result<CodebaseEnv, EnvError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| EnvError::Io { context: format!("cannot read {}", path.display()), source })?;
-        let mut cfg: CodebaseConfig = toml::from_str(&text).map_err(|e| {
-            EnvError::Config(format!("{} is not a valid codebase environment config: {e}", path.display()))
-        })?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        cfg.config_dir = dir.canonicalize().map_err(|source| EnvError::Io {
-            context: format!("cannot resolve the folder of {}", path.display()),
-            source,
-        })?;
+        let (mut cfg, dir) = crate::command::read_env_config::<CodebaseConfig>(path, "codebase")?;
+        cfg.config_dir = dir;
         CodebaseEnv::new(cfg)
     }
 

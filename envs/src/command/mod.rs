@@ -83,6 +83,26 @@ fn default_plausible() -> (f64, f64) {
 const LOG_TAIL_BYTES: u64 = 32 * 1024;
 const POLL: Duration = Duration::from_millis(20);
 
+/// Reads an environment's TOML config file; returns it with the file's folder, absolute (programs run inside a
+/// work folder, so paths relative to the config must not depend on the current directory).
+///
+/// Errors: the file cannot be read, is not a valid `kind` config, or its folder cannot be resolved.
+pub(crate) fn read_env_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    kind: &str,
+) -> Result<(T, PathBuf), EnvError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| EnvError::Io { context: format!("cannot read {}", path.display()), source })?;
+    let cfg: T = toml::from_str(&text)
+        .map_err(|e| EnvError::Config(format!("{} is not a valid {kind} environment config: {e}", path.display())))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dir.canonicalize().map_err(|source| EnvError::Io {
+        context: format!("cannot resolve the folder of {}", path.display()),
+        source,
+    })?;
+    Ok((cfg, dir))
+}
+
 pub struct CommandEnv {
     cfg: CommandConfig,
     schema: Schema,
@@ -90,17 +110,8 @@ pub struct CommandEnv {
 
 impl CommandEnv {
     pub fn from_file(path: &Path) -> Result<CommandEnv, EnvError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| EnvError::Io { context: format!("cannot read {}", path.display()), source })?;
-        let mut cfg: CommandConfig = toml::from_str(&text).map_err(|e| {
-            EnvError::Config(format!("{} is not a valid command environment config: {e}", path.display()))
-        })?;
-        // Absolute, because the program runs inside the work folder.
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        cfg.config_dir = dir.canonicalize().map_err(|source| EnvError::Io {
-            context: format!("cannot resolve the folder of {}", path.display()),
-            source,
-        })?;
+        let (mut cfg, dir) = read_env_config::<CommandConfig>(path, "command")?;
+        cfg.config_dir = dir;
         CommandEnv::new(cfg)
     }
 
