@@ -29,12 +29,15 @@ case "$CUDA_VERSION" in
 esac
 # "13.4.92" -> "13.4": what `nvcc --version` reports as its release.
 CUDA_RELEASE=$(echo "$CUDA_VERSION" | cut -d. -f1,2)
+CUDA_MINOR=$(echo "$CUDA_VERSION" | cut -d. -f2)
 PACKAGES=(
   "nvidia-cuda-nvcc==$CUDA_VERSION"
   "nvidia-cuda-crt==$CUDA_VERSION"
   "nvidia-nvvm==$CUDA_VERSION"
   "nvidia-cuda-runtime==$CUDA_VERSION"
-  "nvidia-cuda-cccl==$CUDA_RELEASE.*"
+  # CCCL (cub, thrust, libcu++ headers) is versioned on its own and does not publish a wheel for every CUDA
+  # release (PyPI has 13.0.x to 13.3.x; none for 13.4), so take the newest one not newer than the toolkit.
+  "nvidia-cuda-cccl>=13.0,<13.$((CUDA_MINOR + 1))"
 )
 # What candle loads at run time besides the driver. Any CUDA 13 release of these runs on any CUDA 13 driver
 # (CUDA's minor-version compatibility, which covers libraries but not PTX).
@@ -50,7 +53,7 @@ die() { say "error: $*"; exit 1; }
 # The wheels unpack their CUDA 13 tree at nvidia/cu13 inside the install target.
 cuda_root="$dest/site/nvidia/cu13"
 installed() {
-  [ -x "$cuda_root/bin/nvcc" ] && [ -f "$cuda_root/include/cuda_runtime.h" ] &&
+  [ -x "$cuda_root/bin/nvcc" ] && [ -f "$cuda_root/include/cuda_runtime.h" ] && [ -d "$cuda_root/include/cccl/cub" ] &&
     "$cuda_root/bin/nvcc" --version 2>/dev/null | grep -q "release ${CUDA_RELEASE},"
 }
 runtime_installed() { compgen -G "$cuda_root/lib/libcublas.so.*" >/dev/null && compgen -G "$cuda_root/lib/libcurand.so.*" >/dev/null; }
