@@ -12,7 +12,7 @@ use ideator_envs::backend::{Backend, LocalBackend, LocalConfig, SlurmBackend, Sl
 use ideator_envs::{Environment, Status};
 use ideator_rollout::cache::RecipeKeyer;
 use ideator_rollout::pipeline::dispatch::ExecLauncher;
-use ideator_rollout::pipeline::IdeaRecord;
+use ideator_rollout::pipeline::{IdeaRecord, StepRecord};
 use ideator_rollout::store::Store;
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +118,16 @@ impl Default for DiagnosticsSection {
     }
 }
 
+/// The step record's `extra` entries [`StepDiagnostics::compute`] adds: the ideas' batch diagnostics and the
+/// collapse alarms.
+pub const DIAGNOSTICS: &str = "diagnostics";
+pub const ALARMS: &str = "alarms";
+
+/// The batch diagnostics a step record holds, if it holds readable ones.
+pub fn stored_diagnostics(record: &StepRecord) -> Option<BatchDiagnostics> {
+    record.extra.get(DIAGNOSTICS).cloned().and_then(|d| serde_json::from_value(d).ok())
+}
+
 /// Computes a step's batch diagnostics and collapse alarms (against the run's first step).
 pub struct StepDiagnostics {
     embedder: Option<MiniLmEmbedder>,
@@ -130,11 +140,7 @@ impl StepDiagnostics {
     pub fn new(section: &DiagnosticsSection, store: &Store, run: i64) -> anyhow::Result<Self> {
         let embedder =
             if section.embeddings { Some(MiniLmEmbedder::load_default(&candle_core::Device::Cpu)?) } else { None };
-        let initial = store
-            .steps(run)?
-            .first()
-            .and_then(|s| s.metrics.get("diagnostics").cloned())
-            .and_then(|d| serde_json::from_value(d).ok());
+        let initial = store.steps(run)?.first().and_then(|s| stored_diagnostics(&s.record));
         Ok(StepDiagnostics { embedder, alarm: section.alarm.clone(), initial })
     }
 
@@ -160,8 +166,8 @@ impl StepDiagnostics {
             Ok(d) => {
                 let first = self.initial.get_or_insert_with(|| d.clone());
                 let alarms = check_collapse(&self.alarm, first, &d);
-                extra.insert("diagnostics".into(), serde_json::to_value(&d).unwrap_or_default());
-                extra.insert("alarms".into(), serde_json::to_value(&alarms).unwrap_or_default());
+                extra.insert(DIAGNOSTICS.into(), serde_json::to_value(&d).unwrap_or_default());
+                extra.insert(ALARMS.into(), serde_json::to_value(&alarms).unwrap_or_default());
                 (extra, alarms)
             }
             Err(e) => {

@@ -16,7 +16,7 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<std::path::PathBuf> {
     if path.join("manifest.json").is_file() {
         return Ok(path.to_path_buf());
     }
-    for dir in [path.join("checkpoints"), path.to_path_buf()] {
+    for dir in [ideator_trainer::run_dir::RunDir::at(path).checkpoints(), path.to_path_buf()] {
         if let Some(c) = ideator_checkpoints::latest(&dir)? {
             return Ok(c.path);
         }

@@ -12,12 +12,13 @@ use ideator_diagnostics::report::{
 use ideator_diagnostics::{BatchDiagnostics, Category, ScoredIdea};
 use ideator_envs::Status;
 use ideator_rollout::baseline::{stored_noise_floor, NoiseFloor, BASELINE_RUN};
-use ideator_rollout::store::{GroupStatus, IdeaRow, RunInfo, Store};
+use ideator_rollout::pipeline::StepRecord;
+use ideator_rollout::store::{GroupStatus, IdeaRow, RunInfo, RunKind, Store};
 use serde_json::{json, Value};
 
 /// The store file of a run folder.
 pub fn store_path(run_dir: &Path) -> PathBuf {
-    run_dir.join("store.sqlite")
+    ideator_trainer::run_dir::RunDir::at(run_dir).store_path()
 }
 
 /// What an evaluation's run in the store was (its config, written by `ideator eval`).
@@ -164,17 +165,18 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
             rewards: vec![],
             executed: vec![],
         };
-        match info.kind.as_str() {
-            "rl" | "evolve" => {
-                let evolution = info.kind == "evolve";
+        match info.kind {
+            RunKind::Rl | RunKind::Evolve => {
+                let evolution = info.kind == RunKind::Evolve;
                 let mut records = Vec::new();
                 let mut ideas = Vec::new();
                 for s in &steps {
-                    let mut record = s.metrics.clone();
-                    if evolution && record.get("epoch").is_none() {
-                        record["epoch"] = s.step.into();
+                    let mut record = s.record.clone();
+                    if evolution {
+                        record.epoch.get_or_insert(s.step);
                     }
-                    records.push(record);
+                    // The report reads records in their exported form (metrics.jsonl), of any build.
+                    records.push(record.to_json());
                     for idea in store.ideas_of_step(info.id, s.step)? {
                         loaded.rewards.push(idea.result.as_ref().map_or(0.0, |r| r.reward));
                         loaded.executed.push(idea.cached_from.is_none());
@@ -206,10 +208,10 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
                     }
                 }
                 if data.utilisation.is_empty() || !evolution {
-                    data.utilisation = utilisation(&steps.iter().map(|s| &s.metrics).collect::<Vec<_>>());
+                    data.utilisation = utilisation(&steps.iter().map(|s| &s.record).collect::<Vec<_>>());
                 }
             }
-            "eval" => {
+            RunKind::Eval => {
                 let key: Option<EvalKey> = store.configs(info.id)?.first().and_then(|c| serde_json::from_str(c).ok());
                 let ideas: Vec<IdeaRow> = store
                     .groups_with_status(info.id, &[GroupStatus::Trained])?
@@ -221,10 +223,7 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
                 if ideas.is_empty() {
                     data.notes.push(format!("evaluation {} has no results yet", info.name));
                 } else {
-                    let stored: Option<BatchDiagnostics> = steps
-                        .first()
-                        .and_then(|s| s.metrics.get("diagnostics").cloned())
-                        .and_then(|d| serde_json::from_value(d).ok());
+                    let stored = steps.first().and_then(|s| crate::execution::stored_diagnostics(&s.record));
                     let diagnostics = match stored {
                         Some(d) => d,
                         None => ideas_diagnostics(&ideas, &categorize)?,
@@ -238,7 +237,8 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
                 }
                 loaded.eval_key = key;
             }
-            other => data.notes.push(format!("run {} of unknown kind {other} skipped", info.name)),
+            // Skipped above: the noise floor is shown as a note.
+            RunKind::Baseline => {}
         }
         runs.push(loaded);
     }
@@ -298,21 +298,20 @@ pub fn ideas_diagnostics_with(
 
 /// Busy slots per step, at the time each step ended (from the records' `slot_utilisation`, `slots` and
 /// `step_seconds`).
-fn utilisation(records: &[&Value]) -> Vec<UtilisationPoint> {
+fn utilisation(records: &[&StepRecord]) -> Vec<UtilisationPoint> {
     let mut seconds = 0.0;
     let mut out = Vec::new();
     for r in records {
-        seconds += r.get("step_seconds").and_then(Value::as_f64).unwrap_or(0.0);
-        let (Some(u), Some(slots)) =
-            (r.get("slot_utilisation").and_then(Value::as_f64), r.get("slots").and_then(Value::as_f64))
-        else {
+        seconds += r.timing.step_seconds;
+        let (Some(u), slots) = (r.timing.slot_utilisation, r.executions.slots as f64) else { continue };
+        if slots == 0.0 {
             continue;
-        };
+        }
         out.push(UtilisationPoint {
             seconds,
             busy_slots: u * slots,
             total_slots: slots,
-            queue_depth: r.get("queued_ideas").and_then(Value::as_f64),
+            queue_depth: Some(r.executions.queued_ideas as f64),
         });
     }
     out

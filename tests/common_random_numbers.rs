@@ -12,9 +12,10 @@ use ideator_rollout::cache::RecipeKeyer;
 use ideator_rollout::pipeline::dispatch::ExecLauncher;
 use ideator_rollout::pipeline::reward::{RewardMode, SeedScope};
 use ideator_rollout::pipeline::{
-    run_pipeline, Learner, PipelineConfig, PipelineContext, PipelineSummary, SampledGroup, SampledIdea, StepReport,
+    run_pipeline, Learner, LearnerStats, PipelineConfig, PipelineContext, PipelineSummary, SampledGroup, SampledIdea,
+    StepRecord, StepReport,
 };
-use ideator_rollout::store::{IdeaRow, Store};
+use ideator_rollout::store::{IdeaRow, RunKind, Store};
 use ideator_trainer::ScoredGroup;
 
 /// Samples the same idea texts every time; keeps what it was trained on.
@@ -42,10 +43,10 @@ impl Learner for Copies {
             .collect();
         Ok(SampledGroup { prompt_text: "p".into(), prompt_ids: vec![1], ideas, temperature: 1.0 })
     }
-    fn update(&mut self, groups: &[ScoredGroup]) -> ideator_rollout::Result<serde_json::Value> {
+    fn update(&mut self, groups: &[ScoredGroup]) -> ideator_rollout::Result<LearnerStats> {
         self.trained.extend(groups.iter().map(|g| g.rewards()));
         self.version += 1;
-        Ok(serde_json::json!({}))
+        Ok(LearnerStats::default())
     }
     fn checkpoint(&mut self, _score: Option<f64>) -> ideator_rollout::Result<Option<PathBuf>> {
         Ok(None)
@@ -85,9 +86,9 @@ struct Run {
 }
 
 /// Runs `run` in the store of `dir` with two local slots; returns the learner, the summary and the step records.
-fn go(dir: &Path, run: &Run) -> (Copies, PipelineSummary, Vec<serde_json::Value>) {
+fn go(dir: &Path, run: &Run) -> (Copies, PipelineSummary, Vec<StepRecord>) {
     let store = Store::open_in(dir).unwrap();
-    let id = store.open_run(run.name, "rl", run.env, "tiny", 5).unwrap().id;
+    let id = store.open_run(run.name, RunKind::Rl, run.env, "tiny", 5).unwrap().id;
     let mut learner = Copies { texts: run.texts.clone(), version: 0, trained: vec![] };
     let backend =
         LocalBackend::new(&LocalConfig { slots: 2, threads_per_run: Some(1), ..Default::default() }).unwrap();
@@ -113,7 +114,7 @@ fn go(dir: &Path, run: &Run) -> (Copies, PipelineSummary, Vec<serde_json::Value>
         on_step: &mut on_step,
     };
     let summary = run_pipeline(&mut learner, &mut ctx, Box::new(backend), Box::new(launcher(run.env, dir))).unwrap();
-    let steps = store.steps(id).unwrap().into_iter().map(|s| s.metrics).collect();
+    let steps = store.steps(id).unwrap().into_iter().map(|s| s.record).collect();
     (learner, summary, steps)
 }
 
@@ -140,9 +141,9 @@ fn identical_recipes_share_a_seed_score_bit_for_bit_and_run_once_per_seed() {
         let rewards: Vec<u64> = group.iter().map(|i| i.result.as_ref().unwrap().reward.to_bits()).collect();
         assert!(rewards.windows(2).all(|w| w[0] == w[1]), "identical rewards: {rewards:?}");
         assert_eq!(group.iter().filter(|i| i.cached_from.is_none()).count(), 1, "one execution per group");
-        assert_eq!(steps[step]["frac_reward_zero_std"], 1.0);
-        assert_eq!(steps[step]["cache_hits"], 7);
-        assert_eq!(steps[step]["frac_reward_within_noise"], 1.0);
+        assert_eq!(steps[step].executions.frac_reward_zero_std, 1.0);
+        assert_eq!(steps[step].executions.cache_hits, 7);
+        assert_eq!(steps[step].executions.frac_reward_within_noise, Some(1.0));
     }
     assert_ne!(ideas[0].seed, ideas[8].seed, "the seed changes from group to group");
     assert_ne!(ideas[0].result.as_ref().unwrap().reward, ideas[8].result.as_ref().unwrap().reward);
@@ -178,7 +179,7 @@ fn a_no_op_idea_ties_the_baseline_at_its_seed_and_a_collapsed_batch_of_sixteen_r
     let trained = &learner.trained[0];
     assert!(trained[..15].iter().all(|&r| r == 0.0), "{trained:?}");
     assert!(trained[15] != 0.0);
-    assert_eq!(steps[0]["reference_runs"], 1);
+    assert_eq!(steps[0].executions.reference_runs, 1);
     let ideas = ideas_of(dir.path(), "relative");
     let store = Store::open_in(dir.path()).unwrap();
     let refs = store.reference_ideas(store.find_run("relative").unwrap().unwrap().id).unwrap();
@@ -194,7 +195,7 @@ fn sixteen_identical_toy_ideas_execute_once() {
     let (_, summary, steps) = go(dir.path(), &run);
     assert_eq!(summary.executions, 1);
     assert_eq!(summary.cache_hits, 15);
-    assert_eq!(steps[0]["frac_reward_zero_std"], 1.0);
+    assert_eq!(steps[0].executions.frac_reward_zero_std, 1.0);
     let work: Vec<_> = std::fs::read_dir(dir.path().join("work")).unwrap().collect();
     assert_eq!(work.len(), 1, "one execution folder");
 }

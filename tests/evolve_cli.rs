@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ideator_rollout::store::{GroupStatus, Store};
+use ideator_rollout::pipeline::StepRecord;
+use ideator_rollout::store::{GroupStatus, RunKind, Store};
 use serde_json::Value;
 
 fn ideator() -> Command {
@@ -282,9 +283,14 @@ fn compare_and_report_show_an_rl_run_and_an_evolution_of_one_store() {
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let store = Store::open_in(&other).unwrap();
-    let run = store.open_run("train", "rl", "pretrain", "tiny", 0).unwrap();
+    let run = store.open_run("train", RunKind::Rl, "pretrain", "tiny", 0).unwrap();
     store
-        .record_step(run.id, 0, &[], &serde_json::json!({"step": 0, "reward_mean": 0.3, "reward_max": 0.4}))
+        .record_step(
+            run.id,
+            0,
+            &[],
+            &StepRecord::from_json(&serde_json::json!({"step": 0, "reward_mean": 0.3, "reward_max": 0.4})),
+        )
         .unwrap();
     let out = ideator().args(["compare", rd, other.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

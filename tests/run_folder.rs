@@ -203,7 +203,7 @@ fn a_run_stopped_by_a_later_error_is_marked_failed_with_the_error() {
     assert!(!out.status.success());
     let store = Store::open_read_only(&run_dir.join("store.sqlite")).unwrap();
     let info = store.find_run("train").unwrap().unwrap();
-    assert_eq!(info.status, "failed");
+    assert_eq!(info.status, ideator_rollout::store::RunStatus::Failed);
     let error = info.error.unwrap();
     assert!(error.contains("missing.gguf"), "{error}");
     assert!(stderr(&out).contains(&error), "the store holds the error the user saw");
@@ -275,7 +275,7 @@ fn an_interrupted_run_exits_with_the_shells_code_for_the_signal() {
             serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
         assert_eq!(summary["interrupted"], true, "the clean stop ran: {summary}");
         let store = Store::open_read_only(&run_dir.join("store.sqlite")).unwrap();
-        assert_eq!(store.find_run("train").unwrap().unwrap().status, "interrupted");
+        assert_eq!(store.find_run("train").unwrap().unwrap().status, ideator_rollout::store::RunStatus::Interrupted);
     }
 }
 

@@ -120,7 +120,7 @@ fn sigkill_at_random_moments_then_resume_runs_every_idea_once() {
 
     let store = Store::open_in(&run_dir).unwrap();
     let run = store.find_run("train").unwrap().unwrap();
-    assert_eq!(run.status, "done");
+    assert_eq!(run.status, ideator_rollout::store::RunStatus::Done);
     let steps: Vec<u64> = store.steps(run.id).unwrap().iter().map(|s| s.step).collect();
     assert_eq!(steps, (0..STEPS).collect::<Vec<_>>(), "every update recorded once");
     for step in 0..STEPS {

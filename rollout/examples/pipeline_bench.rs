@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use ideator_envs::backend::{LocalBackend, LocalConfig, RunSpec};
 use ideator_rollout::pipeline::dispatch::Launcher;
 use ideator_rollout::pipeline::{
-    run_pipeline, Learner, PipelineConfig, PipelineContext, PipelineSummary, SampledGroup, SampledIdea,
+    run_pipeline, Learner, LearnerStats, PipelineConfig, PipelineContext, PipelineSummary, SampledGroup, SampledIdea,
 };
 use ideator_rollout::store::{GroupStatus, IdeaRow, Store};
 use ideator_trainer::ScoredGroup;
@@ -117,11 +117,11 @@ impl Learner for StandIn {
             .collect();
         Ok(SampledGroup { temperature: 1.0, prompt_text: "p".into(), prompt_ids: vec![1], ideas })
     }
-    fn update(&mut self, _groups: &[ScoredGroup]) -> ideator_rollout::Result<serde_json::Value> {
+    fn update(&mut self, _groups: &[ScoredGroup]) -> ideator_rollout::Result<LearnerStats> {
         std::thread::sleep(Duration::from_secs_f64(self.update_s));
         self.busy += self.update_s;
         self.version += 1;
-        Ok(serde_json::json!({}))
+        Ok(LearnerStats::default())
     }
     fn checkpoint(&mut self, _: Option<f64>) -> ideator_rollout::Result<Option<PathBuf>> {
         Ok(None)
@@ -162,7 +162,7 @@ struct Measured {
 fn run_mode(a: &Args, inflight_groups: usize, staleness: u64) -> Measured {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open_in(dir.path()).expect("store");
-    let run = store.open_run("bench", "rl", "sleep", "lognormal", 1).expect("run").id;
+    let run = store.open_run("bench", ideator_rollout::store::RunKind::Rl, "sleep", "lognormal", 1).expect("run").id;
     let mut learner =
         StandIn { version: 0, group_size: a.group_size, sample_s: a.sample_s, update_s: a.update_s, busy: 0.0 };
     let categorize = |_: &str| None;
@@ -192,7 +192,7 @@ fn run_mode(a: &Args, inflight_groups: usize, staleness: u64) -> Measured {
     let wall = t0.elapsed().as_secs_f64();
     if std::env::var_os("BENCH_DEBUG").is_some() {
         for st in store.steps(run).expect("steps") {
-            let m = &st.metrics;
+            let m = st.record.to_json();
             eprintln!(
                 "step {:>3} busy {:.2} idle {:.2} wait {:.2} sample {:.2} queued {} running {} stale {}",
                 st.step,

@@ -13,7 +13,7 @@ use ideator_envs::backend::Backend;
 use crate::pipeline::dispatch::ExecLauncher;
 use crate::pipeline::frozen::{BaselineLauncher, BaselineLearner};
 use crate::pipeline::{run_pipeline, PipelineConfig, PipelineContext};
-use crate::store::{Store, StoredResult};
+use crate::store::{RunKind, RunStatus, Store, StoredResult};
 use crate::{Result, RolloutError};
 use ideator_envs::Status;
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,15 @@ impl NoiseFloor {
     }
 }
 
+/// What [`run_baseline`] measures: the baseline recipe of `env` at `scale`, at `seeds` environment seeds, run by a
+/// pipeline with these settings (retries, interrupt handling).
+pub struct BaselinePlan<'a> {
+    pub env: &'a str,
+    pub scale: &'a str,
+    pub seeds: usize,
+    pub pipeline: PipelineConfig,
+}
+
 /// The stored baseline result of a store (its first seed), if it was run.
 pub fn stored_baseline(store: &Store) -> Result<Option<StoredResult>> {
     let Some(run) = store.find_run(BASELINE_RUN)? else { return Ok(None) };
@@ -81,21 +90,18 @@ pub fn stored_noise_floor(store: &Store) -> Result<Option<NoiseFloor>> {
 /// and whether it was reused. Its files go to `dir` (`metrics.jsonl`, `ideas.jsonl`, and the runs' folders under
 /// `dir/work/`; the launcher's `work_root` is replaced). Fails if interrupted before the results came in, or if
 /// every run failed.
-#[allow(clippy::too_many_arguments)]
 pub fn run_baseline(
     store: &Store,
     dir: &Path,
-    env: &str,
-    scale: &str,
-    seeds: usize,
+    plan: BaselinePlan,
     backend: Box<dyn Backend>,
     mut launcher: ExecLauncher,
-    cfg: PipelineConfig,
     stop: Arc<AtomicBool>,
 ) -> Result<(NoiseFloor, bool)> {
+    let BaselinePlan { env, scale, seeds, pipeline: cfg } = plan;
     let run = match store.find_run(BASELINE_RUN)? {
-        Some(r) => store.open_run(BASELINE_RUN, "baseline", env, scale, r.seed)?,
-        None => store.open_run(BASELINE_RUN, "baseline", env, scale, BASELINE_SEED)?,
+        Some(r) => store.open_run(BASELINE_RUN, RunKind::Baseline, env, scale, r.seed)?,
+        None => store.open_run(BASELINE_RUN, RunKind::Baseline, env, scale, BASELINE_SEED)?,
     };
     let done = !store.steps(run.id)?.is_empty();
     if done {
@@ -104,9 +110,9 @@ pub fn run_baseline(
             .ok_or_else(|| RolloutError::Backend("every stored run of the baseline recipe failed".into()));
     }
     std::fs::create_dir_all(dir).map_err(|e| RolloutError::Io { path: dir.to_path_buf(), message: e.to_string() })?;
-    launcher.work_root = std::path::absolute(dir.join("work"))
+    launcher.work_root = std::path::absolute(ideator_trainer::run_dir::RunDir::at(dir).work())
         .map_err(|e| RolloutError::Io { path: dir.to_path_buf(), message: e.to_string() })?;
-    store.set_run_status(run.id, "running")?;
+    store.set_run_status(run.id, RunStatus::Running)?;
     let mut learner = BaselineLearner { version: 0 };
     let categorize = |_: &str| None;
     let mut on_step = |_: &crate::pipeline::StepReport| serde_json::Map::new();

@@ -17,8 +17,10 @@ use ideator_envs::{execute, RunContext};
 use ideator_rollout::generate::IdeaGenerator;
 use ideator_rollout::pipeline::dispatch::Launcher;
 use ideator_rollout::pipeline::evolve::EvolutionAgent;
-use ideator_rollout::pipeline::{run_pipeline, OnInterrupt, PipelineConfig, PipelineContext, SampledIdea};
-use ideator_rollout::store::{GroupStatus, IdeaRow, Store};
+use ideator_rollout::pipeline::{
+    run_pipeline, EpochStats, OnInterrupt, PipelineConfig, PipelineContext, SampledIdea, StepRecord,
+};
+use ideator_rollout::store::{GroupStatus, IdeaRow, RunKind, Store};
 use ideator_rollout::Result;
 use ideator_trainer::evolve::EvolveConfig;
 
@@ -118,9 +120,9 @@ fn evolve_cfg(epochs: u64) -> EvolveConfig {
 }
 
 /// Runs (or resumes) the search in `dir` until `epochs` or until the stub trips the stop flag.
-fn go(dir: &Path, epochs: u64, stop_after_ideas: Option<usize>) -> (u64, usize, Vec<serde_json::Value>) {
+fn go(dir: &Path, epochs: u64, stop_after_ideas: Option<usize>) -> (u64, usize, Vec<StepRecord>) {
     let store = Store::open_in(dir).unwrap();
-    let run = store.open_run("evolve", "evolve", "toy", "tiny", 3).unwrap().id;
+    let run = store.open_run("evolve", RunKind::Evolve, "toy", "tiny", 3).unwrap().id;
     let stop = Arc::new(AtomicBool::new(false));
     let mut stub =
         Stub { budget: budget(), calls: Cell::new(0), stop_at: stop_after_ideas.map(|n| (n, stop.clone())) };
@@ -165,6 +167,10 @@ fn go(dir: &Path, epochs: u64, stop_after_ideas: Option<usize>) -> (u64, usize, 
     (summary.steps, mismatches, records)
 }
 
+fn epoch(r: &StepRecord) -> &EpochStats {
+    r.learner.evolution.as_ref().expect("an evolution record has the evolution part")
+}
+
 /// (group seq, prompt text, idea text, reward) of every trained idea, in order.
 fn history(dir: &Path) -> Vec<(u64, String, String, f64)> {
     let store = Store::open_in(dir).unwrap();
@@ -190,26 +196,26 @@ fn epochs_follow_the_paper_split_and_prompts_fit_and_end_with_the_ideas_to_avoid
     assert_eq!(epochs, 4);
     assert_eq!(records.len(), 4);
     for (e, r) in records.iter().enumerate() {
-        assert_eq!(r["epoch"].as_u64(), Some(e as u64), "records carry their epoch");
-        assert_eq!(r["step"].as_u64(), Some(e as u64));
-        let exploit = r["exploit_prompts"].as_u64().unwrap() as usize;
-        let explore = r["explore_prompts"].as_u64().unwrap() as usize;
-        let fresh = r["fresh_prompts"].as_u64().unwrap() as usize;
+        assert_eq!(r.epoch, Some(e as u64), "records carry their epoch");
+        assert_eq!(r.step, e as u64);
+        let exploit = epoch(r).exploit_prompts;
+        let explore = epoch(r).explore_prompts;
+        let fresh = epoch(r).fresh_prompts;
         assert_eq!(exploit + explore + fresh, PROMPTS);
         if e == 0 {
             assert_eq!(fresh, PROMPTS);
         } else {
             // floor(5 * share): 0.5 -> 2, 0.6 -> 3, 0.6 -> 3, unless nothing has beaten the baseline yet.
             let planned = [0, 2, 3, 3][e];
-            assert_eq!(r["exploit_prompts_planned"].as_u64(), Some(planned as u64));
-            let winners = r["winners_before"].as_u64().unwrap();
-            assert_eq!(exploit, if winners > 0 { planned } else { 0 }, "epoch {e}: {r}");
+            assert_eq!(epoch(r).exploit_prompts_planned, planned);
+            let winners = epoch(r).winners_before as u64;
+            assert_eq!(exploit, if winners > 0 { planned } else { 0 }, "epoch {e}: {r:?}");
         }
-        assert!(r["prompt_tokens_max"].as_f64().unwrap() <= budget() as f64);
-        assert!((r["baseline_reward"].as_f64().unwrap() - baseline()).abs() < 1e-12);
+        assert!(epoch(r).prompt_tokens_max <= budget() as f64);
+        assert!((epoch(r).baseline_reward - baseline()).abs() < 1e-12);
     }
-    assert!(records.iter().any(|r| r["exploit_prompts"].as_u64().unwrap() > 0), "the toy ideas beat the baseline");
-    assert!(records.iter().map(|r| r["ideas_dropped_to_fit"].as_u64().unwrap()).sum::<u64>() > 0);
+    assert!(records.iter().any(|r| epoch(r).exploit_prompts > 0), "the toy ideas beat the baseline");
+    assert!(records.iter().map(|r| epoch(r).ideas_dropped_to_fit).sum::<usize>() > 0);
 
     // The prompts as stored: each lists the ideas sampled before it in its epoch (the newest at least).
     let store = Store::open_in(dir.path()).unwrap();

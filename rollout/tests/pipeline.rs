@@ -11,9 +11,10 @@ use std::time::Duration;
 use ideator_envs::backend::{Backend, LocalBackend, LocalConfig, RunSpec, SlurmBackend, SlurmConfig};
 use ideator_rollout::pipeline::dispatch::Launcher;
 use ideator_rollout::pipeline::{
-    run_pipeline, Learner, OnInterrupt, PipelineConfig, PipelineContext, PipelineSummary, SampledGroup, SampledIdea,
+    run_pipeline, Learner, LearnerStats, OnInterrupt, PipelineConfig, PipelineContext, PipelineSummary, SampledGroup,
+    SampledIdea,
 };
-use ideator_rollout::store::{GroupStatus, IdeaRow, IdeaStatus, Store};
+use ideator_rollout::store::{GroupStatus, IdeaRow, IdeaStatus, RunKind, Store};
 use ideator_rollout::Result;
 use ideator_trainer::ScoredGroup;
 
@@ -56,13 +57,11 @@ impl Learner for Counter {
                 .collect(),
         })
     }
-    fn update(&mut self, groups: &[ScoredGroup]) -> Result<serde_json::Value> {
+    fn update(&mut self, groups: &[ScoredGroup]) -> Result<LearnerStats> {
         self.trained.push(groups.iter().flat_map(|g| g.rewards()).collect());
         self.versions_trained.extend(groups.iter().map(|g| g.policy_version));
-        let n = self.trained.last().unwrap().len() as f64;
-        let mean = self.trained.last().unwrap().iter().sum::<f64>() / n;
         self.version += 1;
-        Ok(serde_json::json!({ "reward_mean": mean }))
+        Ok(LearnerStats::default())
     }
     fn checkpoint(&mut self, _score: Option<f64>) -> Result<Option<PathBuf>> {
         std::fs::write(&self.ckpt, self.version.to_string()).unwrap();
@@ -118,7 +117,7 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_in(dir.path()).unwrap();
-    let run = store.open_run("test", "rl", "sh", "tiny", 7).unwrap().id;
+    let run = store.open_run("test", RunKind::Rl, "sh", "tiny", 7).unwrap().id;
     Setup { dir, store, run }
 }
 
@@ -208,12 +207,12 @@ fn every_idea_runs_once_and_every_step_trains_fresh_enough_groups() {
     let steps = s.store.steps(s.run).unwrap();
     assert_eq!(steps.len(), 4);
     for st in &steps {
-        for k in ["sample_seconds", "wait_seconds", "update_seconds", "learner_idle_frac", "executions_per_hour"] {
-            assert!(st.metrics[k].as_f64().is_some(), "step {} lacks {k}", st.step);
-        }
-        // Null only when the step followed the previous one too closely to measure.
-        let u = &st.metrics["slot_utilisation"];
-        assert!(u.is_null() || u.as_f64().is_some_and(|u| (0.0..=1.0).contains(&u)), "{u}");
+        let t = &st.record.timing;
+        assert!(t.sample_seconds >= 0.0 && t.wait_seconds >= 0.0 && t.update_seconds >= 0.0, "{t:?}");
+        assert!(t.step_seconds >= t.update_seconds && (0.0..=1.0).contains(&t.learner_idle_frac), "{t:?}");
+        assert!(st.record.executions.executions_per_hour >= 0.0);
+        // None only when the step followed the previous one too closely to measure.
+        assert!(t.slot_utilisation.is_none_or(|u| (0.0..=1.0).contains(&u)), "{t:?}");
     }
     // Trained ideas carry the rewards their text promised, and each ran exactly once.
     let runs = executions(&s);
@@ -292,8 +291,8 @@ fn infrastructure_failures_are_retried_and_idea_results_are_not() {
     assert_eq!(r.reward, 0.0);
     // ... and is left out of the update: a dead node is no signal about the idea.
     assert_eq!(learner.trained, vec![Vec::<f64>::new()], "the learner saw no sample of the failed idea");
-    let step = &s.store.steps(s.run).unwrap()[0].metrics;
-    assert_eq!(step["excluded_ideas"], 1);
+    let step = &s.store.steps(s.run).unwrap()[0].record;
+    assert_eq!(step.executions.excluded_ideas, 1);
 }
 
 #[test]
@@ -308,7 +307,7 @@ fn only_the_infrastructure_failures_of_a_group_are_left_out() {
     let ideas = s.store.ideas_of_step(s.run, 0).unwrap();
     let kept: Vec<f64> = [0, 2].iter().map(|&i| ideas[i].result.as_ref().unwrap().reward).collect();
     assert_eq!(learner.trained, vec![kept]);
-    assert_eq!(s.store.steps(s.run).unwrap()[0].metrics["excluded_ideas"], 1);
+    assert_eq!(s.store.steps(s.run).unwrap()[0].record.executions.excluded_ideas, 1);
 }
 
 #[test]
@@ -324,7 +323,7 @@ fn an_interrupted_run_resumes_without_running_anything_twice() {
     let summary = go(&s, &mut first, cfg.clone(), 6, 1, 2, launcher(&s, 0.2), Some(2));
     assert!(summary.interrupted);
     assert_eq!(summary.steps, 2);
-    assert_eq!(s.store.find_run("test").unwrap().unwrap().status, "interrupted");
+    assert_eq!(s.store.find_run("test").unwrap().unwrap().status, ideator_rollout::store::RunStatus::Interrupted);
     assert!(s.store.checkpoints(s.run).unwrap().iter().any(|c| c.step == 2));
     // Ideas in flight at the interrupt went back to pending.
     assert_eq!(s.store.idea_status_counts(s.run).unwrap().get("running"), None);

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use ideator_diagnostics::interval::{bootstrap_mean_difference, MeanDifference};
 use ideator_rollout::baseline::NoiseFloor;
+use ideator_rollout::store::RunKind;
 
 use crate::store_data::{checkpoint_run_dir, environments, load_store, store_path, LoadedRun, StoreData};
 
@@ -135,10 +136,10 @@ fn select(input: &Path) -> anyhow::Result<Selected> {
 }
 
 fn kind_name(run: &LoadedRun) -> &'static str {
-    match run.info.kind.as_str() {
-        "rl" => "RL",
-        "evolve" => "evolution",
-        _ => "eval",
+    match run.info.kind {
+        RunKind::Rl => "RL",
+        RunKind::Evolve => "evolution",
+        RunKind::Eval | RunKind::Baseline => "eval",
     }
 }
 

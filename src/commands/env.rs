@@ -120,13 +120,15 @@ fn noise(which: Which, seeds: usize, run_dir: Option<PathBuf>, slots: usize, jso
     let store = ideator_rollout::store::Store::open_in(&dir)?;
     let (floor, reused) = ideator_rollout::baseline::run_baseline(
         &store,
-        &dir.join("baseline"),
-        &which.name,
-        &scale,
-        seeds,
+        &ideator_trainer::run_dir::RunDir::at(&dir).baseline().root,
+        ideator_rollout::baseline::BaselinePlan {
+            env: &which.name,
+            scale: &scale,
+            seeds,
+            pipeline: Default::default(),
+        },
         Box::new(backend),
         launcher,
-        Default::default(),
         ideator_rollout::pipeline::interrupt::stop_flag(),
     )?;
     if json {

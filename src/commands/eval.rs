@@ -19,7 +19,7 @@ use ideator_model::AdapterMode;
 use ideator_rollout::generate::ModelGenerator;
 use ideator_rollout::pipeline::frozen::FrozenSampler;
 use ideator_rollout::pipeline::{run_pipeline, PipelineConfig, PipelineContext, StepReport};
-use ideator_rollout::store::{GroupStatus, IdeaRow, Store};
+use ideator_rollout::store::{GroupStatus, IdeaRow, RunKind, RunStatus, Store};
 
 use crate::commands::model_args::ModelArgs;
 use crate::execution::{categorize, fail_run_on_error, DiagnosticsSection, EnvSection, StepDiagnostics};
@@ -129,7 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = root.join("eval").join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let store = Store::open_in(&root)?;
-    let run = store.open_run(&name, "eval", &args.env, &scale, args.seed)?;
+    let run = store.open_run(&name, RunKind::Eval, &args.env, &scale, args.seed)?;
     if store.configs(run.id)?.is_empty() {
         store.add_config(run.id, &key_text)?;
     }
@@ -238,7 +238,7 @@ fn execute(
     prompt_ids: Vec<u32>,
 ) -> anyhow::Result<u64> {
     let prompt_text = ideator_envs::prompt::ideator_prompt(env, scale)?;
-    store.set_run_status(run, "running")?;
+    store.set_run_status(run, RunStatus::Running)?;
     let sampled = store.ideas(run)?.len();
     let mut generator =
         ModelGenerator { decoder: &model.decoder, tokenizer: &model.tokenizer, params, mode: AdapterMode::default() };
@@ -252,7 +252,7 @@ fn execute(
         config: args.env_config.as_ref().map(std::path::absolute).transpose()?,
         time_limit_s: args.time_limit,
     };
-    let launcher = env_section.launcher(Path::new("."), scale, &dir.join("work"))?;
+    let launcher = env_section.launcher(Path::new("."), scale, &ideator_trainer::run_dir::RunDir::at(dir).work())?;
     let backend =
         LocalBackend::new(&LocalConfig { slots: args.slots, threads_per_run: Some(1), ..Default::default() })?;
     let diagnostics_cfg = DiagnosticsSection { embeddings: !args.no_embeddings, ..Default::default() };

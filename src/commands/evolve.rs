@@ -16,11 +16,11 @@ use std::path::PathBuf;
 
 use ideator_model::sampler::SamplingParams;
 use ideator_model::AdapterMode;
-use ideator_rollout::baseline::{run_baseline, NOISE_FLOOR_SEEDS};
+use ideator_rollout::baseline::{run_baseline, BaselinePlan, NOISE_FLOOR_SEEDS};
 use ideator_rollout::generate::ModelGenerator;
 use ideator_rollout::pipeline::evolve::EvolutionAgent;
 use ideator_rollout::pipeline::{run_pipeline, PipelineConfig, PipelineContext, StepReport};
-use ideator_rollout::store::Store;
+use ideator_rollout::store::{RunKind, RunStatus, Store};
 use ideator_trainer::evolve::EvolveConfig;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,7 @@ use crate::execution::{
 use crate::policy_init::{load_initial_policy, resolve_checkpoint};
 use crate::run_config::{read_config, relative_to_config, run_dir_for, ModelSection, RunSection};
 use crate::run_lock::lock_run_folder;
+use ideator_trainer::run_dir::RunDir;
 
 /// The store's name for the evolution run (one per run folder).
 pub const EVOLVE_RUN: &str = "evolve";
@@ -99,12 +100,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let root = run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config);
     let _lock = lock_run_folder(&root, "evolve")?;
-    let dir = root.join(EVOLVE_RUN);
+    let layout = RunDir::at(&root);
+    let evolution = layout.evolution();
+    let dir = evolution.root.clone();
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let store = Store::open_in(&root)?;
     // Started before and not failed, perhaps stopped while the baseline ran: continued with --resume.
-    let started = store.find_run(EVOLVE_RUN)?.is_some_and(|r| r.status != "failed");
-    let run = store.open_run(EVOLVE_RUN, "evolve", &cfg.env.name, &scale, cfg.run.seed)?;
+    let started = store.find_run(EVOLVE_RUN)?.is_some_and(|r| r.status != RunStatus::Failed);
+    let run = store.open_run(EVOLVE_RUN, RunKind::Evolve, &cfg.env.name, &scale, cfg.run.seed)?;
     anyhow::ensure!(
         args.resume || (!started && store.next_group_seq(run.id)? == 0),
         "{} already holds an evolution (its store has sampled ideas); pass --resume to continue it or choose \
@@ -112,30 +115,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         root.display()
     );
     store.add_config(run.id, &text)?;
-    std::fs::write(dir.join("config.toml"), &text)?;
+    std::fs::write(evolution.config_path(), &text)?;
     fail_run_on_error(&store, run.id, || {
         let stop = ideator_rollout::pipeline::interrupt::stop_flag();
 
         // The ideator first: a model that cannot load should fail before any execution starts.
         let (model, _) = load_initial_policy(&cfg.model, init.as_deref())?;
         // The baseline's score decides which ideas are "winners" for exploit prompts.
-        let launcher = cfg.env.launcher(&args.config, &scale, &dir.join("work"))?;
+        let launcher = cfg.env.launcher(&args.config, &scale, &evolution.work())?;
         let measured = run_baseline(
             &store,
-            &root.join("baseline"),
-            &cfg.env.name,
-            &scale,
-            NOISE_FLOOR_SEEDS,
+            &layout.baseline().root,
+            BaselinePlan { env: &cfg.env.name, scale: &scale, seeds: NOISE_FLOOR_SEEDS, pipeline: pipeline.clone() },
             cfg.backend.build()?,
             launcher.clone(),
-            pipeline.clone(),
             stop.clone(),
         );
         let (floor, reused) = match measured {
             Ok(m) => m,
             // Stopped (SIGINT/SIGTERM) while the baseline ran: a clean stop (exit code 130/143); a resume goes on.
             Err(ideator_rollout::RolloutError::Interrupted) => {
-                store.set_run_status(run.id, "interrupted")?;
+                store.set_run_status(run.id, RunStatus::Interrupted)?;
                 let msg = "evolution interrupted while the baseline ran; continue with --resume";
                 if args.json {
                     println!("{}", serde_json::json!({ "interrupted": true, "steps": 0, "message": msg }));
@@ -154,7 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             noise_std.map_or("unknown".into(), |s| format!("{s:.5}")),
             if reused { "stored" } else { "measured" }
         );
-        store.set_run_status(run.id, "running")?;
+        store.set_run_status(run.id, RunStatus::Running)?;
 
         let mut generator = ModelGenerator {
             decoder: &model.decoder,
@@ -163,8 +163,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             mode: AdapterMode::default(),
         };
         let task = ideator_envs::prompt::task_prompt(env.as_ref(), &scale)?;
-        let mut agent =
-            EvolutionAgent::new(&mut generator, cfg.evolve.clone(), task, baseline, Some(dir.join("database.json")))?;
+        let mut agent = EvolutionAgent::new(
+            &mut generator,
+            cfg.evolve.clone(),
+            task,
+            baseline,
+            Some(evolution.evolution_database()),
+        )?;
         let restored = agent.restore(&store, run.id, cfg.run.seed)?;
         if args.resume && !args.json {
             eprintln!(
@@ -191,6 +196,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 crate::progress::say(&bar, format!("epoch {}: collapse alarm: {}", report.step, a.message));
             }
             let r = report.record;
+            let epoch = r.learner.evolution.clone().unwrap_or_default();
             bar.set_position(report.step + 1);
             crate::progress::say(
                 &bar,
@@ -198,15 +204,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "epoch {:>3}  reward mean {:.3} max {:.3}  executed {:.0}%  beat baseline {}  best so far {:.3}  \
                  prompts {} exploit / {} explore / {} fresh  {:.0}s",
                 report.step,
-                r["reward_mean"].as_f64().unwrap_or(0.0),
-                r["reward_max"].as_f64().unwrap_or(0.0),
-                100.0 * r["execution_rate"].as_f64().unwrap_or(0.0),
-                r["beat_baseline"].as_u64().unwrap_or(0),
-                r["best_reward_so_far"].as_f64().unwrap_or(0.0),
-                r["exploit_prompts"].as_u64().unwrap_or(0),
-                r["explore_prompts"].as_u64().unwrap_or(0),
-                r["fresh_prompts"].as_u64().unwrap_or(0),
-                r["step_seconds"].as_f64().unwrap_or(0.0),
+                r.rewards.reward_mean.unwrap_or(0.0),
+                r.rewards.reward_max.unwrap_or(0.0),
+                100.0 * r.rewards.execution_rate,
+                epoch.beat_baseline,
+                r.rewards.best_reward_so_far.unwrap_or(0.0),
+                epoch.exploit_prompts,
+                epoch.explore_prompts,
+                epoch.fresh_prompts,
+                r.timing.step_seconds,
             ),
             );
             extra

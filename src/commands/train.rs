@@ -3,15 +3,16 @@
 //! run store (`store.sqlite` in the run folder) records everything, and `--resume` continues a run that was
 //! stopped or killed at any moment.
 
-use ideator_rollout::baseline::{run_baseline, stored_noise_floor};
+use ideator_rollout::baseline::{run_baseline, stored_noise_floor, BaselinePlan};
 use ideator_rollout::pipeline::reward::SeedScope;
 use std::path::PathBuf;
 
 use ideator_model::sampler::SamplingParams;
 use ideator_rollout::pipeline::grpo::GrpoAgent;
+use ideator_rollout::pipeline::StepRecord;
 use ideator_rollout::pipeline::{run_pipeline, PipelineConfig, PipelineContext};
 use ideator_rollout::rl::{RlConfig, StepReport};
-use ideator_rollout::store::Store;
+use ideator_rollout::store::{RunKind, RunStatus, Store};
 use ideator_trainer::config::{OptimConfig, TrainMode};
 use ideator_trainer::run_dir::RunDir;
 use ideator_trainer::{GrpoConfig, GrpoLearner, TrainablePolicy};
@@ -78,20 +79,20 @@ pub(crate) struct TrainFile {
 }
 
 /// The second line of a step's summary: what its ideas cost, and how many groups were within the noise floor.
-fn cost_and_noise(r: &serde_json::Value) -> String {
-    let u = |k: &str| r[k].as_u64().unwrap_or(0);
-    let within = match (r["frac_reward_within_noise"].as_f64(), r["noise_std"].as_f64()) {
+fn cost_and_noise(r: &StepRecord) -> String {
+    let e = &r.executions;
+    let within = match (e.frac_reward_within_noise, e.noise_std) {
         (Some(f), Some(noise)) => format!("{:.0}% of groups within the noise floor ({noise:.5})", 100.0 * f),
         _ => "no noise floor measured".into(),
     };
     format!(
         "{} ideas; {} executions (reference runs included), {} results from the cache, {} ideas excluded; {:.0}% \
          of groups flat; {within}",
-        u("ideas"),
-        u("executed_ideas"),
-        u("cache_hits"),
-        u("excluded_ideas"),
-        100.0 * r["frac_reward_zero_std"].as_f64().unwrap_or(0.0),
+        e.ideas,
+        e.executed_ideas,
+        e.cache_hits,
+        e.excluded_ideas,
+        100.0 * e.frac_reward_zero_std,
     )
 }
 
@@ -111,13 +112,10 @@ fn measure_noise_floor(
     }
     let measured = run_baseline(
         store,
-        &root.join("baseline"),
-        &cfg.env.name,
-        scale,
-        cfg.rl.noise_floor_seeds,
+        &RunDir::at(root).baseline().root,
+        BaselinePlan { env: &cfg.env.name, scale, seeds: cfg.rl.noise_floor_seeds, pipeline: cfg.pipeline.clone() },
         cfg.backend.build()?,
         launcher.clone(),
-        cfg.pipeline.clone(),
         stop.clone(),
     );
     let (floor, reused) = match measured {
@@ -155,8 +153,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store = Store::open_in(&run_dir.root)?;
     // A run started before (and not failed) may not have sampled ideas yet (it was stopped while the baseline
     // measured the noise floor): it is continued with --resume all the same.
-    let started = store.find_run("train")?.is_some_and(|r| r.status != "failed");
-    let run = store.open_run("train", "rl", &cfg.env.name, &scale, cfg.run.seed)?;
+    let started = store.find_run("train")?.is_some_and(|r| r.status != RunStatus::Failed);
+    let run = store.open_run("train", RunKind::Rl, &cfg.env.name, &scale, cfg.run.seed)?;
     anyhow::ensure!(
         args.resume || (!started && store.next_group_seq(run.id)? == 0),
         "{} already holds a run (its store has sampled ideas); pass --resume to continue it or choose another \
@@ -164,7 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         run_dir.root.display()
     );
     store.add_config(run.id, &text)?;
-    store.set_run_status(run.id, "running")?;
+    store.set_run_status(run.id, RunStatus::Running)?;
     run_dir.write_config(&text)?;
     let started = Started { args: &args, cfg: &cfg, text: &text, env: env.as_ref(), scale: &scale, init, run_dir };
     fail_run_on_error(&store, run.id, || train(started, &store, run.id, backend))
@@ -266,22 +264,22 @@ fn train(
                 "step {:>4}  reward mean {:.3} max {:.3}  executed {:.0}%  best so far {:.3}  kl {:.4}  {:.0}s \
              (sample {:.0} / wait {:.0} / update {:.0})  slots {:.0}% busy",
                 report.step,
-                r["reward_mean"].as_f64().unwrap_or(0.0),
-                r["reward_max"].as_f64().unwrap_or(0.0),
-                100.0 * r["execution_rate"].as_f64().unwrap_or(0.0),
-                r["best_reward_so_far"].as_f64().unwrap_or(0.0),
-                r["kl"].as_f64().unwrap_or(0.0),
-                r["step_seconds"].as_f64().unwrap_or(0.0),
-                r["sample_seconds"].as_f64().unwrap_or(0.0),
-                r["wait_seconds"].as_f64().unwrap_or(0.0),
-                r["update_seconds"].as_f64().unwrap_or(0.0),
-                100.0 * r["slot_utilisation"].as_f64().unwrap_or(0.0),
+                r.rewards.reward_mean.unwrap_or(0.0),
+                r.rewards.reward_max.unwrap_or(0.0),
+                100.0 * r.rewards.execution_rate,
+                r.rewards.best_reward_so_far.unwrap_or(0.0),
+                r.learner.grpo.as_ref().map_or(0.0, |g| g.kl),
+                r.timing.step_seconds,
+                r.timing.sample_seconds,
+                r.timing.wait_seconds,
+                r.timing.update_seconds,
+                100.0 * r.timing.slot_utilisation.unwrap_or(0.0),
             ),
         );
         crate::progress::say(&bar, format!("           {}", cost_and_noise(r)));
         extra
     };
-    let launcher = cfg.env.launcher(&args.config, &scale, &run_dir.root.join("work"))?;
+    let launcher = cfg.env.launcher(&args.config, &scale, &run_dir.work())?;
     let stop = ideator_rollout::pipeline::interrupt::stop_flag();
     let noise_std = measure_noise_floor(cfg, store, &run_dir.root, &scale, &launcher, &stop, args.json)?;
     bar.set_position(agent.learner.step());

@@ -14,9 +14,15 @@ use crate::optim::{AdamW, GradAccumulator};
 use crate::policy::TrainablePolicy;
 use crate::{Result, TrainerError};
 
-/// Metrics of one update (DESIGN section 5 lists what every step reports).
+/// Metrics of one update (DESIGN section 5 lists what every step reports; TRL's metric names).
+///
+/// Serialised, it is the GRPO part of the pipeline's step record (`rollout::pipeline::StepRecord`), which
+/// measures the step, the rewards and the time itself: the fields marked "not serialised" are for callers of
+/// [`GrpoLearner::train_step`] outside the pipeline (tests, benchmarks) and read as their defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GrpoStepStats {
+    /// Updates before this one (not serialised).
+    #[serde(skip)]
     pub step: u64,
     pub lr: f64,
     pub loss: f64,
@@ -28,16 +34,27 @@ pub struct GrpoStepStats {
     pub ratio_mean: f64,
     pub ratio_max: f64,
     pub grad_norm: f64,
+    /// Mean, population std and max of the rewards trained on (not serialised).
+    #[serde(skip)]
     pub reward_mean: f64,
+    #[serde(skip)]
     pub reward_std: f64,
+    #[serde(skip)]
     pub reward_max: f64,
+    /// Fraction of groups whose rewards are all equal (not serialised).
+    #[serde(skip)]
     pub frac_reward_zero_std: f64,
     pub completion_len_mean: f64,
+    /// Sequences trained on (not serialised).
+    #[serde(skip)]
     pub sequences: usize,
     pub trained_tokens: usize,
     /// Whether the optimiser applied an update (false when no sequence carried a gradient).
     pub updated: bool,
+    /// Seconds of the reference model's pass.
     pub reference_seconds: f64,
+    /// Seconds of the update after the reference pass (not serialised).
+    #[serde(skip)]
     pub update_seconds: f64,
     /// The advantage estimator's own metrics (`estimator/quantity`), averaged over the step's groups; empty for
     /// `grpo`.
@@ -59,12 +76,7 @@ pub struct GrpoLearner {
     max_completion_tokens: usize,
 }
 
-/// Learner counters saved in checkpoints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LearnerState {
-    pub step: u64,
-    pub optimizer_steps: u64,
-}
+pub use crate::state::{ExportedState, LearnerState};
 
 use ideator_model::seed::mix;
 
@@ -226,12 +238,8 @@ impl GrpoLearner {
     }
 
     /// Trained tensors, optimiser tensors and counters, for a checkpoint.
-    pub fn export(&self) -> (HashMap<String, Tensor>, HashMap<String, Tensor>, LearnerState) {
-        (
-            self.policy.weight_tensors(),
-            self.optimizer.state_tensors(self.policy.params()),
-            LearnerState { step: self.step, optimizer_steps: self.optimizer.steps() },
-        )
+    pub fn export(&self) -> ExportedState {
+        crate::state::export(&self.policy, &self.optimizer, self.step)
     }
 
     /// Restores what `export` produced.
@@ -241,9 +249,7 @@ impl GrpoLearner {
         optimizer: &HashMap<String, Tensor>,
         state: &LearnerState,
     ) -> Result<()> {
-        self.policy.load_weight_tensors(weights)?;
-        self.optimizer.load_state(self.policy.params(), optimizer, state.optimizer_steps)?;
-        self.step = state.step;
+        self.step = crate::state::restore(&mut self.policy, &mut self.optimizer, weights, optimizer, state)?;
         Ok(())
     }
 }

@@ -18,6 +18,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod sft;
 pub mod sft_run;
+pub mod state;
 
 pub use config::{AdvantageEstimator, GrpoConfig, LossAggregation, OptimConfig, TrainMode};
 pub use data::{ScoredGroup, ScoredSample};

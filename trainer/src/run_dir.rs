@@ -1,5 +1,16 @@
-//! A training run's folder: `config.toml` (as given), `metrics.jsonl` (one JSON object per step, appended and
-//! flushed line by line so nothing is lost if the process dies), and `checkpoints/`.
+//! A run folder's layout, owned here and nowhere else:
+//!
+//! ```text
+//! RUN_DIR/
+//!   config.toml       the config the run was started with
+//!   store.sqlite      the run store (rollout's `Store`): the source of truth for RL, evolution and evaluations
+//!   metrics.jsonl     one JSON object per step, appended and flushed line by line (an export of the store)
+//!   ideas.jsonl       one executed idea per line (an export of the store)
+//!   checkpoints/      step-NNNNNNNN/ folders with a manifest
+//!   work/             one folder per execution (its logs, the environment's files)
+//!   baseline/         the baseline recipe's runs at several seeds (the noise floor), a run folder of its own
+//!   evolve/           an evolutionary search's folder (config.toml, work/, database.json: its idea database)
+//! ```
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -7,11 +18,20 @@ use std::path::{Path, PathBuf};
 
 use crate::{Result, TrainerError};
 
+/// The run store's file name in a run folder.
+pub const STORE_FILE: &str = "store.sqlite";
+
+/// A run folder: its root and where each of its parts lives.
 pub struct RunDir {
     pub root: PathBuf,
 }
 
 impl RunDir {
+    /// The layout of the run folder at `root`, which need not exist.
+    pub fn at(root: &Path) -> Self {
+        RunDir { root: root.to_path_buf() }
+    }
+
     /// Creates the folder. A fresh run refuses a folder that already holds checkpoints (resume it instead).
     pub fn create(root: &Path, resume: bool) -> Result<Self> {
         std::fs::create_dir_all(root.join("checkpoints"))
@@ -34,9 +54,41 @@ impl RunDir {
         self.root.join("metrics.jsonl")
     }
 
+    pub fn ideas_path(&self) -> PathBuf {
+        self.root.join("ideas.jsonl")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join(STORE_FILE)
+    }
+
+    /// Where executions run, one folder each.
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    /// The baseline's own run folder (the noise floor's runs).
+    pub fn baseline(&self) -> RunDir {
+        RunDir::at(&self.root.join("baseline"))
+    }
+
+    /// An evolutionary search's own run folder inside an RL run's (config, work, idea database).
+    pub fn evolution(&self) -> RunDir {
+        RunDir::at(&self.root.join("evolve"))
+    }
+
+    /// Evolutionary search's exported idea database.
+    pub fn evolution_database(&self) -> PathBuf {
+        self.root.join("database.json")
+    }
+
     /// Keeps a copy of the config the run was started with.
     pub fn write_config(&self, text: &str) -> Result<()> {
-        let p = self.root.join("config.toml");
+        let p = self.config_path();
         std::fs::write(&p, text).map_err(|e| TrainerError::Config(format!("cannot write {}: {e}", p.display())))
     }
 

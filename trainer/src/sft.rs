@@ -8,9 +8,9 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::config::OptimConfig;
-use crate::grpo::LearnerState;
 use crate::optim::{AdamW, GradAccumulator};
 use crate::policy::TrainablePolicy;
+use crate::state::{ExportedState, LearnerState};
 use crate::{Result, TrainerError};
 
 /// One supervised example: the loss covers the completion tokens only.
@@ -131,23 +131,19 @@ impl SftLearner {
         Ok(-sum / total.max(1) as f64)
     }
 
-    pub fn export(&self) -> (HashMap<String, Tensor>, HashMap<String, Tensor>, LearnerState) {
-        (
-            self.policy.weight_tensors(),
-            self.optimizer.state_tensors(self.policy.params()),
-            LearnerState { step: self.step, optimizer_steps: self.optimizer.steps() },
-        )
+    /// Trained tensors, optimiser tensors and counters, for a checkpoint.
+    pub fn export(&self) -> ExportedState {
+        crate::state::export(&self.policy, &self.optimizer, self.step)
     }
 
+    /// Restores what `export` produced.
     pub fn restore(
         &mut self,
         weights: &HashMap<String, Tensor>,
         optimizer: &HashMap<String, Tensor>,
         state: &LearnerState,
     ) -> Result<()> {
-        self.policy.load_weight_tensors(weights)?;
-        self.optimizer.load_state(self.policy.params(), optimizer, state.optimizer_steps)?;
-        self.step = state.step;
+        self.step = crate::state::restore(&mut self.policy, &mut self.optimizer, weights, optimizer, state)?;
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use ideator_trainer::evolve::{
 };
 use ideator_trainer::ScoredGroup;
 
-use super::{mix_seed, IdeaRecord, Learner, SampledGroup};
+use super::{mix_seed, EpochStats, IdeaRecord, Learner, LearnerStats, SampledGroup};
 use crate::generate::IdeaGenerator;
 use crate::store::{GroupStatus, Store};
 use crate::{Result, RolloutError};
@@ -252,7 +252,7 @@ impl Learner for EvolutionAgent<'_> {
         true
     }
 
-    fn update(&mut self, groups: &[ScoredGroup]) -> Result<serde_json::Value> {
+    fn update(&mut self, groups: &[ScoredGroup]) -> Result<LearnerStats> {
         let records = std::mem::take(&mut self.results);
         if groups.len() != self.epoch_prompts.len() {
             return Err(RolloutError::Config(format!(
@@ -266,7 +266,6 @@ impl Learner for EvolutionAgent<'_> {
         let mut seqs: Vec<u64> = records.iter().map(|r| r.group).collect();
         seqs.dedup();
         let mut by_kind: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
-        let rewards: Vec<f64> = records.iter().map(|r| r.reward).collect();
         let winners_before = self.db.winners().len();
         for r in &records {
             let index = seqs.iter().position(|&s| s == r.group).expect("listed above");
@@ -283,40 +282,33 @@ impl Learner for EvolutionAgent<'_> {
                 baseline: r.baseline_reward,
             });
         }
-        let n = rewards.len().max(1) as f64;
-        let reward_mean = rewards.iter().sum::<f64>() / n;
-        let reward_std = (rewards.iter().map(|r| (r - reward_mean).powi(2)).sum::<f64>() / n).sqrt();
         let count = |k: PromptKind| self.epoch_prompts.iter().filter(|p| p.kind == k).count();
         let tokens: Vec<f64> = self.epoch_prompts.iter().map(|p| p.tokens as f64).collect();
-        let stats = serde_json::json!({
-            "epoch": self.version,
-            "reward_mean": reward_mean,
-            "reward_std": reward_std,
-            "reward_max": rewards.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-            "baseline_reward": self.db.baseline,
-            "beat_baseline": records
+        let stats = EpochStats {
+            baseline_reward: self.db.baseline,
+            beat_baseline: records
                 .iter()
                 .filter(|r| r.status == Status::Ok && r.reward > r.baseline_reward.unwrap_or(self.db.baseline))
                 .count(),
-            "exploit_share": if self.version == 0 { 0.0 } else { exploit_share(self.version) },
-            "exploit_prompts_planned": exploit_prompts(self.version, self.cfg.prompts_per_epoch),
-            "fresh_prompts": count(PromptKind::Fresh),
-            "exploit_prompts": count(PromptKind::Exploit),
-            "explore_prompts": count(PromptKind::Explore),
-            "exploit_reward_mean": by_kind.get("exploit").and_then(|v| mean(v)),
-            "explore_reward_mean": by_kind.get("explore").and_then(|v| mean(v)),
-            "winners_before": winners_before,
-            "database_size": self.db.entries.len(),
-            "prompt_tokens_mean": mean(&tokens),
-            "prompt_tokens_max": tokens.iter().cloned().fold(0.0, f64::max),
-            "listed_ideas_mean": mean(&self.epoch_prompts.iter().map(|p| p.listed as f64).collect::<Vec<_>>()),
-            "ideas_dropped_to_fit": self.epoch_prompts.iter().map(|p| p.dropped).sum::<usize>(),
-        });
+            exploit_share: if self.version == 0 { 0.0 } else { exploit_share(self.version) },
+            exploit_prompts_planned: exploit_prompts(self.version, self.cfg.prompts_per_epoch),
+            fresh_prompts: count(PromptKind::Fresh),
+            exploit_prompts: count(PromptKind::Exploit),
+            explore_prompts: count(PromptKind::Explore),
+            exploit_reward_mean: by_kind.get("exploit").and_then(|v| mean(v)),
+            explore_reward_mean: by_kind.get("explore").and_then(|v| mean(v)),
+            winners_before,
+            database_size: self.db.entries.len(),
+            prompt_tokens_mean: mean(&tokens),
+            prompt_tokens_max: tokens.iter().cloned().fold(0.0, f64::max),
+            listed_ideas_mean: mean(&self.epoch_prompts.iter().map(|p| p.listed as f64).collect::<Vec<_>>()),
+            ideas_dropped_to_fit: self.epoch_prompts.iter().map(|p| p.dropped).sum::<usize>(),
+        };
         self.version += 1;
         self.epoch_ideas.clear();
         self.epoch_prompts.clear();
         self.export_database()?;
-        Ok(stats)
+        Ok(LearnerStats { grpo: None, evolution: Some(stats) })
     }
 
     /// The database lives in the run store (every trained group), so there is nothing else to save.

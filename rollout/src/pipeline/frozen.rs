@@ -12,25 +12,10 @@ use ideator_envs::backend::RunSpec;
 use ideator_trainer::ScoredGroup;
 
 use super::dispatch::{ExecLauncher, Launcher};
-use super::{Learner, SampledGroup, SampledIdea};
+use super::{Learner, LearnerStats, SampledGroup, SampledIdea};
 use crate::generate::IdeaGenerator;
 use crate::store::IdeaRow;
 use crate::{Result, RolloutError};
-
-/// Mean, population standard deviation and max of the rewards of some groups, as update statistics.
-pub fn reward_stats(groups: &[ScoredGroup]) -> serde_json::Value {
-    let rewards: Vec<f64> = groups.iter().flat_map(|g| g.rewards()).collect();
-    let n = rewards.len().max(1) as f64;
-    let mean = rewards.iter().sum::<f64>() / n;
-    let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let max = rewards.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    serde_json::json!({
-        "reward_mean": mean,
-        "reward_std": std,
-        "reward_max": if rewards.is_empty() { None } else { Some(max) },
-        "sequences": rewards.len(),
-    })
-}
 
 /// Samples `n` ideas from one prompt, `group_size` per group (the last group may be smaller).
 pub struct FrozenSampler<'a> {
@@ -94,9 +79,10 @@ impl Learner for FrozenSampler<'_> {
         })
     }
 
-    fn update(&mut self, groups: &[ScoredGroup]) -> Result<serde_json::Value> {
+    /// Nothing learns: the step record's rewards are the pipeline's.
+    fn update(&mut self, _groups: &[ScoredGroup]) -> Result<LearnerStats> {
         self.version += 1;
-        Ok(reward_stats(groups))
+        Ok(LearnerStats::default())
     }
 
     fn checkpoint(&mut self, _score: Option<f64>) -> Result<Option<PathBuf>> {
@@ -131,9 +117,10 @@ impl Learner for BaselineLearner {
         })
     }
 
-    fn update(&mut self, groups: &[ScoredGroup]) -> Result<serde_json::Value> {
+    /// Nothing learns: the step record's rewards are the pipeline's.
+    fn update(&mut self, _groups: &[ScoredGroup]) -> Result<LearnerStats> {
         self.version += 1;
-        Ok(reward_stats(groups))
+        Ok(LearnerStats::default())
     }
 
     fn checkpoint(&mut self, _score: Option<f64>) -> Result<Option<PathBuf>> {

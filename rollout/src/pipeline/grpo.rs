@@ -10,7 +10,7 @@ use ideator_trainer::grpo::LearnerState;
 use ideator_trainer::{GrpoLearner, ScoredGroup};
 use serde::{Deserialize, Serialize};
 
-use super::{Learner, SampledGroup, SampledIdea};
+use super::{Learner, LearnerStats, SampledGroup, SampledIdea};
 use crate::{Result, RolloutError};
 
 /// The trainer state a checkpoint carries.
@@ -79,7 +79,7 @@ impl Learner for GrpoAgent<'_> {
         })
     }
 
-    fn update(&mut self, groups: &[ScoredGroup]) -> Result<serde_json::Value> {
+    fn update(&mut self, groups: &[ScoredGroup]) -> Result<LearnerStats> {
         // Groups whose every sample was excluded (infrastructure failures) carry nothing to learn from.
         let groups: Vec<ScoredGroup> = groups.iter().filter(|g| !g.samples.is_empty()).cloned().collect();
         let stats = if groups.is_empty() {
@@ -88,7 +88,7 @@ impl Learner for GrpoAgent<'_> {
         } else {
             self.learner.train_step(&groups)?
         };
-        Ok(serde_json::to_value(&stats).expect("stats serialise"))
+        Ok(LearnerStats { grpo: Some(stats), evolution: None })
     }
 
     fn checkpoint(&mut self, score: Option<f64>) -> Result<Option<PathBuf>> {

@@ -20,6 +20,7 @@ pub mod evolve;
 pub mod frozen;
 pub mod grpo;
 pub mod interrupt;
+pub mod record;
 pub mod reward;
 mod run;
 mod step;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::Store;
 use crate::{Result, RolloutError};
 use dispatch::Launcher;
+pub use record::{EpochStats, LearnerStats, StepRecord};
 use reward::{RewardMode, SeedScope};
 
 /// What to do with running executions when the trainer is interrupted (Ctrl-C).
@@ -142,8 +144,9 @@ pub trait Learner {
     fn version(&self) -> u64;
     /// Samples one group with the current policy.
     fn sample_group(&mut self, seed: u64) -> Result<SampledGroup>;
-    /// One update from complete groups; returns its statistics (a JSON object).
-    fn update(&mut self, groups: &[ScoredGroup]) -> Result<serde_json::Value>;
+    /// One update from complete groups; returns the learner's part of the step record (rewards, executions and
+    /// timings are the pipeline's).
+    fn update(&mut self, groups: &[ScoredGroup]) -> Result<LearnerStats>;
     /// Called just before [`Learner::update`] with the executed ideas of its groups, in group order (texts,
     /// failures and causes: what a learner that reads ideas, like evolutionary search, needs beyond rewards).
     fn see_results(&mut self, _ideas: &[IdeaRecord]) -> Result<()> {
@@ -200,7 +203,7 @@ pub struct IdeaRecord {
 pub struct StepReport<'a> {
     pub step: u64,
     pub ideas: &'a [IdeaRecord],
-    pub record: &'a serde_json::Value,
+    pub record: &'a StepRecord,
 }
 
 /// Everything the pipeline needs besides the learner.

@@ -3,7 +3,6 @@
 //! [`Pipeline::finish`] close the run. What one update does with its groups is in [`super::step`].
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use super::frozen::BASELINE_TEXT;
 use super::reward::env_seed;
 use super::step::{Exports, StepInputs};
 use super::{mix, Learner, OnInterrupt, PipelineContext, PipelineSummary, SampledGroup};
-use crate::store::{GroupRow, GroupStatus, IdeaStatus, NewGroup, NewIdea, Store};
+use crate::store::{GroupRow, GroupStatus, IdeaStatus, NewGroup, NewIdea, RunStatus, Store};
 use crate::{Result, RolloutError};
 
 /// What the loop does next.
@@ -395,11 +394,11 @@ impl<'a, 'c> Pipeline<'a, 'c> {
                     store.record_checkpoint(run, version, &path, None)?;
                 }
             }
-            store.set_run_status(run, "interrupted")?;
+            store.set_run_status(run, RunStatus::Interrupted)?;
         } else {
             // Training is done: what is still unfinished will never be needed.
             store.cancel_unfinished(run)?;
-            store.set_run_status(run, "done")?;
+            store.set_run_status(run, RunStatus::Done)?;
         }
         let wall = self.t_run.elapsed().as_secs_f64();
         let executions = stats.completed - self.executions_at_start.unwrap_or(0);
@@ -422,8 +421,8 @@ impl<'a, 'c> Pipeline<'a, 'c> {
 
 /// `metrics.jsonl` and `ideas.jsonl` (exports; the store is the source of truth), cut back to `version` updates.
 fn open_exports(run_dir: &std::path::Path, version: u64) -> Result<Exports> {
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let ideas_path: PathBuf = run_dir.join("ideas.jsonl");
+    let layout = ideator_trainer::run_dir::RunDir::at(run_dir);
+    let (metrics_path, ideas_path) = (layout.metrics_path(), layout.ideas_path());
     truncate_metrics(&metrics_path, version)?;
     truncate_metrics(&ideas_path, version)?;
     let metrics = MetricsWriter::open(&metrics_path)?;

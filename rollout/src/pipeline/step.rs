@@ -12,9 +12,10 @@ use ideator_trainer::run_dir::MetricsWriter;
 use ideator_trainer::{ScoredGroup, ScoredSample};
 
 use super::dispatch::DispatchStats;
+use super::record::{ExecutionStats, RewardStats, StepTiming};
 use super::reward::within_noise;
 use super::run::{Interval, PromptCache};
-use super::{IdeaRecord, Learner, PipelineContext, StepReport};
+use super::{IdeaRecord, Learner, LearnerStats, PipelineContext, StepRecord, StepReport};
 use crate::store::GroupRow;
 use crate::{Result, RolloutError};
 
@@ -51,16 +52,19 @@ struct StepTally {
 }
 
 impl StepTally {
-    fn write(&self, record: &mut serde_json::Value, groups: usize, ideas: usize, noise_std: Option<f64>) {
+    fn stats(&self, groups: usize, ideas: usize, noise_std: Option<f64>) -> ExecutionStats {
         let n = groups.max(1) as f64;
-        record["ideas"] = ideas.into();
-        record["reference_runs"] = self.references.into();
-        record["cache_hits"] = self.cache_hits.into();
-        record["executed_ideas"] = (ideas as u64 + self.references).saturating_sub(self.cache_hits).into();
-        record["excluded_ideas"] = self.excluded.into();
-        record["frac_reward_zero_std"] = (self.zero_std as f64 / n).into();
-        record["noise_std"] = noise_std.into();
-        record["frac_reward_within_noise"] = noise_std.map(|_| self.within_noise as f64 / n).into();
+        ExecutionStats {
+            ideas,
+            reference_runs: self.references,
+            cache_hits: self.cache_hits,
+            executed_ideas: (ideas as u64 + self.references).saturating_sub(self.cache_hits),
+            excluded_ideas: self.excluded,
+            frac_reward_zero_std: self.zero_std as f64 / n,
+            noise_std,
+            frac_reward_within_noise: noise_std.map(|_| self.within_noise as f64 / n),
+            ..ExecutionStats::default()
+        }
     }
 }
 
@@ -89,15 +93,13 @@ pub(crate) fn train_step(
     let stats = learner.update(&scored.scored)?;
     let update_seconds = t0.elapsed().as_secs_f64();
     let mut record = step_record(stats, step, &scored, best, &inputs, update_seconds, ctx.noise_std);
-    let extra = (ctx.on_step)(&StepReport { step, ideas: &scored.records, record: &record });
-    for (k, v) in extra {
-        record[k] = v;
-    }
+    record.epoch = learner.counts_epochs().then_some(step);
+    record.extra = (ctx.on_step)(&StepReport { step, ideas: &scored.records, record: &record });
     // The update counts once its groups are marked trained and its row is written (one transaction).
     ctx.store.record_step(ctx.run, step, &scored.staleness, &record)?;
     super::crash_point_for_tests(step);
     export(exports, &record, &scored.records)?;
-    save_checkpoint_if_due(learner, ctx, record["reward_mean"].as_f64())
+    save_checkpoint_if_due(learner, ctx, record.checkpoint_score())
 }
 
 /// Turns complete groups into the learner's [`ScoredGroup`]s and the logs' [`IdeaRecord`]s.
@@ -203,70 +205,101 @@ fn cluster_of(recipe_key: Option<&str>, category: Option<&[String]>) -> Option<u
     Some(h.finish())
 }
 
-/// The step's record: the learner's statistics plus the pipeline's reward, execution and timing figures.
+/// The step's record: the pipeline's reward, execution and timing figures around the learner's statistics.
 fn step_record(
-    stats: serde_json::Value,
+    learner: LearnerStats,
     step: u64,
     scored: &ScoredStep,
     best: &Option<(f64, String)>,
     inputs: &StepInputs,
     update_seconds: f64,
     noise_std: Option<f64>,
-) -> serde_json::Value {
+) -> StepRecord {
     let records = &scored.records;
-    let mut record = if stats.is_object() { stats } else { serde_json::json!({ "learner": stats }) };
-    record["step"] = step.into();
-    let executed = records.iter().filter(|r| r.status == Status::Ok).count();
-    record["execution_rate"] = (executed as f64 / records.len().max(1) as f64).into();
-    record["best_reward_so_far"] = best.as_ref().map(|b| b.0).into();
-    record["idea_chars_mean"] =
-        (records.iter().map(|r| r.text.chars().count()).sum::<usize>() as f64 / records.len().max(1) as f64).into();
-    let mut causes = BTreeMap::new();
+    let n = records.len().max(1) as f64;
+    let trained: Vec<f64> = scored.scored.iter().flat_map(|g| g.rewards()).collect();
+    let mut failures = BTreeMap::new();
     for c in records.iter().filter_map(|r| r.cause.as_ref()) {
-        *causes.entry(c.clone()).or_insert(0usize) += 1;
+        *failures.entry(c.clone()).or_insert(0usize) += 1;
     }
-    record["failures"] = serde_json::to_value(&causes).expect("map serialises");
-    write_timing(&mut record, inputs, update_seconds);
-    let mut hist = BTreeMap::new();
+    let rewards = RewardStats {
+        execution_rate: records.iter().filter(|r| r.status == Status::Ok).count() as f64 / n,
+        best_reward_so_far: best.as_ref().map(|b| b.0),
+        idea_chars_mean: records.iter().map(|r| r.text.chars().count()).sum::<usize>() as f64 / n,
+        failures,
+        ..RewardStats::of(&trained)
+    };
+    let mut staleness = BTreeMap::new();
     for (_, s) in &scored.staleness {
-        *hist.entry(s.to_string()).or_insert(0u64) += 1;
+        *staleness.entry(s.to_string()).or_insert(0u64) += 1;
     }
-    record["staleness"] = serde_json::to_value(&hist).expect("map serialises");
-    scored.tally.write(&mut record, inputs.groups.len(), records.len(), noise_std);
-    record["policy_version"] = step.into();
-    record
+    let (timing, dispatch) = timing(inputs, update_seconds);
+    let executions = ExecutionStats {
+        sampled_groups: inputs.interval.sampled_groups,
+        dropped_stale_groups: inputs.interval.dropped,
+        ..dispatch
+    };
+    let tally = scored.tally.stats(inputs.groups.len(), records.len(), noise_std);
+    StepRecord {
+        step,
+        epoch: None,
+        policy_version: step,
+        rewards,
+        executions: merge(tally, executions),
+        timing,
+        staleness,
+        learner,
+        extra: Default::default(),
+    }
 }
 
-/// Where the time went since the previous update, and how busy the slots were.
-fn write_timing(record: &mut serde_json::Value, inputs: &StepInputs, update_seconds: f64) {
+/// The tally's counts with the dispatcher's figures.
+fn merge(tally: ExecutionStats, dispatch: ExecutionStats) -> ExecutionStats {
+    ExecutionStats {
+        executions: dispatch.executions,
+        executions_per_hour: dispatch.executions_per_hour,
+        slots: dispatch.slots,
+        queued_ideas: dispatch.queued_ideas,
+        running_ideas: dispatch.running_ideas,
+        sampled_groups: dispatch.sampled_groups,
+        dropped_stale_groups: dispatch.dropped_stale_groups,
+        infrastructure_failures: dispatch.infrastructure_failures,
+        ..tally
+    }
+}
+
+/// Where the time went since the previous update, and what the dispatcher did meanwhile.
+fn timing(inputs: &StepInputs, update_seconds: f64) -> (StepTiming, ExecutionStats) {
     let (before, after) = inputs.dispatch;
     let interval = inputs.interval;
     let wall = inputs.interval_seconds + update_seconds;
-    record["sample_seconds"] = interval.sample_seconds.into();
-    record["wait_seconds"] = interval.wait_seconds.into();
-    record["update_seconds"] = update_seconds.into();
-    record["step_seconds"] = wall.into();
-    record["learner_idle_frac"] = (interval.wait_seconds / wall.max(1e-9)).into();
     let busy = after.busy_slot_seconds - before.busy_slot_seconds;
-    // Over an interval too short to measure (back-to-back updates) the ratio is noise: leave it out.
-    record["slot_utilisation"] = if inputs.interval_seconds >= 0.05 {
-        (busy / (after.slots as f64 * inputs.interval_seconds)).min(1.0).into()
-    } else {
-        serde_json::Value::Null
+    let timing = StepTiming {
+        sample_seconds: interval.sample_seconds,
+        wait_seconds: interval.wait_seconds,
+        update_seconds,
+        step_seconds: wall,
+        learner_idle_frac: interval.wait_seconds / wall.max(1e-9),
+        // Over an interval too short to measure (back-to-back updates) the ratio is noise: leave it out.
+        slot_utilisation: (inputs.interval_seconds >= 0.05)
+            .then(|| (busy / (after.slots as f64 * inputs.interval_seconds)).min(1.0)),
     };
-    record["executions"] = (after.completed - before.completed).into();
-    record["executions_per_hour"] = ((after.completed - before.completed) as f64 / wall.max(1e-9) * 3600.0).into();
-    record["slots"] = after.slots.into();
-    record["queued_ideas"] = after.queued.into();
-    record["running_ideas"] = after.running.into();
-    record["sampled_groups"] = interval.sampled_groups.into();
-    record["dropped_stale_groups"] = interval.dropped.into();
-    record["infrastructure_failures"] = (after.infrastructure_failures - before.infrastructure_failures).into();
+    let executions = after.completed - before.completed;
+    let dispatch = ExecutionStats {
+        executions,
+        executions_per_hour: executions as f64 / wall.max(1e-9) * 3600.0,
+        slots: after.slots,
+        queued_ideas: after.queued,
+        running_ideas: after.running,
+        infrastructure_failures: after.infrastructure_failures - before.infrastructure_failures,
+        ..ExecutionStats::default()
+    };
+    (timing, dispatch)
 }
 
 /// Appends the step to `metrics.jsonl` and its ideas to `ideas.jsonl`.
-fn export(exports: &mut Exports, record: &serde_json::Value, ideas: &[IdeaRecord]) -> Result<()> {
-    exports.metrics.write(record)?;
+fn export(exports: &mut Exports, record: &StepRecord, ideas: &[IdeaRecord]) -> Result<()> {
+    exports.metrics.write(&record.to_json())?;
     for r in ideas {
         writeln!(exports.ideas, "{}", serde_json::to_string(r).expect("records serialise"))
             .and_then(|_| exports.ideas.flush())

@@ -17,12 +17,13 @@ use ideator_envs::{ExecResult, FailureCause, Status};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::StepRecord;
 use crate::{Result, RolloutError};
 
 pub use schema::MIGRATIONS;
 
 /// The file name of the store inside a run folder.
-pub const STORE_FILE: &str = "store.sqlite";
+pub use ideator_trainer::run_dir::STORE_FILE;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> f64 {
@@ -111,18 +112,99 @@ impl GroupStatus {
     }
 }
 
+/// What produced a run's ideas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// GRPO training (`ideator train`).
+    Rl,
+    /// Evolutionary search (`ideator evolve`).
+    Evolve,
+    /// A frozen ideator's best-of-N sample (`ideator eval`).
+    Eval,
+    /// The environment's baseline recipe at several seeds (its noise floor).
+    Baseline,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Rl => "rl",
+            RunKind::Evolve => "evolve",
+            RunKind::Eval => "eval",
+            RunKind::Baseline => "baseline",
+        }
+    }
+    fn parse(s: &str) -> Option<RunKind> {
+        [RunKind::Rl, RunKind::Evolve, RunKind::Eval, RunKind::Baseline].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RunKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lifecycle of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Done,
+    /// Stopped by the user (Ctrl-C); `--resume` continues it.
+    Interrupted,
+    /// Stopped by an error, kept in [`RunInfo::error`].
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> Option<RunStatus> {
+        [RunStatus::Running, RunStatus::Done, RunStatus::Interrupted, RunStatus::Failed]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A text column read as one of the store's enums; an unknown value (a newer build's) is a conversion error
+/// naming it.
+fn enum_column<T>(r: &Row, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = r.get(i)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown value {text:?} (written by a newer ideator? upgrade it)").into(),
+        )
+    })
+}
+
 /// A run as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
     pub id: i64,
     pub name: String,
-    pub kind: String,
+    pub kind: RunKind,
     pub env: String,
     pub scale: String,
     pub seed: u64,
     pub created_at: f64,
-    pub status: String,
-    /// The error that stopped the run when `status` is "failed".
+    pub status: RunStatus,
+    /// The error that stopped the run when `status` is [`RunStatus::Failed`].
     pub error: Option<String>,
 }
 
@@ -244,7 +326,7 @@ impl GroupRow {
 pub struct StepRow {
     pub step: u64,
     pub created_at: f64,
-    pub metrics: serde_json::Value,
+    pub record: StepRecord,
 }
 
 /// A checkpoint as recorded.
@@ -524,7 +606,7 @@ impl Store {
     // ---- runs ----
 
     /// The run named `name`, created if new. An existing run must match kind, environment, scale and seed.
-    pub fn open_run(&self, name: &str, kind: &str, env: &str, scale: &str, seed: u64) -> Result<RunInfo> {
+    pub fn open_run(&self, name: &str, kind: RunKind, env: &str, scale: &str, seed: u64) -> Result<RunInfo> {
         if let Some(run) = self.find_run(name)? {
             if run.kind != kind || run.env != env || run.scale != scale || run.seed != seed {
                 return Err(RolloutError::Config(format!(
@@ -538,7 +620,7 @@ impl Store {
         self.conn
             .execute(
                 "INSERT INTO runs (name, kind, env, scale, seed, created_at, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running')",
-                params![name, kind, env, scale, seed as i64, now()],
+                params![name, kind.as_str(), env, scale, seed as i64, now()],
             )
             .map_err(|e| self.err(e))?;
         self.find_run(name)?.ok_or_else(|| RolloutError::Config("run vanished after insert".into()))
@@ -553,12 +635,12 @@ impl Store {
                     Ok(RunInfo {
                         id: r.get(0)?,
                         name: r.get(1)?,
-                        kind: r.get(2)?,
+                        kind: enum_column(r, 2, RunKind::parse)?,
                         env: r.get(3)?,
                         scale: r.get(4)?,
                         seed: r.get::<_, i64>(5)? as u64,
                         created_at: r.get(6)?,
-                        status: r.get(7)?,
+                        status: enum_column(r, 7, RunStatus::parse)?,
                         error: r.get(8)?,
                     })
                 },
@@ -586,8 +668,8 @@ impl Store {
         names.iter().filter_map(|n| self.find_run(n).transpose()).collect()
     }
 
-    pub fn set_run_status(&self, run: i64, status: &str) -> Result<()> {
-        self.exec("UPDATE runs SET status = ?2, error = NULL WHERE id = ?1", params![run, status])
+    pub fn set_run_status(&self, run: i64, status: RunStatus) -> Result<()> {
+        self.exec("UPDATE runs SET status = ?2, error = NULL WHERE id = ?1", params![run, status.as_str()])
     }
 
     /// Marks the run failed with the error that stopped it (shown by readers; a resume sets it running again).
@@ -883,14 +965,14 @@ impl Store {
     /// otherwise runs `synchronous = NORMAL`): the update's checkpoint is written after it, so an OS crash can
     /// lose a checkpoint whose step is recorded (the step is trained again from the previous checkpoint) but not
     /// the reverse.
-    pub fn record_step(&self, run: i64, step: u64, groups: &[(i64, u64)], metrics: &serde_json::Value) -> Result<()> {
+    pub fn record_step(&self, run: i64, step: u64, groups: &[(i64, u64)], record: &StepRecord) -> Result<()> {
         self.conn.execute_batch("PRAGMA synchronous = FULL").map_err(|e| self.err(e))?;
-        let committed = self.record_step_tx(run, step, groups, metrics);
+        let committed = self.record_step_tx(run, step, groups, record);
         self.conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(|e| self.err(e))?;
         committed
     }
 
-    fn record_step_tx(&self, run: i64, step: u64, groups: &[(i64, u64)], metrics: &serde_json::Value) -> Result<()> {
+    fn record_step_tx(&self, run: i64, step: u64, groups: &[(i64, u64)], record: &StepRecord) -> Result<()> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         for &(g, staleness) in groups {
             tx.execute(
@@ -899,7 +981,7 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         }
-        let f = |k: &str| metrics.get(k).and_then(|v| v.as_f64());
+        let (rewards, timing) = (&record.rewards, &record.timing);
         tx.execute(
             "INSERT OR REPLACE INTO steps (run_id, step, created_at, reward_mean, reward_max, execution_rate,
                  sample_seconds, wait_seconds, update_seconds, slot_utilisation, learner_idle_frac, metrics)
@@ -908,15 +990,15 @@ impl Store {
                 run,
                 step as i64,
                 now(),
-                f("reward_mean"),
-                f("reward_max"),
-                f("execution_rate"),
-                f("sample_seconds"),
-                f("wait_seconds"),
-                f("update_seconds"),
-                f("slot_utilisation"),
-                f("learner_idle_frac"),
-                metrics.to_string()
+                rewards.reward_mean,
+                rewards.reward_max,
+                rewards.execution_rate,
+                timing.sample_seconds,
+                timing.wait_seconds,
+                timing.update_seconds,
+                timing.slot_utilisation,
+                timing.learner_idle_frac,
+                record.to_json().to_string()
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -1093,7 +1175,7 @@ impl Store {
                 Ok(StepRow {
                     step: r.get::<_, i64>(0)? as u64,
                     created_at: r.get(1)?,
-                    metrics: serde_json::from_str(&m).unwrap_or(serde_json::Value::Null),
+                    record: StepRecord::from_json(&serde_json::from_str(&m).unwrap_or(serde_json::Value::Null)),
                 })
             })
             .map_err(|e| self.err(e))?;

@@ -18,7 +18,7 @@ fn ok(reward: f64) -> ExecResult {
 fn setup() -> (tempfile::TempDir, Store, i64, i64) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_in(dir.path()).unwrap();
-    let run = store.open_run("r", "rl", "toy", "tiny", 3).unwrap().id;
+    let run = store.open_run("r", RunKind::Rl, "toy", "tiny", 3).unwrap().id;
     let prompt = store.intern_prompt(run, "p", &[1, 2, 3]).unwrap();
     (dir, store, run, prompt)
 }
@@ -80,9 +80,9 @@ fn a_newer_schema_is_refused_with_a_clear_error() {
 #[test]
 fn runs_are_matched_by_name_and_must_agree() {
     let (_dir, store, run, _) = setup();
-    assert_eq!(store.open_run("r", "rl", "toy", "tiny", 3).unwrap().id, run);
-    assert!(store.open_run("r", "rl", "toy", "tiny", 4).is_err(), "different seed");
-    let other = store.open_run("eval-1", "eval", "toy", "tiny", 3).unwrap();
+    assert_eq!(store.open_run("r", RunKind::Rl, "toy", "tiny", 3).unwrap().id, run);
+    assert!(store.open_run("r", RunKind::Rl, "toy", "tiny", 4).is_err(), "different seed");
+    let other = store.open_run("eval-1", RunKind::Eval, "toy", "tiny", 3).unwrap();
     assert_ne!(other.id, run);
     assert_eq!(store.runs().unwrap().len(), 2);
 }
@@ -182,9 +182,16 @@ fn steps_rewind_without_losing_executions() {
         groups.push(g.id);
     }
     for (step, &g) in groups.iter().enumerate() {
-        store.record_step(run, step as u64, &[(g, 1)], &serde_json::json!({"reward_mean": step as f64})).unwrap();
+        let record = StepRecord {
+            step: step as u64,
+            rewards: crate::pipeline::record::RewardStats::of(&[step as f64]),
+            ..Default::default()
+        };
+        store.record_step(run, step as u64, &[(g, 1)], &record).unwrap();
     }
-    assert_eq!(store.steps(run).unwrap().len(), 3);
+    let steps = store.steps(run).unwrap();
+    assert_eq!(steps.len(), 3);
+    assert_eq!(steps[2].record.rewards.reward_mean, Some(2.0), "the typed record reads back");
     assert_eq!(store.ideas_of_step(run, 1).unwrap().len(), 1);
     assert_eq!(store.staleness_histogram(run).unwrap(), BTreeMap::from([(1, 3)]));
     assert_eq!(store.policy_versions(run).unwrap(), vec![1, 2, 3]);
@@ -274,7 +281,7 @@ fn a_read_only_open_reads_without_writing_even_from_read_only_storage() {
     // While the writer is open (its WAL holds the rows), a reader sees them and cannot write.
     let reader = Store::open_read_only(&dir.path().join(STORE_FILE)).unwrap();
     assert_eq!(reader.ideas(run).unwrap().len(), 1);
-    let err = reader.set_run_status(run, "done").expect_err("a read-only store refuses writes").to_string();
+    let err = reader.set_run_status(run, RunStatus::Done).expect_err("a read-only store refuses writes").to_string();
     assert!(err.contains("readonly") || err.contains("read-only"), "{err}");
     drop((reader, store));
     // Archived: the folder and its files are read-only (the -shm file cannot be created).
@@ -301,14 +308,14 @@ fn the_immutable_fallback_reads_a_store_at_a_path_with_uri_characters() {
     std::fs::create_dir(&folder).unwrap();
     let run = {
         let store = Store::open_in(&folder).unwrap();
-        store.open_run("r", "rl", "toy", "tiny", 3).unwrap().id
+        store.open_run("r", RunKind::Rl, "toy", "tiny", 3).unwrap().id
     };
     let path = folder.join(STORE_FILE);
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     for immutable in [false, true] {
         let store = Store::open_with(&path, &sqlite_uri(&path, immutable), flags).unwrap();
         assert_eq!(store.run_info(run).unwrap().env, "toy");
-        assert!(store.set_run_status(run, "done").is_err(), "immutable={immutable}: read-only");
+        assert!(store.set_run_status(run, RunStatus::Done).is_err(), "immutable={immutable}: read-only");
     }
 }
 
@@ -328,7 +335,7 @@ fn a_store_of_an_older_schema_is_read_through_an_upgraded_copy_and_left_as_it_wa
     }
     let reader = Store::open_read_only(&path).unwrap();
     let run = reader.find_run("old").unwrap().expect("the old run");
-    assert_eq!((run.status.as_str(), run.error), ("done", None));
+    assert_eq!((run.status, run.error), (RunStatus::Done, None));
     assert_eq!(reader.schema_version().unwrap() as usize, MIGRATIONS.len(), "upgraded in the copy");
     drop(reader);
     let on_disk: i64 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
@@ -340,8 +347,8 @@ fn a_failed_run_keeps_its_error_until_it_runs_again() {
     let (_dir, store, run, _) = setup();
     store.fail_run(run, "loading the model: no such file").unwrap();
     let info = store.run_info(run).unwrap();
-    assert_eq!((info.status.as_str(), info.error.as_deref()), ("failed", Some("loading the model: no such file")));
-    store.set_run_status(run, "running").unwrap();
+    assert_eq!((info.status, info.error.as_deref()), (RunStatus::Failed, Some("loading the model: no such file")));
+    store.set_run_status(run, RunStatus::Running).unwrap();
     assert_eq!(store.run_info(run).unwrap().error, None);
 }
 
