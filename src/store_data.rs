@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ideator_diagnostics::report::{
-    from_records, CheckpointInfo, Evaluation, ReportData, StalenessBin, TopIdea, UtilisationPoint,
+    from_records, CheckpointInfo, CodeIdeaPoint, CodeIdeaSeries, Evaluation, ReportData, StalenessBin, TopIdea,
+    UtilisationPoint,
 };
-use ideator_diagnostics::{BatchDiagnostics, Category, ScoredIdea};
+use ideator_diagnostics::{BatchDiagnostics, Category, CodeIdea, CodeIdeaStats, ScoredIdea};
 use ideator_envs::Status;
 use ideator_rollout::baseline::{stored_noise_floor, NoiseFloor, BASELINE_RUN};
 use ideator_rollout::pipeline::StepRecord;
-use ideator_rollout::store::{GroupStatus, IdeaRow, RunInfo, RunKind, Store};
+use ideator_rollout::store::{GroupStatus, IdeaRow, RunInfo, RunKind, Store, StoredResult};
 use serde_json::{json, Value};
 
 /// The store file of a run folder.
@@ -129,6 +130,36 @@ fn idea_record(idea: &IdeaRow, step: u64, evolution: bool, category: Option<Vec<
     Some(v)
 }
 
+/// A stored result as the code-idea statistics read it.
+pub fn code_idea(r: &StoredResult) -> CodeIdea<'_> {
+    CodeIdea { metrics: &r.metrics, changed: &r.changed }
+}
+
+/// The code units a code idea's applied diff touched, as its category (`None` for other ideas and for diffs that
+/// did not apply). The report uses it when the environment cannot be loaded to categorise the text again (a
+/// codebase environment needs its config file).
+fn stored_code_category(idea: &IdeaRow) -> Option<Vec<String>> {
+    let r = idea.result.as_ref()?;
+    (r.metrics.get("applied").is_some_and(|a| *a >= 0.5)).then(|| r.changed.clone())
+}
+
+fn code_ideas_of(ideas: &[IdeaRow]) -> Vec<CodeIdea<'_>> {
+    ideas.iter().filter_map(|i| i.result.as_ref().map(code_idea)).collect()
+}
+
+/// Code-idea statistics of one learner per step (or epoch) and overall, from the ideas each step trained on;
+/// `None` when none of them is a code idea.
+fn code_idea_series(per_step: &[(u64, Vec<IdeaRow>)]) -> Option<(CodeIdeaStats, Vec<CodeIdeaPoint>)> {
+    let overall = CodeIdeaStats::compute(per_step.iter().flat_map(|(_, ideas)| code_ideas_of(ideas)))?;
+    let points = per_step
+        .iter()
+        .filter_map(|(step, ideas)| {
+            CodeIdeaStats::compute(code_ideas_of(ideas)).map(|stats| CodeIdeaPoint { index: *step, stats })
+        })
+        .collect();
+    Some((overall, points))
+}
+
 /// Reads every run of the store in `run_dir`.
 pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
     let path = store_path(run_dir);
@@ -170,6 +201,7 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
                 let evolution = info.kind == RunKind::Evolve;
                 let mut records = Vec::new();
                 let mut ideas = Vec::new();
+                let mut per_step = Vec::new();
                 for s in &steps {
                     let mut record = s.record.clone();
                     if evolution {
@@ -177,19 +209,31 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
                     }
                     // The report reads records in their exported form (metrics.jsonl), of any build.
                     records.push(record.to_json());
-                    for idea in store.ideas_of_step(info.id, s.step)? {
+                    let step_ideas = store.ideas_of_step(info.id, s.step)?;
+                    for idea in &step_ideas {
                         loaded.rewards.push(idea.result.as_ref().map_or(0.0, |r| r.reward));
                         loaded.executed.push(idea.cached_from.is_none());
-                        if let Some(v) = idea_record(&idea, s.step, evolution, categorize(&idea.text)) {
+                        let category = categorize(&idea.text).or_else(|| stored_code_category(idea));
+                        if let Some(v) = idea_record(idea, s.step, evolution, category) {
                             ideas.push(v);
                         }
                     }
+                    per_step.push((s.step, step_ideas));
                 }
                 let (series, best) = from_records(&path, &records, &ideas, &mut data.notes)?;
                 top.extend(best);
+                let code = code_idea_series(&per_step);
                 for mut s in series {
                     if info.name != "train" && info.name != "evolve" {
                         s.label = info.name.clone();
+                    }
+                    if let Some((overall, points)) = &code {
+                        data.code_ideas.push(CodeIdeaSeries {
+                            kind: s.kind,
+                            label: s.label.clone(),
+                            overall: overall.clone(),
+                            points: points.clone(),
+                        });
                     }
                     loaded.series = Some(data.series.len());
                     data.series.push(s);

@@ -28,7 +28,7 @@ pub mod vendi;
 
 pub use alarm::{check_collapse, Alarm, AlarmConfig, AlarmKind, DiversityMetric};
 pub use categories::{Category, CategoryStats};
-pub use code_ideas::CodeIdeaStats;
+pub use code_ideas::{CodeIdea, CodeIdeaStats};
 pub use diversity::TextDiversity;
 pub use embed::{MiniLmEmbedder, SentenceEmbedder};
 pub use error::{DiagnosticsError, Result};

@@ -69,6 +69,13 @@ pub trait Environment: Send + Sync {
         None
     }
 
+    /// The failure of an idea the executor could not even parse (so [`Environment::run`] never saw it), with
+    /// what the environment records for every idea added: the codebase environment marks it `applied = 0`, so
+    /// that its applied rate counts every idea. Default: unchanged.
+    fn not_implemented(&self, failure: ExecResult) -> ExecResult {
+        failure
+    }
+
     /// A hand-written idea in the exact format, shown in the ideator prompt.
     fn example_idea(&self) -> String;
 

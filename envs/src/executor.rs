@@ -110,7 +110,7 @@ pub fn execute(env: &dyn Environment, idea: &str, ctx: &RunContext) -> ExecResul
             }
             r
         }
-        Err(e) => ExecResult::failed(FailureCause::Implementation, e.reason),
+        Err(e) => env.not_implemented(ExecResult::failed(FailureCause::Implementation, e.reason)),
     };
     result.seconds = start.elapsed().as_secs_f64();
     result
@@ -121,7 +121,7 @@ pub fn execute(env: &dyn Environment, idea: &str, ctx: &RunContext) -> ExecResul
 pub fn execute_bytes(env: &dyn Environment, idea: &[u8], ctx: &RunContext) -> ExecResult {
     match idea_text(idea) {
         Ok(text) => execute(env, text, ctx),
-        Err(reason) => ExecResult::failed(FailureCause::Implementation, reason),
+        Err(reason) => env.not_implemented(ExecResult::failed(FailureCause::Implementation, reason)),
     }
 }
 

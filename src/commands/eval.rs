@@ -25,7 +25,7 @@ use crate::commands::model_args::ModelArgs;
 use crate::execution::{categorize, fail_run_on_error, DiagnosticsSection, EnvSection, StepDiagnostics};
 use crate::policy_init::{load_checkpoint_model, resolve_checkpoint};
 use crate::run_lock::lock_run_folder;
-use crate::store_data::{checkpoint_run_dir, ideas_diagnostics_with, EvalKey};
+use crate::store_data::{checkpoint_run_dir, code_idea, ideas_diagnostics_with, EvalKey};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -153,7 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if args.no_embeddings { None } else { Some(MiniLmEmbedder::load_default(&candle_core::Device::Cpu)?) };
     let categorize = |text: &str| categorize(env.as_ref(), &scale, text);
     let diag = ideas_diagnostics_with(&ideas, &categorize, embedder.as_ref().map(|e| e as &dyn SentenceEmbedder))?;
-    let code = CodeIdeaStats::compute(ideas.iter().filter_map(|i| i.result.as_ref().map(|r| &r.metrics)));
+    let code = CodeIdeaStats::compute(ideas.iter().filter_map(|i| i.result.as_ref().map(code_idea)));
     if let Some(path) = &args.ideas_out {
         let mut out = String::new();
         for i in &ideas {
@@ -308,6 +308,14 @@ fn print_code_ideas(c: &CodeIdeaStats) {
     println!("  applied and ran {:.1}%", 100.0 * c.ran_rate);
     println!("  diff lines      {} (mean over applied)", fmt(c.mean_diff_lines));
     println!("  repairs         {} (mean per idea)", fmt(c.mean_repair_attempts));
+    if let Some(top) = c.categories.shares.first() {
+        println!(
+            "  touched code    {} distinct, most common {} ({:.0}% of applied)",
+            c.categories.shares.len(),
+            top.label,
+            100.0 * top.share
+        );
+    }
 }
 
 /// `--implement-only`: samples in this process and only parses the ideas (nothing runs, so nothing is stored).

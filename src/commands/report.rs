@@ -1,6 +1,6 @@
 //! `ideator report RUN`: one self-contained HTML file with the run's charts (reward, max@k, diversity, categories,
-//! execution, training signals, staleness and slot utilisation, alarms, top ideas), readable in a browser with no
-//! network. A run folder with a run store is read from the store: every run in it (RL steps and evolution epochs
+//! execution, code ideas, training signals, staleness and slot utilisation, alarms, top ideas), readable in a
+//! browser with no network. A run folder with a run store is read from the store: every run in it (RL steps and evolution epochs
 //! on the same charts, evaluations of checkpoints as max@k curves); an older folder from its JSONL files.
 
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ pub struct Args {
     /// Where to write the report (default: RUN/report.html).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Print a JSON summary (the report's path, series, alarms) instead of a sentence.
+    /// Print a JSON summary (the report's path, series, alarms, code-idea statistics) instead of a sentence.
     #[arg(long)]
     pub json: bool,
 }
@@ -47,6 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "evaluations": data.evaluations.iter().map(|e| &e.label).collect::<Vec<_>>(),
             "alarms": alarms,
             "top_reward": data.top_ideas.first().map(|i| i.reward),
+            "code_ideas": data.code_ideas,
             "notes": data.notes,
         });
         println!("{summary}");

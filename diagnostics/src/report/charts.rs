@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::data::{ReportData, RunSeries, SeriesKind, SeriesPoint};
+use super::data::{CodeIdeaSeries, ReportData, RunSeries, SeriesKind, SeriesPoint};
 use super::svg::{
     self, line_chart, stacked_bars, Axis, Band, Column, Line, LineChart, Marker, StackedBars, Stroke, PALETTE, SMALL,
     WIDE,
 };
+use crate::categories::CategoryStats;
+use crate::code_ideas::CodeIdeaStats;
 use crate::summary::BatchDiagnostics;
 
 /// One chart as the page shows it.
@@ -24,13 +26,25 @@ pub struct Chart {
     pub small: bool,
 }
 
-/// A titled group of charts; `note` explains an empty section.
+/// A titled group of tables and charts; `note` explains an empty section.
 #[derive(Debug, Clone, Serialize)]
 pub struct Section {
     pub id: String,
     pub title: String,
     pub charts: Vec<Chart>,
     pub note: Option<String>,
+    /// Shown above the charts.
+    pub tables: Vec<Table>,
+}
+
+/// A table of formatted cells; `numeric[i]` right-aligns column i.
+#[derive(Debug, Clone, Serialize)]
+pub struct Table {
+    pub id: String,
+    pub caption: String,
+    pub header: Vec<String>,
+    pub numeric: Vec<bool>,
+    pub rows: Vec<Vec<String>>,
 }
 
 /// Most categories drawn in a stacked chart; the rest are summed into "other categories".
@@ -130,20 +144,25 @@ fn alarm_markers(data: &ReportData, xa: &XAxis) -> Vec<Marker> {
 /// Builds every section of the report.
 pub fn sections(data: &ReportData) -> Vec<Section> {
     let xa = XAxis::new(data);
-    vec![
+    let mut out = vec![
         rewards_section(data, &xa),
         maxk_section(data),
         diversity_section(data, &xa),
         categories_section(data),
         execution_section(data),
-        training_section(data),
-        pipeline_section(data),
-    ]
+    ];
+    // Only runs whose ideas are code changes have a code-idea section.
+    if !data.code_ideas.is_empty() {
+        out.push(code_ideas_section(data));
+    }
+    out.push(training_section(data));
+    out.push(pipeline_section(data));
+    out
 }
 
 fn section(id: &str, title: &str, charts: Vec<Chart>, empty_note: &str) -> Section {
     let note = charts.is_empty().then(|| empty_note.to_string());
-    Section { id: id.into(), title: title.into(), charts, note }
+    Section { id: id.into(), title: title.into(), charts, note, tables: Vec::new() }
 }
 
 fn rewards_section(data: &ReportData, xa: &XAxis) -> Section {
@@ -505,45 +524,7 @@ fn categories_section(data: &ReportData) -> Section {
         if diagnosed.is_empty() {
             continue;
         }
-        let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, d) in &diagnosed {
-            for c in &d.categories.shares {
-                *totals.entry(c.label.as_str()).or_insert(0) += c.count;
-            }
-        }
-        let mut ranked: Vec<(&str, usize)> = totals.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let shown: Vec<&str> = ranked.iter().take(MAX_CATEGORIES).map(|c| c.0).collect();
-        let has_other = ranked.len() > MAX_CATEGORIES;
-        let mut layers: Vec<(String, String)> =
-            shown.iter().enumerate().map(|(i, l)| (l.to_string(), PALETTE[i % 9].to_string())).collect();
-        if has_other {
-            layers.push(("other categories".into(), "#8c8c8c".into()));
-        }
-        layers.push(("not categorised".into(), "#dcdcdc".into()));
-        let columns = diagnosed
-            .iter()
-            .map(|(p, d)| {
-                // Shares of the ideas the category statistics counted (the whole batch, in a consistent log).
-                let n = (d.categories.n_categorised + d.categories.n_uncategorised).max(1) as f64;
-                let count = |label: &str| {
-                    d.categories.shares.iter().find(|c| c.label == label).map_or(0, |c| c.count) as f64 / n
-                };
-                let mut values: Vec<f64> = shown.iter().map(|l| count(l)).collect();
-                if has_other {
-                    let other: usize = d
-                        .categories
-                        .shares
-                        .iter()
-                        .filter(|c| !shown.contains(&c.label.as_str()))
-                        .map(|c| c.count)
-                        .sum();
-                    values.push(other as f64 / n);
-                }
-                values.push(d.categories.n_uncategorised as f64 / n);
-                Column { label: p.index.to_string(), values }
-            })
-            .collect();
+        let columns: Vec<(u64, &CategoryStats)> = diagnosed.iter().map(|(p, d)| (p.index, &d.categories)).collect();
         let markers = alarm_columns(s.kind, &diagnosed.iter().map(|(p, _)| *p).collect::<Vec<_>>());
         let id = format!("categories-{}", kind_id(s.kind));
         charts.push(Chart {
@@ -554,19 +535,62 @@ fn categories_section(data: &ReportData) -> Section {
                       that could not be implemented. One colour taking over the column is collapse onto one kind of \
                       idea."
                     .into(),
-            svg: stacked_bars(&StackedBars {
-                id,
-                size: WIDE,
-                x_label: format!("{} {}", s.label, s.kind.unit()),
-                y: Axis::linear("share of batch").with_range(0.0, 1.0),
-                layers,
-                columns,
-                markers,
-            }),
+            svg: category_bars(id, format!("{} {}", s.label, s.kind.unit()), &columns, markers),
             small: false,
         });
     }
     section("categories", "Idea categories", charts, "No batch diagnostics were logged.")
+}
+
+/// Stacked bars of category shares, one column per step or epoch: the most common categories over all columns
+/// each in a colour, the rest as "other categories", and the uncategorised ideas in light grey at the top.
+fn category_bars(
+    id: String,
+    x_label: String,
+    points: &[(u64, &CategoryStats)],
+    markers: Vec<(usize, usize, String)>,
+) -> String {
+    let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, c) in points {
+        for share in &c.shares {
+            *totals.entry(share.label.as_str()).or_insert(0) += share.count;
+        }
+    }
+    let mut ranked: Vec<(&str, usize)> = totals.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let shown: Vec<&str> = ranked.iter().take(MAX_CATEGORIES).map(|c| c.0).collect();
+    let has_other = ranked.len() > MAX_CATEGORIES;
+    let mut layers: Vec<(String, String)> =
+        shown.iter().enumerate().map(|(i, l)| (l.to_string(), PALETTE[i % 9].to_string())).collect();
+    if has_other {
+        layers.push(("other categories".into(), "#8c8c8c".into()));
+    }
+    layers.push(("not categorised".into(), "#dcdcdc".into()));
+    let columns = points
+        .iter()
+        .map(|(index, c)| {
+            // Shares of the ideas the category statistics counted (the whole batch, in a consistent log).
+            let n = (c.n_categorised + c.n_uncategorised).max(1) as f64;
+            let count = |label: &str| c.shares.iter().find(|s| s.label == label).map_or(0, |s| s.count) as f64 / n;
+            let mut values: Vec<f64> = shown.iter().map(|l| count(l)).collect();
+            if has_other {
+                let other: usize =
+                    c.shares.iter().filter(|s| !shown.contains(&s.label.as_str())).map(|s| s.count).sum();
+                values.push(other as f64 / n);
+            }
+            values.push(c.n_uncategorised as f64 / n);
+            Column { label: index.to_string(), values }
+        })
+        .collect();
+    stacked_bars(&StackedBars {
+        id,
+        size: WIDE,
+        x_label,
+        y: Axis::linear("share of batch").with_range(0.0, 1.0),
+        layers,
+        columns,
+        markers,
+    })
 }
 
 fn execution_section(data: &ReportData) -> Section {
@@ -614,6 +638,140 @@ fn execution_section(data: &ReportData) -> Section {
         });
     }
     section("execution", "Execution", charts, "No steps or epochs were logged.")
+}
+
+/// Code ideas (the `codebase` environment): how often a diff applied and then ran (the seed paper's split of the
+/// execution rate), the diff size, the implementer's repairs, and the code each diff touched.
+fn code_ideas_section(data: &ReportData) -> Section {
+    let mut charts = Vec::new();
+    for c in &data.code_ideas {
+        charts.push(code_rates_chart(c));
+        let columns: Vec<(u64, &CategoryStats)> = c.points.iter().map(|p| (p.index, &p.stats.categories)).collect();
+        let id = format!("code-categories-{}", kind_id(c.kind));
+        charts.push(Chart {
+            id: id.clone(),
+            title: format!("Touched code per {} ({})", c.kind.unit(), c.label),
+            caption: "Share of each batch by the set of code units its diff touched (`train.py:fit`: the function, \
+                      class or top-level name around each changed line); grey at the top: ideas whose diff did not \
+                      apply."
+                .into(),
+            svg: category_bars(id, format!("{} {}", c.label, c.kind.unit()), &columns, vec![]),
+            small: false,
+        });
+    }
+    let tables = vec![code_overall_table(&data.code_ideas), code_points_table(&data.code_ideas)];
+    Section { id: "code-ideas".into(), title: "Code ideas".into(), charts, note: None, tables }
+}
+
+/// The applied and ran rates of one learner's code ideas per step or epoch.
+fn code_rates_chart(c: &CodeIdeaSeries) -> Chart {
+    let color = series_color(c.kind);
+    let rate = |f: fn(&CodeIdeaStats) -> f64| c.points.iter().map(|p| (p.index as f64, f(&p.stats))).collect();
+    let lines = vec![
+        Line::new("diff applied", color, rate(|s| s.applied_rate)),
+        Line::new("applied and ran", darker(color), rate(|s| s.ran_rate)).stroke(Stroke::Dashed),
+    ];
+    let id = format!("code-rates-{}", kind_id(c.kind));
+    Chart {
+        id: id.clone(),
+        title: format!("Diffs applied and ran per {} ({})", c.kind.unit(), c.label),
+        caption: "Solid: share of the batch's code ideas whose diff applied; dashed: share that applied and whose \
+                  program then ran to a result (the execution rate). The gap between them is programs that crashed \
+                  or timed out."
+            .into(),
+        svg: line_chart(&LineChart {
+            id,
+            size: WIDE,
+            x: Axis::integer(format!("{} {}", c.label, c.kind.unit())),
+            y: Axis::linear("share of code ideas").with_range(0.0, 1.0),
+            lines,
+            bands: vec![],
+            markers: vec![],
+        }),
+        small: false,
+    }
+}
+
+/// "3 of 8 (38%)": a rate of `n` ideas with its count.
+fn rate_cell(rate: f64, n: usize) -> String {
+    format!("{} of {n} ({:.0}%)", (rate * n as f64).round() as usize, 100.0 * rate)
+}
+
+fn mean_cell(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.1}"))
+}
+
+/// The most common categories of touched code with their counts, e.g. "train.py:HIDDEN ×3, train.py:fit ×1".
+fn top_categories_cell(c: &CategoryStats, n: usize) -> String {
+    if c.shares.is_empty() {
+        return "–".into();
+    }
+    let mut parts: Vec<String> = c.shares.iter().take(n).map(|s| format!("{} ×{}", s.label, s.count)).collect();
+    if c.shares.len() > n {
+        parts.push(format!("{} more", c.shares.len() - n));
+    }
+    parts.join(", ")
+}
+
+/// The first columns of both code-idea tables, for one batch.
+fn code_cells(s: &CodeIdeaStats) -> Vec<String> {
+    vec![
+        s.n_ideas.to_string(),
+        rate_cell(s.applied_rate, s.n_ideas),
+        rate_cell(s.ran_rate, s.n_ideas),
+        mean_cell(s.mean_diff_lines),
+        mean_cell(s.mean_repair_attempts),
+    ]
+}
+
+const CODE_HEADER: [&str; 5] = ["code ideas", "diff applied", "applied and ran", "diff lines", "repairs"];
+
+fn code_overall_table(series: &[CodeIdeaSeries]) -> Table {
+    let rows = series
+        .iter()
+        .map(|c| {
+            let mut row = vec![c.label.clone()];
+            row.extend(code_cells(&c.overall));
+            row.push(c.overall.categories.shares.len().to_string());
+            row.push(top_categories_cell(&c.overall.categories, 5));
+            row
+        })
+        .collect();
+    let mut header = vec!["learner".to_string()];
+    header.extend(CODE_HEADER.iter().map(|h| h.to_string()));
+    header.extend(["distinct touched code".to_string(), "most touched".to_string()]);
+    Table {
+        id: "code-ideas-overall".into(),
+        caption: "Every code idea of the run. Diff lines: mean added + removed lines over the diffs that applied; \
+                  repairs: the implementer's mean repair attempts per idea (– for ideas written as diffs directly)."
+            .into(),
+        numeric: vec![false, true, true, true, true, true, true, false],
+        header,
+        rows,
+    }
+}
+
+fn code_points_table(series: &[CodeIdeaSeries]) -> Table {
+    let mut rows = Vec::new();
+    for c in series {
+        for p in &c.points {
+            let mut row = vec![c.label.clone(), format!("{} {}", c.kind.unit(), p.index)];
+            row.extend(code_cells(&p.stats));
+            row.push(top_categories_cell(&p.stats.categories, 3));
+            rows.push(row);
+        }
+    }
+    let mut header = vec!["learner".to_string(), "at".to_string()];
+    header.extend(CODE_HEADER.iter().map(|h| h.to_string()));
+    header.push("touched code".to_string());
+    Table {
+        id: "code-ideas-points".into(),
+        caption: "The same per step or epoch: the ideas that step trained on (RL) or the epoch sampled (evolution)."
+            .into(),
+        numeric: vec![false, true, true, true, true, true, true, false],
+        header,
+        rows,
+    }
 }
 
 /// A small line chart of some per-point scalars of one series; `None` when none of them was logged.

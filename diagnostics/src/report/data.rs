@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::alarm::Alarm;
+use crate::code_ideas::CodeIdeaStats;
 use crate::summary::BatchDiagnostics;
 
 /// Everything one report shows.
@@ -30,6 +31,30 @@ pub struct ReportData {
     pub utilisation: Vec<UtilisationPoint>,
     /// What the loader skipped or could not read, for the reader of the report.
     pub notes: Vec<String>,
+    /// Code-idea statistics of each series whose ideas are code changes (the `codebase` environment); empty for
+    /// the other environments.
+    #[serde(default)]
+    pub code_ideas: Vec<CodeIdeaSeries>,
+}
+
+/// The code-idea statistics of one learner's ideas: over the whole run and per step or epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeIdeaSeries {
+    pub kind: SeriesKind,
+    /// As the learner's [`RunSeries::label`].
+    pub label: String,
+    /// Every code idea of the run.
+    pub overall: CodeIdeaStats,
+    /// The ideas each step (or epoch) trained on, in order of `index`; steps without code ideas are left out.
+    pub points: Vec<CodeIdeaPoint>,
+}
+
+/// The code ideas of one RL step or evolution epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeIdeaPoint {
+    /// The step or epoch number.
+    pub index: u64,
+    pub stats: CodeIdeaStats,
 }
 
 /// Which learner produced a series.

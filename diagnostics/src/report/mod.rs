@@ -20,8 +20,8 @@ use serde::Serialize;
 
 pub use charts::{sections, Chart, Section};
 pub use data::{
-    CheckpointInfo, Evaluation, ReportData, RunSeries, SeriesKind, SeriesPoint, StalenessBin, TopIdea,
-    UtilisationPoint,
+    CheckpointInfo, CodeIdeaPoint, CodeIdeaSeries, Evaluation, ReportData, RunSeries, SeriesKind, SeriesPoint,
+    StalenessBin, TopIdea, UtilisationPoint,
 };
 pub use run_folder::{from_records, load_run_folder};
 

@@ -571,6 +571,10 @@ impl Environment for CodebaseEnv {
         Some(summary.units.into_iter().collect())
     }
 
+    fn not_implemented(&self, failure: ExecResult) -> ExecResult {
+        not_applied(failure)
+    }
+
     fn idea_format(&self) -> Option<String> {
         Some(match self.cfg.implementation {
             Implementation::Direct => DIFF_FORMAT.to_string(),

@@ -272,6 +272,9 @@ pub struct StoredResult {
     pub message: String,
     pub metrics: BTreeMap<String, f64>,
     pub seconds: f64,
+    /// What the idea changed (`ExecResult::changed`); empty for results stored before schema version 4.
+    #[serde(default)]
+    pub changed: Vec<String>,
 }
 
 impl From<StoredResult> for ExecResult {
@@ -285,7 +288,7 @@ impl From<StoredResult> for ExecResult {
             message: r.message,
             seconds: r.seconds,
             log: String::new(),
-            changed: Vec::new(),
+            changed: r.changed,
         }
     }
 }
@@ -387,7 +390,7 @@ pub struct Store {
 
 const IDEA_COLUMNS: &str = "id, group_id, idx, key, text, token_ids, logprobs, finish_reason, seed, status, attempts, \
      backend, job_id, work_dir, log_path, created_at, submitted_at, finished_at, exec_status, reward, cause, message, \
-     metrics, exec_seconds, reference, recipe_key, cached_from";
+     metrics, exec_seconds, reference, recipe_key, cached_from, changed";
 
 fn idea_from_row(r: &Row) -> rusqlite::Result<IdeaRow> {
     let exec_status: Option<String> = r.get(18)?;
@@ -402,6 +405,10 @@ fn idea_from_row(r: &Row) -> rusqlite::Result<IdeaRow> {
                 message: r.get::<_, Option<String>>(21)?.unwrap_or_default(),
                 metrics: metrics.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default(),
                 seconds: r.get::<_, Option<f64>>(23)?.unwrap_or(0.0),
+                changed: r
+                    .get::<_, Option<String>>(27)?
+                    .and_then(|c| serde_json::from_str(&c).ok())
+                    .unwrap_or_default(),
             })
         }
     };
@@ -854,7 +861,7 @@ impl Store {
         let changed = tx
             .execute(
                 "UPDATE ideas SET status = 'done', finished_at = ?2, exec_status = ?3, reward = ?4, cause = ?5,
-                                  message = ?6, metrics = ?7, exec_seconds = ?8, cached_from = ?9
+                                  message = ?6, metrics = ?7, exec_seconds = ?8, cached_from = ?9, changed = ?10
                  WHERE id = ?1 AND status IN ('pending', 'running')",
                 params![
                     idea,
@@ -865,7 +872,8 @@ impl Store {
                     r.message,
                     serde_json::to_string(&r.metrics).expect("metrics serialise"),
                     r.seconds,
-                    source
+                    source,
+                    serde_json::to_string(&r.changed).expect("strings serialise")
                 ],
             )
             .map_err(|e| self.err(e))?;

@@ -147,4 +147,9 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE ideas ADD COLUMN cached_from INTEGER REFERENCES ideas(id);
     CREATE INDEX ideas_by_recipe ON ideas (recipe_key, seed);
     "#,
+    // 4: what a result's idea changed (`ExecResult::changed`: the knobs, or the code units a diff touched), as a
+    // JSON array of strings; NULL for results stored before.
+    r#"
+    ALTER TABLE ideas ADD COLUMN changed TEXT;
+    "#,
 ];
