@@ -1,7 +1,7 @@
 //! Decode-shaped matrix products on the CPU: a few rows of activations times a large weight matrix.
 //!
-//! Decoding one token for each of `b` sequences multiplies `b` rows by every weight matrix of the model. For the
-//! batch sizes of sampling (1 to 32) that is bound by streaming the weights from memory: 540 MB per step for
+//! Decoding one token for each of `b` sequences multiplies `b` rows by every weight matrix of the model. For small
+//! batches that is bound by streaming the weights from memory: 540 MB per step for
 //! SmolLM2-135M in f32. candle's `gemm` packs the weight into panels first (reading and writing it again), and its
 //! skinny-matrix kernels streamed the weights at about 10 GB/s at batch 8.
 //!
@@ -19,9 +19,12 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Most activation rows the decode path sends here: up to this many the kernel beats candle's matmul (it reads the
-/// weight once; the FMAs per weight byte grow with the rows, and past about 32 gemm's packed kernels catch up).
-pub const MAX_ROWS: usize = 32;
+/// Most activation rows the decode path sends here. Up to this many the kernel beats candle's matmul on a decode
+/// step's products (`ideator bench matmul`, Xeon family 6 model 207, one thread: 1.1-1.3x at 1 row, 2.1-2.5x at 8,
+/// 1.3x at 16). With more rows the product turns from memory-bound to compute-bound and gemm's packed kernels
+/// catch up (0.8-1.0x at 24 and 32 rows, where they stream the weight at the same rate), so decoding leaves them
+/// to gemm.
+pub const MAX_ROWS: usize = 16;
 
 /// Weight rows per parallel task: small enough to balance threads, large enough to amortise scheduling; a multiple
 /// of every tile height (1, 2, 3) so only a matrix's last task has a partial tile.
@@ -48,6 +51,7 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub enum Path {
     /// AVX-512F: 3 weight rows x up to 8 activation rows of 16-lane accumulators.
     Avx512,
+
     /// AVX2 + FMA: 2 weight rows x up to 4 activation rows of 8-lane accumulators (16 registers).
     Avx2,
     /// Plain Rust, 8 partial sums per dot product, multiply then add (any CPU).
@@ -247,6 +251,8 @@ mod x86 {
 
     /// `out_t[i * m + b] = dot(w_i, x_b)` for `R` weight rows at `w` and `B` activation rows at `x` (each `k`
     /// floats apart), prefetching the next tile's weight rows.
+    // Indexed loops: the accumulator grid is indexed by weight row and activation row at once.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn tile_avx512<const R: usize, const B: usize>(
@@ -310,6 +316,8 @@ mod x86 {
     }
 
     /// The AVX2 tile: as [`tile_avx512`] with 8 lanes (one prefetch per 64-byte line).
+    // Indexed loops: the accumulator grid is indexed by weight row and activation row at once.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn tile_avx2<const R: usize, const B: usize>(
