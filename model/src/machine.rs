@@ -1,8 +1,8 @@
 //! Facts about the machine that bound what the CPU decode path can reach: the CPU's identity, its measured memory
 //! read bandwidth, and the weight-streaming limit they imply.
 //!
-//! Decoding a batch of `b` rows streams every weight matrix once per step ([`crate::few_rows`]), so a step cannot
-//! take less than `weight bytes / read bandwidth`, and `b` new tokens per step give at most
+//! Decoding a batch of `b` rows reads every weight matrix at least once per step (exactly once up to
+//! [`crate::few_rows::MAX_ROWS`] rows), so a step cannot take less than `weight bytes / read bandwidth`, and `b` new tokens per step give at most
 //! `b * bandwidth / weight bytes` new tokens per second. `ideator bench` prints that limit next to what it measured.
 
 use std::time::Instant;

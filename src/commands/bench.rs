@@ -207,6 +207,17 @@ impl MachineLimit {
     }
 }
 
+/// Which kernel decoding's products use at `batch` rows: the few-rows path (`avx512`, `avx2`, `portable`), or
+/// candle's `gemm` past `few_rows::MAX_ROWS`.
+fn decode_kernel(batch: usize) -> &'static str {
+    use ideator_model::few_rows::{Path, MAX_ROWS};
+    if batch <= MAX_ROWS {
+        Path::detect().as_str()
+    } else {
+        "gemm"
+    }
+}
+
 /// The 1-minute load average (`/proc/loadavg`), when there is one.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
@@ -283,7 +294,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "new_tokens_per_s": (batch * new_tokens) as f64 / total,
                 "time_to_first_token_s": first,
                 "decode_tokens_per_s": decode_rate,
-                "decode_kernel": ideator_model::few_rows::Path::detect().as_str(),
+                "decode_kernel": decode_kernel(batch),
             });
             merge(&mut out, machine.report(batch, (batch * new_tokens) as f64 / total, Some(decode_rate)));
             println!("{out}");
@@ -483,7 +494,7 @@ fn bench_grpo(
         "threads": tensor_threads(),
         "seconds_per_step": col(|r| r.0), "generation_s": col(|r| r.1), "ref_logprobs_s": col(|r| r.2),
         "update_s": col(|r| r.3),
-        "decode_kernel": ideator_model::few_rows::Path::detect().as_str(),
+        "decode_kernel": decode_kernel(group),
     });
     // Generation's rate includes the shared prompt's prefill, as TRL's generation section does.
     merge(&mut out, machine.report(group, (group * new_tokens) as f64 / col(|r| r.1), None));
