@@ -207,6 +207,34 @@ impl Decoder {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// Bytes of parameters one decode step reads (`decode`): every layer's norms and projections (with their
+    /// biases, and their LoRA adapters when `mode` enables them), the final norm and the output head once. The
+    /// embedding rows of the new tokens are left out (a few KB); with a tied head the embedding is counted once,
+    /// as the head. The weight-streaming limit of decoding divides the read bandwidth by this
+    /// ([`crate::machine::StreamingLimit`]).
+    pub fn decode_weight_bytes(&self, mode: AdapterMode) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let linear = |l: &Linear| {
+            let lora = match (&l.lora, mode.enabled) {
+                (Some(a), true) => bytes(a.a.as_tensor()) + bytes(a.b.as_tensor()),
+                _ => 0,
+            };
+            bytes(&l.weight) + l.bias.as_ref().map_or(0, bytes) + lora
+        };
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().map(linear).sum::<usize>()
+                    + bytes(&l.attn_norm)
+                    + bytes(&l.ffn_norm)
+                    + l.q_norm.as_ref().map_or(0, bytes)
+                    + l.k_norm.as_ref().map_or(0, bytes)
+            })
+            .sum();
+        layers + bytes(&self.final_norm) + bytes(self.lm_head_weight())
+    }
+
     /// Longest sequence the position tables cover.
     pub fn max_positions(&self) -> usize {
         self.rope.max_positions()
@@ -541,7 +569,7 @@ impl Decoder {
         cache.advance(tn);
         let last = x.narrow(1, tn - 1, 1)?.squeeze(1)?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.cfg.rms_norm_eps as f32)?;
-        // Streams the largest matrix once without packing it (see linear.rs and few_rows.rs).
+        // Streams the largest matrix once for all the rows without packing it (see linear.rs and few_rows.rs).
         let head = self.lm_head_weight();
         if self.dtype() != DType::F32 {
             // In f32, like the training forward's log-probs (logprob.rs), so behaviour and policy agree.

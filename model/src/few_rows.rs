@@ -1,36 +1,108 @@
-//! Decode-shaped matrix products on the CPU: one row of activations times a large weight matrix.
+//! Decode-shaped matrix products on the CPU: a few rows of activations times a large weight matrix.
 //!
-//! Decoding one token of one sequence multiplies a single row by every weight matrix of the model, which is bound
-//! by streaming the weights from memory. candle's `gemm` packs the weight into panels first, reading and writing it
-//! again. Here each weight row is read once, straight from its row-major `(out, in)` layout, with a prefetch ahead
-//! of it: on the 49152 x 576 head that streams at about 36 GB/s against gemm's 28-30 GB/s.
+//! Decoding one token for each of `b` sequences multiplies `b` rows by every weight matrix of the model. For small
+//! batches that is bound by streaming the weights from memory: 540 MB per step for
+//! SmolLM2-135M in f32. candle's `gemm` packs the weight into panels first (reading and writing it again), and its
+//! skinny-matrix kernels streamed the weights at about 10 GB/s at batch 8.
 //!
-//! A multi-row version (every activation row in registers, one pass over the weight) was measured and dropped: at 8
-//! rows it beat gemm 2.4x with the weight in cache but lost 6% of a whole decode step, whose weights come from
-//! memory. So callers use this kernel for one row ([`applies`]); given several rows it still computes them, one
-//! pass over the weight per row.
+//! Here each weight matrix is read from memory once per call, whatever the number of rows: the weight rows are
+//! taken a few at a time (a tile small enough to stay in L1), and every activation row is multiplied by the tile
+//! before the next tile is loaded. Within a tile the inner loop keeps `R` weight rows x `B` activation rows of
+//! vector accumulators in registers (`R` weight loads and `B` activation loads feed `R * B` FMAs), and the next
+//! tile is prefetched while the current one is used. The instruction set is picked at run time: AVX-512F, then
+//! AVX2 + FMA, then a portable loop.
 //!
-//! Every output element is the same dot product (its lanes accumulate in `k` order, then reduce), so a row's logits
-//! do not depend on the other rows of the batch, nor on the thread count (threads split the output columns).
+//! Every output element is the same dot product (its lanes accumulate in `k` order, then reduce, then the scalar
+//! tail), whichever tile or activation block it falls in, so a row's output does not depend on the other rows of
+//! the batch, nor on the thread count (threads split the weight rows).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Weight rows per parallel task: small enough to balance threads, large enough to amortise scheduling.
-const WEIGHT_ROWS_PER_TASK: usize = 256;
+/// Most activation rows the decode path sends here. Up to this many the kernel beats candle's matmul on a decode
+/// step's products (`ideator bench matmul`, Xeon family 6 model 207, one thread: 1.1-1.3x at 1 row, 2.1-2.5x at 8,
+/// 1.3x at 16). With more rows the product turns from memory-bound to compute-bound and gemm's packed kernels
+/// catch up (0.8-1.0x at 24 and 32 rows, where they stream the weight at the same rate), so decoding leaves them
+/// to gemm.
+pub const MAX_ROWS: usize = 16;
 
-/// Whether `x W^T` is faster here than with candle's matmul: one f32 row and an f32 weight, on the CPU.
+/// Weight rows per parallel task: small enough to balance threads, large enough to amortise scheduling; a multiple
+/// of every tile height (1, 2, 3) so only a matrix's last task has a partial tile.
+const WEIGHT_ROWS_PER_TASK: usize = 240;
+
+/// Whether `x W^T` is faster here than with candle's matmul: 1 to [`MAX_ROWS`] f32 rows and an f32 weight, on the
+/// CPU.
 pub fn applies(x: &Tensor, w: &Tensor) -> bool {
     let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
-    rows == 1 && crate::device::kernel_for(&[x, w]) == crate::device::Kernel::CpuFast
+    (1..=MAX_ROWS).contains(&rows) && crate::device::kernel_for(&[x, w]) == crate::device::Kernel::CpuFast
 }
 
 /// `x W^T` for `x` `(m, k)` and `W` `(n, k)`, both contiguous f32 on the CPU, without gradient: `(m, n)`.
+/// Any `m` is computed correctly; past [`MAX_ROWS`] candle's matmul is faster.
+///
+/// # Errors
+/// Strided inputs, or `x` and `W` disagreeing on `k`.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2_no_bwd(w, &FewRowsMatmul)
+    x.apply_op2_no_bwd(w, &FewRowsMatmul { path: Path::detect() })
 }
 
-struct FewRowsMatmul;
+/// The instruction set a product runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// AVX-512F: 3 weight rows x up to 8 activation rows of 16-lane accumulators.
+    Avx512,
+
+    /// AVX2 + FMA: 2 weight rows x up to 4 activation rows of 8-lane accumulators (16 registers).
+    Avx2,
+    /// Plain Rust, 8 partial sums per dot product, multiply then add (any CPU).
+    Portable,
+}
+
+impl Path {
+    /// The fastest path this CPU supports.
+    pub fn detect() -> Path {
+        Path::available()[0]
+    }
+
+    /// Every path this CPU can run, fastest first (the portable one always).
+    pub fn available() -> Vec<Path> {
+        let mut paths = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                paths.push(Path::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                paths.push(Path::Avx2);
+            }
+        }
+        paths.push(Path::Portable);
+        paths
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Avx512 => "avx512",
+            Path::Avx2 => "avx2",
+            Path::Portable => "portable",
+        }
+    }
+}
+
+/// `x W^T` with a given path (tests compare every path this CPU has).
+///
+/// # Errors
+/// As [`matmul_t`]; also a path this CPU cannot run.
+pub fn matmul_t_with(x: &Tensor, w: &Tensor, path: Path) -> Result<Tensor> {
+    if !Path::available().contains(&path) {
+        candle_core::bail!("few-rows matmul: this CPU cannot run the {} path", path.as_str());
+    }
+    x.apply_op2_no_bwd(w, &FewRowsMatmul { path })
+}
+
+struct FewRowsMatmul {
+    path: Path,
+}
 
 impl CustomOp2 for FewRowsMatmul {
     fn name(&self) -> &'static str {
@@ -48,109 +120,243 @@ impl CustomOp2 for FewRowsMatmul {
         }
         let x = &xs.as_slice::<f32>()?[xa..xb];
         let w = &ws.as_slice::<f32>()?[wa..wb];
-        let mut out = vec![0f32; m * n];
-        if k > 0 && n > 0 {
-            for (xr, out_r) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
-                let task = |(index, out): (usize, &mut [f32])| {
-                    let first = index * WEIGHT_ROWS_PER_TASK;
-                    dot_rows(&w[first * k..(first + out.len()) * k], k, xr, out);
-                };
-                // On one thread, stay on the caller's: handing each product to rayon's pool and waiting for it
-                // costs tens of microseconds, a third of a one-row decode step over its 211 products.
-                if rayon::current_num_threads() > 1 {
-                    out_r.par_chunks_mut(WEIGHT_ROWS_PER_TASK).enumerate().for_each(task);
-                } else {
-                    out_r.chunks_mut(WEIGHT_ROWS_PER_TASK).enumerate().for_each(task);
+        Ok((CpuStorage::F32(products(x, m, w, n, k, self.path)), Shape::from((m, n))))
+    }
+}
+
+/// `(m, n)` row-major `x W^T`. Threads split the weight rows; each writes its outputs transposed (`(n, m)`, one
+/// contiguous block per task), and one cheap pass puts them back in `(m, n)` order.
+fn products(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, path: Path) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return out;
+    }
+    let mut out_t = vec![0f32; n * m];
+    let task = |(index, out_t): (usize, &mut [f32])| {
+        let first = index * WEIGHT_ROWS_PER_TASK;
+        let rows = out_t.len() / m;
+        weight_rows_times_x(&w[first * k..(first + rows) * k], k, x, m, out_t, path);
+    };
+    // On one thread, stay on the caller's: handing each product to rayon's pool and waiting for it costs tens of
+    // microseconds, a third of a one-row decode step over its 211 products.
+    if rayon::current_num_threads() > 1 {
+        out_t.par_chunks_mut(WEIGHT_ROWS_PER_TASK * m).enumerate().for_each(task);
+    } else {
+        out_t.chunks_mut(WEIGHT_ROWS_PER_TASK * m).enumerate().for_each(task);
+    }
+    for (j, col) in out_t.chunks_exact(m).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            out[r * n + j] = v;
+        }
+    }
+    out
+}
+
+/// `out_t[j * m + r] = dot(w_j, x_r)` for every row `w_j` of `w` (each of length `k`) and every row `x_r` of `x`.
+fn weight_rows_times_x(w: &[f32], k: usize, x: &[f32], m: usize, out_t: &mut [f32], path: Path) {
+    debug_assert!(x.len() == m * k && w.len() * m == out_t.len() * k);
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Path::available` lists AVX-512F only when the CPU has it, and the slices' lengths are checked
+        // above (every pointer the tiles read or write stays inside them).
+        Path::Avx512 => unsafe { x86::rows_avx512(w, k, x, m, out_t) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 and FMA.
+        Path::Avx2 => unsafe { x86::rows_avx2(w, k, x, m, out_t) },
+        _ => rows_portable(w, k, x, m, out_t),
+    }
+}
+
+/// Portable fallback: each weight row is read from memory once and then, from L1, dotted with every activation row
+/// (8 partial sums per dot product).
+fn rows_portable(w: &[f32], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
+    let body = k - k % 8;
+    for (wj, out_j) in w.chunks_exact(k).zip(out_t.chunks_exact_mut(m)) {
+        for (xr, o) in x.chunks_exact(k).zip(out_j.iter_mut()) {
+            let mut lanes = [0f32; 8];
+            for c in (0..body).step_by(8) {
+                for l in 0..8 {
+                    // Not `mul_add`: without FMA in the baseline target it is a libm call, 10x slower.
+                    lanes[l] += wj[c + l] * xr[c + l];
                 }
             }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
-    }
-}
-
-/// `out[j] = dot(w_j, x)` for every row `w_j` (of length `k`) of `w`, with the fastest instruction set this CPU has.
-fn dot_rows(w: &[f32], k: usize, x: &[f32], out: &mut [f32]) {
-    debug_assert!(x.len() == k && w.len() == out.len() * k);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { x86::dot_rows_avx512(w, k, x, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { x86::dot_rows_avx2(w, k, x, out) };
-        }
-    }
-    dot_rows_scalar(w, k, x, out)
-}
-
-/// Portable fallback, with 8 partial sums per dot product like the AVX2 path.
-fn dot_rows_scalar(w: &[f32], k: usize, x: &[f32], out: &mut [f32]) {
-    let body = k - k % 8;
-    for (wj, o) in w.chunks_exact(k).zip(out.iter_mut()) {
-        let mut lanes = [0f32; 8];
-        for c in (0..body).step_by(8) {
-            for l in 0..8 {
-                lanes[l] = wj[c + l].mul_add(x[c + l], lanes[l]);
+            let mut sum = lanes.iter().sum::<f32>();
+            for c in body..k {
+                sum += wj[c] * xr[c];
             }
+            *o = sum;
         }
-        let mut sum = lanes.iter().sum::<f32>();
-        for c in body..k {
-            sum = wj[c].mul_add(x[c], sum);
-        }
-        *o = sum;
     }
+}
+
+/// Splits `m` activation rows into blocks of at most `max` rows, as even as possible (8 rows with blocks of 4 give
+/// 4 + 4, not 4 + 3 + 1): a small block would waste the weight loads of its pass.
+fn row_blocks(m: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let blocks = m.div_ceil(max);
+    let (base, extra) = (m / blocks, m % blocks);
+    (0..blocks).scan(0, move |start, i| {
+        let len = base + usize::from(i < extra);
+        let block = (*start, len);
+        *start += len;
+        Some(block)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// How far ahead (in floats) of the current weight chunk to prefetch: 4 KB, one cache line per 16 floats.
-    const PREFETCH_AHEAD: usize = 1024;
+    use super::row_blocks;
 
-    /// 16-lane accumulation over each weight row's 16-float chunks, then one horizontal sum and the scalar tail.
+    /// Expands to a `match` over the block height `$b` (1..=`$max`) that calls `$tile::<$r, b>`.
+    macro_rules! dispatch_rows {
+        ($tile:ident, $r:literal, $b:expr, $($arg:expr),*) => {
+            match $b {
+                1 => $tile::<$r, 1>($($arg),*),
+                2 => $tile::<$r, 2>($($arg),*),
+                3 => $tile::<$r, 3>($($arg),*),
+                4 => $tile::<$r, 4>($($arg),*),
+                5 => $tile::<$r, 5>($($arg),*),
+                6 => $tile::<$r, 6>($($arg),*),
+                7 => $tile::<$r, 7>($($arg),*),
+                8 => $tile::<$r, 8>($($arg),*),
+                _ => unreachable!("row blocks are at most 8 rows"),
+            }
+        };
+    }
+
+    /// AVX-512F: tiles of 3 weight rows; each tile multiplied by blocks of up to 8 activation rows (24 accumulators,
+    /// 3 weight and 1 activation register: 28 of the 32 zmm registers).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; `x` is `(m, k)`, `w` `(rows, k)` and `out_t` `(rows, m)`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_rows_avx512(w: &[f32], k: usize, x: &[f32], out: &mut [f32]) {
-        let body = k - k % 16;
-        for (wj, o) in w.chunks_exact(k).zip(out.iter_mut()) {
-            let mut acc = _mm512_setzero_ps();
-            let mut c = 0;
-            while c < body {
-                _mm_prefetch::<_MM_HINT_T0>(wj.as_ptr().wrapping_add(c + PREFETCH_AHEAD) as *const i8);
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(wj.as_ptr().add(c)), _mm512_loadu_ps(x.as_ptr().add(c)), acc);
-                c += 16;
+    pub(super) unsafe fn rows_avx512(w: &[f32], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
+        let rows = w.len() / k;
+        let (wp, xp, op) = (w.as_ptr(), x.as_ptr(), out_t.as_mut_ptr());
+        let mut j = 0;
+        while j < rows {
+            let r = (rows - j).min(3);
+            for (start, len) in row_blocks(m, 8) {
+                let (wt, xt, ot) = (wp.add(j * k), xp.add(start * k), op.add(j * m + start));
+                match r {
+                    3 => dispatch_rows!(tile_avx512, 3, len, wt, k, xt, ot, m),
+                    2 => dispatch_rows!(tile_avx512, 2, len, wt, k, xt, ot, m),
+                    _ => dispatch_rows!(tile_avx512, 1, len, wt, k, xt, ot, m),
+                }
             }
-            let mut sum = _mm512_reduce_add_ps(acc);
-            for t in body..k {
-                sum = wj[t].mul_add(x[t], sum);
-            }
-            *o = sum;
+            j += r;
         }
     }
 
-    /// The same with 8-lane AVX2 accumulation (one prefetch per cache line).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_rows_avx2(w: &[f32], k: usize, x: &[f32], out: &mut [f32]) {
-        let body = k - k % 8;
-        for (wj, o) in w.chunks_exact(k).zip(out.iter_mut()) {
-            let mut acc = _mm256_setzero_ps();
-            let mut c = 0;
-            while c < body {
-                if c % 16 == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(wj.as_ptr().wrapping_add(c + PREFETCH_AHEAD) as *const i8);
+    /// `out_t[i * m + b] = dot(w_i, x_b)` for `R` weight rows at `w` and `B` activation rows at `x` (each `k`
+    /// floats apart), prefetching the next tile's weight rows.
+    // Indexed loops: the accumulator grid is indexed by weight row and activation row at once.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile_avx512<const R: usize, const B: usize>(
+        w: *const f32,
+        k: usize,
+        x: *const f32,
+        out_t: *mut f32,
+        m: usize,
+    ) {
+        let body = k - k % 16;
+        let mut acc = [[_mm512_setzero_ps(); B]; R];
+        let mut c = 0;
+        while c < body {
+            let mut wv = [_mm512_setzero_ps(); R];
+            for (i, v) in wv.iter_mut().enumerate() {
+                let row = w.add(i * k + c);
+                // The same place `R` rows on: the next tile, read right after this one.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(R * k) as *const i8);
+                *v = _mm512_loadu_ps(row);
+            }
+            for b in 0..B {
+                let xv = _mm512_loadu_ps(x.add(b * k + c));
+                for i in 0..R {
+                    acc[i][b] = _mm512_fmadd_ps(wv[i], xv, acc[i][b]);
                 }
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(wj.as_ptr().add(c)), _mm256_loadu_ps(x.as_ptr().add(c)), acc);
-                c += 8;
             }
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-            let mut sum = lanes.iter().sum::<f32>();
-            for t in body..k {
-                sum = wj[t].mul_add(x[t], sum);
+            c += 16;
+        }
+        for i in 0..R {
+            for b in 0..B {
+                let mut sum = _mm512_reduce_add_ps(acc[i][b]);
+                for t in body..k {
+                    sum = (*w.add(i * k + t)).mul_add(*x.add(b * k + t), sum);
+                }
+                *out_t.add(i * m + b) = sum;
             }
-            *o = sum;
+        }
+    }
+
+    /// AVX2 + FMA: tiles of 2 weight rows; blocks of up to 4 activation rows (8 accumulators, 2 weight and 1
+    /// activation register: 11 of the 16 ymm registers).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; shapes as [`rows_avx512`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn rows_avx2(w: &[f32], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
+        let rows = w.len() / k;
+        let (wp, xp, op) = (w.as_ptr(), x.as_ptr(), out_t.as_mut_ptr());
+        let mut j = 0;
+        while j < rows {
+            let r = (rows - j).min(2);
+            for (start, len) in row_blocks(m, 4) {
+                let (wt, xt, ot) = (wp.add(j * k), xp.add(start * k), op.add(j * m + start));
+                match r {
+                    2 => dispatch_rows!(tile_avx2, 2, len, wt, k, xt, ot, m),
+                    _ => dispatch_rows!(tile_avx2, 1, len, wt, k, xt, ot, m),
+                }
+            }
+            j += r;
+        }
+    }
+
+    /// The AVX2 tile: as [`tile_avx512`] with 8 lanes (one prefetch per 64-byte line).
+    // Indexed loops: the accumulator grid is indexed by weight row and activation row at once.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile_avx2<const R: usize, const B: usize>(
+        w: *const f32,
+        k: usize,
+        x: *const f32,
+        out_t: *mut f32,
+        m: usize,
+    ) {
+        let body = k - k % 8;
+        let mut acc = [[_mm256_setzero_ps(); B]; R];
+        let mut c = 0;
+        while c < body {
+            let mut wv = [_mm256_setzero_ps(); R];
+            for (i, v) in wv.iter_mut().enumerate() {
+                let row = w.add(i * k + c);
+                if c % 16 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(R * k) as *const i8);
+                }
+                *v = _mm256_loadu_ps(row);
+            }
+            for b in 0..B {
+                let xv = _mm256_loadu_ps(x.add(b * k + c));
+                for i in 0..R {
+                    acc[i][b] = _mm256_fmadd_ps(wv[i], xv, acc[i][b]);
+                }
+            }
+            c += 8;
+        }
+        for i in 0..R {
+            for b in 0..B {
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][b]);
+                let mut sum = lanes.iter().sum::<f32>();
+                for t in body..k {
+                    sum = (*w.add(i * k + t)).mul_add(*x.add(b * k + t), sum);
+                }
+                *out_t.add(i * m + b) = sum;
+            }
         }
     }
 }
@@ -171,38 +377,90 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    /// A plain triple loop in f64: the reference every path is held to.
+    fn plain(x: &Tensor, w: &Tensor) -> Vec<Vec<f32>> {
+        let (x, w) = (x.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+        x.iter()
+            .map(|xr| {
+                w.iter().map(|wj| xr.iter().zip(wj).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32).collect()
+            })
+            .collect()
+    }
+
     #[test]
-    fn equals_a_plain_matmul_for_every_row_count_and_ragged_sizes() {
-        for &(k, n) in &[(576, 300), (37, 513), (16, 1), (1536, 64)] {
+    fn every_path_equals_a_plain_matmul_for_batches_1_to_33_and_ragged_sizes() {
+        let paths = Path::available();
+        assert_eq!(paths.last(), Some(&Path::Portable));
+        // k below, at and off the vector widths; n not a multiple of any tile height or task size.
+        for &(k, n) in &[(576, 301), (37, 513), (16, 1), (5, 7), (1536, 64), (24, 482)] {
             let w = random((n, k), 7 + k as u64);
-            for m in [1, 2, 3, 7, 8, 9, 16, 17, 33] {
-                let x = random((m, k), m as u64);
-                let ours = matmul_t(&x, &w).unwrap();
-                let plain = x.matmul(&w.t().unwrap()).unwrap();
-                assert_eq!(ours.dims(), &[m, n]);
-                let diff = (ours - plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(diff < 1e-4 * (k as f32).sqrt(), "m {m} k {k} n {n}: max difference {diff}");
+            for m in 1..=33 {
+                let x = random((m, k), m as u64 + 100 * k as u64);
+                let expected = plain(&x, &w);
+                for &path in &paths {
+                    let ours = matmul_t_with(&x, &w, path).unwrap();
+                    assert_eq!(ours.dims(), &[m, n]);
+                    for (r, (got, want)) in ours.to_vec2::<f32>().unwrap().iter().zip(&expected).enumerate() {
+                        for (j, (g, e)) in got.iter().zip(want).enumerate() {
+                            assert!(
+                                (g - e).abs() <= 1e-5 * (k as f32).sqrt(),
+                                "{path:?} m {m} k {k} n {n}: ({r}, {j}) is {g}, plain {e}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }
 
     #[test]
-    fn a_row_gives_the_same_bits_alone_or_in_a_batch() {
-        let (k, n) = (576, 700);
-        let w = random((n, k), 3);
-        let x = random((12, k), 4);
-        let batch = matmul_t(&x, &w).unwrap().to_vec2::<f32>().unwrap();
-        for (r, row) in batch.iter().enumerate() {
-            let alone = matmul_t(&x.narrow(0, r, 1).unwrap(), &w).unwrap().to_vec2::<f32>().unwrap();
-            assert_eq!(row, &alone[0], "row {r}");
+    fn matmul_t_agrees_with_candles_matmul() {
+        let (k, n) = (576, 300);
+        let w = random((n, k), 5);
+        for m in [1, 8, 32] {
+            let x = random((m, k), m as u64);
+            let ours = matmul_t(&x, &w).unwrap();
+            let theirs = x.matmul(&w.t().unwrap()).unwrap();
+            let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "m {m}: max difference {diff}");
         }
     }
 
     #[test]
-    fn strided_inputs_are_refused_with_a_reason() {
+    fn a_row_gives_the_same_bits_alone_or_in_a_batch_on_every_path() {
+        let (k, n) = (581, 700);
+        let w = random((n, k), 3);
+        let x = random((13, k), 4);
+        for path in Path::available() {
+            let batch = matmul_t_with(&x, &w, path).unwrap().to_vec2::<f32>().unwrap();
+            for (r, row) in batch.iter().enumerate() {
+                let alone = matmul_t_with(&x.narrow(0, r, 1).unwrap(), &w, path).unwrap().to_vec2::<f32>().unwrap();
+                assert_eq!(row, &alone[0], "{path:?} row {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn row_blocks_are_even_and_cover_every_row() {
+        let blocks = |m, max| row_blocks(m, max).collect::<Vec<_>>();
+        assert_eq!(blocks(8, 4), vec![(0, 4), (4, 4)]);
+        assert_eq!(blocks(9, 8), vec![(0, 5), (5, 4)]);
+        assert_eq!(blocks(1, 8), vec![(0, 1)]);
+        for m in 1..=40 {
+            let b = blocks(m, 8);
+            assert_eq!(b.iter().map(|&(_, l)| l).sum::<usize>(), m);
+            assert!(b.iter().all(|&(_, l)| (1..=8).contains(&l)), "{m}: {b:?}");
+            assert!(b.windows(2).all(|p| p[0].0 + p[0].1 == p[1].0));
+        }
+    }
+
+    #[test]
+    fn strided_inputs_and_mismatched_widths_are_refused_with_a_reason() {
         let w = random((8, 4), 1);
         let x = random((4, 2), 2).t().unwrap();
         let err = matmul_t(&x, &w).unwrap_err().to_string();
         assert!(err.contains("contiguous"), "{err}");
+        let err = matmul_t(&random((2, 5), 3), &w).unwrap_err().to_string();
+        assert!(err.contains("(2, 5)") && err.contains("(8, 4)"), "{err}");
     }
 }

@@ -20,6 +20,7 @@ pub mod linear;
 pub mod load;
 pub mod logprob;
 pub mod lora;
+pub mod machine;
 pub mod rope;
 pub mod sampler;
 pub mod scored;

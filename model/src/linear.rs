@@ -58,9 +58,9 @@ impl Linear {
         self.apply(x, mode, layer_salt, false)
     }
 
-    /// The same for callers that never need a gradient (decoding): decode-shaped f32 inputs on the CPU go through
-    /// the few-rows kernel when it is faster (`few_rows.rs`: one row), which streams the weight once and records no
-    /// graph.
+    /// The same for callers that never need a gradient (decoding): decode-shaped f32 inputs on the CPU (1 to
+    /// `few_rows::MAX_ROWS` rows) go through the few-rows kernel, which streams the weight once for all the rows and
+    /// records no graph.
     pub fn forward_detached(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
         self.apply(x, mode, 0, true)
     }

@@ -381,3 +381,25 @@ fn bf16_stays_close_to_f32_and_trains() {
         }
     }
 }
+
+#[test]
+fn decode_weight_bytes_count_every_parameter_once_and_adapters_only_when_enabled() {
+    let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+    for arch in ARCHS {
+        let mut dec = tiny_decoder_in(arch, 1, DType::F32);
+        let all: usize = dec.named_tensors().iter().map(|(_, t)| bytes(t)).sum();
+        // A tied head is the embedding, read once as the head; an untied one leaves the embedding unread.
+        let embed = bytes(&dec.named_tensors()[0].1);
+        let expected = if dec.config().tie_word_embeddings { all } else { all - embed };
+        assert_eq!(dec.decode_weight_bytes(AdapterMode::default()), expected, "{arch:?}");
+        let adapters: usize = dec
+            .add_lora(&LoraConfig { rank: 2, ..Default::default() }, 1)
+            .unwrap()
+            .iter()
+            .map(|(_, v)| bytes(v))
+            .sum();
+        assert_eq!(dec.decode_weight_bytes(AdapterMode::default()), expected, "{arch:?}: adapters off");
+        let on = AdapterMode { enabled: true, dropout_seed: None };
+        assert_eq!(dec.decode_weight_bytes(on), expected + adapters, "{arch:?}: adapters on");
+    }
+}

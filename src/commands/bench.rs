@@ -30,6 +30,8 @@ pub enum What {
         new_tokens: usize,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        #[command(flatten)]
+        limit: LimitArgs,
     },
     /// One GRPO step (sample a group, score, reference log-probs, update), as TRL's GRPOTrainer does it in
     /// scripts/peers/trl_grpo_bench.py: one prompt of about P tokens, G completions of exactly N tokens.
@@ -53,6 +55,8 @@ pub enum What {
         beta: f64,
         #[arg(long, default_value_t = 1e-6)]
         learning_rate: f64,
+        #[command(flatten)]
+        limit: LimitArgs,
     },
     /// Log-probs on `--device` in `--dtype` against the CPU in f32, on B sequences of T tokens: prints the largest
     /// and mean per-token difference (nats) and fails when the largest exceeds the tolerance.
@@ -85,6 +89,22 @@ pub enum What {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// The decode step's matrix products alone, side by side: the few-rows kernel (every instruction-set path this
+    /// CPU has) against candle's matmul, on SmolLM2-135M's shapes (30 layers of q, k, v, o, gate, up, down and the
+    /// 49152-row head; random f32 weights, 540 MB, so they stream from memory as in decoding), at each batch size.
+    Matmul {
+        /// Batch sizes (rows), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        rows: Vec<usize>,
+        /// Steps timed per kernel and batch size (the median counts).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Also time the portable path (on a CPU with AVX2 it is several times slower than the others).
+        #[arg(long)]
+        with_portable: bool,
+        #[command(flatten)]
+        limit: LimitArgs,
+    },
     /// Full fine-tuning forward + backward throughput on B random sequences of T tokens.
     Train {
         #[command(flatten)]
@@ -96,6 +116,118 @@ pub enum What {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+}
+
+/// How the decode benches measure the machine's limit.
+#[derive(clap::Args, Clone, Copy)]
+pub struct LimitArgs {
+    /// Size of the buffer the read-bandwidth probe streams, in MiB (far above the last-level cache); 0 skips the
+    /// probe and the limit.
+    #[arg(long, default_value_t = 1024)]
+    pub bandwidth_mib: usize,
+}
+
+/// The machine's side of a decode figure: the CPU, the read bandwidth measured now (one thread, and the threads the
+/// tensor work uses when more), and the weight-streaming limit at that bandwidth for `weight_bytes` per step.
+struct MachineLimit {
+    cpu: ideator_model::machine::CpuInfo,
+    single: Option<ideator_model::machine::Bandwidth>,
+    threaded: Option<ideator_model::machine::Bandwidth>,
+    weight_bytes: usize,
+}
+
+impl MachineLimit {
+    fn measure(args: LimitArgs, weight_bytes: usize) -> MachineLimit {
+        use ideator_model::machine::{read_bandwidth, CpuInfo};
+        let cpu = CpuInfo::detect();
+        eprintln!("bench: CPU {}", cpu.summary());
+        let threads = tensor_threads();
+        let probe = |t: usize| {
+            (args.bandwidth_mib > 0).then(|| {
+                let bw = read_bandwidth(args.bandwidth_mib << 20, t, 3);
+                eprintln!(
+                    "bench: read bandwidth {:.1} GB/s on {t} thread(s), {} MiB buffer",
+                    bw.gb_per_s, args.bandwidth_mib
+                );
+                bw
+            })
+        };
+        let single = probe(1);
+        let threaded = if threads > 1 { probe(threads) } else { None };
+        MachineLimit { cpu, single, threaded, weight_bytes }
+    }
+
+    /// The limit at the bandwidth of the threads the tensor work runs on.
+    fn limit(&self) -> Option<ideator_model::machine::StreamingLimit> {
+        self.threaded.or(self.single).map(|bw| ideator_model::machine::StreamingLimit {
+            weight_bytes: self.weight_bytes,
+            gb_per_s: bw.gb_per_s,
+        })
+    }
+
+    /// JSON fields for a run that made `tokens_per_s` new tokens per second at `batch` rows (and, for decode, the
+    /// steady decoding rate after the first token); prints the limit and the fraction reached.
+    fn report(&self, batch: usize, tokens_per_s: f64, decode_tokens_per_s: Option<f64>) -> serde_json::Value {
+        let mut out = self.fields();
+        if let Some(limit) = self.limit() {
+            let max = limit.max_tokens_per_s(batch);
+            out["limit_tokens_per_s"] = json!(max);
+            out["limit_fraction"] = json!(limit.fraction(tokens_per_s, batch));
+            out["effective_gb_per_s"] = json!(limit.effective_gb_per_s(tokens_per_s, batch));
+            let mut line = format!(
+                "bench: weight-streaming limit {:.1} MB per step at {:.1} GB/s: {:.1} steps/s, {max:.1} new tokens/s \
+                 at batch {batch}; reached {tokens_per_s:.1} ({:.0}%)",
+                self.weight_bytes as f64 / 1e6,
+                limit.gb_per_s,
+                limit.max_steps_per_s(),
+                100.0 * limit.fraction(tokens_per_s, batch)
+            );
+            if let Some(d) = decode_tokens_per_s {
+                out["limit_fraction_decode"] = json!(limit.fraction(d, batch));
+                line.push_str(&format!(", decoding alone {d:.1} ({:.0}%)", 100.0 * limit.fraction(d, batch)));
+            }
+            eprintln!("{line}");
+        }
+        out
+    }
+
+    /// JSON fields of the machine and the limit (steps per second), without a measured rate.
+    fn fields(&self) -> serde_json::Value {
+        let mut out = json!({
+            "cpu_model_name": self.cpu.model_name, "cpu_family": self.cpu.family, "cpu_model": self.cpu.model,
+            "cpu_flags": self.cpu.vector_flags.join(" "), "load_average_1m": load_average(),
+            "weight_bytes_per_step": self.weight_bytes,
+            "read_gb_per_s_1_thread": self.single.map(|b| b.gb_per_s),
+            "read_gb_per_s_threads": self.threaded.map(|b| b.gb_per_s),
+        });
+        if let Some(limit) = self.limit() {
+            out["limit_steps_per_s"] = json!(limit.max_steps_per_s());
+        }
+        out
+    }
+}
+
+/// Which kernel decoding's products use at `batch` rows: the few-rows path (`avx512`, `avx2`, `portable`), or
+/// candle's `gemm` past `few_rows::MAX_ROWS`.
+fn decode_kernel(batch: usize) -> &'static str {
+    use ideator_model::few_rows::{Path, MAX_ROWS};
+    if batch <= MAX_ROWS {
+        Path::detect().as_str()
+    } else {
+        "gemm"
+    }
+}
+
+/// The 1-minute load average (`/proc/loadavg`), when there is one.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// Adds `extra`'s fields to the object `out`.
+fn merge(out: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(o), serde_json::Value::Object(e)) = (out.as_object_mut(), extra) {
+        o.extend(e);
+    }
 }
 
 /// A fixed English paragraph repeated to `n` tokens (content does not change the cost).
@@ -113,9 +245,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
-        What::Decode { model, batch, prompt_tokens, new_tokens, repeats } => {
+        What::Decode { model, batch, prompt_tokens, new_tokens, repeats, limit } => {
             anyhow::ensure!(new_tokens >= 2 && repeats >= 1, "need --new-tokens >= 2 and --repeats >= 1");
             let m = model.load()?;
+            let machine = MachineLimit::measure(limit, m.decoder.decode_weight_bytes(AdapterMode::default()));
             let prompt = prompt_of_length(&m.tokenizer, prompt_tokens)?;
             let params = |n: usize, seed: u64| SamplingParams {
                 max_new_tokens: n,
@@ -151,7 +284,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             let total = median(totals);
             let first = median(firsts);
-            let out = json!({
+            let decode_rate = (batch * (new_tokens - 1)) as f64 / (total - first).max(1e-9);
+            let mut out = json!({
                 "bench": "decode", "impl": "ideator", "model": m.spec.to_string(), "batch": batch,
                 "device": model.device, "dtype": model.dtype.as_str(),
                 "prompt_tokens": prompt.len(), "new_tokens": new_tokens, "repeats": repeats,
@@ -159,8 +293,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "seconds": total,
                 "new_tokens_per_s": (batch * new_tokens) as f64 / total,
                 "time_to_first_token_s": first,
-                "decode_tokens_per_s": (batch * (new_tokens - 1)) as f64 / (total - first).max(1e-9),
+                "decode_tokens_per_s": decode_rate,
+                "decode_kernel": decode_kernel(batch),
             });
+            merge(&mut out, machine.report(batch, (batch * new_tokens) as f64 / total, Some(decode_rate)));
             println!("{out}");
         }
         What::Grpo {
@@ -173,13 +309,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             warmup_steps,
             beta,
             learning_rate,
+            limit,
         } => {
-            bench_grpo(model, group, prompt_tokens, new_tokens, lora_rank, steps, warmup_steps, beta, learning_rate)?;
+            let shape = GrpoShape { group, prompt_tokens, new_tokens, lora_rank, steps, warmup_steps };
+            bench_grpo(model, shape, beta, learning_rate, limit)?;
         }
         What::Logprobs { model, batch, tokens, max_abs_diff } => bench_logprobs(model, batch, tokens, max_abs_diff)?,
         What::Pretrain { scale, device, steps, warmup_steps, seed } => {
             bench_pretrain(&scale, &device, steps, warmup_steps, seed)?
         }
+        What::Matmul { rows, repeats, with_portable, limit } => bench_matmul(&rows, repeats, with_portable, limit)?,
         What::Train { model, batch, seq, repeats } => {
             let mut m = model.load()?;
             m.decoder.make_trainable()?;
@@ -254,18 +393,24 @@ fn grpo_prompt(tokenizer: &ideator_model::Tokenizer, target: usize) -> anyhow::R
     templated(lo)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bench_grpo(
-    model: ModelArgs,
+/// The shape of `bench grpo`'s steps.
+struct GrpoShape {
     group: usize,
     prompt_tokens: usize,
     new_tokens: usize,
     lora_rank: usize,
     steps: usize,
     warmup_steps: usize,
+}
+
+fn bench_grpo(
+    model: ModelArgs,
+    shape: GrpoShape,
     beta: f64,
     learning_rate: f64,
+    limit: LimitArgs,
 ) -> anyhow::Result<()> {
+    let GrpoShape { group, prompt_tokens, new_tokens, lora_rank, steps, warmup_steps } = shape;
     use ideator_trainer::config::{LossAggregation, OptimConfig, TrainMode};
     use ideator_trainer::{GrpoConfig, GrpoLearner, ScoredGroup, ScoredSample, TrainablePolicy};
     let m = model.load()?;
@@ -290,6 +435,8 @@ fn bench_grpo(
     let optim = OptimConfig { lr: learning_rate, grad_clip: Some(1.0), ..Default::default() };
     let total = (warmup_steps + steps) as u64;
     let mut learner = GrpoLearner::new(policy, cfg, optim, total, new_tokens, 0)?;
+    let p = learner.policy();
+    let machine = MachineLimit::measure(limit, p.decoder().decode_weight_bytes(p.sampling_mode()));
     let mut records = Vec::new();
     for step in 0..warmup_steps + steps {
         let t0 = Instant::now();
@@ -338,7 +485,7 @@ fn bench_grpo(
         }
     }
     let col = |f: fn(&(f64, f64, f64, f64)) -> f64| median(records.iter().map(f).collect());
-    let out = json!({
+    let mut out = json!({
         "bench": "grpo", "impl": "ideator", "model": m.spec.to_string(), "group": group,
         "device": device, "dtype": dtype,
         "prompt_tokens": prompt.len(), "prompt_tokens_target": prompt_tokens, "new_tokens": new_tokens,
@@ -347,7 +494,96 @@ fn bench_grpo(
         "threads": tensor_threads(),
         "seconds_per_step": col(|r| r.0), "generation_s": col(|r| r.1), "ref_logprobs_s": col(|r| r.2),
         "update_s": col(|r| r.3),
+        "decode_kernel": decode_kernel(group),
     });
+    // Generation's rate includes the shared prompt's prefill, as TRL's generation section does.
+    merge(&mut out, machine.report(group, (group * new_tokens) as f64 / col(|r| r.1), None));
+    println!("{out}");
+    Ok(())
+}
+
+/// `ideator bench matmul`: one decode step's products on SmolLM2-135M's shapes, per kernel and batch size, with
+/// the weight-streaming limit of those bytes.
+fn bench_matmul(rows: &[usize], repeats: usize, with_portable: bool, limit: LimitArgs) -> anyhow::Result<()> {
+    use candle_core::{Device, Tensor};
+    use ideator_model::few_rows::{matmul_t_with, Path};
+    anyhow::ensure!(repeats >= 1 && rows.iter().all(|&r| r >= 1), "need --repeats >= 1 and rows >= 1");
+    let (hidden, inter, kv, layers, vocab) = (576, 1536, 192, 30, 49152);
+    let per_layer = [
+        (hidden, hidden),
+        (kv, hidden),
+        (kv, hidden),
+        (hidden, hidden),
+        (inter, hidden),
+        (inter, hidden),
+        (hidden, inter),
+    ];
+    let mut weights = Vec::new();
+    for _ in 0..layers {
+        for &(n, k) in &per_layer {
+            weights.push(Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?);
+        }
+    }
+    weights.push(Tensor::randn(0f32, 0.02, (vocab, hidden), &Device::Cpu)?);
+    let bytes: usize = weights.iter().map(|w| w.elem_count() * 4).sum();
+    let machine = MachineLimit::measure(limit, bytes);
+    let limit = machine.limit();
+    type Kernel = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>>;
+    let paths = Path::available();
+    let mut kernels: Vec<(String, Kernel)> = paths
+        .iter()
+        .copied()
+        .filter(|&p| with_portable || p != Path::Portable || paths.len() == 1)
+        .map(|p| {
+            (
+                format!("few_rows_{}", p.as_str()),
+                Box::new(move |x: &Tensor, w: &Tensor| matmul_t_with(x, w, p)) as Kernel,
+            )
+        })
+        .collect();
+    // What decoding used before for more than one row (W x^T, as linear.rs did), and the plain product.
+    kernels.push(("candle_w_xt".into(), Box::new(|x: &Tensor, w: &Tensor| w.matmul(&x.t()?)?.t()?.contiguous())));
+    kernels.push(("candle_x_wt".into(), Box::new(|x: &Tensor, w: &Tensor| x.matmul(&w.t()?))));
+    let mut results = Vec::new();
+    for &b in rows {
+        let xs: Vec<Tensor> = [hidden, inter]
+            .iter()
+            .map(|&k| Tensor::randn(0f32, 1.0, (b, k), &Device::Cpu))
+            .collect::<candle_core::Result<_>>()?;
+        let step = |kernel: &Kernel| -> anyhow::Result<f64> {
+            let t0 = Instant::now();
+            for w in &weights {
+                let x = if w.dims()[1] == hidden { &xs[0] } else { &xs[1] };
+                std::hint::black_box(kernel(x, w)?);
+            }
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        // Interleaved: each repeat runs every kernel once, so a change in the machine's load hits them alike.
+        let mut times = vec![Vec::new(); kernels.len()];
+        step(&kernels[0].1)?; // warm-up: page in the weights
+        for _ in 0..repeats {
+            for (i, (_, kernel)) in kernels.iter().enumerate() {
+                times[i].push(step(kernel)?);
+            }
+        }
+        let base = median(times[kernels.len() - 2].clone());
+        for ((name, _), t) in kernels.iter().zip(times) {
+            let t = median(t);
+            let gbs = bytes as f64 / t / 1e9;
+            let fraction = limit.map(|l| l.fraction(b as f64 / t, b));
+            eprintln!(
+                "bench matmul: rows {b:>2} {name:<20} {:>7.2} ms/step {gbs:>6.1} GB/s  {:>5.2}x candle_w_xt{}",
+                t * 1e3,
+                base / t,
+                fraction.map_or(String::new(), |f| format!("  {:.0}% of the limit", 100.0 * f))
+            );
+            results.push(json!({"rows": b, "kernel": name, "seconds_per_step": t, "gb_per_s": gbs,
+                "speedup_vs_candle_w_xt": base / t, "limit_fraction": fraction}));
+        }
+    }
+    let mut out = json!({"bench": "matmul", "impl": "ideator", "threads": tensor_threads(), "repeats": repeats,
+        "results": results});
+    merge(&mut out, machine.fields());
     println!("{out}");
     Ok(())
 }
