@@ -30,6 +30,9 @@ pub struct ReportData {
     pub utilisation: Vec<UtilisationPoint>,
     /// What the loader skipped or could not read, for the reader of the report.
     pub notes: Vec<String>,
+    /// An experiment's arms compared at equal budgets (`ideator report` on an experiment folder).
+    #[serde(default)]
+    pub experiment: Option<crate::experiment::ExperimentData>,
 }
 
 /// Which learner produced a series.

@@ -101,6 +101,7 @@ pub fn load_run_folder(dir: &Path) -> Result<ReportData> {
         staleness: Vec::new(),
         utilisation: Vec::new(),
         notes,
+        experiment: None,
     })
 }
 
