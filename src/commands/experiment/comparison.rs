@@ -19,12 +19,11 @@ pub fn is_experiment(dir: &Path) -> bool {
     dir.join(MANIFEST).is_file()
 }
 
+/// The baseline recipe's mean reward and seed-to-seed std (the noise floor) as a store measured them.
+type Floor = (f64, Option<f64>);
+
 /// The run's ideas in execution order, or None when the run has not started.
-fn run_ideas(
-    dir: &Path,
-    arm: &super::config::Arm,
-    seed: u64,
-) -> Result<Option<(RunIdeas, Option<(f64, Option<f64>)>)>> {
+fn run_ideas(dir: &Path, arm: &super::config::Arm, seed: u64) -> Result<Option<(RunIdeas, Option<Floor>)>> {
     let path = crate::store_data::store_path(dir);
     if !path.is_file() {
         return Ok(None);
