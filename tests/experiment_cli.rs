@@ -24,8 +24,8 @@ fn ideator() -> Command {
 
 const ARMS: [&str; 3] = ["frozen", "evolution", "max_k"];
 const SEEDS: [u64; 2] = [1, 2];
-/// Ideas per arm and seed: 2 steps of 2.
-const BUDGET: usize = 4;
+/// Ideas per arm and seed: 3 steps of 2.
+const BUDGET: usize = 6;
 
 fn config(budget: usize) -> String {
     format!(
@@ -114,7 +114,8 @@ fn an_aborted_experiment_resumes_executes_nothing_twice_and_compares_every_arm()
         cmd.output().unwrap()
     };
 
-    // Step 1 is the first run's second step: the frozen arm (one step) finishes, the evolution dies after epoch 1.
+    // Step 1 is the first run's second step: the frozen arm (an evaluation: one step) finishes, the evolution dies
+    // after epoch 1 of 3, and the GRPO arm has not started.
     let out = run(Some("1"));
     assert!(!out.status.success(), "the crash hook did not fire");
     assert!(String::from_utf8_lossy(&out.stderr).contains("aborting between the step record and its checkpoint"));
@@ -124,6 +125,7 @@ fn an_aborted_experiment_resumes_executes_nothing_twice_and_compares_every_arm()
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "resume failed: {err}");
     assert!(err.contains("finished earlier: skipped"), "the finished frozen run was not skipped: {err}");
+    assert!(err.contains("resuming") && err.contains("at epoch 2"), "the evolution did not resume at epoch 2: {err}");
 
     for arm in ARMS {
         for seed in SEEDS {
@@ -136,7 +138,7 @@ fn an_aborted_experiment_resumes_executes_nothing_twice_and_compares_every_arm()
     for arm in ARMS {
         assert!(md.contains(&format!("| {arm} | ")), "{arm} missing from the table:\n{md}");
     }
-    assert!(md.contains("| 2 | 4.0 |"), "every arm has 2 seeds of 4 ideas:\n{md}");
+    assert!(md.contains("| 2 | 6.0 |"), "every arm has 2 seeds of 6 ideas:\n{md}");
     assert!(md.contains("Made by: `ideator experiment --config"), "{md}");
 
     // compare shows the experiment; report draws every arm on one chart.

@@ -393,8 +393,12 @@ mod tests {
         // Best so far after 2 ideas: seed 1 0.9, seed 2 0.6.
         assert_eq!(rl.by_ideas.best_so_far[1].x, 2.0);
         assert!((rl.by_ideas.best_so_far[1].mean - 0.75).abs() < 1e-12);
-        // Every rl idea after the second execution is a cache hit: the executions axis ends at 2.
-        assert_eq!(rl.by_executions.best_so_far.last().unwrap().x, 2.0);
+        // Every rl idea after the second execution is a cache hit: after 2 executions its windows are empty (no
+        // mean), while the common grid goes on to the frozen arm's 4 executions with rl's best held.
+        assert_eq!(rl.by_executions.mean_reward.last().unwrap().x, 2.0);
+        let last = rl.by_executions.best_so_far.last().unwrap();
+        assert_eq!(last.x, 4.0);
+        assert!((last.mean - 0.75).abs() < 1e-12);
         let frozen = &data.summary[0];
         assert_eq!((frozen.ideas, frozen.executions), (4.0, 4.0));
         assert!((frozen.best.mean - 0.45).abs() < 1e-12 && frozen.best_vs_first.is_none());
