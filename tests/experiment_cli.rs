@@ -117,8 +117,9 @@ fn an_aborted_experiment_resumes_executes_nothing_twice_and_compares_every_arm()
     // Step 1 is the first run's second step: the frozen arm (an evaluation: one step) finishes, the evolution dies
     // after epoch 1 of 3, and the GRPO arm has not started.
     let out = run(Some("1"));
-    assert!(!out.status.success(), "the crash hook did not fire");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("aborting between the step record and its checkpoint"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the crash hook did not fire: {err}");
+    assert!(err.contains("aborting between the step record and its checkpoint"), "{err}");
     assert!(!root.join("comparison.md").exists());
 
     let out = run(None);

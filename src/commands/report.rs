@@ -62,8 +62,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for note in &data.notes {
             eprintln!("note: {note}");
         }
-        let points: Vec<String> =
+        let mut points: Vec<String> =
             data.series.iter().map(|s| format!("{} {}s", s.points.len(), s.kind.unit())).collect();
+        if let Some(e) = &data.experiment {
+            points.push(format!("an experiment of {} arms", e.arms.len()));
+        }
         println!(
             "report written to {} ({}; {alarms} collapse alarm(s))",
             out.display(),

@@ -134,6 +134,10 @@ pub fn sections(data: &ReportData) -> Vec<Section> {
     let mut sections = Vec::new();
     if let Some(e) = &data.experiment {
         sections.push(experiment_section(e));
+        // An experiment folder has no steps of its own: the per-run sections would only say so.
+        if data.series.is_empty() && data.evaluations.is_empty() {
+            return sections;
+        }
     }
     sections.extend([
         rewards_section(data, &xa),
