@@ -48,7 +48,7 @@ enum Command {
     /// Sample ideas from a model or checkpoint, execute them, and report reward, max@k and diversity (stored:
     /// the same evaluation is never executed twice).
     Eval(commands::eval::Args),
-    /// Arms (best-of-N, evolution, GRPO objectives) x seeds at equal execution budgets; so far `--plan` only.
+    /// Arms (best-of-N, evolution, GRPO objectives) x seeds at equal budgets, resumable; writes their comparison.
     Experiment(commands::experiment::Args),
     /// Average vs best-of-N across RL steps, evolution epochs and checkpoints, with the executions each used.
     Compare(commands::compare::Args),

@@ -9,7 +9,8 @@
 //! - [`embed`]: all-MiniLM-L6-v2 sentence embeddings with candle; [`vendi`]: Vendi score and mean cosine.
 //! - [`categories`]: category shares and entropy; [`code_ideas`]: applied / ran rates, diff size and repairs of
 //!   code ideas.
-//! - [`interval`]: bootstrap intervals for differences between runs.
+//! - [`interval`]: bootstrap intervals for differences between runs; [`experiment`]: an experiment's arms compared
+//!   at equal execution budgets (curves across seeds, the markdown table).
 //! - [`summary`]: [`BatchDiagnostics`], all of the above for one batch; [`alarm`]: the collapse alarm.
 //! - [`report`]: the run report (one self-contained HTML file with SVG charts) and its data model.
 
@@ -19,6 +20,7 @@ pub mod code_ideas;
 pub mod diversity;
 pub mod embed;
 pub mod error;
+pub mod experiment;
 pub mod interval;
 pub mod maxk;
 pub mod report;

@@ -19,7 +19,8 @@ use crate::store_data::{checkpoint_run_dir, environments, load_store, store_path
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Run folders (with store.sqlite) and/or checkpoint folders evaluated with `ideator eval`.
+    /// Run folders (with store.sqlite) and/or checkpoint folders evaluated with `ideator eval`; or one
+    /// experiment folder (`ideator experiment`), whose arms are compared.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Compare inputs on different environments or scales anyway (their rewards are not comparable).
@@ -258,6 +259,18 @@ fn compare_with_first(selected: &[Selected], totals: &mut [Total], noise_std: Op
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // An experiment folder (`ideator experiment`): its arms' comparison at equal budgets.
+    if let [dir] = args.inputs.as_slice() {
+        if crate::commands::experiment::comparison::is_experiment(dir) {
+            let data = crate::commands::experiment::comparison::load_folder(dir)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&data)?);
+            } else {
+                println!("{}", ideator_diagnostics::experiment::markdown(&data));
+            }
+            return Ok(());
+        }
+    }
     let c = compare(&args.inputs, args.allow_mixed)?;
     if args.json {
         println!("{}", serde_json::to_string(&c)?);

@@ -1,7 +1,8 @@
 //! `ideator report RUN`: one self-contained HTML file with the run's charts (reward, max@k, diversity, categories,
 //! execution, code ideas, training signals, staleness and slot utilisation, alarms, top ideas), readable in a
-//! browser with no network. A run folder with a run store is read from the store: every run in it (RL steps and evolution epochs
-//! on the same charts, evaluations of checkpoints as max@k curves); an older folder from its JSONL files.
+//! browser with no network. A run folder with a run store is read from the store: every run in it (RL steps and
+//! evolution epochs on the same charts, evaluations of checkpoints as max@k curves); an older folder from its JSONL
+//! files; an experiment folder from its runs' stores (every arm on one chart per metric).
 
 use std::path::PathBuf;
 
@@ -20,7 +21,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let data = if crate::store_data::store_path(&args.run).is_file() {
+    let data = if crate::commands::experiment::comparison::is_experiment(&args.run) {
+        ideator_diagnostics::report::ReportData {
+            title: args.run.display().to_string(),
+            source: args.run.join(crate::commands::experiment::MANIFEST).display().to_string(),
+            experiment: Some(crate::commands::experiment::comparison::load_folder(&args.run)?),
+            ..Default::default()
+        }
+    } else if crate::store_data::store_path(&args.run).is_file() {
         crate::store_data::load_store(&args.run)?.data
     } else {
         load_run_folder(&args.run)?
@@ -55,8 +63,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for note in &data.notes {
             eprintln!("note: {note}");
         }
-        let points: Vec<String> =
+        let mut points: Vec<String> =
             data.series.iter().map(|s| format!("{} {}s", s.points.len(), s.kind.unit())).collect();
+        if let Some(e) = &data.experiment {
+            points.push(format!("an experiment of {} arms", e.arms.len()));
+        }
         println!(
             "report written to {} ({}; {alarms} collapse alarm(s))",
             out.display(),

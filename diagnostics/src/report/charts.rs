@@ -12,6 +12,7 @@ use super::svg::{
 };
 use crate::categories::CategoryStats;
 use crate::code_ideas::CodeIdeaStats;
+use crate::experiment::{ArmSeries, CurvePoint, ExperimentData};
 use crate::summary::BatchDiagnostics;
 
 /// One chart as the page shows it.
@@ -144,20 +145,96 @@ fn alarm_markers(data: &ReportData, xa: &XAxis) -> Vec<Marker> {
 /// Builds every section of the report.
 pub fn sections(data: &ReportData) -> Vec<Section> {
     let xa = XAxis::new(data);
-    let mut out = vec![
+    let mut sections = Vec::new();
+    if let Some(e) = &data.experiment {
+        sections.push(experiment_section(e));
+        // An experiment folder has no steps of its own: the per-run sections would only say so.
+        if data.series.is_empty() && data.evaluations.is_empty() {
+            return sections;
+        }
+    }
+    sections.extend([
         rewards_section(data, &xa),
         maxk_section(data),
         diversity_section(data, &xa),
         categories_section(data),
         execution_section(data),
-    ];
+    ]);
     // Only runs whose ideas are code changes have a code-idea section.
     if !data.code_ideas.is_empty() {
-        out.push(code_ideas_section(data));
+        sections.push(code_ideas_section(data));
     }
-    out.push(training_section(data));
-    out.push(pipeline_section(data));
-    out
+    sections.push(training_section(data));
+    sections.push(pipeline_section(data));
+    sections
+}
+
+/// One chart of an experiment: every arm's curve (mean across seeds, its interval shaded) on one axis, with the
+/// baseline ± the noise floor shaded in grey when `floor` is set.
+fn experiment_chart(
+    e: &ExperimentData,
+    id: &str,
+    title: &str,
+    caption: &str,
+    curve: fn(&ArmSeries) -> &[CurvePoint],
+    (x_label, y_label): (&str, &str),
+    floor: bool,
+) -> Chart {
+    let mut lines = Vec::new();
+    let mut bands = Vec::new();
+    let mut xs: Vec<f64> = Vec::new();
+    for (i, arm) in e.arms.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let points = curve(arm);
+        xs.extend(points.iter().map(|p| p.x));
+        bands.push(Band {
+            name: format!("{} 95% interval across seeds", arm.arm),
+            color: color.into(),
+            points: points.iter().map(|p| (p.x, p.lo, p.hi)).collect(),
+        });
+        lines.push(Line::new(arm.arm.clone(), color, points.iter().map(|p| (p.x, p.mean)).collect()));
+    }
+    if let (true, Some(b)) = (floor, e.baseline) {
+        let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let s = e.noise_std.unwrap_or(0.0);
+        if lo.is_finite() && hi.is_finite() {
+            lines.push(
+                Line::new("baseline recipe", "#888888", vec![(lo, b), (hi, b)]).stroke(Stroke::Dashed).width(1.2),
+            );
+            bands.push(Band {
+                name: "noise floor (± seed-to-seed std)".into(),
+                color: "#888888".into(),
+                points: vec![(lo, b - s, b + s), (hi, b - s, b + s)],
+            });
+        }
+    }
+    bands.retain(|b| !b.points.is_empty());
+    let svg = line_chart(&LineChart {
+        id: id.into(),
+        size: WIDE,
+        x: Axis::integer(x_label),
+        y: Axis::linear(y_label),
+        lines,
+        bands,
+        markers: Vec::new(),
+    });
+    Chart { id: id.into(), title: title.into(), caption: caption.into(), svg, small: false }
+}
+
+/// An experiment's arms on one chart per metric, against executions spent (and the best so far also against
+/// ideas evaluated, since the execution cache makes them differ).
+fn experiment_section(e: &ExperimentData) -> Section {
+    let exec = "executions spent (per seed)";
+    let k = e.k;
+    let charts = vec![
+        experiment_chart(e, "experiment-best", "Best so far", "The best reward found within the budget spent, mean across seeds with its 95% interval shaded; grey: the baseline recipe ± the noise floor.", |a| a.by_executions.best_so_far.as_slice(), (exec, "best reward so far"), true),
+        experiment_chart(e, "experiment-best-ideas", "Best so far, against ideas evaluated", "As above, against ideas evaluated (cache hits included): an arm that repeats itself evaluates more ideas than it executes.", |a| a.by_ideas.best_so_far.as_slice(), ("ideas evaluated (per seed)", "best reward so far"), true),
+        experiment_chart(e, "experiment-mean", "Mean reward", "The mean reward of the ideas evaluated since the previous point.", |a| a.by_executions.mean_reward.as_slice(), (exec, "mean reward"), true),
+        experiment_chart(e, "experiment-maxk", &format!("max@{k}"), &format!("The expected best of {k} ideas drawn from those evaluated since the previous point (fewer when fewer were evaluated)."), |a| a.by_executions.max_at_k.as_slice(), (exec, &format!("max@{k}")), true),
+        experiment_chart(e, "experiment-distinct", "Diversity over time", "Distinct recipes / ideas among the ideas evaluated since the previous point (1: no two alike; collapse drives it down).", |a| a.by_executions.distinct.as_slice(), (exec, "distinct recipe share"), false),
+    ];
+    section("experiment", "Experiment: arms at equal execution budgets", charts, "")
 }
 
 fn section(id: &str, title: &str, charts: Vec<Chart>, empty_note: &str) -> Section {

@@ -35,6 +35,9 @@ pub struct ReportData {
     /// the other environments.
     #[serde(default)]
     pub code_ideas: Vec<CodeIdeaSeries>,
+    /// An experiment's arms compared at equal budgets (`ideator report` on an experiment folder).
+    #[serde(default)]
+    pub experiment: Option<crate::experiment::ExperimentData>,
 }
 
 /// The code-idea statistics of one learner's ideas: over the whole run and per step or epoch.

@@ -102,6 +102,7 @@ pub fn load_run_folder(dir: &Path) -> Result<ReportData> {
         utilisation: Vec::new(),
         notes,
         code_ideas: Vec::new(),
+        experiment: None,
     })
 }
 
