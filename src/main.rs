@@ -42,8 +42,10 @@ enum Command {
     /// Supervised warm-up of an ideator on chat examples.
     Sft(commands::sft::Args),
     /// RL (GRPO) on an ideator, rewarded by executing its ideas in an environment.
+    #[command(after_help = commands::EXIT_STATUS_HELP)]
     Train(commands::train::Args),
     /// Evolutionary search with a frozen ideator (the seed paper's method), on the same executor and run store.
+    #[command(after_help = commands::EXIT_STATUS_HELP)]
     Evolve(commands::evolve::Args),
     /// Sample ideas from a model or checkpoint, execute them, and report reward, max@k and diversity (stored:
     /// the same evaluation is never executed twice).

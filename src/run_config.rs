@@ -5,6 +5,30 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+/// The flags naming a config and the run folder it runs in (every command that runs from a config file).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// TOML config (its sections: CONFIG.md; examples in configs/).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Run folder (overrides the config's run folder).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// The flags of `sft`, `train` and `evolve`: a config, its run folder, resuming, and the summary's format.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: ConfigArgs,
+    /// Continue the run in the run folder from its newest checkpoint (executions already done are reused).
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `[model]`: which ideator to load and where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

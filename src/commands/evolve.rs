@@ -12,7 +12,6 @@
 //! of an epoch cut short and checking that they are the ones stored.
 
 use ideator_rollout::pipeline::reward::{RewardMode, SeedScope};
-use std::path::PathBuf;
 
 use ideator_model::sampler::SamplingParams;
 use ideator_model::AdapterMode;
@@ -36,23 +35,8 @@ use ideator_trainer::run_dir::RunDir;
 /// The store's name for the evolution run (one per run folder).
 pub const EVOLVE_RUN: &str = "evolve";
 
-#[derive(clap::Args)]
-#[command(after_help = crate::commands::EXIT_STATUS_HELP)]
-pub struct Args {
-    /// TOML config: [model], [init], [sampling], [env], [evolve], [pipeline], [backend], [diagnostics], [run]
-    /// (see configs/evolve-toy.toml).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Run folder (overrides [run] dir). It may be an RL run's folder: the evolution joins its store.
-    #[arg(long)]
-    pub run_dir: Option<PathBuf>,
-    /// Continue the search stored in the run folder (executions already done are reused).
-    #[arg(long)]
-    pub resume: bool,
-    /// Print the final summary as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+/// The command's flags: `--config`, `--run-dir`, `--resume`, `--json`.
+pub type Args = crate::run_config::RunArgs;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,7 +63,7 @@ pub(crate) struct EvolveFile {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (cfg, text): (EvolveFile, String) = read_config(&args.config)?;
+    let (cfg, text): (EvolveFile, String) = read_config(&args.target.config)?;
     cfg.evolve.validate()?;
     cfg.sampling.validate()?;
     cfg.diagnostics.alarm.validate()?;
@@ -92,13 +76,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let pipeline = PipelineConfig { max_inflight_groups: prompts, max_staleness: 0, ..cfg.pipeline.clone() };
     pipeline.validate(prompts)?;
     cfg.env.validate()?;
-    let (env, scale) = cfg.env.load(&args.config)?;
+    let (env, scale) = cfg.env.load(&args.target.config)?;
     // Checked before the run folder exists, so that a bad path or backend leaves nothing behind.
-    let init =
-        cfg.init.checkpoint.as_ref().map(|p| resolve_checkpoint(&relative_to_config(&args.config, p))).transpose()?;
+    let init = cfg
+        .init
+        .checkpoint
+        .as_ref()
+        .map(|p| resolve_checkpoint(&relative_to_config(&args.target.config, p)))
+        .transpose()?;
     cfg.backend.build()?;
 
-    let root = run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config);
+    let root = run_dir_for(args.target.run_dir.as_deref(), &cfg.run, &args.target.config);
     let _lock = lock_run_folder(&root, "evolve")?;
     let layout = RunDir::at(&root);
     let evolution = layout.evolution();
@@ -122,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // The ideator first: a model that cannot load should fail before any execution starts.
         let (model, _) = load_initial_policy(&cfg.model, init.as_deref())?;
         // The baseline's score decides which ideas are "winners" for exploit prompts.
-        let launcher = cfg.env.launcher(&args.config, &scale, &evolution.work())?;
+        let launcher = cfg.env.launcher(&args.target.config, &scale, &evolution.work())?;
         let measured = run_baseline(
             &store,
             &layout.baseline().root,
@@ -258,7 +246,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if summary.interrupted {
                 println!(
                     "continue with: ideator evolve --config {} --run-dir {} --resume",
-                    args.config.display(),
+                    args.target.config.display(),
                     root.display()
                 );
             }

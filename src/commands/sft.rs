@@ -1,7 +1,5 @@
 //! `ideator sft`: supervised warm-up on chat examples (LoRA or full), with checkpoints and exact resume.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use ideator_trainer::config::{OptimConfig, TrainMode};
 use ideator_trainer::run_dir::RunDir;
@@ -17,21 +15,8 @@ use crate::run_config::{
 };
 use crate::run_lock::lock_run_folder;
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// TOML config with [model], [train], [optim], [sft] and [run] sections (see configs/sft-*.toml).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Run folder (overrides [run] dir).
-    #[arg(long)]
-    pub run_dir: Option<PathBuf>,
-    /// Continue the run in the run folder from its newest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Print the final summary as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+/// The command's flags: `--config`, `--run-dir`, `--resume`, `--json`.
+pub type Args = crate::run_config::RunArgs;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,14 +34,14 @@ pub(crate) struct SftFile {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     // Everything that can be checked before the run folder exists is: a config or data error leaves nothing.
-    let (cfg, text): (SftFile, String) = read_config(&args.config)?;
+    let (cfg, text): (SftFile, String) = read_config(&args.target.config)?;
     cfg.train.validate()?;
     cfg.sft.validate()?;
     cfg.optim.validate()?;
     // Relative data paths are relative to the config file.
-    let data = relative_to_config(&args.config, &cfg.sft.data);
+    let data = relative_to_config(&args.target.config, &cfg.sft.data);
     let chats = read_chat_jsonl(&data)?;
-    let root = run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config);
+    let root = run_dir_for(args.target.run_dir.as_deref(), &cfg.run, &args.target.config);
     let _lock = lock_run_folder(&root, "sft")?;
     let run_dir = RunDir::create(&root, args.resume)?;
     run_dir.write_config(&text)?;

@@ -25,23 +25,8 @@ use crate::policy_init::{load_initial_policy, resolve_checkpoint};
 use crate::run_config::{read_config, relative_to_config, run_dir_for, ModelSection, RunSection};
 use crate::run_lock::lock_run_folder;
 
-#[derive(clap::Args)]
-#[command(after_help = crate::commands::EXIT_STATUS_HELP)]
-pub struct Args {
-    /// TOML config: [model], [init], [train], [optim], [grpo], [sampling], [env], [rl], [pipeline], [backend],
-    /// [diagnostics], [run] (see configs/).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Run folder (overrides [run] dir).
-    #[arg(long)]
-    pub run_dir: Option<PathBuf>,
-    /// Continue the run in the run folder from its newest checkpoint (executions already done are reused).
-    #[arg(long)]
-    pub resume: bool,
-    /// Print the final summary as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+/// The command's flags: `--config`, `--run-dir`, `--resume`, `--json`.
+pub type Args = crate::run_config::RunArgs;
 
 /// `[init]`: start from an earlier checkpoint (e.g. the SFT warm-up), merged into the base.
 #[derive(Serialize, Deserialize, Default)]
@@ -140,14 +125,18 @@ fn measure_noise_floor(
 pub fn run(args: Args) -> anyhow::Result<()> {
     // Everything that can be checked without a model is checked before the run folder exists: a config error
     // leaves nothing behind.
-    let (cfg, text): (TrainFile, String) = read_config(&args.config)?;
+    let (cfg, text): (TrainFile, String) = read_config(&args.target.config)?;
     validate(&cfg)?;
-    let (env, scale) = cfg.env.load(&args.config)?;
-    let init =
-        cfg.init.checkpoint.as_ref().map(|p| resolve_checkpoint(&relative_to_config(&args.config, p))).transpose()?;
+    let (env, scale) = cfg.env.load(&args.target.config)?;
+    let init = cfg
+        .init
+        .checkpoint
+        .as_ref()
+        .map(|p| resolve_checkpoint(&relative_to_config(&args.target.config, p)))
+        .transpose()?;
     let backend = cfg.backend.build()?;
 
-    let root = run_dir_for(args.run_dir.as_deref(), &cfg.run, &args.config);
+    let root = run_dir_for(args.target.run_dir.as_deref(), &cfg.run, &args.target.config);
     let _lock = lock_run_folder(&root, "train")?;
     let run_dir = RunDir::create(&root, args.resume)?;
     let store = Store::open_in(&run_dir.root)?;
@@ -279,7 +268,7 @@ fn train(
         crate::progress::say(&bar, format!("           {}", cost_and_noise(r)));
         extra
     };
-    let launcher = cfg.env.launcher(&args.config, &scale, &run_dir.work())?;
+    let launcher = cfg.env.launcher(&args.target.config, &scale, &run_dir.work())?;
     let stop = ideator_rollout::pipeline::interrupt::stop_flag();
     let noise_std = measure_noise_floor(cfg, store, &run_dir.root, &scale, &launcher, &stop, args.json)?;
     bar.set_position(agent.learner.step());
@@ -324,7 +313,7 @@ fn train(
         if summary.interrupted {
             println!(
                 "continue with: ideator train --config {} --run-dir {} --resume",
-                args.config.display(),
+                args.target.config.display(),
                 run_dir.root.display()
             );
         }

@@ -27,12 +27,10 @@ pub const MANIFEST: &str = "experiment.json";
 #[derive(clap::Args)]
 #[command(after_help = crate::commands::EXIT_STATUS_HELP)]
 pub struct Args {
-    /// Experiment config (TOML): environment, scale, starting checkpoint, budget, seeds, arms, shared tables.
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Experiment folder (overrides the config's run_dir).
-    #[arg(long)]
-    pub run_dir: Option<PathBuf>,
+    /// The experiment config (environment, scale, starting checkpoint, budget, seeds, arms, shared tables) and
+    /// the experiment folder.
+    #[command(flatten)]
+    pub target: crate::run_config::ConfigArgs,
     /// Print the budget plan (steps per arm at the common budget) and exit.
     #[arg(long)]
     pub plan: bool,
@@ -131,12 +129,12 @@ fn print_plan(cfg: &ExperimentConfig, checkpoint: Option<&Path>) {
 /// `runs/<config stem>`.
 fn experiment_dir(args: &Args, cfg: &ExperimentConfig) -> PathBuf {
     let section = crate::run_config::RunSection { dir: cfg.run_dir.clone(), seed: 0 };
-    crate::run_config::run_dir_for(args.run_dir.as_deref(), &section, &args.config)
+    crate::run_config::run_dir_for(args.target.run_dir.as_deref(), &section, &args.target.config)
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (cfg, text) = ExperimentConfig::load(&args.config)?;
-    let rel = |p: &Path| crate::run_config::relative_to_config(&args.config, p);
+    let (cfg, text) = ExperimentConfig::load(&args.target.config)?;
+    let rel = |p: &Path| crate::run_config::relative_to_config(&args.target.config, p);
     let checkpoint = cfg
         .checkpoint
         .as_deref()
@@ -150,8 +148,8 @@ pub fn run(args: Args) -> Result<()> {
     ideator_envs::load(&cfg.env, env_config.as_deref())?.check_scale(&cfg.scale)?;
     let root = experiment_dir(&args, &cfg);
     let _lock = crate::run_lock::lock_run_folder(&root, "experiment")?;
-    let mut command = format!("ideator experiment --config {}", args.config.display());
-    if let Some(d) = &args.run_dir {
+    let mut command = format!("ideator experiment --config {}", args.target.config.display());
+    if let Some(d) = &args.target.run_dir {
         command.push_str(&format!(" --run-dir {}", d.display()));
     }
     let manifest =

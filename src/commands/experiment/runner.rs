@@ -60,14 +60,13 @@ pub(crate) fn run_arm(shared: &Shared, root: &Path, arm: &Arm, plan: &ArmPlan, s
         Arm::Grpo { grpo, groups_per_step, .. } => {
             let text = toml::to_string(&train_config(shared, grpo, *groups_per_step, plan.steps as u64, seed)?)?;
             write_config(&config, &text)?;
-            let args = crate::commands::train::Args { config, run_dir: Some(dir.clone()), resume: true, json: false };
+            let args = run_args(config, &dir);
             crate::commands::train::run(args).with_context(what)?;
         }
         Arm::Evolve { .. } => {
             let text = toml::to_string(&evolve_config(shared, arm, plan.steps as u64, seed)?)?;
             write_config(&config, &text)?;
-            let args =
-                crate::commands::evolve::Args { config, run_dir: Some(dir.clone()), resume: true, json: false };
+            let args = run_args(config, &dir);
             crate::commands::evolve::run(args).with_context(what)?;
         }
         Arm::BestOfN { batch, .. } => {
@@ -193,4 +192,13 @@ fn eval_args(shared: &Shared, batch: usize, n: usize, seed: u64, dir: &Path) -> 
         ideas_out: None,
         json: false,
     })
+}
+
+/// `train` / `evolve` flags that run (or resume) `config` in `dir`.
+fn run_args(config: PathBuf, dir: &Path) -> crate::run_config::RunArgs {
+    crate::run_config::RunArgs {
+        target: crate::run_config::ConfigArgs { config, run_dir: Some(dir.to_path_buf()) },
+        resume: true,
+        json: false,
+    }
 }
