@@ -27,8 +27,8 @@ use crate::commands::train::InitSection;
 use crate::execution::{
     categorize, fail_run_on_error, BackendSection, DiagnosticsSection, EnvSection, StepDiagnostics,
 };
-use crate::policy_init::{load_initial_policy, resolve_checkpoint};
-use crate::run_config::{read_config, relative_to_config, run_dir_for, ModelSection, RunSection};
+use crate::policy_init::load_initial_policy;
+use crate::run_config::{read_config, run_dir_for, ModelSection, RunSection};
 use crate::run_lock::lock_run_folder;
 use ideator_trainer::run_dir::RunDir;
 
@@ -78,12 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cfg.env.validate()?;
     let (env, scale) = cfg.env.load(&args.target.config)?;
     // Checked before the run folder exists, so that a bad path or backend leaves nothing behind.
-    let init = cfg
-        .init
-        .checkpoint
-        .as_ref()
-        .map(|p| resolve_checkpoint(&relative_to_config(&args.target.config, p)))
-        .transpose()?;
+    let init = cfg.init.resolve(&args.target.config)?;
     cfg.backend.build()?;
 
     let root = run_dir_for(args.target.run_dir.as_deref(), &cfg.run, &args.target.config);

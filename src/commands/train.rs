@@ -35,6 +35,14 @@ pub struct InitSection {
     pub checkpoint: Option<PathBuf>,
 }
 
+impl InitSection {
+    /// The checkpoint to start from (relative paths are relative to the config file `config`), resolved to a
+    /// checkpoint folder; `None` to start from the model itself. Errors name a path that is not a checkpoint.
+    pub fn resolve(&self, config: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
+        self.checkpoint.as_ref().map(|p| resolve_checkpoint(&relative_to_config(config, p))).transpose()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TrainFile {
@@ -128,12 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (cfg, text): (TrainFile, String) = read_config(&args.target.config)?;
     validate(&cfg)?;
     let (env, scale) = cfg.env.load(&args.target.config)?;
-    let init = cfg
-        .init
-        .checkpoint
-        .as_ref()
-        .map(|p| resolve_checkpoint(&relative_to_config(&args.target.config, p)))
-        .transpose()?;
+    let init = cfg.init.resolve(&args.target.config)?;
     let backend = cfg.backend.build()?;
 
     let root = run_dir_for(args.target.run_dir.as_deref(), &cfg.run, &args.target.config);
