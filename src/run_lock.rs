@@ -54,8 +54,10 @@ const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Takes the exclusive lock, retrying for [`LOCK_GRACE`] while another holder has it.
 ///
 /// Why a grace period: a resume started the moment an aborted `train` was reaped was once refused here
-/// (1 run of the crash-resume test in 5 full-suite runs on 2 cores): the lock outlived the process for a moment,
-/// and we have not found what held it. A run that is really in use still gets the error, 3 s later.
+/// (1 run of the crash-resume test in 4 full-suite runs on 2 cores): the lock outlived the process for a moment.
+/// The likely holder (not verified): an execution's child forked just before the abort and not yet through its
+/// `pre_exec` check, which exits when the parent is gone; until it runs, it shares the lock's open file
+/// description. A run that is really in use still gets the error, 3 s later.
 fn lock_with_grace(file: &File) -> std::io::Result<()> {
     let start = std::time::Instant::now();
     loop {
