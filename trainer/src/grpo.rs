@@ -62,6 +62,18 @@ pub struct GrpoStepStats {
     pub advantage_metrics: BTreeMap<String, f64>,
 }
 
+/// Mean, population standard deviation and max of `rewards`; `None` when there are none. The step statistics of
+/// the learner and of the pipeline's step record both come from here.
+pub fn reward_moments(rewards: &[f64]) -> Option<(f64, f64, f64)> {
+    if rewards.is_empty() {
+        return None;
+    }
+    let n = rewards.len() as f64;
+    let mean = rewards.iter().sum::<f64>() / n;
+    let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    Some((mean, std, rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max)))
+}
+
 pub struct GrpoLearner {
     policy: TrainablePolicy,
     optimizer: AdamW,
@@ -117,10 +129,9 @@ impl GrpoLearner {
         }
         let mut stats = GrpoStepStats { step: self.step, lr: self.lr(), ..Default::default() };
         let all_rewards: Vec<f64> = groups.iter().flat_map(|g| g.rewards()).collect();
-        let n = all_rewards.len() as f64;
-        stats.reward_mean = all_rewards.iter().sum::<f64>() / n;
-        stats.reward_std = (all_rewards.iter().map(|r| (r - stats.reward_mean).powi(2)).sum::<f64>() / n).sqrt();
-        stats.reward_max = all_rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // No rewards at all (a caller outside the pipeline): the formulas' 0/0, NaN, and a max of -inf.
+        (stats.reward_mean, stats.reward_std, stats.reward_max) =
+            reward_moments(&all_rewards).unwrap_or((f64::NAN, f64::NAN, f64::NEG_INFINITY));
         stats.frac_reward_zero_std =
             groups.iter().filter(|g| is_zero_std(&g.rewards())).count() as f64 / groups.len() as f64;
 

@@ -61,16 +61,11 @@ pub struct RewardStats {
 impl RewardStats {
     /// Mean, std and max of `rewards` (the learner's inputs); the other fields are left at their defaults.
     pub fn of(rewards: &[f64]) -> Self {
-        if rewards.is_empty() {
-            return RewardStats::default();
-        }
-        let n = rewards.len() as f64;
-        let mean = rewards.iter().sum::<f64>() / n;
-        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let moments = ideator_trainer::grpo::reward_moments(rewards);
         RewardStats {
-            reward_mean: Some(mean),
-            reward_std: Some(std),
-            reward_max: Some(rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+            reward_mean: moments.map(|m| m.0),
+            reward_std: moments.map(|m| m.1),
+            reward_max: moments.map(|m| m.2),
             sequences: rewards.len(),
             ..RewardStats::default()
         }

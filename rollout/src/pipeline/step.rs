@@ -233,48 +233,45 @@ fn step_record(
     for (_, s) in &scored.staleness {
         *staleness.entry(s.to_string()).or_insert(0u64) += 1;
     }
-    let (timing, dispatch) = timing(inputs, update_seconds);
-    let executions = ExecutionStats {
-        sampled_groups: inputs.interval.sampled_groups,
-        dropped_stale_groups: inputs.interval.dropped,
-        ..dispatch
-    };
     let tally = scored.tally.stats(inputs.groups.len(), records.len(), noise_std);
     StepRecord {
         step,
         epoch: None,
         policy_version: step,
         rewards,
-        executions: merge(tally, executions),
-        timing,
+        executions: with_dispatch(tally, inputs, update_seconds),
+        timing: timing(inputs, update_seconds),
         staleness,
         learner,
         extra: Default::default(),
     }
 }
 
-/// The tally's counts with the dispatcher's figures.
-fn merge(tally: ExecutionStats, dispatch: ExecutionStats) -> ExecutionStats {
+/// The step's tally completed with what the dispatcher and the sampler did since the previous update.
+fn with_dispatch(tally: ExecutionStats, inputs: &StepInputs, update_seconds: f64) -> ExecutionStats {
+    let (before, after) = inputs.dispatch;
+    let executions = after.completed - before.completed;
+    let wall = inputs.interval_seconds + update_seconds;
     ExecutionStats {
-        executions: dispatch.executions,
-        executions_per_hour: dispatch.executions_per_hour,
-        slots: dispatch.slots,
-        queued_ideas: dispatch.queued_ideas,
-        running_ideas: dispatch.running_ideas,
-        sampled_groups: dispatch.sampled_groups,
-        dropped_stale_groups: dispatch.dropped_stale_groups,
-        infrastructure_failures: dispatch.infrastructure_failures,
+        executions,
+        executions_per_hour: executions as f64 / wall.max(1e-9) * 3600.0,
+        slots: after.slots,
+        queued_ideas: after.queued,
+        running_ideas: after.running,
+        sampled_groups: inputs.interval.sampled_groups,
+        dropped_stale_groups: inputs.interval.dropped,
+        infrastructure_failures: after.infrastructure_failures - before.infrastructure_failures,
         ..tally
     }
 }
 
-/// Where the time went since the previous update, and what the dispatcher did meanwhile.
-fn timing(inputs: &StepInputs, update_seconds: f64) -> (StepTiming, ExecutionStats) {
+/// Where the time went since the previous update, and how busy the slots were.
+fn timing(inputs: &StepInputs, update_seconds: f64) -> StepTiming {
     let (before, after) = inputs.dispatch;
     let interval = inputs.interval;
     let wall = inputs.interval_seconds + update_seconds;
     let busy = after.busy_slot_seconds - before.busy_slot_seconds;
-    let timing = StepTiming {
+    StepTiming {
         sample_seconds: interval.sample_seconds,
         wait_seconds: interval.wait_seconds,
         update_seconds,
@@ -283,18 +280,7 @@ fn timing(inputs: &StepInputs, update_seconds: f64) -> (StepTiming, ExecutionSta
         // Over an interval too short to measure (back-to-back updates) the ratio is noise: leave it out.
         slot_utilisation: (inputs.interval_seconds >= 0.05)
             .then(|| (busy / (after.slots as f64 * inputs.interval_seconds)).min(1.0)),
-    };
-    let executions = after.completed - before.completed;
-    let dispatch = ExecutionStats {
-        executions,
-        executions_per_hour: executions as f64 / wall.max(1e-9) * 3600.0,
-        slots: after.slots,
-        queued_ideas: after.queued,
-        running_ideas: after.running,
-        infrastructure_failures: after.infrastructure_failures - before.infrastructure_failures,
-        ..ExecutionStats::default()
-    };
-    (timing, dispatch)
+    }
 }
 
 /// Appends the step to `metrics.jsonl` and its ideas to `ideas.jsonl`.
