@@ -198,6 +198,11 @@ impl ExperimentConfig {
         if self.checkpoint_every == 0 {
             bail!("checkpoint_every must be at least 1");
         }
+        // Checked here, not only when the first GRPO arm starts (after the other arms may have run): the same
+        // rule as `[rl] noise_floor_seeds`.
+        ideator_rollout::rl::RlConfig { noise_floor_seeds: self.noise_floor_seeds, ..Default::default() }
+            .validate()
+            .context("noise_floor_seeds")?;
         self.optim.validate()?;
         self.train.validate()?;
         self.sampling.validate_for_training()?;
@@ -323,6 +328,7 @@ max_k = { k = 4 }
         assert!(bad("seeds = [1, 2, 3]", "seeds = [1, 1]").contains("distinct"));
         assert!(bad("name = \"evolution\"", "name = \"frozen\"").contains("distinct"));
         assert!(bad("max_k = { k = 4 }", "max_k = { k = 9 }").contains("grpo.max_k.k = 9"));
+        assert!(bad("seeds = [1, 2, 3]", "seeds = [1, 2, 3]\nnoise_floor_seeds = 1").contains("noise_floor_seeds"));
         assert!(bad("ideas_per_epoch = 24", "ideas_per_epoch = 24\nideas_per_prompt = 5").contains("multiple"));
         assert!(toml::from_str::<ExperimentConfig>(&CONFIG.replace("batch = 16", "batch = 16\nbogus = 1")).is_err());
         assert!(toml::from_str::<ExperimentConfig>(&format!("[optim]\nbogus = 1\n{CONFIG}")).is_err());
