@@ -35,7 +35,8 @@ fn rows(value: &toml::Value, prefix: &str, required: &toml::Value, no_default: &
         }
     }
     if !lines.is_empty() {
-        out.push(format!("\n### `[{prefix}]`\n\n| key | default | type |\n| --- | --- | --- |"));
+        let title = if prefix.is_empty() { "Top-level keys".to_string() } else { format!("`[{prefix}]`") };
+        out.push(format!("\n### {title}\n\n| key | default | type |\n| --- | --- | --- |"));
         out.extend(lines);
     }
     for (key, v, req, nd) in tables {
@@ -88,6 +89,40 @@ fn section<T: Serialize + DeserializeOwned>(kind: &Kind, extra: &[(&str, &str)])
     out.join("\n") + "\n"
 }
 
+/// The experiment's file: its top-level keys and tables, then one `[[arms]]` table per arm kind.
+fn experiment_section() -> String {
+    use crate::commands::experiment::config::ExperimentConfig;
+    let kind = Kind {
+        command: "experiment",
+        required: "env = \"toy\"\nexecutions = 8\nseeds = [1]\n\
+                   [[arms]]\nkind = \"best_of_n\"\nname = \"frozen\"\nbatch = 8\n\
+                   [[arms]]\nkind = \"evolve\"\nname = \"evolution\"\nideas_per_epoch = 4\n\
+                   [[arms]]\nkind = \"grpo\"\nname = \"grpo\"\n",
+        optional_without_default: "env_config = \"env.toml\"\ntime_limit_s = 60.0\ncheckpoint = \"PATH\"\n\
+                                   run_dir = \"PATH\"\n",
+    };
+    let mut out = section::<ExperimentConfig>(&kind, &[]);
+    out += "\nEach `[[arms]]` table has a `kind` and a `name` (required), and the keys of its kind; the arm's \
+            `[arms.grpo]` is a whole `[grpo]` table (see `ideator train`).\n";
+    let required: toml::Value = toml::from_str(kind.required).expect("valid TOML");
+    let full = complete::<ExperimentConfig>(&required, &toml::Value::Table(Default::default()));
+    let arms = full.get("arms").and_then(|a| a.as_array()).expect("the arms are serialized");
+    let empty = toml::Value::Table(Default::default());
+    let required_arms = required.get("arms").and_then(|a| a.as_array()).expect("the required arms");
+    for (arm, arm_required) in arms.iter().zip(required_arms) {
+        let arm_kind = arm.get("kind").and_then(|k| k.as_str()).expect("tagged by kind");
+        let mut lines = Vec::new();
+        let mut shallow = arm.as_table().expect("a table").clone();
+        shallow.remove("grpo"); // listed under `ideator train`'s `[grpo]`
+        rows(&toml::Value::Table(shallow), "arms", arm_required, &empty, &mut lines);
+        let body =
+            lines.join("\n").replacen("### `[arms]`", &format!("### `[[arms]]` with `kind = \"{arm_kind}\"`"), 1);
+        out += &body;
+        out += "\n";
+    }
+    out
+}
+
 /// The whole reference.
 pub(crate) fn reference() -> String {
     use crate::commands::{evolve::EvolveFile, sft::SftFile, train::TrainFile};
@@ -121,6 +156,7 @@ pub(crate) fn reference() -> String {
     out += &section::<TrainFile>(&train, &[slurm, full]);
     out += &section::<SftFile>(&sft, &[full]);
     out += &section::<EvolveFile>(&evolve, &[slurm]);
+    out += &experiment_section();
     out
 }
 

@@ -21,7 +21,7 @@ use ideator_envs::knobs::KnobValue;
 use ideator_envs::peaks::{Peaks, ACTIVATIONS, NORMS, OPTIMIZERS, SCHEDULES};
 use ideator_envs::recipe::Recipe;
 use ideator_trainer::advantages::{compute_advantages, GroupInput};
-use ideator_trainer::config::{AdvantageEstimator, MaxKConfig, RiskSeekingConfig};
+use ideator_trainer::config::{AdvantageEstimator, MaxKConfig, QuantileTies, RiskSeekingConfig};
 use ideator_trainer::GrpoConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -171,19 +171,18 @@ fn arms(group: usize, steps: u64) -> Vec<Arm> {
         max_k: MaxKConfig { k, k_final, anneal_steps: steps },
         ..with(AdvantageEstimator::MaxK)
     };
+    let risk = |ties| GrpoConfig {
+        risk_seeking: RiskSeekingConfig { epsilon: 0.25, ties },
+        ..with(AdvantageEstimator::RiskSeeking)
+    };
     vec![
         Arm { name: "grpo", cfg: base.clone() },
         Arm { name: "max_k k=2", cfg: max_k(2, None) },
         Arm { name: "max_k k=4", cfg: max_k(4, None) },
         Arm { name: "max_k k=8->1", cfg: max_k(group, Some(1)) },
         Arm { name: "max_loo", cfg: with(AdvantageEstimator::MaxLoo) },
-        Arm {
-            name: "risk_seeking eps=0.25",
-            cfg: GrpoConfig {
-                risk_seeking: RiskSeekingConfig { epsilon: 0.25 },
-                ..with(AdvantageEstimator::RiskSeeking)
-            },
-        },
+        Arm { name: "risk_seeking eps=0.25 exact ties", cfg: risk(QuantileTies::Exact) },
+        Arm { name: "risk_seeking eps=0.25 next_below", cfg: risk(QuantileTies::NextBelow) },
         Arm { name: "diversity", cfg: with(AdvantageEstimator::Diversity) },
         Arm { name: "unlikeliness", cfg: with(AdvantageEstimator::Unlikeliness) },
     ]

@@ -110,12 +110,27 @@ impl MaxKConfig {
 pub struct RiskSeekingConfig {
     /// Fraction of each group that counts as its top (Petersen et al.'s epsilon): m = ceil(epsilon * n) samples.
     pub epsilon: f64,
+    /// What a group whose top m all tie with the quantile contributes (see `advantages::risk_seeking`).
+    pub ties: QuantileTies,
 }
 
 impl Default for RiskSeekingConfig {
     fn default() -> Self {
-        RiskSeekingConfig { epsilon: 0.25 }
+        RiskSeekingConfig { epsilon: 0.25, ties: QuantileTies::NextBelow }
     }
+}
+
+/// `[grpo.risk_seeking] ties`: the baseline of a group whose top m rewards all equal its quantile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantileTies {
+    /// The quantile stays the baseline, so such a group gives no gradient: the exact leave-one-out estimate of
+    /// E[mean of the top m of n] (unbiased; the test by enumeration checks this mode).
+    Exact,
+    /// The baseline drops to the largest reward below the tied value, so the tied top samples are still pushed up
+    /// and a policy whose best ideas keep repeating does not stall. Biased towards the tied top outcome (an
+    /// extra push towards what is already the group's best), which is the intent.
+    NextBelow,
 }
 
 /// Settings of `unlikeliness` (`[grpo.unlikeliness]`).

@@ -4,7 +4,7 @@
 //! objective (DESIGN section 9: "Test every estimator for unbiasedness by exact enumeration").
 
 use ideator_trainer::advantages::{compute_advantages, max_at_k_estimate, GroupInput};
-use ideator_trainer::config::{AdvantageEstimator, Baseline, MaxKConfig, RiskSeekingConfig};
+use ideator_trainer::config::{AdvantageEstimator, Baseline, MaxKConfig, QuantileTies, RiskSeekingConfig};
 use ideator_trainer::GrpoConfig;
 
 /// A categorical policy with its outcomes' rewards.
@@ -183,18 +183,44 @@ fn risk_seeking_is_an_unbiased_gradient_of_the_mean_of_the_top_m() {
     for p in policies() {
         for n in 2..=6 {
             for epsilon in [0.2, 0.34, 0.5, 0.8] {
-                let c = GrpoConfig {
-                    risk_seeking: RiskSeekingConfig { epsilon },
-                    ..cfg(AdvantageEstimator::RiskSeeking, n)
-                };
-                let m = ((epsilon * n as f64 - 1e-9).ceil() as usize).clamp(1, n - 1);
-                let top_mean = |r: &[f64]| {
-                    let mut s = r.to_vec();
-                    s.sort_by(|a, b| b.total_cmp(a));
-                    s[..m].iter().sum::<f64>() / m as f64
-                };
+                let c = risk_cfg(n, epsilon, QuantileTies::Exact);
                 let got = p.expected_update(n, &c);
-                assert_close(&got, &p.objective_gradient(n, top_mean), 1e-9, &format!("risk n={n} eps={epsilon}"));
+                let want = p.objective_gradient(n, top_mean(n, epsilon));
+                assert_close(&got, &want, 1e-9, &format!("risk n={n} eps={epsilon}"));
+            }
+        }
+    }
+}
+
+fn risk_cfg(n: usize, epsilon: f64, ties: QuantileTies) -> GrpoConfig {
+    GrpoConfig { risk_seeking: RiskSeekingConfig { epsilon, ties }, ..cfg(AdvantageEstimator::RiskSeeking, n) }
+}
+
+/// The mean of the top m = ceil(epsilon n) (at most n - 1) rewards of a draw.
+fn top_mean(n: usize, epsilon: f64) -> impl Fn(&[f64]) -> f64 {
+    let m = ((epsilon * n as f64 - 1e-9).ceil() as usize).clamp(1, n - 1);
+    move |r: &[f64]| {
+        let mut s = r.to_vec();
+        s.sort_by(|a, b| b.total_cmp(a));
+        s[..m].iter().sum::<f64>() / m as f64
+    }
+}
+
+/// `ties = "next_below"` is biased on purpose (draws whose top ties with the quantile still push the tied best
+/// up), but its expected update must still ascend the top-m objective: a positive inner product with the exact
+/// gradient, on every policy, n and epsilon.
+#[test]
+fn risk_seeking_with_next_below_ties_still_ascends_the_mean_of_the_top_m() {
+    for (pi, p) in policies().iter().enumerate() {
+        for n in 2..=6 {
+            for epsilon in [0.2, 0.34, 0.5, 0.8] {
+                let got = p.expected_update(n, &risk_cfg(n, epsilon, QuantileTies::NextBelow));
+                let want = p.objective_gradient(n, top_mean(n, epsilon));
+                let dot: f64 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
+                let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                let cosine = dot / (norm(&got) * norm(&want));
+                eprintln!("policy {pi} n={n} eps={epsilon}: cosine {cosine:.4}");
+                assert!(cosine > 0.0, "policy {pi} n={n} eps={epsilon}: got {got:?}, exact {want:?}");
             }
         }
     }

@@ -1,7 +1,7 @@
 //! `risk_seeking`: raise the mean of a group's top samples rather than the mean of all.
 
 use super::{ascending_order, finish, GroupAdvantages, GroupInput};
-use crate::config::GrpoConfig;
+use crate::config::{GrpoConfig, QuantileTies};
 
 /// Number of samples that count as the top of a group of n: m = ceil(epsilon n), kept in [1, n - 1] so that a
 /// quantile below the top exists.
@@ -18,10 +18,14 @@ pub(crate) fn top_count(n: usize, epsilon: f64) -> usize {
 /// = grad J.
 ///
 /// Ties: the weights depend only on values, not on how ties are broken, and samples tied at the quantile get 0
-/// (not a negative weight). When the whole top m ties with the quantile the group gives no gradient: that is the
-/// exact estimate for that draw (removing any one top sample leaves the top sum unchanged); the metric
-/// `risk_seeking/tied_top` counts such groups so a stalled run is visible. Divided by the group's reward std
-/// when `scale_rewards`.
+/// (not a negative weight). When the whole top m ties with the quantile (a policy whose best idea keeps
+/// repeating), the exact estimate for that draw is 0: removing any one top sample leaves the top sum unchanged.
+/// With `ties = "exact"` such a group gives no gradient, and the estimator is unbiased for J. With
+/// `ties = "next_below"` (the default) the baseline of such a group drops to the largest reward below the tied
+/// value, q' = max{r_j : r_j < q}, so the tied top samples get (n/m)(q - q') each and the gradient does not vanish
+/// while the group still separates its best from the rest; this adds a push towards the tied best outcome (a bias
+/// by design). The metric `risk_seeking/tied_top` counts such groups either way. Divided by the group's reward
+/// std when `scale_rewards`.
 pub fn risk_seeking(group: &GroupInput, cfg: &GrpoConfig, _step: u64) -> GroupAdvantages {
     let rewards = &group.rewards;
     let n = rewards.len();
@@ -31,17 +35,27 @@ pub fn risk_seeking(group: &GroupInput, cfg: &GrpoConfig, _step: u64) -> GroupAd
     let m = top_count(n, cfg.risk_seeking.epsilon);
     let order = ascending_order(rewards);
     let quantile = rewards[order[n - m - 1]];
-    let scale = n as f64 / m as f64;
-    let weights: Vec<f64> = rewards.iter().map(|&r| scale * (r - quantile).max(0.0)).collect();
     let tied_top = rewards[order[n - 1]] == quantile && !super::is_zero_std(rewards);
+    let baseline = match cfg.risk_seeking.ties {
+        QuantileTies::NextBelow if tied_top => next_below(rewards, quantile),
+        _ => quantile,
+    };
+    let scale = n as f64 / m as f64;
+    let weights: Vec<f64> = rewards.iter().map(|&r| scale * (r - baseline).max(0.0)).collect();
     GroupAdvantages {
         advantages: finish(rewards, weights, cfg),
         metrics: vec![
             ("risk_seeking/quantile", quantile),
+            ("risk_seeking/baseline", baseline),
             ("risk_seeking/top_count", m as f64),
             ("risk_seeking/tied_top", f64::from(u8::from(tied_top))),
         ],
     }
+}
+
+/// The largest reward strictly below `value` (the group is not constant, so one exists when `value` is its top).
+fn next_below(rewards: &[f64], value: f64) -> f64 {
+    rewards.iter().copied().filter(|&r| r < value).fold(f64::NEG_INFINITY, f64::max)
 }
 
 #[cfg(test)]
@@ -50,9 +64,13 @@ mod tests {
     use crate::config::{AdvantageEstimator, RiskSeekingConfig};
 
     fn cfg(epsilon: f64) -> GrpoConfig {
+        cfg_ties(epsilon, QuantileTies::Exact)
+    }
+
+    fn cfg_ties(epsilon: f64, ties: QuantileTies) -> GrpoConfig {
         GrpoConfig {
             advantage_estimator: AdvantageEstimator::RiskSeeking,
-            risk_seeking: RiskSeekingConfig { epsilon },
+            risk_seeking: RiskSeekingConfig { epsilon, ties },
             scale_rewards: false,
             ..Default::default()
         }
@@ -83,5 +101,27 @@ mod tests {
         let out = risk_seeking(&g, &cfg(0.25), 0);
         assert!((out.advantages[0] - 4.0 * 0.2).abs() < 1e-12 && out.advantages[1..] == [0.0; 3]);
         assert!(out.metrics.contains(&("risk_seeking/tied_top", 0.0)));
+    }
+
+    #[test]
+    fn next_below_keeps_a_tied_top_group_learning_and_changes_nothing_else() {
+        // Top 1 of 4 (epsilon 0.25) ties with the quantile 0.5: exact gives 0; next_below's baseline is 0.1,
+        // so each 0.5 gets 4 (0.5 - 0.1) and the 0.1 gets 0.
+        let tied = GroupInput::from_rewards(&[0.5, 0.5, 0.5, 0.1]);
+        let out = risk_seeking(&tied, &cfg_ties(0.25, QuantileTies::NextBelow), 0);
+        for (a, want) in out.advantages.iter().zip([1.6, 1.6, 1.6, 0.0]) {
+            assert!((a - want).abs() < 1e-12, "{:?}", out.advantages);
+        }
+        assert!(out.metrics.contains(&("risk_seeking/tied_top", 1.0)));
+        assert!(out.metrics.contains(&("risk_seeking/baseline", 0.1)));
+        // Without a tie at the top both modes agree; a constant group gives nothing in either.
+        for rewards in [[0.1, 0.9, 0.2, 0.5], [0.7, 0.5, 0.5, 0.1], [0.3, 0.3, 0.3, 0.3]] {
+            let g = GroupInput::from_rewards(&rewards);
+            for eps in [0.25, 0.5] {
+                let exact = risk_seeking(&g, &cfg_ties(eps, QuantileTies::Exact), 0).advantages;
+                let below = risk_seeking(&g, &cfg_ties(eps, QuantileTies::NextBelow), 0).advantages;
+                assert_eq!(exact, below, "{rewards:?} eps {eps}");
+            }
+        }
     }
 }
