@@ -17,6 +17,7 @@
 //!   applied to a fresh copy and run inside the [`sandbox`] (process group, rlimits, scrubbed environment, no
 //!   network when root).
 //! - [`backend`]: where executions run as separate processes: local slots (CPU shares or GPUs) or Slurm jobs.
+//! - [`scale`]: what every scale of a knob environment declares, around its own budget.
 //! - [`prompt`]: the ideator prompt of an environment and schema-valid example ideas for a supervised warm-up.
 
 pub mod backend;
@@ -33,6 +34,7 @@ pub mod prompt;
 pub mod recipe;
 pub mod result;
 pub mod sandbox;
+pub mod scale;
 pub mod toy;
 
 pub use environment::{default_device, CpuParallelism, EnvError, Environment, RunContext, ScaleInfo};

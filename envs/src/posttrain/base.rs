@@ -364,7 +364,7 @@ mod tests {
 
     #[test]
     fn the_key_changes_with_the_config_and_the_device_kind() {
-        let spec = super::super::scales()[0].base.clone();
+        let spec = super::super::scales()[0].budget.base.clone();
         let key = spec.key(&Device::Cpu);
         assert_eq!(key.len(), 16);
         assert_eq!(key, spec.key(&Device::Cpu));

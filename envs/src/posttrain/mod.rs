@@ -22,6 +22,7 @@ use crate::environment::{EnvError, Environment, RunContext, ScaleInfo};
 use crate::knobs::{Knob, KnobValue, Schema};
 use crate::recipe::Recipe;
 use crate::result::{ExecResult, FailureCause};
+use crate::scale::Scale;
 use base::{BaseSpec, PolicyShape};
 use ideator_model::sampler::SamplingParams;
 use ideator_model::LoraConfig;
@@ -32,93 +33,96 @@ use std::path::PathBuf;
 use task::{Op, RewardKind, Task, TaskSpec};
 use train::GrpoPlan;
 
-/// One scale: the task, the base policy, the budget and the guards.
+/// What a posttrain scale allows: the task and base policy, the budget of sampled completions and the guards.
 #[derive(Debug, Clone)]
-pub struct ScaleSpec {
-    pub name: &'static str,
-    pub doc: &'static str,
+pub struct Budget {
     pub base: BaseSpec,
     /// Sampled completions per run (steps = budget / (prompts_per_step x group_size)).
     pub budget_completions: usize,
-    /// Fewer sampled batches than this is not a training run: the recipe is out of budget.
-    pub min_steps: usize,
     /// Most completions in one sampled batch (memory of sampling and of the update).
     pub max_batch_completions: usize,
     pub eval_batch: usize,
-    /// Baseline values that differ from the schema's defaults (which are the `tiny` baseline).
-    pub baseline: Vec<(&'static str, KnobValue)>,
 }
+
+/// One scale: its name, doc, baseline and this environment's [`Budget`].
+pub type ScaleSpec = Scale<Budget>;
 
 /// The scales, smallest first. Only `tiny` has been run end to end here (2 CPU cores); the others' times are
 /// estimates.
 pub fn scales() -> Vec<ScaleSpec> {
     use KnobValue::Int as I;
     vec![
-        ScaleSpec {
+        Scale {
             name: "tiny",
             doc: "2-digit addition; 2 layers x width 64 (0.1M parameters); 4096 sampled completions; \
                   a few seconds on one CPU core (plus 15-30 s, once, to train and cache the base)",
-            base: BaseSpec {
-                task: TaskSpec { digits: 2, ops: vec![Op::Add], eval_problems: 1000, seed: 11 },
-                shape: PolicyShape { hidden: 64, layers: 2, heads: 4, intermediate: 192 },
-                init_seed: 1,
-                data_seed: 2,
-                sft_steps: 800,
-                sft_batch: 64,
-                sft_lr: 3e-3,
-                sft_warmup: 20,
-                clean_steps: 500,
-                slip_rate: 0.6,
-            },
-            budget_completions: 4096,
             min_steps: 4,
-            max_batch_completions: 2048,
-            eval_batch: 1000,
             baseline: vec![],
+            budget: Budget {
+                base: BaseSpec {
+                    task: TaskSpec { digits: 2, ops: vec![Op::Add], eval_problems: 1000, seed: 11 },
+                    shape: PolicyShape { hidden: 64, layers: 2, heads: 4, intermediate: 192 },
+                    init_seed: 1,
+                    data_seed: 2,
+                    sft_steps: 800,
+                    sft_batch: 64,
+                    sft_lr: 3e-3,
+                    sft_warmup: 20,
+                    clean_steps: 500,
+                    slip_rate: 0.6,
+                },
+                budget_completions: 4096,
+                max_batch_completions: 2048,
+                eval_batch: 1000,
+            },
         },
-        ScaleSpec {
+        Scale {
             name: "small",
             doc: "3-digit addition and subtraction; 4 layers x width 256 (3M parameters); 65536 sampled \
                   completions; estimated minutes on a GPU (not measured)",
-            base: BaseSpec {
-                task: TaskSpec { digits: 3, ops: vec![Op::Add, Op::Sub], eval_problems: 2000, seed: 12 },
-                shape: PolicyShape { hidden: 256, layers: 4, heads: 8, intermediate: 768 },
-                init_seed: 1,
-                data_seed: 2,
-                sft_steps: 2000,
-                sft_batch: 256,
-                sft_lr: 1e-3,
-                sft_warmup: 100,
-                clean_steps: 1250,
-                slip_rate: 0.6,
-            },
-            budget_completions: 65536,
             min_steps: 16,
-            max_batch_completions: 8192,
-            eval_batch: 2000,
             baseline: vec![("prompts_per_step", I(32)), ("max_new_tokens", I(6))],
+            budget: Budget {
+                base: BaseSpec {
+                    task: TaskSpec { digits: 3, ops: vec![Op::Add, Op::Sub], eval_problems: 2000, seed: 12 },
+                    shape: PolicyShape { hidden: 256, layers: 4, heads: 8, intermediate: 768 },
+                    init_seed: 1,
+                    data_seed: 2,
+                    sft_steps: 2000,
+                    sft_batch: 256,
+                    sft_lr: 1e-3,
+                    sft_warmup: 100,
+                    clean_steps: 1250,
+                    slip_rate: 0.6,
+                },
+                budget_completions: 65536,
+                max_batch_completions: 8192,
+                eval_batch: 2000,
+            },
         },
-        ScaleSpec {
+        Scale {
             name: "medium",
             doc: "4-digit addition, subtraction and multiplication; 8 layers x width 512 (25M parameters); 524288 \
                   sampled completions; estimated an hour on a GPU (not measured)",
-            base: BaseSpec {
-                task: TaskSpec { digits: 4, ops: vec![Op::Add, Op::Sub, Op::Mul], eval_problems: 4000, seed: 13 },
-                shape: PolicyShape { hidden: 512, layers: 8, heads: 8, intermediate: 1536 },
-                init_seed: 1,
-                data_seed: 2,
-                sft_steps: 6000,
-                sft_batch: 256,
-                sft_lr: 5e-4,
-                sft_warmup: 300,
-                clean_steps: 4000,
-                slip_rate: 0.6,
-            },
-            budget_completions: 524_288,
             min_steps: 32,
-            max_batch_completions: 16384,
-            eval_batch: 4000,
             baseline: vec![("prompts_per_step", I(64)), ("max_new_tokens", I(10)), ("lr", KnobValue::Float(2e-4))],
+            budget: Budget {
+                base: BaseSpec {
+                    task: TaskSpec { digits: 4, ops: vec![Op::Add, Op::Sub, Op::Mul], eval_problems: 4000, seed: 13 },
+                    shape: PolicyShape { hidden: 512, layers: 8, heads: 8, intermediate: 1536 },
+                    init_seed: 1,
+                    data_seed: 2,
+                    sft_steps: 6000,
+                    sft_batch: 256,
+                    sft_lr: 5e-4,
+                    sft_warmup: 300,
+                    clean_steps: 4000,
+                    slip_rate: 0.6,
+                },
+                budget_completions: 524_288,
+                max_batch_completions: 16384,
+                eval_batch: 4000,
+            },
         },
     ]
 }
@@ -249,8 +253,7 @@ impl Posttrain {
     }
 
     pub fn scale_spec(&self, scale: &str) -> Result<ScaleSpec, EnvError> {
-        self.check_scale(scale)?;
-        Ok(scales().into_iter().find(|s| s.name == scale).expect("checked"))
+        crate::scale::find(self.name(), scales(), scale)
     }
 
     /// Resolves a recipe into a run plan at a scale, or an out-of-budget / out-of-memory failure.
@@ -258,23 +261,23 @@ impl Posttrain {
         let group = r.i("group_size") as usize;
         let prompts = r.i("prompts_per_step") as usize;
         let per_step = group * prompts;
-        if per_step > spec.max_batch_completions {
+        if per_step > spec.budget.max_batch_completions {
             return Err((
                 FailureCause::OutOfMemory,
                 format!(
                     "group_size x prompts_per_step = {per_step} completions per batch; scale {} allows at most {}",
-                    spec.name, spec.max_batch_completions
+                    spec.name, spec.budget.max_batch_completions
                 ),
             ));
         }
-        let steps = spec.budget_completions / per_step;
+        let steps = spec.budget.budget_completions / per_step;
         if steps < spec.min_steps {
             return Err((
                 FailureCause::OutOfBudget,
                 format!(
                     "the budget of {} completions buys only {steps} batches of {per_step}; at least {} are needed \
                      (use a smaller group_size or prompts_per_step)",
-                    spec.budget_completions, spec.min_steps
+                    spec.budget.budget_completions, spec.min_steps
                 ),
             ));
         }
@@ -338,7 +341,7 @@ impl Posttrain {
                 ..Default::default()
             },
             reward: if r.s("reward") == "digits" { RewardKind::Digits } else { RewardKind::Exact },
-            eval_batch: spec.eval_batch,
+            eval_batch: spec.budget.eval_batch,
         })
     }
 }
@@ -362,7 +365,7 @@ impl Environment for Posttrain {
     }
 
     fn scales(&self) -> Vec<ScaleInfo> {
-        scales().into_iter().map(|s| ScaleInfo { name: s.name.into(), doc: s.doc.into() }).collect()
+        scales().iter().map(Scale::info).collect()
     }
 
     fn schema(&self, scale: &str) -> Result<Schema, EnvError> {
@@ -401,7 +404,7 @@ impl Environment for Posttrain {
             Ok(p) => p,
             Err((cause, msg)) => return ExecResult::failed(cause, msg),
         };
-        let task = match Task::new(spec.base.task.clone()) {
+        let task = match Task::new(spec.budget.base.task.clone()) {
             Ok(t) => t,
             Err(e) => {
                 return ExecResult::failed(
@@ -417,12 +420,18 @@ impl Environment for Posttrain {
             }
         };
         let mut log = String::new();
-        let base =
-            match base::load_or_train(&spec.base, &self.cache_dir, &task, &tokenizer, spec.eval_batch, ctx, &mut log)
-            {
-                Ok(b) => b,
-                Err((cause, msg)) => return ExecResult::failed(cause, msg).with_log(log),
-            };
+        let base = match base::load_or_train(
+            &spec.budget.base,
+            &self.cache_dir,
+            &task,
+            &tokenizer,
+            spec.budget.eval_batch,
+            ctx,
+            &mut log,
+        ) {
+            Ok(b) => b,
+            Err((cause, msg)) => return ExecResult::failed(cause, msg).with_log(log),
+        };
         let from_cache = base.from_cache;
         let base_seconds = base.info.train_seconds;
         let out = train::train_and_evaluate(&plan, base, &task, &tokenizer, ctx);
@@ -465,11 +474,11 @@ mod tests {
         for s in env.scales() {
             env.schema(&s.name).unwrap().validate().unwrap();
             let spec = env.scale_spec(&s.name).unwrap();
-            Task::new(spec.base.task.clone()).unwrap();
+            Task::new(spec.budget.base.task.clone()).unwrap();
             // The baseline fits the budget, and its completions can hold every answer and its end token.
             let plan = env.plan(&env.baseline(&s.name).unwrap(), &spec).unwrap();
             assert!(plan.steps >= spec.min_steps);
-            assert!(plan.sampling.max_new_tokens > spec.base.task.max_answer_chars(), "{}", s.name);
+            assert!(plan.sampling.max_new_tokens > spec.budget.base.task.max_answer_chars(), "{}", s.name);
         }
         implement(&env, &env.example_idea(), "tiny").unwrap();
     }
@@ -479,8 +488,8 @@ mod tests {
         let env = Posttrain::new();
         let spec = env.scale_spec("tiny").unwrap();
         let steps = |changes: &str| env.plan(&recipe(changes).unwrap(), &spec).map(|p| p.steps);
-        assert_eq!(steps("lr = 1e-5"), Ok(spec.budget_completions / 64));
-        assert_eq!(steps("group_size = 16"), Ok(spec.budget_completions / 128));
+        assert_eq!(steps("lr = 1e-5"), Ok(spec.budget.budget_completions / 64));
+        assert_eq!(steps("group_size = 16"), Ok(spec.budget.budget_completions / 128));
         assert_eq!(steps("group_size = 64\nprompts_per_step = 32").unwrap_err().0, FailureCause::OutOfBudget);
         assert_eq!(steps("group_size = 64\nprompts_per_step = 64").unwrap_err().0, FailureCause::OutOfMemory);
         let plan = env.plan(&recipe("updates_per_batch = 2\nwarmup_frac = 0.25").unwrap(), &spec).unwrap();

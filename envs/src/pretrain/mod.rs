@@ -17,55 +17,50 @@ use crate::environment::{CpuParallelism, EnvError, Environment, RunContext, Scal
 use crate::knobs::{Knob, KnobValue, Schema};
 use crate::recipe::Recipe;
 use crate::result::{ExecResult, FailureCause};
+use crate::scale::Scale;
 use gpt::{Activation, GptConfig, NormKind, Positions};
 use optim::{OptimConfig, OptimizerKind};
 use schedule::{Schedule, Shape};
 use std::path::PathBuf;
 use train::{EvalSpec, TrainPlan};
 
-/// One scale: its budget, its evaluation, its guards and its baseline size.
+/// What a pretrain scale allows: its FLOP budget, its evaluation and its guards.
 #[derive(Debug, Clone)]
-pub struct ScaleSpec {
-    pub name: &'static str,
-    pub doc: &'static str,
+pub struct Budget {
     /// Training FLOPs per run (as counted by [`GptConfig::train_flops_per_token`]).
     pub budget_flops: f64,
     pub eval: EvalSpec,
-    /// Fewer steps than this is not a training run: the recipe is out of budget.
-    pub min_steps: usize,
     /// Largest model (parameters) and activation memory (bytes, estimated) allowed at this scale.
     pub max_params: usize,
     pub max_activation_bytes: f64,
     /// The lowest validation loss (nats/byte) a model of this scale could plausibly reach; lower is suspect.
     pub min_plausible_loss: f64,
-    /// Baseline values that differ from the schema's defaults (which are the `tiny` baseline).
-    pub baseline: Vec<(&'static str, KnobValue)>,
 }
+
+/// One scale: its name, doc, baseline and this environment's [`Budget`].
+pub type ScaleSpec = Scale<Budget>;
 
 /// The scales, smallest first.
 pub fn scales() -> Vec<ScaleSpec> {
     use KnobValue::{Float as F, Int as I};
     vec![
-        ScaleSpec {
+        Scale {
             name: "tiny",
             doc: "4 layers, width 128, 8 x 128 bytes per step; 6e11 FLOPs (about 100 steps); 10-20 s on one CPU core",
-            budget_flops: 6e11,
-            eval: EvalSpec { ctx: 128, windows: 128, batch: 8 },
             min_steps: 10,
-            max_params: 20_000_000,
-            max_activation_bytes: 2e9,
-            min_plausible_loss: 1.0,
             baseline: vec![],
+            budget: Budget {
+                budget_flops: 6e11,
+                eval: EvalSpec { ctx: 128, windows: 128, batch: 8 },
+                max_params: 20_000_000,
+                max_activation_bytes: 2e9,
+                min_plausible_loss: 1.0,
+            },
         },
-        ScaleSpec {
+        Scale {
             name: "small",
             doc: "6 layers, width 384, 32 x 256 bytes per step; 1e15 FLOPs (about 1700 steps); minutes on a GPU",
-            budget_flops: 1e15,
-            eval: EvalSpec { ctx: 256, windows: 512, batch: 64 },
             min_steps: 50,
-            max_params: 200_000_000,
-            max_activation_bytes: 40e9,
-            min_plausible_loss: 0.8,
             baseline: vec![
                 ("n_layer", I(6)),
                 ("d_model", I(384)),
@@ -74,16 +69,18 @@ pub fn scales() -> Vec<ScaleSpec> {
                 ("seq_len", I(256)),
                 ("lr", F(1e-3)),
             ],
+            budget: Budget {
+                budget_flops: 1e15,
+                eval: EvalSpec { ctx: 256, windows: 512, batch: 64 },
+                max_params: 200_000_000,
+                max_activation_bytes: 40e9,
+                min_plausible_loss: 0.8,
+            },
         },
-        ScaleSpec {
+        Scale {
             name: "paper",
             doc: "GPT-2 124M shape (12 layers, width 768, 12 heads) on bytes, 16 x 1024 bytes per step; 2e16 FLOPs (about 2000 steps, 6 passes over the corpus); a large GPU",
-            budget_flops: 2e16,
-            eval: EvalSpec { ctx: 1024, windows: 256, batch: 16 },
             min_steps: 100,
-            max_params: 1_500_000_000,
-            max_activation_bytes: 120e9,
-            min_plausible_loss: 0.6,
             baseline: vec![
                 ("n_layer", I(12)),
                 ("d_model", I(768)),
@@ -92,6 +89,13 @@ pub fn scales() -> Vec<ScaleSpec> {
                 ("seq_len", I(1024)),
                 ("lr", F(6e-4)),
             ],
+            budget: Budget {
+                budget_flops: 2e16,
+                eval: EvalSpec { ctx: 1024, windows: 256, batch: 16 },
+                max_params: 1_500_000_000,
+                max_activation_bytes: 120e9,
+                min_plausible_loss: 0.6,
+            },
         },
     ]
 }
@@ -117,8 +121,7 @@ impl Pretrain {
     }
 
     fn scale_spec(&self, scale: &str) -> Result<ScaleSpec, EnvError> {
-        self.check_scale(scale)?;
-        Ok(scales().into_iter().find(|s| s.name == scale).expect("checked"))
+        crate::scale::find(self.name(), scales(), scale)
     }
 
     /// Training throughput of the scale's baseline recipe for a fixed number of steps (`ideator bench pretrain`);
@@ -156,7 +159,7 @@ impl Pretrain {
             d_model: d,
             n_head: recipe.i("n_head") as usize,
             mlp_hidden,
-            max_len: seq_len.max(spec.eval.ctx),
+            max_len: seq_len.max(spec.budget.eval.ctx),
             norm: if recipe.s("norm") == "rmsnorm" { NormKind::RmsNorm } else { NormKind::LayerNorm },
             post_norm: recipe.s("norm_position") == "post",
             qk_norm: recipe.b("qk_norm"),
@@ -171,21 +174,24 @@ impl Pretrain {
             zero_init_head: recipe.b("zero_init_head"),
         };
         let params = model.total_params();
-        if params > spec.max_params {
+        if params > spec.budget.max_params {
             return Err((
                 FailureCause::OutOfBudget,
-                format!("the model has {params} parameters; scale {} allows at most {}", spec.name, spec.max_params),
+                format!(
+                    "the model has {params} parameters; scale {} allows at most {}",
+                    spec.name, spec.budget.max_params
+                ),
             ));
         }
         let activation_bytes = activation_bytes(&model, batch_size, seq_len);
-        if activation_bytes > spec.max_activation_bytes {
+        if activation_bytes > spec.budget.max_activation_bytes {
             return Err((
                 FailureCause::OutOfMemory,
                 format!(
                     "training activations need about {:.1} GB; scale {} allows {:.1} GB (reduce batch_size, seq_len or the model)",
                     activation_bytes / 1e9,
                     spec.name,
-                    spec.max_activation_bytes / 1e9
+                    spec.budget.max_activation_bytes / 1e9
                 ),
             ));
         }
@@ -197,13 +203,13 @@ impl Pretrain {
         };
         let flops_per_step = model.train_flops_per_token(seq_len) * (batch_size * seq_len) as f64
             + optimizer_flops_per_step(kind, &model);
-        let steps = (spec.budget_flops / flops_per_step).floor() as usize;
+        let steps = (spec.budget.budget_flops / flops_per_step).floor() as usize;
         if steps < spec.min_steps {
             return Err((
                 FailureCause::OutOfBudget,
                 format!(
                     "the budget of {:.2e} FLOPs buys only {steps} steps of {:.2e} FLOPs each; at least {} are needed (use a smaller model or batch)",
-                    spec.budget_flops, flops_per_step, spec.min_steps
+                    spec.budget.budget_flops, flops_per_step, spec.min_steps
                 ),
             ));
         }
@@ -238,7 +244,7 @@ impl Pretrain {
             seq_len,
             ema_decay: recipe.f("ema_decay"),
             z_loss: recipe.f("z_loss"),
-            eval: spec.eval,
+            eval: spec.budget.eval,
             log_every: (steps / 20).max(1),
         })
     }
@@ -429,7 +435,7 @@ impl Environment for Pretrain {
     }
 
     fn scales(&self) -> Vec<ScaleInfo> {
-        scales().into_iter().map(|s| ScaleInfo { name: s.name.into(), doc: s.doc.into() }).collect()
+        scales().iter().map(Scale::info).collect()
     }
 
     fn schema(&self, scale: &str) -> Result<Schema, EnvError> {
@@ -438,7 +444,7 @@ impl Environment for Pretrain {
     }
 
     fn plausible_reward(&self, scale: &str) -> (f64, f64) {
-        let min_loss = self.scale_spec(scale).map(|s| s.min_plausible_loss).unwrap_or(0.5);
+        let min_loss = self.scale_spec(scale).map(|s| s.budget.min_plausible_loss).unwrap_or(0.5);
         (0.0, 1.0 / min_loss)
     }
 
@@ -534,9 +540,9 @@ mod tests {
             let (sa, sm) = (adamw.schedule.total_steps, muon.schedule.total_steps);
             assert!(sm < sa, "{scale}: muon {sm} steps, adamw {sa}");
             // Both spend the budget and no more.
-            assert!(sa as f64 * model_flops <= spec.budget_flops);
-            assert!(sm as f64 * (model_flops + ns_flops) <= spec.budget_flops);
-            assert!((sm + 1) as f64 * (model_flops + ns_flops) > spec.budget_flops);
+            assert!(sa as f64 * model_flops <= spec.budget.budget_flops);
+            assert!(sm as f64 * (model_flops + ns_flops) <= spec.budget.budget_flops);
+            assert!((sm + 1) as f64 * (model_flops + ns_flops) > spec.budget.budget_flops);
             assert_eq!(optimizer_flops_per_step(OptimizerKind::AdamW, &adamw.model), 0.0);
         }
     }
