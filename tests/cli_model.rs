@@ -1,14 +1,11 @@
 //! The binary's model commands end to end: `tokenize`, `logprobs` and `sample` with `--json`, checked against the
 //! transformers reference fixture, and the error messages for bad `--model` values.
 
-use std::process::Command;
+mod common;
+use common::run_ideator;
+
 
 use serde_json::Value;
-
-fn ideator(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ideator")).args(args).output().expect("run ideator");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
 
 fn fixture_case(name: &str) -> Value {
     let text =
@@ -22,12 +19,12 @@ fn fixture_case(name: &str) -> Value {
 fn tokenize_and_logprobs_agree_with_the_fixture() {
     let case = fixture_case("python_code");
     let text = case["text"].as_str().unwrap();
-    let (ok, out, err) = ideator(&["tokenize", "--text", text, "--json"]);
+    let (ok, out, err) = run_ideator(&["tokenize", "--text", text, "--json"]);
     assert!(ok, "{err}");
     let got: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got["ids"], case["ids"]);
 
-    let (ok, out, err) = ideator(&["logprobs", "--text", text, "--json"]);
+    let (ok, out, err) = run_ideator(&["logprobs", "--text", text, "--json"]);
     assert!(ok, "{err}");
     let got: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got["ids"], case["ids"]);
@@ -54,7 +51,7 @@ fn sample_json_has_ids_logprobs_and_respects_the_seed() {
         "5",
         "--json",
     ];
-    let (ok, out, err) = ideator(&args);
+    let (ok, out, err) = run_ideator(&args);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     let completions = v["completions"].as_array().unwrap();
@@ -65,24 +62,24 @@ fn sample_json_has_ids_logprobs_and_respects_the_seed() {
         assert_eq!(ids.len(), c["logprobs"].as_array().unwrap().len());
         assert!(c["logprobs"].as_array().unwrap().iter().all(|x| x.as_f64().unwrap() <= 0.0));
     }
-    let (_, again, _) = ideator(&args);
+    let (_, again, _) = run_ideator(&args);
     let w: Value = serde_json::from_str(&again).unwrap();
     assert_eq!(v["completions"], w["completions"], "same seed, same output");
 }
 
 #[test]
 fn bad_model_arguments_say_what_is_wrong() {
-    let (ok, _, err) = ideator(&["tokenize", "--model", "/no/such/model.gguf", "--text", "x"]);
+    let (ok, _, err) = run_ideator(&["tokenize", "--model", "/no/such/model.gguf", "--text", "x"]);
     assert!(!ok && err.contains("/no/such/model.gguf") && err.contains("does not exist"), "{err}");
-    let (ok, _, err) = ideator(&["logprobs", "--model", "hf:not-a-valid-id", "--text", "x y"]);
+    let (ok, _, err) = run_ideator(&["logprobs", "--model", "hf:not-a-valid-id", "--text", "x y"]);
     assert!(!ok && err.contains("hf:ORG/NAME"), "{err}");
     let dir = tempfile::tempdir().unwrap();
-    let (ok, _, err) = ideator(&["logprobs", "--model", dir.path().to_str().unwrap(), "--text", "x y"]);
+    let (ok, _, err) = run_ideator(&["logprobs", "--model", dir.path().to_str().unwrap(), "--text", "x y"]);
     assert!(!ok && err.contains("config.json"), "{err}");
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"not a gguf").unwrap();
-    let (ok, _, err) = ideator(&["logprobs", "--model", junk.to_str().unwrap(), "--text", "x y"]);
+    let (ok, _, err) = run_ideator(&["logprobs", "--model", junk.to_str().unwrap(), "--text", "x y"]);
     assert!(!ok && err.contains("junk.gguf") && err.contains("GGUF"), "{err}");
-    let (ok, _, err) = ideator(&["sample", "--prompt", "x", "--top-p", "0"]);
+    let (ok, _, err) = run_ideator(&["sample", "--prompt", "x", "--top-p", "0"]);
     assert!(!ok && err.contains("top_p"), "{err}");
 }

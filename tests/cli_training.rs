@@ -2,18 +2,15 @@
 //! settings: an SFT run writes metrics and a verified checkpoint, resumes as complete, `merge` writes a folder
 //! whose model equals base + adapters, and `eval` executes sampled ideas.
 
+mod common;
+use common::run_ideator;
+
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
-fn ideator(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ideator")).args(args).output().expect("run ideator");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
 fn logprobs(model: &str, text: &str) -> Vec<f64> {
-    let (ok, out, err) = ideator(&["logprobs", "--model", model, "--text", text, "--json"]);
+    let (ok, out, err) = run_ideator(&["logprobs", "--model", model, "--text", text, "--json"]);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
@@ -25,7 +22,7 @@ fn sft_then_merge_then_eval() {
     let d = dir.path();
     let examples = d.join("examples.jsonl");
     let (ok, _, err) =
-        ideator(&["env", "examples", "toy", "--n", "6", "--seed", "3", "--out", examples.to_str().unwrap()]);
+        run_ideator(&["env", "examples", "toy", "--n", "6", "--seed", "3", "--out", examples.to_str().unwrap()]);
     assert!(ok, "{err}");
     let config = d.join("sft.toml");
     std::fs::write(
@@ -35,7 +32,7 @@ fn sft_then_merge_then_eval() {
          eval_fraction = 0.0\ncheckpoint_every = 100\n[run]\ndir = \"run\"\n",
     )
     .unwrap();
-    let (ok, out, err) = ideator(&["sft", "--config", config.to_str().unwrap(), "--json"]);
+    let (ok, out, err) = run_ideator(&["sft", "--config", config.to_str().unwrap(), "--json"]);
     assert!(ok, "{err}");
     let summary: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(summary["steps"], 2);
@@ -46,15 +43,15 @@ fn sft_then_merge_then_eval() {
     assert!(ckpt.join("manifest.json").is_file());
 
     // A fresh run in a folder with checkpoints is refused; --resume of a finished run does nothing.
-    let (ok, _, err) = ideator(&["sft", "--config", config.to_str().unwrap()]);
+    let (ok, _, err) = run_ideator(&["sft", "--config", config.to_str().unwrap()]);
     assert!(!ok && err.contains("--resume"), "{err}");
-    let (ok, out, err) = ideator(&["sft", "--config", config.to_str().unwrap(), "--resume"]);
+    let (ok, out, err) = run_ideator(&["sft", "--config", config.to_str().unwrap(), "--resume"]);
     assert!(ok && out.contains("already complete"), "{out}{err}");
     assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), metrics);
 
     // The merged folder is the base model with the adapters folded in: it differs from the base and loads.
     let merged = d.join("merged");
-    let (ok, _, err) = ideator(&["merge", "--checkpoint", run.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    let (ok, _, err) = run_ideator(&["merge", "--checkpoint", run.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
     assert!(ok, "{err}");
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(Path::new(&merged).join(f).is_file(), "{f}");
@@ -68,7 +65,7 @@ fn sft_then_merge_then_eval() {
     // The merged model is the trained policy: the format tokens it learned are more likely than under the base.
     assert!(tuned.iter().sum::<f64>() > base.iter().sum::<f64>());
 
-    let (ok, out, err) = ideator(&[
+    let (ok, out, err) = run_ideator(&[
         "eval",
         "--env",
         "toy",

@@ -6,22 +6,16 @@
 //! - one store holding an RL run and an evolution compares and reports both; inputs on another environment are
 //!   refused.
 
+mod common;
+use common::ideator;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use ideator_rollout::pipeline::StepRecord;
 use ideator_rollout::store::{GroupStatus, RunKind, Store};
 use serde_json::Value;
-
-fn ideator() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ideator"));
-    if std::env::var_os("IDEATOR_ASSETS").is_none() {
-        cmd.env("IDEATOR_ASSETS", Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"));
-    }
-    cmd.env("IDEATOR_THREADS", "1");
-    cmd
-}
 
 /// Runs the binary; panics with its stderr if it fails; returns the last line of stdout as JSON.
 fn run_json(args: &[&str]) -> Value {

@@ -1,16 +1,11 @@
 //! End-to-end tests of `ideator env` and `ideator exec` as a backend launches them: a separate process, the idea in
 //! a file, one JSON line on stdout.
 
+mod common;
+use common::ideator;
+
 use std::path::Path;
 use std::process::Command;
-
-fn ideator() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ideator"));
-    if std::env::var_os("IDEATOR_ASSETS").is_none() {
-        cmd.env("IDEATOR_ASSETS", Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"));
-    }
-    cmd
-}
 
 fn run_json(args: &[&str]) -> serde_json::Value {
     let out = ideator().args(args).output().unwrap();

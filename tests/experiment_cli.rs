@@ -8,19 +8,12 @@
 //! - be drawn by `report` with every arm on one chart;
 //! - refuse a changed config in the same folder.
 
+mod common;
+use common::ideator;
+
 use std::path::Path;
-use std::process::Command;
 
 use ideator_rollout::store::{IdeaStatus, Store};
-
-fn ideator() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ideator"));
-    if std::env::var_os("IDEATOR_ASSETS").is_none() {
-        cmd.env("IDEATOR_ASSETS", Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"));
-    }
-    cmd.env("IDEATOR_THREADS", "1");
-    cmd
-}
 
 const ARMS: [&str; 3] = ["frozen", "evolution", "max_k"];
 const SEEDS: [u64; 2] = [1, 2];

@@ -1,8 +1,10 @@
 //! `ideator report` end to end: the fixture run folder in, one HTML file out, a JSON summary on stdout, and a
 //! readable error for a folder that is not a run.
 
+mod common;
+use common::ideator;
+
 use std::path::Path;
-use std::process::Command;
 
 fn fixture() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/diagnostics/tests/fixtures/report-run"))
@@ -27,7 +29,7 @@ fn writes_the_report_into_the_run_folder_or_where_asked() {
     let run = tmp.path().join("run");
     copy_dir(fixture(), &run);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ideator")).arg("report").arg(&run).output().unwrap();
+    let out = ideator().arg("report").arg(&run).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let default = run.join("report.html");
@@ -36,12 +38,7 @@ fn writes_the_report_into_the_run_folder_or_where_asked() {
     assert!(html.contains("data-chart=\"reward\"") && html.contains("</html>"));
 
     let elsewhere = tmp.path().join("r.html");
-    let out = Command::new(env!("CARGO_BIN_EXE_ideator"))
-        .args(["report", "--json", "--out"])
-        .arg(&elsewhere)
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = ideator().args(["report", "--json", "--out"]).arg(&elsewhere).arg(&run).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["report"], elsewhere.display().to_string());
@@ -55,7 +52,7 @@ fn writes_the_report_into_the_run_folder_or_where_asked() {
 #[test]
 fn a_folder_that_is_not_a_run_is_an_error_that_says_so() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ideator")).arg("report").arg(tmp.path()).output().unwrap();
+    let out = ideator().arg("report").arg(tmp.path()).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("neither metrics.jsonl nor ideas.jsonl"), "{stderr}");

@@ -2,6 +2,9 @@
 //! codebase environment (examples/codebase_env), their results stored with the store API as two RL steps, and
 //! `ideator report` must show the applied and ran rates and the touched code per step and overall.
 
+mod common;
+use common::ideator;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -131,7 +134,7 @@ fn the_report_shows_applied_and_ran_rates_and_touched_code_per_step() {
         store_step(&store, run, prompt, 1, &step1);
     }
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ideator")).args(["report", "--json"]).arg(&run_dir).output().unwrap();
+    let out = ideator().args(["report", "--json"]).arg(&run_dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let code = &summary["code_ideas"];
@@ -183,7 +186,7 @@ fn a_run_without_code_ideas_has_no_code_section() {
         let result = ExecResult::ok(0.5, [("val_loss".to_string(), 2.0)].into(), "fine");
         store_step(&store, run, prompt, 0, &[("[Experiment]\nx\n[Code Changes]\nlr = 1e-3\n[End]".into(), result)]);
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_ideator")).args(["report", "--json"]).arg(&run_dir).output().unwrap();
+    let out = ideator().args(["report", "--json"]).arg(&run_dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["code_ideas"], json!([]));

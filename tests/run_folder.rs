@@ -9,21 +9,15 @@
 //!
 //! The runs use the default SmolLM2 ideator with tiny settings and the instant toy environment.
 
+mod common;
+use common::ideator;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ideator_rollout::store::Store;
-
-fn ideator() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ideator"));
-    if std::env::var_os("IDEATOR_ASSETS").is_none() {
-        cmd.env("IDEATOR_ASSETS", Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"));
-    }
-    cmd.env("IDEATOR_THREADS", "1");
-    cmd
-}
 
 fn run(args: &[&str]) -> Output {
     ideator().args(args).output().unwrap()

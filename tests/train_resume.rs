@@ -6,23 +6,18 @@
 //! keep it to about a minute on two cores. The kill times are random; the seed is printed to reproduce a failure
 //! (set IDEATOR_KILL_SEED).
 
+mod common;
+use common::ideator;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ideator_envs::backend::parse_exec_output;
 use ideator_rollout::store::{GroupStatus, IdeaStatus, Store};
 
 const STEPS: u64 = 6;
-
-fn ideator() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ideator"));
-    if std::env::var_os("IDEATOR_ASSETS").is_none() {
-        cmd.env("IDEATOR_ASSETS", Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"));
-    }
-    cmd
-}
 
 fn config() -> String {
     format!(
