@@ -6,7 +6,8 @@
 //!
 //! The clipped term is built as `coef * rho` with `coef = -A` on tokens where the unclipped branch is active and
 //! 0 where clipping holds: the same gradient as the min/clip expression, without relying on the gradient of
-//! elementwise min at ties. Reported loss values are computed exactly on the host.
+//! elementwise min at ties. The objective is computed once: `rho` and k3 are tensors (the gradient flows through
+//! them), and the clip sides and every reported statistic are read from those same tensors' values.
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -68,8 +69,62 @@ impl LossStats {
     }
 }
 
-/// The differentiable loss of a micro-batch. `logp` and `entropy` are the policy's values for every token of
-/// `seqs`, concatenated in order.
+/// The step's per-token inputs besides the policy's log-probs, flattened in token order.
+struct TokenInputs {
+    behaviour: Vec<f32>,
+    advantage: Vec<f64>,
+    weight: Vec<f64>,
+    /// `None` when no sequence has reference log-probs (beta = 0 loads no reference model).
+    reference: Option<Vec<f32>>,
+}
+
+impl TokenInputs {
+    /// Flattens `seqs`; a sequence without reference log-probs among others that have them takes the policy's own
+    /// log-probs `logp` as its reference, so its KL is exactly 0.
+    fn gather(seqs: &[SequenceTerms], logp: &[f32]) -> TokenInputs {
+        let mut t = TokenInputs { behaviour: Vec::new(), advantage: Vec::new(), weight: Vec::new(), reference: None };
+        let mut reference = Vec::new();
+        for s in seqs {
+            let (start, len) = (t.behaviour.len(), s.behaviour_logprobs.len());
+            t.behaviour.extend_from_slice(&s.behaviour_logprobs);
+            t.advantage.extend(std::iter::repeat_n(s.advantage, len));
+            t.weight.extend(std::iter::repeat_n(s.token_weight, len));
+            match &s.reference_logprobs {
+                Some(r) => reference.extend_from_slice(&r[..len]),
+                None => reference.extend_from_slice(&logp[start..start + len]),
+            }
+        }
+        t.reference = seqs.iter().any(|s| s.reference_logprobs.is_some()).then_some(reference);
+        t
+    }
+}
+
+/// Which side of the PPO clip range a token's ratio is on, given its advantage; a clipped token has no policy
+/// gradient.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Clip {
+    Inside,
+    Low,
+    High,
+}
+
+fn clip_side(ratio: f64, advantage: f64, cfg: &GrpoConfig) -> Clip {
+    if advantage < 0.0 && ratio < 1.0 - cfg.clip_low {
+        Clip::Low
+    } else if advantage > 0.0 && ratio > 1.0 + cfg.clip_high {
+        Clip::High
+    } else {
+        Clip::Inside
+    }
+}
+
+/// The differentiable loss of a micro-batch and its statistics, both from the same per-token quantities: the
+/// ratio `rho` and the k3 KL are computed once as tensors (differentiable), and the clip sides, the reported
+/// losses and the sums of [`LossStats`] are read from those tensors' values. `logp` and `entropy` (shape
+/// `(tokens,)`) are the policy's values for every token of `seqs`, concatenated in order.
+///
+/// # Errors
+/// [`crate::TrainerError::Data`] when the token counts of `logp` and `seqs` differ; tensor errors.
 pub fn grpo_loss(
     logp: &Tensor,
     entropy: &Tensor,
@@ -77,63 +132,73 @@ pub fn grpo_loss(
     cfg: &GrpoConfig,
 ) -> Result<(Tensor, LossStats)> {
     let logp_host = logp.to_vec1::<f32>()?;
-    let entropy_host = entropy.to_vec1::<f32>()?;
     let n: usize = seqs.iter().map(|s| s.behaviour_logprobs.len()).sum();
     if n != logp_host.len() {
         return Err(crate::TrainerError::Data(format!(
-            "{} policy log-probs for {} behaviour log-probs",
-            logp_host.len(),
-            n
+            "{} policy log-probs for {n} behaviour log-probs",
+            logp_host.len()
         )));
     }
-    let mut behaviour = Vec::with_capacity(n);
-    let mut pg_coef = Vec::with_capacity(n);
-    let mut weight = Vec::with_capacity(n);
-    let mut reference = Vec::with_capacity(n);
-    let mut stats = LossStats { tokens: n, ..Default::default() };
-    let mut t = 0;
-    for s in seqs {
-        for (i, &b) in s.behaviour_logprobs.iter().enumerate() {
-            let lp = logp_host[t] as f64;
-            let ratio = (lp - b as f64).exp();
-            let a = s.advantage;
-            let low = a < 0.0 && ratio < 1.0 - cfg.clip_low;
-            let high = a > 0.0 && ratio > 1.0 + cfg.clip_high;
-            stats.clipped_low += low as usize;
-            stats.clipped_high += high as usize;
-            let clipped_ratio = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high);
-            let pg = -(ratio * a).min(clipped_ratio * a);
-            stats.policy_loss += s.token_weight * pg;
-            stats.ratio_sum += ratio;
-            stats.ratio_max = stats.ratio_max.max(ratio);
-            stats.entropy_sum += entropy_host[t] as f64;
-            let r = s.reference_logprobs.as_ref().map(|r| r[i]).unwrap_or(logp_host[t]);
-            let q = r as f64 - lp;
-            let kl = q.exp() - q - 1.0;
-            stats.kl_sum += kl;
-            stats.kl_loss += s.token_weight * cfg.beta * kl;
-            stats.loss += s.token_weight * (pg + cfg.beta * kl - cfg.entropy_coef * entropy_host[t] as f64);
-            behaviour.push(b);
-            pg_coef.push(if low || high { 0.0 } else { (-a * s.token_weight) as f32 });
-            weight.push(s.token_weight as f32);
-            reference.push(r);
-            t += 1;
-        }
-    }
+    let inputs = TokenInputs::gather(seqs, &logp_host);
     let dev: &Device = logp.device();
-    let behaviour = Tensor::from_vec(behaviour, n, dev)?;
-    let ratio = (logp - &behaviour)?.exp()?;
+    let ratio = (logp - Tensor::from_slice(&inputs.behaviour, n, dev)?)?.exp()?;
+    let kl = match &inputs.reference {
+        Some(reference) => {
+            let q = (Tensor::from_slice(reference, n, dev)? - logp)?;
+            Some(((q.exp()? - &q)? - 1.0)?)
+        }
+        None => None,
+    };
+    let ratio_host = ratio.to_vec1::<f32>()?;
+    let kl_host = kl.as_ref().map(|k| k.to_vec1::<f32>()).transpose()?;
+    let entropy_host = entropy.to_vec1::<f32>()?;
+    let clips: Vec<Clip> =
+        ratio_host.iter().zip(&inputs.advantage).map(|(&r, &a)| clip_side(r as f64, a, cfg)).collect();
+    let stats = loss_stats(&inputs, &ratio_host, &clips, kl_host.as_deref(), &entropy_host, cfg);
+
+    // -min(rho A, clip(rho) A) as coef * rho: coef = -A w where the unclipped branch is active, 0 where clipped.
+    let pg_coef: Vec<f32> = clips
+        .iter()
+        .zip(inputs.advantage.iter().zip(&inputs.weight))
+        .map(|(&c, (&a, &w))| if c == Clip::Inside { (-a * w) as f32 } else { 0.0 })
+        .collect();
     let mut loss = (ratio * Tensor::from_vec(pg_coef, n, dev)?)?.sum_all()?;
-    let weight = Tensor::from_vec(weight, n, dev)?;
-    if cfg.beta > 0.0 {
-        let q = (Tensor::from_vec(reference, n, dev)? - logp)?;
-        let kl = ((q.exp()? - &q)? - 1.0)?;
+    let weight = Tensor::from_vec(inputs.weight.iter().map(|&w| w as f32).collect::<Vec<_>>(), n, dev)?;
+    if let (Some(kl), true) = (kl, cfg.beta > 0.0) {
         loss = (loss + ((kl * &weight)?.sum_all()? * cfg.beta)?)?;
     }
     if cfg.entropy_coef > 0.0 {
         loss = (loss - ((entropy * &weight)?.sum_all()? * cfg.entropy_coef)?)?;
     }
     Ok((loss, stats))
+}
+
+/// The step's sums of [`LossStats`] from the per-token ratio, clip side, KL and entropy values.
+fn loss_stats(
+    inputs: &TokenInputs,
+    ratio: &[f32],
+    clips: &[Clip],
+    kl: Option<&[f32]>,
+    entropy: &[f32],
+    cfg: &GrpoConfig,
+) -> LossStats {
+    let mut stats = LossStats { tokens: ratio.len(), ..Default::default() };
+    for t in 0..ratio.len() {
+        let (rho, a, w) = (ratio[t] as f64, inputs.advantage[t], inputs.weight[t]);
+        let clipped = rho.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high);
+        let pg = -(rho * a).min(clipped * a);
+        let k3 = kl.map_or(0.0, |k| k[t] as f64);
+        stats.clipped_low += usize::from(clips[t] == Clip::Low);
+        stats.clipped_high += usize::from(clips[t] == Clip::High);
+        stats.policy_loss += w * pg;
+        stats.ratio_sum += rho;
+        stats.ratio_max = stats.ratio_max.max(rho);
+        stats.entropy_sum += entropy[t] as f64;
+        stats.kl_sum += k3;
+        stats.kl_loss += w * cfg.beta * k3;
+        stats.loss += w * (pg + cfg.beta * k3 - cfg.entropy_coef * entropy[t] as f64);
+    }
+    stats
 }
 
 #[cfg(test)]
