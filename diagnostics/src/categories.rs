@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub type Category = BTreeSet<String>;
 
 /// A category's label: its knobs in order joined by `+`, or `(none)` for the empty set.
-pub fn category_label(category: &Category) -> String {
+pub(crate) fn category_label(category: &Category) -> String {
     if category.is_empty() {
         "(none)".to_string()
     } else {

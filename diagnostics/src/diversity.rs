@@ -68,7 +68,7 @@ impl TextDiversity {
 }
 
 /// Unique n-grams / total n-grams over the batch; `None` when there are no n-grams of this order.
-pub fn distinct_n(tokens: &[Vec<String>], n: usize) -> Option<f64> {
+pub(crate) fn distinct_n(tokens: &[Vec<String>], n: usize) -> Option<f64> {
     assert!(n > 0, "distinct-n needs n >= 1");
     let mut unique: HashSet<&[String]> = HashSet::new();
     let mut total = 0usize;
@@ -194,7 +194,7 @@ fn brevity_penalty(reference_len: usize, hyp_len: usize) -> f64 {
 }
 
 /// Raw bytes / gzip (level 9) bytes of the ideas joined by newlines.
-pub fn compression_ratio(texts: &[&str]) -> f64 {
+pub(crate) fn compression_ratio(texts: &[&str]) -> f64 {
     let joined = texts.join("\n");
     let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
     // Writing into a Vec cannot fail.

@@ -23,9 +23,9 @@ pub trait SentenceEmbedder {
 }
 
 /// all-MiniLM-L6-v2's `max_seq_length` (sentence_bert_config.json), used when that file is not in the folder.
-pub const MINILM_MAX_SEQ_LENGTH: usize = 256;
+pub(crate) const MINILM_MAX_SEQ_LENGTH: usize = 256;
 /// Texts per forward pass by default.
-pub const DEFAULT_BATCH_SIZE: usize = 32;
+pub(crate) const DEFAULT_BATCH_SIZE: usize = 32;
 
 /// all-MiniLM-L6-v2 (or another BERT sentence-transformer with mean pooling) run with candle.
 pub struct MiniLmEmbedder {

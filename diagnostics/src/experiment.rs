@@ -21,7 +21,7 @@ use crate::interval::{bootstrap_mean_difference, MeanDifference};
 use crate::maxk::max_at_k;
 
 /// Points on a curve's grid (the last one is the end of the budget).
-pub const GRID_POINTS: usize = 16;
+pub(crate) const GRID_POINTS: usize = 16;
 
 /// One evaluated idea of an arm's run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +50,7 @@ impl RunIdeas {
 /// The x axis of a curve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum BudgetAxis {
+pub(crate) enum BudgetAxis {
     /// Ideas evaluated (executions plus cache hits).
     Ideas,
     /// Executions that really ran.
@@ -133,14 +133,14 @@ pub struct ArmSeries {
 }
 
 /// Mean of `values` with a 95% percentile-bootstrap interval (the interval of `mean(values) - 0`).
-pub fn across_seeds(values: &[f64], seed: u64) -> Option<AcrossSeeds> {
+pub(crate) fn across_seeds(values: &[f64], seed: u64) -> Option<AcrossSeeds> {
     let d = bootstrap_mean_difference(values, &[0.0], seed)?;
     Some(AcrossSeeds { mean: d.difference, lo: d.lo, hi: d.hi })
 }
 
 /// How many of a run's ideas fit `x` on `axis`: x ideas, or every idea up to the one that would be execution
 /// x + 1 (cache hits after the x-th execution are free, so they fit).
-pub fn prefix_len(run: &RunIdeas, axis: BudgetAxis, x: usize) -> usize {
+pub(crate) fn prefix_len(run: &RunIdeas, axis: BudgetAxis, x: usize) -> usize {
     match axis {
         BudgetAxis::Ideas => x.min(run.ideas.len()),
         BudgetAxis::Executions => {
@@ -170,7 +170,7 @@ pub fn grid(end: usize) -> Vec<usize> {
 }
 
 /// The share of distinct recipes among `ideas` (None when empty).
-pub fn distinct_share(ideas: &[ExperimentIdea]) -> Option<f64> {
+pub(crate) fn distinct_share(ideas: &[ExperimentIdea]) -> Option<f64> {
     if ideas.is_empty() {
         return None;
     }
@@ -196,7 +196,7 @@ fn point_metrics(run: &RunIdeas, from: usize, to: usize, k: usize) -> [Option<f6
 }
 
 /// One arm's curves on `axis` over `xs`, from its runs (one per seed).
-pub fn arm_curves(runs: &[&RunIdeas], axis: BudgetAxis, xs: &[usize], k: usize) -> ArmCurves {
+pub(crate) fn arm_curves(runs: &[&RunIdeas], axis: BudgetAxis, xs: &[usize], k: usize) -> ArmCurves {
     let mut columns: [Vec<CurvePoint>; 4] = Default::default();
     let mut prev = vec![0usize; runs.len()];
     for (j, &x) in xs.iter().enumerate() {

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 /// Resamples per interval: enough for the 2.5% quantile to be stable to a few percent of the interval's width.
-pub const BOOTSTRAP_RESAMPLES: usize = 4000;
+pub(crate) const BOOTSTRAP_RESAMPLES: usize = 4000;
 
 /// A difference of means `mean(a) - mean(b)` with its 95% percentile-bootstrap interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

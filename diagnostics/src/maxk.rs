@@ -36,7 +36,7 @@ pub fn max_at_k_curve(rewards: &[f64]) -> Result<Vec<MaxAtK>> {
 }
 
 /// The k values of [`max_at_k_curve`]: powers of two below n, then n.
-pub fn curve_ks(n: usize) -> Vec<usize> {
+pub(crate) fn curve_ks(n: usize) -> Vec<usize> {
     let mut ks: Vec<usize> =
         std::iter::successors(Some(1usize), |k| k.checked_mul(2)).take_while(|&k| k < n).collect();
     if n > 0 {
@@ -52,7 +52,7 @@ pub fn mean(rewards: &[f64]) -> Result<f64> {
 }
 
 /// Population standard deviation of the rewards (divides by n, like the GRPO group statistics).
-pub fn std_dev(rewards: &[f64]) -> Result<f64> {
+pub(crate) fn std_dev(rewards: &[f64]) -> Result<f64> {
     let m = mean(rewards)?;
     Ok((rewards.iter().map(|r| (r - m) * (r - m)).sum::<f64>() / rewards.len() as f64).sqrt())
 }

@@ -35,7 +35,7 @@ pub fn implement(env: &dyn Environment, idea: &str, scale: &str) -> Result<Recip
 /// Parses and type-checks an idea against a schema (no cross-knob conflicts). A schema without knobs means the
 /// environment takes free-form changes (e.g. a diff for an external program): the sections must exist and
 /// `[Code Changes]` must not be empty, but its text is not parsed.
-pub fn implement_with_schema(schema: &Schema, idea: &str) -> Result<Recipe, ImplementationError> {
+pub(crate) fn implement_with_schema(schema: &Schema, idea: &str) -> Result<Recipe, ImplementationError> {
     let sections = split_sections(idea).map_err(fail)?;
     if schema.knobs.is_empty() {
         if sections.code_changes.trim().is_empty() {
@@ -126,7 +126,7 @@ pub fn execute_bytes(env: &dyn Environment, idea: &[u8], ctx: &RunContext) -> Ex
 }
 
 /// Checks an idea file's bytes: size cap and UTF-8.
-pub fn idea_text(bytes: &[u8]) -> Result<&str, String> {
+pub(crate) fn idea_text(bytes: &[u8]) -> Result<&str, String> {
     if bytes.len() > MAX_IDEA_BYTES {
         return Err(format!("the idea is {} bytes long; at most {MAX_IDEA_BYTES} are accepted", bytes.len()));
     }

@@ -8,15 +8,15 @@ use crate::knobs::{clip, KnobValue};
 use std::collections::BTreeMap;
 
 /// Largest idea accepted, in bytes.
-pub const MAX_IDEA_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_IDEA_BYTES: usize = 64 * 1024;
 /// Largest `[Code Changes]` section accepted, in bytes.
-pub const MAX_CODE_CHANGES_BYTES: usize = 4 * 1024;
+pub(crate) const MAX_CODE_CHANGES_BYTES: usize = 4 * 1024;
 /// Most `key = value` lines accepted in `[Code Changes]`.
-pub const MAX_CHANGES: usize = 64;
+pub(crate) const MAX_CHANGES: usize = 64;
 
 /// The sections of an idea.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParsedIdea {
+pub(crate) struct ParsedIdea {
     /// The free text of `[Experiment]` (the rationale).
     pub experiment: String,
     /// The raw text of `[Code Changes]`, code fences removed.
@@ -24,7 +24,7 @@ pub struct ParsedIdea {
 }
 
 /// Finds the three markers (case-insensitive, in order) and returns the two sections.
-pub fn split_sections(idea: &str) -> Result<ParsedIdea, String> {
+pub(crate) fn split_sections(idea: &str) -> Result<ParsedIdea, String> {
     if idea.len() > MAX_IDEA_BYTES {
         return Err(format!("the idea is {} bytes long; at most {MAX_IDEA_BYTES} are accepted", idea.len()));
     }
@@ -54,7 +54,7 @@ fn strip_fences(text: &str) -> String {
 }
 
 /// Parses `[Code Changes]` as TOML `key = value` lines into (key, value) pairs in a stable order.
-pub fn parse_changes(code_changes: &str) -> Result<BTreeMap<String, KnobValue>, String> {
+pub(crate) fn parse_changes(code_changes: &str) -> Result<BTreeMap<String, KnobValue>, String> {
     let meaningful = code_changes.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).count();
     if meaningful == 0 {
         return Err("[Code Changes] is empty: write one `knob = value` line per change".into());

@@ -47,14 +47,14 @@ impl KnobValue {
     }
 
     /// The value as an integer; `None` for anything but an integer.
-    pub fn as_i64(&self) -> Option<i64> {
+    pub(crate) fn as_i64(&self) -> Option<i64> {
         match self {
             KnobValue::Int(i) => Some(*i),
             _ => None,
         }
     }
 
-    pub fn as_bool(&self) -> Option<bool> {
+    pub(crate) fn as_bool(&self) -> Option<bool> {
         match self {
             KnobValue::Bool(b) => Some(*b),
             _ => None,
@@ -69,7 +69,7 @@ impl KnobValue {
     }
 
     /// The value written as a TOML right-hand side (`3e-3`, `4`, `true`, `"rope"`), as an idea would write it.
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         match self {
             KnobValue::Bool(b) => b.to_string(),
             KnobValue::Int(i) => i.to_string(),
@@ -86,7 +86,7 @@ impl fmt::Display for KnobValue {
 }
 
 /// A float written briefly but exactly enough to read back as a float (`0.001` -> `1e-3`, `1` -> `1.0`).
-pub fn format_float(x: f64) -> String {
+pub(crate) fn format_float(x: f64) -> String {
     if x != 0.0 && (x.abs() < 1e-2 || x.abs() >= 1e5) {
         // Rust writes `1e-3`; TOML reads that back as a float.
         format!("{x:e}")
@@ -159,19 +159,19 @@ impl Knob {
     }
 
     /// Builder: sensible alternative values for examples.
-    pub fn suggest(mut self, values: Vec<KnobValue>) -> Knob {
+    pub(crate) fn suggest(mut self, values: Vec<KnobValue>) -> Knob {
         self.suggest = values;
         self
     }
 
     /// Builder: only meaningful when `knob` is one of `any_of`.
-    pub fn applies_when(mut self, knob: &str, any_of: Vec<KnobValue>) -> Knob {
+    pub(crate) fn applies_when(mut self, knob: &str, any_of: Vec<KnobValue>) -> Knob {
         self.applies_when = Some(AppliesWhen { knob: knob.into(), any_of });
         self
     }
 
     /// The type and range as a person reads it: `float in [1e-5, 1] (log)`, `one of "rope", "learned"`.
-    pub fn type_text(&self) -> String {
+    pub(crate) fn type_text(&self) -> String {
         match &self.kind {
             KnobKind::Float { min, max, log } => {
                 let log = if *log { ", log scale" } else { "" };
@@ -251,7 +251,7 @@ pub fn clip(s: &str, n: usize) -> String {
 }
 
 /// Levenshtein distance over characters.
-pub fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];
@@ -308,7 +308,7 @@ impl Schema {
 
     /// Replaces some defaults (a scale's baseline differs from the schema's, e.g. a wider model at `paper`).
     /// Panics on an unknown knob or an invalid value: overrides are written by the environment's author.
-    pub fn with_defaults(mut self, overrides: &[(&str, KnobValue)]) -> Schema {
+    pub(crate) fn with_defaults(mut self, overrides: &[(&str, KnobValue)]) -> Schema {
         for (name, value) in overrides {
             let knob = self.knobs.iter_mut().find(|k| k.name == *name);
             let knob = knob.unwrap_or_else(|| panic!("override of unknown knob {name}"));

@@ -60,7 +60,7 @@ impl std::fmt::Display for FailureCause {
 }
 
 /// Most bytes of log kept in a result (the tail is kept: the end of a log says why a run stopped).
-pub const MAX_LOG_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_LOG_BYTES: usize = 64 * 1024;
 
 /// The result of executing one idea.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,12 +112,12 @@ impl ExecResult {
         }
     }
 
-    pub fn with_metrics(mut self, metrics: BTreeMap<String, f64>) -> ExecResult {
+    pub(crate) fn with_metrics(mut self, metrics: BTreeMap<String, f64>) -> ExecResult {
         self.metrics = finite_only(metrics);
         self
     }
 
-    pub fn with_log(mut self, log: impl Into<String>) -> ExecResult {
+    pub(crate) fn with_log(mut self, log: impl Into<String>) -> ExecResult {
         self.log = tail(log.into(), MAX_LOG_BYTES);
         self
     }
@@ -127,7 +127,7 @@ impl ExecResult {
     }
 
     /// Turns a success into a failure (keeping metrics and log), e.g. when the reward is implausible.
-    pub fn into_failure(mut self, cause: FailureCause, message: impl Into<String>) -> ExecResult {
+    pub(crate) fn into_failure(mut self, cause: FailureCause, message: impl Into<String>) -> ExecResult {
         self.status = Status::Failed;
         self.reward = 0.0;
         self.cause = Some(cause);

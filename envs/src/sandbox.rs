@@ -42,7 +42,7 @@ pub struct Limits {
 }
 
 /// The variables a sandboxed program always inherits (when the executor has them).
-pub const BASE_ENV: [&str; 8] =
+pub(crate) const BASE_ENV: [&str; 8] =
     ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "CUDA_VISIBLE_DEVICES"];
 
 /// How one program is contained.

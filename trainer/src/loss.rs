@@ -17,7 +17,7 @@ use crate::Result;
 
 /// What the loss needs to know about one sequence besides the policy's current log-probs.
 #[derive(Debug, Clone)]
-pub struct SequenceTerms {
+pub(crate) struct SequenceTerms {
     pub advantage: f64,
     pub behaviour_logprobs: Vec<f32>,
     pub reference_logprobs: Option<Vec<f32>>,
@@ -26,7 +26,11 @@ pub struct SequenceTerms {
 }
 
 /// Per-token weights of each aggregation, over the whole step's batch (so micro-batches add up exactly).
-pub fn token_weights(lengths: &[usize], aggregation: LossAggregation, max_completion_tokens: usize) -> Vec<f64> {
+pub(crate) fn token_weights(
+    lengths: &[usize],
+    aggregation: LossAggregation,
+    max_completion_tokens: usize,
+) -> Vec<f64> {
     let n = lengths.len().max(1) as f64;
     let total: usize = lengths.iter().sum();
     lengths
@@ -41,7 +45,7 @@ pub fn token_weights(lengths: &[usize], aggregation: LossAggregation, max_comple
 
 /// Sums over tokens, to be divided by `tokens` for means (kept as sums so micro-batches combine).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LossStats {
+pub(crate) struct LossStats {
     pub loss: f64,
     pub policy_loss: f64,
     pub kl_loss: f64,
@@ -125,7 +129,7 @@ fn clip_side(ratio: f64, advantage: f64, cfg: &GrpoConfig) -> Clip {
 ///
 /// # Errors
 /// [`crate::TrainerError::Data`] when the token counts of `logp` and `seqs` differ; tensor errors.
-pub fn grpo_loss(
+pub(crate) fn grpo_loss(
     logp: &Tensor,
     entropy: &Tensor,
     seqs: &[SequenceTerms],

@@ -40,7 +40,7 @@ impl GradAccumulator {
 }
 
 /// sqrt of the sum of squares of all gradients.
-pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
+pub(crate) fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.iter().flatten() {
         sq += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -109,7 +109,7 @@ impl AdamW {
     }
 
     /// Moments by parameter name (`adam.m.<name>`, `adam.v.<name>`), for checkpoints.
-    pub fn state_tensors(&self, params: &[(String, Var)]) -> HashMap<String, Tensor> {
+    pub(crate) fn state_tensors(&self, params: &[(String, Var)]) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
         for (i, (name, _)) in params.iter().enumerate() {
             out.insert(format!("adam.m.{name}"), self.m[i].clone());
@@ -119,7 +119,7 @@ impl AdamW {
     }
 
     /// Restores moments saved by `state_tensors` and the update count.
-    pub fn load_state(
+    pub(crate) fn load_state(
         &mut self,
         params: &[(String, Var)],
         state: &HashMap<String, Tensor>,

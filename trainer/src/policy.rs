@@ -118,7 +118,7 @@ impl TrainablePolicy {
     }
 
     /// Adapter switches for a training forward (LoRA dropout drawn from `dropout_seed`).
-    pub fn training_mode(&self, dropout_seed: u64) -> AdapterMode {
+    pub(crate) fn training_mode(&self, dropout_seed: u64) -> AdapterMode {
         AdapterMode { enabled: self.lora, dropout_seed: Some(dropout_seed) }
     }
 
@@ -136,7 +136,7 @@ impl TrainablePolicy {
     }
 
     /// Detached log-probs of continuations sharing `prefix` under the reference; `None` without a reference.
-    pub fn reference_continuation_logprobs(
+    pub(crate) fn reference_continuation_logprobs(
         &self,
         prefix: &[u32],
         conts: &[Vec<u32>],
@@ -159,7 +159,7 @@ impl TrainablePolicy {
     }
 
     /// Detached log-probs (temperature 1) of continuations sharing `prefix` under the current policy.
-    pub fn current_continuation_logprobs(&self, prefix: &[u32], conts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    pub(crate) fn current_continuation_logprobs(&self, prefix: &[u32], conts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let s = self.decoder.score_continuations(
             prefix,
             conts,
@@ -172,12 +172,12 @@ impl TrainablePolicy {
     }
 
     /// The trained tensors by name: adapters for LoRA, every weight for full fine-tuning.
-    pub fn weight_tensors(&self) -> HashMap<String, Tensor> {
+    pub(crate) fn weight_tensors(&self) -> HashMap<String, Tensor> {
         self.params().iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
     }
 
     /// Restores trained tensors saved by `weight_tensors`.
-    pub fn load_weight_tensors(&mut self, saved: &HashMap<String, Tensor>) -> Result<()> {
+    pub(crate) fn load_weight_tensors(&mut self, saved: &HashMap<String, Tensor>) -> Result<()> {
         if saved.len() != self.params().len() {
             return Err(TrainerError::Data(format!(
                 "checkpoint holds {} trained tensors, this policy has {} (different LoRA settings or training mode?)",

@@ -118,7 +118,7 @@ impl SftLearner {
     }
 
     /// Mean NLL per completion token over `examples`, without updating.
-    pub fn eval_loss(&self, examples: &[SftExample]) -> Result<f64> {
+    pub(crate) fn eval_loss(&self, examples: &[SftExample]) -> Result<f64> {
         let total: usize = examples.iter().map(|e| e.completion_ids.len()).sum();
         let mut sum = 0f64;
         for (prompt, members) in Self::by_prompt(examples)? {

@@ -135,7 +135,7 @@ pub fn split_examples(mut all: Vec<SftExample>, eval_fraction: f64, seed: u64) -
 }
 
 /// The batches of one epoch: a seeded permutation, so a resumed run sees the same order.
-pub fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+pub(crate) fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..n).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(epoch as u64 * 0x9E37_79B9));
     idx.shuffle(&mut rng);

@@ -97,7 +97,7 @@ pub struct RunSeries {
 
 impl RunSeries {
     /// The points that have diagnostics.
-    pub fn diagnosed(&self) -> impl Iterator<Item = (&SeriesPoint, &BatchDiagnostics)> {
+    pub(crate) fn diagnosed(&self) -> impl Iterator<Item = (&SeriesPoint, &BatchDiagnostics)> {
         self.points.iter().filter_map(|p| p.diagnostics.as_ref().map(|d| (p, d)))
     }
     /// Total ideas sent to the executor.

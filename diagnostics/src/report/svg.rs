@@ -9,7 +9,7 @@
 use std::fmt::Write;
 
 /// A colour-blind-friendly categorical palette (Tableau 10).
-pub const PALETTE: [&str; 10] =
+pub(crate) const PALETTE: [&str; 10] =
     ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
 
 /// Escapes text for SVG/HTML content and attribute values.
@@ -38,7 +38,7 @@ pub enum Scale {
 
 /// One axis: its label, scale and optional fixed range (else fitted to the data).
 #[derive(Debug, Clone)]
-pub struct Axis {
+pub(crate) struct Axis {
     pub label: String,
     pub scale: Scale,
     pub range: Option<(f64, f64)>,
@@ -56,7 +56,7 @@ impl Axis {
     pub fn log2(label: impl Into<String>) -> Self {
         Axis { scale: Scale::Log2, integer: true, ..Axis::linear(label) }
     }
-    pub fn with_range(mut self, lo: f64, hi: f64) -> Self {
+    pub(crate) fn with_range(mut self, lo: f64, hi: f64) -> Self {
         self.range = Some((lo, hi));
         self
     }
@@ -86,7 +86,7 @@ impl Line {
     pub fn new(name: impl Into<String>, color: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
         Line { name: name.into(), color: color.into(), points, stroke: Stroke::Solid, width: 2.0, step: false }
     }
-    pub fn stroke(mut self, stroke: Stroke) -> Self {
+    pub(crate) fn stroke(mut self, stroke: Stroke) -> Self {
         self.stroke = stroke;
         self
     }
@@ -102,7 +102,7 @@ impl Line {
 
 /// A shaded area between two curves over the same x values (e.g. mean ± std).
 #[derive(Debug, Clone)]
-pub struct Band {
+pub(crate) struct Band {
     pub name: String,
     pub color: String,
     /// (x, low, high)
@@ -112,7 +112,7 @@ pub struct Band {
 /// A collapse alarm on a chart: a vertical line at `x`, or, for alarms at several consecutive points, a shaded
 /// span from `x` to `x_end` (one red wall of lines would hide the data); the tooltip says what fired.
 #[derive(Debug, Clone)]
-pub struct Marker {
+pub(crate) struct Marker {
     pub x: f64,
     pub x_end: f64,
     pub tooltip: String,
@@ -125,11 +125,11 @@ pub struct Size {
     pub height: f64,
 }
 
-pub const WIDE: Size = Size { width: 860.0, height: 320.0 };
-pub const SMALL: Size = Size { width: 420.0, height: 250.0 };
+pub(crate) const WIDE: Size = Size { width: 860.0, height: 320.0 };
+pub(crate) const SMALL: Size = Size { width: 420.0, height: 250.0 };
 
 #[derive(Debug, Clone)]
-pub struct LineChart {
+pub(crate) struct LineChart {
     /// Used as `data-chart`, to find the chart in the page.
     pub id: String,
     pub size: Size,
@@ -142,13 +142,13 @@ pub struct LineChart {
 
 /// One stacked column: its x label and one value per layer (layers in the chart's order).
 #[derive(Debug, Clone)]
-pub struct Column {
+pub(crate) struct Column {
     pub label: String,
     pub values: Vec<f64>,
 }
 
 #[derive(Debug, Clone)]
-pub struct StackedBars {
+pub(crate) struct StackedBars {
     pub id: String,
     pub size: Size,
     pub x_label: String,
@@ -221,7 +221,7 @@ impl Mapper {
 }
 
 /// "Nice" tick positions (1, 2, 5 times a power of ten) covering [lo, hi], about `target` of them.
-pub fn nice_ticks(lo: f64, hi: f64, target: usize, integer: bool) -> Vec<f64> {
+pub(crate) fn nice_ticks(lo: f64, hi: f64, target: usize, integer: bool) -> Vec<f64> {
     if !(lo.is_finite() && hi.is_finite()) || hi < lo {
         return Vec::new();
     }
@@ -275,7 +275,7 @@ fn padded(lo: f64, hi: f64, integer: bool) -> (f64, f64) {
 }
 
 /// A tick label with as many decimals as the tick spacing needs.
-pub fn format_tick(v: f64, spacing: f64) -> String {
+pub(crate) fn format_tick(v: f64, spacing: f64) -> String {
     if v.abs() >= 1e5 {
         return format!("{v:.1e}");
     }
@@ -453,7 +453,7 @@ fn x_ticks(axis: &Axis, lo: f64, hi: f64, target: usize) -> Vec<(f64, String)> {
 }
 
 /// Renders a line chart as an `<svg>` element.
-pub fn line_chart(chart: &LineChart) -> String {
+pub(crate) fn line_chart(chart: &LineChart) -> String {
     let legend_items: Vec<(String, String, Stroke, bool)> = chart
         .bands
         .iter()
@@ -591,7 +591,7 @@ fn line_path(line: &Line, xm: &Mapper, ym: &Mapper) -> String {
 }
 
 /// A number for a tooltip: integers as integers, others with four significant decimals.
-pub fn trim_number(v: f64) -> String {
+pub(crate) fn trim_number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e12 {
         format!("{v:.0}")
     } else {
@@ -600,7 +600,7 @@ pub fn trim_number(v: f64) -> String {
 }
 
 /// Renders stacked bars as an `<svg>` element: one column per x label, layers bottom up.
-pub fn stacked_bars(chart: &StackedBars) -> String {
+pub(crate) fn stacked_bars(chart: &StackedBars) -> String {
     let show_legend = chart.layers.len() > 1;
     let f = Frame::new(chart.size, show_legend);
     let totals: Vec<f64> = chart.columns.iter().map(|c| c.values.iter().filter(|v| v.is_finite()).sum()).collect();

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// One GPU as the driver reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GpuInfo {
+pub(crate) struct GpuInfo {
     /// Ordinal, as `CUDA_VISIBLE_DEVICES` takes it.
     pub id: u32,
     pub name: String,
@@ -16,7 +16,7 @@ pub struct GpuInfo {
 
 /// The GPUs visible to this process.
 #[cfg(feature = "cuda")]
-pub fn discover() -> Result<Vec<GpuInfo>, String> {
+pub(crate) fn discover() -> Result<Vec<GpuInfo>, String> {
     use cudarc::driver::CudaContext;
     let count = CudaContext::device_count().map_err(|e| format!("cannot count CUDA devices: {e}"))?;
     let mut gpus = Vec::new();
@@ -35,12 +35,12 @@ pub fn discover() -> Result<Vec<GpuInfo>, String> {
 
 /// The GPUs visible to this process (this build has no CUDA support).
 #[cfg(not(feature = "cuda"))]
-pub fn discover() -> Result<Vec<GpuInfo>, String> {
+pub(crate) fn discover() -> Result<Vec<GpuInfo>, String> {
     Err("GPU discovery needs a build with the `cuda` feature; list the GPU ids in the config instead".into())
 }
 
 /// How many runs fit on a GPU given the memory each needs (at least one).
-pub fn runs_that_fit(gpu: &GpuInfo, memory_per_run_bytes: u64) -> usize {
+pub(crate) fn runs_that_fit(gpu: &GpuInfo, memory_per_run_bytes: u64) -> usize {
     if memory_per_run_bytes == 0 {
         return 1;
     }

@@ -128,7 +128,7 @@ pub fn parse_exec_output(stdout: &str) -> Option<ExecResult> {
 }
 
 /// Reads at most the last `max` bytes of a file (empty if it does not exist).
-pub fn read_tail(path: &Path, max: u64) -> String {
+pub(crate) fn read_tail(path: &Path, max: u64) -> String {
     let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if len > max {
@@ -141,7 +141,7 @@ pub fn read_tail(path: &Path, max: u64) -> String {
 }
 
 /// The result a finished run left in its work folder, if any.
-pub fn result_in(spec: &RunSpec) -> Option<ExecResult> {
+pub(crate) fn result_in(spec: &RunSpec) -> Option<ExecResult> {
     parse_exec_output(&read_tail(&spec.stdout_path(), 256 * 1024))
 }
 
@@ -165,7 +165,7 @@ fn timed_out(limit: Option<Duration>) -> ExecResult {
 }
 
 /// Single-quotes a string for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 

@@ -91,7 +91,7 @@ struct Choice {
 
 /// One attempt, as stored in the work folder.
 #[derive(Debug, Clone, Serialize)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     pub index: usize,
     pub messages: Vec<ChatMessage>,
     pub answer: String,
@@ -101,7 +101,8 @@ pub struct Attempt {
 }
 
 /// The system turn of the implementer conversation.
-pub const IMPLEMENTER_SYSTEM: &str = "You are an expert research engineer. You implement a research idea as a \
+pub(crate) const IMPLEMENTER_SYSTEM: &str =
+    "You are an expert research engineer. You implement a research idea as a \
 minimal, correct unified diff against the files you are given. Answer with the diff only, in one ```diff block.";
 
 impl ImplementerConfig {
@@ -135,7 +136,7 @@ impl ImplementerConfig {
 }
 
 /// The first request: the idea, the editable files and the rules.
-pub fn first_request(task: &str, idea: &str, files: &str, editable: &[String]) -> Vec<ChatMessage> {
+pub(crate) fn first_request(task: &str, idea: &str, files: &str, editable: &[String]) -> Vec<ChatMessage> {
     let user = format!(
         "Task of the codebase:\n{task}\n\nIdea to implement:\n{idea}\n\nEditable files (change only these: {}):\n\n\
          {files}\nWrite a unified diff that implements the idea: `--- a/FILE` and `+++ b/FILE` headers, hunks \
@@ -148,7 +149,7 @@ pub fn first_request(task: &str, idea: &str, files: &str, editable: &[String]) -
 }
 
 /// The repair request appended after a failed attempt.
-pub fn repair_request(error: &str) -> ChatMessage {
+pub(crate) fn repair_request(error: &str) -> ChatMessage {
     ChatMessage::new(
         "user",
         format!(
@@ -161,7 +162,7 @@ pub fn repair_request(error: &str) -> ChatMessage {
 
 /// The diff in a model's answer: the first fenced block that holds one, else the answer itself from its first
 /// diff header on.
-pub fn diff_in_answer(answer: &str) -> Option<String> {
+pub(crate) fn diff_in_answer(answer: &str) -> Option<String> {
     let mut in_block = false;
     let mut block = String::new();
     for line in answer.lines() {

@@ -134,7 +134,7 @@ const MAX_PROMPT_FILE_BYTES: usize = 16 * 1024;
 const LOG_TAIL_BYTES: u64 = 32 * 1024;
 
 /// The diff rules appended to the task (and told to an implementer model).
-pub const DIFF_FORMAT: &str = "Answer with exactly one idea in this format:\n\
+pub(crate) const DIFF_FORMAT: &str = "Answer with exactly one idea in this format:\n\
 [Experiment]\n\
 One or two sentences: what you change and why it should improve the result.\n\
 [Code Changes]\n\
@@ -144,7 +144,7 @@ lines with `+`, copied exactly from the current file. Change only the editable f
 [End]";
 
 /// The idea format when an implementer model writes the diff.
-pub const DESCRIBED_FORMAT: &str = "Answer with exactly one idea in this format:\n\
+pub(crate) const DESCRIBED_FORMAT: &str = "Answer with exactly one idea in this format:\n\
 [Experiment]\n\
 One or two sentences: what you change and why it should improve the result.\n\
 [Code Changes]\n\

@@ -9,7 +9,7 @@ use std::path::{Component, Path};
 /// Why a diff could not be applied. Every variant names the file and what to do, because the message goes back to
 /// the ideator (and to the implementer model for a repair).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PatchError {
+pub(crate) enum PatchError {
     #[error("[Code Changes] holds no unified diff: write `--- a/FILE`, `+++ b/FILE` and `@@ -l,n +l,n @@` hunks")]
     NoDiff,
     #[error("the diff for {path} is malformed ({reason}); every hunk needs a correct `@@ -l,n +l,n @@` header")]
@@ -36,7 +36,7 @@ pub enum PatchError {
 
 impl PatchError {
     /// Whether the diff tried to change a protected file (a reward-hacking attempt rather than a bad diff).
-    pub fn is_protected(&self) -> bool {
+    pub(crate) fn is_protected(&self) -> bool {
         matches!(self, PatchError::Protected { .. })
     }
 }
@@ -44,7 +44,7 @@ impl PatchError {
 /// What an applied diff changed: the files, the code units (function, class or top-level name) it touched, and
 /// its size.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct AppliedDiff {
+pub(crate) struct AppliedDiff {
     pub files: Vec<String>,
     /// `file:unit` for each touched function, class or top-level assignment (`train.py:fit`, `train.py:LR`);
     /// `file` alone when a hunk touches none of those.
@@ -55,7 +55,7 @@ pub struct AppliedDiff {
 
 /// The editable and protected paths of a codebase, relative to its root. An entry ending in `/` covers a folder.
 #[derive(Debug, Clone, Default)]
-pub struct Whitelist {
+pub(crate) struct Whitelist {
     pub editable: Vec<String>,
     pub protected: Vec<String>,
 }
@@ -79,7 +79,7 @@ impl Whitelist {
 
 /// The diff inside `[Code Changes]`: from its first `diff --git`, `---` or `Index:` line on (free text before it
 /// is ignored).
-pub fn extract_diff(code_changes: &str) -> Option<String> {
+pub(crate) fn extract_diff(code_changes: &str) -> Option<String> {
     let lines: Vec<&str> = code_changes.lines().collect();
     let start = lines.iter().position(|l| l.starts_with("diff --git ") || l.starts_with("--- "))?;
     let mut text = lines[start..].join("\n");
@@ -127,7 +127,7 @@ fn header_path(raw: &str) -> Result<Option<String>, PatchError> {
 
 /// Applies a unified diff to the files under `root`, all or nothing: every file is checked and patched in memory
 /// before any is written.
-pub fn apply_diff(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<AppliedDiff, PatchError> {
+pub(crate) fn apply_diff(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<AppliedDiff, PatchError> {
     let (out, writes) = plan_diff(diff, root, whitelist)?;
     for (path, text) in writes {
         let target = root.join(&path);
@@ -141,7 +141,7 @@ pub fn apply_diff(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<Appl
 }
 
 /// What a diff would change under `root`, without writing anything (the idea's category for diagnostics).
-pub fn diff_summary(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<AppliedDiff, PatchError> {
+pub(crate) fn diff_summary(diff: &str, root: &Path, whitelist: &Whitelist) -> Result<AppliedDiff, PatchError> {
     plan_diff(diff, root, whitelist).map(|(out, _)| out)
 }
 

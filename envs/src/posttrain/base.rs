@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 const CACHE_FORMAT: u32 = 2;
 
 /// Padding id of the task's tokenizer (`<eos>`; padded positions are masked).
-pub const PAD_ID: u32 = 0;
+pub(crate) const PAD_ID: u32 = 0;
 
 /// The decoder's shape (Llama-style: RMSNorm, SwiGLU, RoPE, tied embeddings).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ pub struct BaseSpec {
 
 impl BaseSpec {
     /// The decoder config over the task's alphabet.
-    pub fn model_config(&self) -> ModelConfig {
+    pub(crate) fn model_config(&self) -> ModelConfig {
         let s = &self.shape;
         ModelConfig {
             arch: Arch::Llama,
@@ -96,7 +96,7 @@ impl BaseSpec {
 
 /// What is recorded next to the cached weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BaseInfo {
+pub(crate) struct BaseInfo {
     pub key: String,
     pub spec: BaseSpec,
     /// Held-out accuracy of the base (greedy, exact match).
@@ -107,7 +107,7 @@ pub struct BaseInfo {
 }
 
 /// A loaded base policy.
-pub struct BasePolicy {
+pub(crate) struct BasePolicy {
     pub decoder: Decoder,
     pub info: BaseInfo,
     /// Whether it came from the cache (false: trained by this run).
@@ -115,7 +115,7 @@ pub struct BasePolicy {
 }
 
 /// Where cached bases live by default (see the module doc).
-pub fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     let root = std::env::var_os("IDEATOR_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("ideator")))
@@ -132,7 +132,7 @@ fn infra(context: &str, e: impl std::fmt::Display) -> Failure {
 
 /// The base for `spec`: from the cache when present, else trained now (and cached). Waiting for another process
 /// that trains the same base, and training it, both respect the run's time limit.
-pub fn load_or_train(
+pub(crate) fn load_or_train(
     spec: &BaseSpec,
     dir: &Path,
     task: &Task,

@@ -6,7 +6,7 @@ use ideator_model::sampler::{sample, SamplingParams};
 use ideator_model::{AdapterMode, Decoder, Tokenizer};
 
 /// Held-out accuracy in [0, 1].
-pub fn held_out_accuracy(
+pub(crate) fn held_out_accuracy(
     decoder: &Decoder,
     tokenizer: &Tokenizer,
     task: &Task,

@@ -45,7 +45,7 @@ pub struct Budget {
 }
 
 /// One scale: its name, doc, baseline and this environment's [`Budget`].
-pub type ScaleSpec = Scale<Budget>;
+pub(crate) type ScaleSpec = Scale<Budget>;
 
 /// The scales, smallest first. Only `tiny` has been run end to end here (2 CPU cores); the others' times are
 /// estimates.
@@ -252,7 +252,7 @@ impl Posttrain {
         Posttrain { cache_dir: dir.into() }
     }
 
-    pub fn scale_spec(&self, scale: &str) -> Result<ScaleSpec, EnvError> {
+    pub(crate) fn scale_spec(&self, scale: &str) -> Result<ScaleSpec, EnvError> {
         crate::scale::find(self.name(), scales(), scale)
     }
 

@@ -26,7 +26,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub fn symbol(self) -> char {
+    pub(crate) fn symbol(self) -> char {
         match self {
             Op::Add => '+',
             Op::Sub => '-',
@@ -74,7 +74,7 @@ impl Problem {
     }
 
     /// The answer as the policy should write it (before `<eos>`).
-    pub fn answer_text(&self) -> String {
+    pub(crate) fn answer_text(&self) -> String {
         write_number(self.answer())
     }
 
@@ -82,7 +82,7 @@ impl Problem {
     /// digit sum mod 10 (37+45 -> 72), a difference each column's absolute digit difference (52-38 -> 26). Products
     /// are left right. The base policy is taught a share of these, so it starts with an error that a verifiable
     /// reward can train away.
-    pub fn slipped_answer(&self) -> i64 {
+    pub(crate) fn slipped_answer(&self) -> i64 {
         fn columns(mut a: i64, mut b: i64, f: impl Fn(i64, i64) -> i64) -> i64 {
             let (mut value, mut place) = (0, 1);
             while a > 0 || b > 0 {
@@ -127,7 +127,7 @@ impl TaskSpec {
     }
 
     /// Longest answer in characters (the sign of a negative difference included).
-    pub fn max_answer_chars(&self) -> usize {
+    pub(crate) fn max_answer_chars(&self) -> usize {
         let max = 10i64.pow(self.digits) - 1;
         self.ops
             .iter()
@@ -141,14 +141,14 @@ impl TaskSpec {
     }
 
     /// Longest prompt in characters.
-    pub fn max_prompt_chars(&self) -> usize {
+    pub(crate) fn max_prompt_chars(&self) -> usize {
         2 * self.digits as usize + 2
     }
 }
 
 /// The held-out problems and a sampler of training problems that never returns one of them.
 #[derive(Debug, Clone)]
-pub struct Task {
+pub(crate) struct Task {
     pub spec: TaskSpec,
     pub eval: Vec<Problem>,
     held_out: HashSet<Problem>,
@@ -170,7 +170,7 @@ impl Task {
     }
 
     /// A training problem drawn from `rng` (rejecting held-out ones).
-    pub fn train_problem(&self, rng: &mut ChaCha8Rng) -> Problem {
+    pub(crate) fn train_problem(&self, rng: &mut ChaCha8Rng) -> Problem {
         loop {
             let p = self.spec.draw(rng);
             if !self.held_out.contains(&p) {
@@ -179,13 +179,14 @@ impl Task {
         }
     }
 
+    #[cfg(test)]
     pub fn is_held_out(&self, p: &Problem) -> bool {
         self.held_out.contains(p)
     }
 }
 
 /// An integer as answers write it: the sign, then the digits least-significant first (-42 -> `-24`).
-pub fn write_number(n: i64) -> String {
+pub(crate) fn write_number(n: i64) -> String {
     let digits: String = n.unsigned_abs().to_string().chars().rev().collect();
     if n < 0 {
         format!("-{digits}")
@@ -196,7 +197,7 @@ pub fn write_number(n: i64) -> String {
 
 /// The integer a completion states (see [`write_number`]): optional sign and digits, nothing else (surrounding
 /// spaces ignored).
-pub fn parse_answer(text: &str) -> Option<i64> {
+pub(crate) fn parse_answer(text: &str) -> Option<i64> {
     let t = text.trim();
     let (negative, digits) = match t.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -210,7 +211,7 @@ pub fn parse_answer(text: &str) -> Option<i64> {
 }
 
 /// Whether a completion states the right answer (the evaluation's check).
-pub fn is_correct(text: &str, problem: &Problem) -> bool {
+pub(crate) fn is_correct(text: &str, problem: &Problem) -> bool {
     parse_answer(text) == Some(problem.answer())
 }
 

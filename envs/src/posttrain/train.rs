@@ -33,7 +33,7 @@ pub struct GrpoPlan {
 }
 
 /// What a run measured, or why it failed (with what was measured before).
-pub struct RunOutcome {
+pub(crate) struct RunOutcome {
     pub accuracy: Option<f64>,
     pub failure: Option<(FailureCause, String)>,
     pub metrics: BTreeMap<String, f64>,
@@ -63,7 +63,7 @@ impl Means {
 }
 
 /// Runs GRPO from `base` and evaluates. Trainer and model errors become failures with their causes.
-pub fn train_and_evaluate(
+pub(crate) fn train_and_evaluate(
     plan: &GrpoPlan,
     base: BasePolicy,
     task: &Task,

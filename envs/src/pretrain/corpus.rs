@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The held-out share: file `i` (in sorted name order) is validation when `i % VAL_EVERY == 0`.
-pub const VAL_EVERY: usize = 20;
+pub(crate) const VAL_EVERY: usize = 20;
 
 /// Training and validation text as bytes.
 #[derive(Debug)]
@@ -64,7 +64,7 @@ fn is_brown_file(name: &str) -> bool {
 }
 
 /// Tagged Brown text (`The/at jury/nn said/vbd ./.`) to plain text (`The jury said.`), one sentence per line.
-pub fn detokenize(tagged: &str) -> String {
+pub(crate) fn detokenize(tagged: &str) -> String {
     let mut out = String::with_capacity(tagged.len() / 2);
     for line in tagged.lines() {
         let words: Vec<&str> = line.split_whitespace().map(strip_tag).filter(|w| !w.is_empty()).collect();

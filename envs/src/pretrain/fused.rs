@@ -15,7 +15,7 @@ const C: f32 = 0.044_715;
 
 /// GELU with the tanh approximation (GPT-2's), written as `x * sigmoid(2k (x + c x^3))`, which equals
 /// `0.5 x (1 + tanh(k (x + c x^3)))` and needs one `exp` per element instead of a `tanh`.
-pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     if kernel_for(&[x]) == Kernel::CpuFast {
         x.contiguous()?.apply_op1(GeluTanh)
     } else {
@@ -87,7 +87,7 @@ impl CustomOp2 for GeluTanhGrad {
 
 /// Row-wise softmax of `scale * scores` over the last dimension, causally masked: in each `(t, t)` block, row `i`
 /// attends to columns `0..=i` only (the others get probability 0). `scores` is `(..., t, t)`.
-pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+pub(crate) fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     let t = scores.dim(candle_core::D::Minus1)?;
     if kernel_for(&[scores]) == Kernel::CpuFast {
         scores.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32, t })
@@ -164,7 +164,7 @@ impl CustomOp2 for CausalSoftmaxGrad {
 
 /// Normalises each row (last dimension) of `x`: `(x - mean) / sqrt(var + eps)` when `center` (LayerNorm without
 /// its affine part), `x / sqrt(mean(x^2) + eps)` otherwise (RMSNorm without its gain).
-pub fn normalize(x: &Tensor, center: bool, eps: f64) -> Result<Tensor> {
+pub(crate) fn normalize(x: &Tensor, center: bool, eps: f64) -> Result<Tensor> {
     if kernel_for(&[x]) == Kernel::CpuFast {
         let d = x.dim(candle_core::D::Minus1)?;
         x.contiguous()?.apply_op1(Normalize { center, eps: eps as f32, d })

@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// Bytes: the vocabulary is fixed, so every recipe is evaluated on the same prediction problem.
-pub const VOCAB: usize = 256;
+pub(crate) const VOCAB: usize = 256;
 const NORM_EPS: f64 = 1e-5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl GptConfig {
     }
 
     /// Parameters that take part in matrix multiplies (attention, MLP, output head), per the usual FLOP count.
-    pub fn matmul_params(&self) -> usize {
+    pub(crate) fn matmul_params(&self) -> usize {
         let d = self.d_model;
         let mlp_mats = if self.activation == Activation::SwiGlu { 3 } else { 2 };
         self.n_layer * (4 * d * d + mlp_mats * d * self.mlp_hidden) + d * VOCAB
@@ -77,13 +77,13 @@ impl GptConfig {
 
     /// Training FLOPs per token at sequence length `t`: 6 per matmul parameter plus attention scores and mixing
     /// (forward 4*t*d per layer, times 3 for backward), the usual estimate (Kaplan et al.; PaLM appendix B).
-    pub fn train_flops_per_token(&self, t: usize) -> f64 {
+    pub(crate) fn train_flops_per_token(&self, t: usize) -> f64 {
         6.0 * self.matmul_params() as f64 + 12.0 * (self.n_layer * self.d_model * t) as f64
     }
 
     /// Shapes `(rows, cols)` of the matrices inside the blocks ([`ParamRole::Hidden`]: what Muon orthogonalises),
     /// as [`Gpt`] creates them.
-    pub fn hidden_matrix_shapes(&self) -> Vec<(usize, usize)> {
+    pub(crate) fn hidden_matrix_shapes(&self) -> Vec<(usize, usize)> {
         let (d, h) = (self.d_model, self.mlp_hidden);
         let mut per_layer = vec![(d, d); 4];
         per_layer.push((d, h));

@@ -38,7 +38,7 @@ pub struct Budget {
 }
 
 /// One scale: its name, doc, baseline and this environment's [`Budget`].
-pub type ScaleSpec = Scale<Budget>;
+pub(crate) type ScaleSpec = Scale<Budget>;
 
 /// The scales, smallest first.
 pub fn scales() -> Vec<ScaleSpec> {
@@ -254,7 +254,7 @@ impl Pretrain {
 /// Newton-Schulz iterations on every hidden matrix (about 40% on top of the model's FLOPs at `tiny`, and more
 /// with small batches, since it does not shrink with the batch). Element-wise updates (AdamW, Lion, SGD) are a few
 /// FLOPs per parameter, below the model count's precision, and are not charged.
-pub fn optimizer_flops_per_step(kind: OptimizerKind, model: &GptConfig) -> f64 {
+pub(crate) fn optimizer_flops_per_step(kind: OptimizerKind, model: &GptConfig) -> f64 {
     match kind {
         OptimizerKind::Muon => {
             model.hidden_matrix_shapes().iter().map(|&(r, c)| optim::newton_schulz_flops(r, c)).sum()

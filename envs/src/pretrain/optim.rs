@@ -108,7 +108,7 @@ impl Optimizer {
 /// FLOPs of one [`newton_schulz`] call on a `rows x cols` matrix: with m = min(rows, cols) and n = max(rows, cols),
 /// each of the [`NS_STEPS`] iterations computes the m x m Gram matrix (2 m^2 n), its square (2 m^3) and the
 /// polynomial times x (2 m^2 n), counting a multiply-add as 2 FLOPs like the model's FLOP count.
-pub fn newton_schulz_flops(rows: usize, cols: usize) -> f64 {
+pub(crate) fn newton_schulz_flops(rows: usize, cols: usize) -> f64 {
     let (m, n) = (rows.min(cols) as f64, rows.max(cols) as f64);
     NS_STEPS as f64 * (4.0 * m * m * n + 2.0 * m * m * m)
 }
@@ -135,7 +135,7 @@ pub fn newton_schulz(g: &Tensor) -> Result<Tensor> {
 }
 
 /// Scales gradients so their global L2 norm is at most `max_norm` (0: no clipping). Returns the norm before.
-pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
+pub(crate) fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
     let mut sq = 0.0f64;
     for g in grads.iter().flatten() {
         sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -151,7 +151,7 @@ pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64
 }
 
 /// Exponential moving average of the weights, bias-corrected (it starts at zero), for evaluation.
-pub struct Ema {
+pub(crate) struct Ema {
     decay: f64,
     shadow: Vec<Tensor>,
     updates: i32,
@@ -172,7 +172,7 @@ impl Ema {
     }
 
     /// Replaces the parameters by the averaged ones.
-    pub fn copy_to(&self, params: &[Var]) -> Result<()> {
+    pub(crate) fn copy_to(&self, params: &[Var]) -> Result<()> {
         let correction = 1.0 - self.decay.powi(self.updates.max(1));
         for (s, v) in self.shadow.iter().zip(params) {
             v.set(&s.affine(1.0 / correction, 0.0)?)?;

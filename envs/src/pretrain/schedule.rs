@@ -22,7 +22,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// The multiplier of the peak learning rate at `step` (0-based).
-    pub fn multiplier(&self, step: usize) -> f64 {
+    pub(crate) fn multiplier(&self, step: usize) -> f64 {
         if step < self.warmup_steps {
             return (step + 1) as f64 / self.warmup_steps as f64;
         }

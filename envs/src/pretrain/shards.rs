@@ -11,7 +11,7 @@ use candle_core::{Device, Result};
 
 /// Micro-batches per step on the CPU (fewer when the batch is smaller). Four lets up to four cores work; with one
 /// thread the extra per-operation overhead of four smaller passes was within noise at the tiny scale.
-pub const CPU_MICRO_BATCHES: usize = 4;
+pub(crate) const CPU_MICRO_BATCHES: usize = 4;
 
 /// Splits `batch` rows into contiguous `(start, len)` micro-batches: one on a GPU (a GPU is fastest with the
 /// whole batch), up to [`CPU_MICRO_BATCHES`] of near-equal size on the CPU.
@@ -31,7 +31,7 @@ pub fn split(batch: usize, device: &Device) -> Vec<(usize, usize)> {
 
 /// Runs `work` on every item, on up to `threads` threads, and returns the results in item order. Thread `j`
 /// takes items `j, j + threads, ...`; the first error (in item order) is returned.
-pub fn run_in_order<I: Sync, T: Send>(
+pub(crate) fn run_in_order<I: Sync, T: Send>(
     items: &[I],
     threads: usize,
     work: impl Fn(&I) -> Result<T> + Sync,

@@ -45,7 +45,7 @@ pub struct EvalSpec {
 }
 
 /// A run's measurements, or why it failed (with whatever was measured before).
-pub struct RunOutcome {
+pub(crate) struct RunOutcome {
     pub val_loss: Option<f64>,
     pub failure: Option<(FailureCause, String)>,
     pub metrics: BTreeMap<String, f64>,
@@ -53,7 +53,7 @@ pub struct RunOutcome {
 }
 
 /// Trains and evaluates. Errors from candle become runtime errors (out-of-memory ones are recognised).
-pub fn train_and_evaluate(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext) -> RunOutcome {
+pub(crate) fn train_and_evaluate(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext) -> RunOutcome {
     let mut out = RunOutcome { val_loss: None, failure: None, metrics: BTreeMap::new(), log: String::new() };
     if let Err(e) = run(plan, corpus, ctx, &mut out) {
         let msg = e.to_string();
@@ -170,7 +170,7 @@ pub struct Throughput {
 ///
 /// # Errors
 /// A candle error (out of memory, an op the device lacks), or a non-finite loss.
-pub fn training_throughput(
+pub(crate) fn training_throughput(
     plan: &TrainPlan,
     corpus: &Corpus,
     ctx: &RunContext,

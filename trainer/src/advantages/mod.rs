@@ -20,7 +20,7 @@ use crate::data::ScoredGroup;
 pub use max_k::max_at_k_estimate;
 
 /// Added to the std before dividing, as in GRPO implementations.
-pub const STD_EPS: f64 = 1e-4;
+pub(crate) const STD_EPS: f64 = 1e-4;
 
 /// What an estimator sees of one group: rewards, and what some estimators need besides (all of length n).
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +45,7 @@ impl GroupInput {
         }
     }
 
-    pub fn from_group(group: &ScoredGroup) -> Self {
+    pub(crate) fn from_group(group: &ScoredGroup) -> Self {
         GroupInput {
             rewards: group.rewards(),
             clusters: group.samples.iter().map(|s| s.cluster).collect(),
@@ -68,10 +68,10 @@ pub struct GroupAdvantages {
 
 /// An estimator: the group, the config (for its settings) and the update index (for schedules such as
 /// annealing k).
-pub type AdvantageFn = fn(&GroupInput, &GrpoConfig, u64) -> GroupAdvantages;
+pub(crate) type AdvantageFn = fn(&GroupInput, &GrpoConfig, u64) -> GroupAdvantages;
 
 /// The registry: the function of each estimator name.
-pub fn get_adv_estimator_fn(estimator: AdvantageEstimator) -> AdvantageFn {
+pub(crate) fn get_adv_estimator_fn(estimator: AdvantageEstimator) -> AdvantageFn {
     match estimator {
         AdvantageEstimator::Grpo => grpo,
         AdvantageEstimator::MaxK => max_k::max_k,
@@ -96,7 +96,7 @@ pub fn grpo(group: &GroupInput, cfg: &GrpoConfig, _step: u64) -> GroupAdvantages
 }
 
 /// Advantages of one group's rewards by the `grpo` estimator (see [`grpo`]).
-pub fn group_advantages(rewards: &[f64], cfg: &GrpoConfig) -> Vec<f64> {
+pub(crate) fn group_advantages(rewards: &[f64], cfg: &GrpoConfig) -> Vec<f64> {
     let n = rewards.len();
     if n < 2 {
         return vec![0.0; n];
