@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// The name of the baseline's run in a store.
 pub const BASELINE_RUN: &str = "baseline";
 /// The run seed of the baseline's run (the noise floor belongs to the environment and scale, not to a run).
-pub const BASELINE_SEED: u64 = 0;
+pub(crate) const BASELINE_SEED: u64 = 0;
 /// Seeds the baseline recipe runs at: enough for a seed-to-seed std to within about 25% (chi-square, 7 degrees
 /// of freedom), cheap next to any RL run.
 pub const NOISE_FLOOR_SEEDS: usize = 8;
@@ -44,7 +44,7 @@ pub struct NoiseFloor {
 
 impl NoiseFloor {
     /// From the scores of successful runs (`None` if there are none).
-    pub fn from_scores(scores: &[f64], failed: usize) -> Option<NoiseFloor> {
+    pub(crate) fn from_scores(scores: &[f64], failed: usize) -> Option<NoiseFloor> {
         if scores.is_empty() {
             return None;
         }
@@ -73,7 +73,7 @@ pub struct BaselinePlan<'a> {
 }
 
 /// The stored baseline result of a store (its first seed), if it was run.
-pub fn stored_baseline(store: &Store) -> Result<Option<StoredResult>> {
+pub(crate) fn stored_baseline(store: &Store) -> Result<Option<StoredResult>> {
     let Some(run) = store.find_run(BASELINE_RUN)? else { return Ok(None) };
     Ok(store.ideas(run.id)?.into_iter().find_map(|i| i.result))
 }

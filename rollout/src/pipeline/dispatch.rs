@@ -49,7 +49,7 @@ pub struct ExecLauncher {
 impl ExecLauncher {
     /// The backend's hard limit: the run's own limit plus more than the grace period of `ideator exec`'s watchdog
     /// (which reports a clean timeout itself at the limit plus max(5 s, 10%)).
-    pub fn hard_limit(limit: Duration) -> Duration {
+    pub(crate) fn hard_limit(limit: Duration) -> Duration {
         limit + Duration::from_secs_f64((limit.as_secs_f64() * 0.2).clamp(15.0, 600.0))
     }
 }

@@ -91,10 +91,10 @@ impl Learner for FrozenSampler<'_> {
 }
 
 /// The text stored for the baseline "idea" (the launcher runs the baseline recipe, not this text).
-pub const BASELINE_TEXT: &str = "[baseline: the environment's default recipe, unchanged]";
+pub(crate) const BASELINE_TEXT: &str = "[baseline: the environment's default recipe, unchanged]";
 
 /// One group holding the baseline.
-pub struct BaselineLearner {
+pub(crate) struct BaselineLearner {
     pub version: u64,
 }
 
@@ -129,7 +129,7 @@ impl Learner for BaselineLearner {
 }
 
 /// Runs `ideator exec` without an idea file: the environment's baseline recipe.
-pub struct BaselineLauncher(pub ExecLauncher);
+pub(crate) struct BaselineLauncher(pub ExecLauncher);
 
 impl Launcher for BaselineLauncher {
     fn spec(&self, idea: &IdeaRow, attempt: u32, prepare: bool) -> std::io::Result<RunSpec> {

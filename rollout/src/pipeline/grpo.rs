@@ -15,7 +15,7 @@ use crate::{Result, RolloutError};
 
 /// The trainer state a checkpoint carries.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointState {
+pub(crate) struct CheckpointState {
     pub learner: Option<LearnerState>,
 }
 

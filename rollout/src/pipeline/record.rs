@@ -155,7 +155,7 @@ pub struct EpochStats {
 
 impl StepRecord {
     /// The score a checkpoint of this step is kept by (`reward_mean`).
-    pub fn checkpoint_score(&self) -> Option<f64> {
+    pub(crate) fn checkpoint_score(&self) -> Option<f64> {
         self.rewards.reward_mean
     }
 

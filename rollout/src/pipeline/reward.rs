@@ -70,7 +70,7 @@ impl RewardMode {
 /// Whether the spread of a group's rewards (max - min) is within `noise`, the environment's seed-to-seed
 /// standard deviation of a fixed recipe: such a group's ranking would be mostly noise were its ideas run at
 /// different seeds.
-pub fn within_noise(rewards: &[f64], noise: f64) -> bool {
+pub(crate) fn within_noise(rewards: &[f64], noise: f64) -> bool {
     let (lo, hi) = rewards.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &r| (l.min(r), h.max(r)));
     rewards.is_empty() || hi - lo <= noise
 }

@@ -30,19 +30,19 @@ pub fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-pub fn u32s_to_blob(v: &[u32]) -> Vec<u8> {
+pub(crate) fn u32s_to_blob(v: &[u32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-pub fn blob_to_u32s(b: &[u8]) -> Vec<u32> {
+pub(crate) fn blob_to_u32s(b: &[u8]) -> Vec<u32> {
     b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-pub fn f32s_to_blob(v: &[f32]) -> Vec<u8> {
+pub(crate) fn f32s_to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-pub fn blob_to_f32s(b: &[u8]) -> Vec<f32> {
+pub(crate) fn blob_to_f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
@@ -319,7 +319,7 @@ impl GroupRow {
     }
 
     /// The reference run's score (the baseline recipe at the group's seed), when it ran and succeeded.
-    pub fn reference_reward(&self) -> Option<f64> {
+    pub(crate) fn reference_reward(&self) -> Option<f64> {
         self.reference.as_ref().and_then(|r| r.result.as_ref()).filter(|r| r.status == Status::Ok).map(|r| r.reward)
     }
 }
@@ -457,7 +457,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 }
 
 /// The idea's key: unique in the run, names its work folder and backend job.
-pub fn idea_key(group_seq: u64, index: usize) -> String {
+pub(crate) fn idea_key(group_seq: u64, index: usize) -> String {
     format!("g{group_seq:06}-i{index}")
 }
 
@@ -603,7 +603,8 @@ impl Store {
     }
 
     /// The schema version (number of migrations applied).
-    pub fn schema_version(&self) -> Result<u32> {
+    #[cfg(test)]
+    pub(crate) fn schema_version(&self) -> Result<u32> {
         self.conn
             .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
             .map(|v| v as u32)
@@ -657,7 +658,8 @@ impl Store {
     }
 
     /// The run with this id.
-    pub fn run_info(&self, id: i64) -> Result<RunInfo> {
+    #[cfg(test)]
+    pub(crate) fn run_info(&self, id: i64) -> Result<RunInfo> {
         let name: String = self
             .conn
             .query_row("SELECT name FROM runs WHERE id = ?1", [id], |r| r.get(0))
@@ -701,7 +703,7 @@ impl Store {
 
     // ---- policy versions, prompts, groups, ideas ----
 
-    pub fn record_policy_version(&self, run: i64, version: u64) -> Result<()> {
+    pub(crate) fn record_policy_version(&self, run: i64, version: u64) -> Result<()> {
         self.exec(
             "INSERT OR IGNORE INTO policy_versions (run_id, version, created_at) VALUES (?1, ?2, ?3)",
             params![run, version as i64, now()],
@@ -827,7 +829,7 @@ impl Store {
     }
 
     /// Closes an attempt that did not produce the idea's result (infrastructure failure, orphaned, cancelled).
-    pub fn end_attempt(&self, idea: i64, attempt: u32, outcome: &str, message: &str) -> Result<()> {
+    pub(crate) fn end_attempt(&self, idea: i64, attempt: u32, outcome: &str, message: &str) -> Result<()> {
         self.exec(
             "UPDATE attempts SET finished_at = ?3, outcome = ?4, message = ?5 WHERE idea_id = ?1 AND attempt = ?2",
             params![idea, attempt as i64, now(), outcome, message],
@@ -835,7 +837,7 @@ impl Store {
     }
 
     /// Puts an idea back to pending (its next launch is a new attempt).
-    pub fn mark_pending(&self, idea: i64) -> Result<()> {
+    pub(crate) fn mark_pending(&self, idea: i64) -> Result<()> {
         self.exec("UPDATE ideas SET status = 'pending', job_id = NULL WHERE id = ?1", [idea])
     }
 
@@ -847,7 +849,7 @@ impl Store {
 
     /// Stores a result copied from the execution of idea `source` (same recipe key and seed), without running
     /// anything; like [`Store::finish_idea`] otherwise.
-    pub fn finish_idea_cached(&self, idea: i64, source: i64, r: &ExecResult) -> Result<bool> {
+    pub(crate) fn finish_idea_cached(&self, idea: i64, source: i64, r: &ExecResult) -> Result<bool> {
         self.store_result(idea, None, Some(source), r)
     }
 
@@ -898,14 +900,14 @@ impl Store {
     }
 
     /// Records what an idea's execution computes (its cache key).
-    pub fn set_recipe_key(&self, idea: i64, key: &str) -> Result<()> {
+    pub(crate) fn set_recipe_key(&self, idea: i64, key: &str) -> Result<()> {
         self.exec("UPDATE ideas SET recipe_key = ?2 WHERE id = ?1", params![idea, key])
     }
 
     /// A stored result of an execution with this recipe key at this seed, from any run of the store, with the id
     /// of the idea that executed it. Results that say nothing about the recipe are not reused: infrastructure
     /// failures and time limits (another machine or limit may finish the run).
-    pub fn cached_result(&self, recipe_key: &str, seed: u64) -> Result<Option<(i64, StoredResult)>> {
+    pub(crate) fn cached_result(&self, recipe_key: &str, seed: u64) -> Result<Option<(i64, StoredResult)>> {
         let rows = self.ideas_where(
             "recipe_key = ?1 AND seed = ?2 AND status = 'done' AND exec_status IS NOT NULL AND cached_from IS NULL
              AND COALESCE(cause, '') NOT IN ('infrastructure', 'time_limit') ORDER BY id LIMIT 1",
@@ -915,7 +917,7 @@ impl Store {
     }
 
     /// Marks ideas not yet done as cancelled (shutdown), and their groups too.
-    pub fn cancel_unfinished(&self, run: i64) -> Result<usize> {
+    pub(crate) fn cancel_unfinished(&self, run: i64) -> Result<usize> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         let t = now();
         tx.execute(
@@ -937,7 +939,7 @@ impl Store {
     }
 
     /// Marks a complete group as dropped (too stale to train on).
-    pub fn drop_group(&self, group: i64, staleness: u64) -> Result<()> {
+    pub(crate) fn drop_group(&self, group: i64, staleness: u64) -> Result<()> {
         self.exec(
             "UPDATE groups SET status = 'dropped', staleness = ?2 WHERE id = ?1",
             params![group, staleness as i64],
@@ -946,7 +948,7 @@ impl Store {
 
     /// Drops a group that can no longer be trained (too stale) while some of its ideas are unfinished: those
     /// ideas are cancelled (their running attempts closed), results already in are kept.
-    pub fn drop_unfinished_group(&self, group: i64, staleness: u64) -> Result<()> {
+    pub(crate) fn drop_unfinished_group(&self, group: i64, staleness: u64) -> Result<()> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         let t = now();
         tx.execute(
@@ -1020,7 +1022,7 @@ impl Store {
 
     /// Records a checkpoint. Its path is stored relative to the store's folder when it lies inside it (so the run
     /// folder can be moved), else absolute.
-    pub fn record_checkpoint(&self, run: i64, step: u64, path: &Path, score: Option<f64>) -> Result<()> {
+    pub(crate) fn record_checkpoint(&self, run: i64, step: u64, path: &Path, score: Option<f64>) -> Result<()> {
         let stored = self.portable_path(path);
         self.exec(
             "INSERT OR REPLACE INTO checkpoints (run_id, step, path, score, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1105,7 +1107,7 @@ impl Store {
     }
 
     /// Every execution of a group, its reference run included, in index order.
-    pub fn ideas_of_group(&self, group: i64) -> Result<Vec<IdeaRow>> {
+    pub(crate) fn ideas_of_group(&self, group: i64) -> Result<Vec<IdeaRow>> {
         self.ideas_where("group_id = ?1 ORDER BY idx", [group])
     }
 
@@ -1247,7 +1249,8 @@ impl Store {
     }
 
     /// How many executed ideas failed with each cause (`ok` for successes).
-    pub fn outcome_counts(&self, run: i64) -> Result<BTreeMap<String, u64>> {
+    #[cfg(test)]
+    pub(crate) fn outcome_counts(&self, run: i64) -> Result<BTreeMap<String, u64>> {
         self.counts(
             "SELECT COALESCE(cause, 'ok'), COUNT(*) FROM ideas WHERE run_id = ?1 AND status = 'done' AND reference = 0
              GROUP BY 1",
