@@ -1,9 +1,11 @@
 //! Facts about the machine that bound what the CPU decode path can reach: the CPU's identity, its measured memory
-//! read bandwidth, and the weight-streaming limit they imply.
+//! read bandwidth and matrix-product rate, and the limits they imply (a roofline).
 //!
 //! Decoding a batch of `b` rows reads every weight matrix at least once per step (exactly once up to
-//! [`crate::few_rows::MAX_ROWS`] rows), so a step cannot take less than `weight bytes / read bandwidth`, and `b` new tokens per step give at most
-//! `b * bandwidth / weight bytes` new tokens per second. `ideator bench` prints that limit next to what it measured.
+//! [`crate::few_rows::MAX_ROWS`] rows), so a step cannot take less than `weight bytes / read bandwidth`, and `b` new
+//! tokens per step give at most `b * bandwidth / weight bytes` new tokens per second. Each row also costs one
+//! multiply-add (2 FLOPs) per weight, so a step cannot take less than `2 * weights * b / FLOP rate` either: small
+//! batches are bound by memory, large ones by compute. `ideator bench` prints both limits next to what it measured.
 
 use std::time::Instant;
 
@@ -166,6 +168,78 @@ impl StreamingLimit {
     }
 }
 
+/// Measures the f32 matrix-product rate in GFLOP/s (1e9 FLOPs per second, a multiply-add counting 2): the best of
+/// `passes` products of two `size x size` matrices with candle's CPU kernel, on the threads it is configured with
+/// (`RAYON_NUM_THREADS`). `size` 1024 is compute-bound on any current CPU (about 2 GFLOP per pass).
+///
+/// # Errors
+/// The tensor errors of candle.
+pub fn matmul_gflop_per_s(size: usize, passes: usize) -> candle_core::Result<f64> {
+    use candle_core::{Device, Tensor};
+    let a = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
+    std::hint::black_box(a.matmul(&b)?); // warm-up: thread pool and caches
+    let mut best = f64::INFINITY;
+    for _ in 0..passes.max(1) {
+        let t0 = Instant::now();
+        std::hint::black_box(a.matmul(&b)?);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (size as f64).powi(3) / best / 1e9)
+}
+
+/// Which resource bounds a decode step at a batch size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Streaming the weights from memory takes longer than the products.
+    Memory,
+    /// The products take longer than streaming the weights.
+    Compute,
+}
+
+/// The roofline of decoding: the weight-streaming limit and the compute limit of `weights` multiply-adds per row
+/// and step at `gflop_per_s`; the lower of the two bounds each batch size. Attention over the cache is left out
+/// (at the prompt lengths of an ideator it is a few percent of the products).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Roofline {
+    pub streaming: StreamingLimit,
+    /// Weights multiplied per row per step (every matrix of every layer, plus the output head once).
+    pub weights: usize,
+    /// Matrix-product rate, GFLOP/s.
+    pub gflop_per_s: f64,
+}
+
+impl Roofline {
+    /// Most decode steps per second at `batch` rows: the lower of `bandwidth / weight bytes` and
+    /// `FLOP rate / (2 * weights * batch)`.
+    pub fn max_steps_per_s(&self, batch: usize) -> f64 {
+        self.streaming.max_steps_per_s().min(self.compute_steps_per_s(batch))
+    }
+
+    fn compute_steps_per_s(&self, batch: usize) -> f64 {
+        self.gflop_per_s * 1e9 / (2.0 * self.weights as f64 * batch.max(1) as f64)
+    }
+
+    /// Most new tokens per second at `batch` rows.
+    pub fn max_tokens_per_s(&self, batch: usize) -> f64 {
+        self.max_steps_per_s(batch) * batch as f64
+    }
+
+    /// What bounds a step at `batch` rows.
+    pub fn bound(&self, batch: usize) -> Bound {
+        if self.compute_steps_per_s(batch) < self.streaming.max_steps_per_s() {
+            Bound::Compute
+        } else {
+            Bound::Memory
+        }
+    }
+
+    /// The share of the roofline a measured `tokens_per_s` at `batch` reaches (1.0 = at the limit).
+    pub fn fraction(&self, tokens_per_s: f64, batch: usize) -> f64 {
+        tokens_per_s / self.max_tokens_per_s(batch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +285,26 @@ mod tests {
         assert_eq!((bw.threads, bw.bytes), (2, 1 << 20));
         assert!(bw.gb_per_s.is_finite() && bw.gb_per_s > 0.0, "{bw:?}");
         assert_eq!(sum_stream(&(0..1000).map(|i| i as f32).collect::<Vec<_>>()), 499_500.0);
+    }
+
+    #[test]
+    fn the_roofline_is_memory_bound_for_few_rows_and_compute_bound_for_many() {
+        // 135M f32 weights (540 MB) at 24 GB/s: 44.4 steps/s from memory. At 100 GFLOP/s one row costs
+        // 0.27 GFLOP, so compute allows 370 steps/s at batch 1 and 11.6 at batch 32; they cross near batch 8.3.
+        let streaming = StreamingLimit { weight_bytes: 540_000_000, gb_per_s: 24.0 };
+        let roof = Roofline { streaming, weights: 135_000_000, gflop_per_s: 100.0 };
+        assert_eq!(
+            (roof.bound(1), roof.bound(8), roof.bound(9), roof.bound(32)),
+            (Bound::Memory, Bound::Memory, Bound::Compute, Bound::Compute)
+        );
+        assert!((roof.max_steps_per_s(1) - streaming.max_steps_per_s()).abs() < 1e-12);
+        assert!((roof.max_tokens_per_s(32) - 100e9 / 2.7e8).abs() < 1e-6, "{}", roof.max_tokens_per_s(32));
+        assert!((roof.fraction(roof.max_tokens_per_s(32) / 2.0, 32) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_matmul_probe_gives_a_finite_rate() {
+        let rate = matmul_gflop_per_s(64, 2).unwrap();
+        assert!(rate.is_finite() && rate > 0.0, "{rate}");
     }
 }

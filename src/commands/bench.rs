@@ -125,6 +125,10 @@ pub struct LimitArgs {
     /// probe and the limit.
     #[arg(long, default_value_t = 1024)]
     pub bandwidth_mib: usize,
+    /// Size of the square f32 product that measures the machine's FLOP rate (the compute side of the roofline);
+    /// 0 skips it.
+    #[arg(long, default_value_t = 1024)]
+    pub matmul_size: usize,
 }
 
 /// The machine's side of a decode figure: the CPU, the read bandwidth measured now (one thread, and the threads the
@@ -134,11 +138,15 @@ struct MachineLimit {
     single: Option<ideator_model::machine::Bandwidth>,
     threaded: Option<ideator_model::machine::Bandwidth>,
     weight_bytes: usize,
+    /// Weights multiplied per row and step (`weight_bytes` over the bytes of one weight).
+    weights: usize,
+    /// The f32 matrix-product rate on the tensor threads, GFLOP/s.
+    gflop_per_s: Option<f64>,
 }
 
 impl MachineLimit {
-    fn measure(args: LimitArgs, weight_bytes: usize) -> MachineLimit {
-        use ideator_model::machine::{read_bandwidth, CpuInfo};
+    fn measure(args: LimitArgs, weight_bytes: usize, bytes_per_weight: usize) -> MachineLimit {
+        use ideator_model::machine::{matmul_gflop_per_s, read_bandwidth, CpuInfo};
         let cpu = CpuInfo::detect();
         eprintln!("bench: CPU {}", cpu.summary());
         let threads = tensor_threads();
@@ -154,7 +162,23 @@ impl MachineLimit {
         };
         let single = probe(1);
         let threaded = if threads > 1 { probe(threads) } else { None };
-        MachineLimit { cpu, single, threaded, weight_bytes }
+        let gflop_per_s = (args.matmul_size > 0).then(|| matmul_gflop_per_s(args.matmul_size, 3)).and_then(|r| {
+            r.inspect(|g| eprintln!("bench: f32 matrix products {g:.1} GFLOP/s on {threads} thread(s)"))
+                .inspect_err(|e| eprintln!("bench: the FLOP-rate probe failed ({e}); no compute limit"))
+                .ok()
+        });
+        let weights = weight_bytes / bytes_per_weight.max(1);
+        MachineLimit { cpu, single, threaded, weight_bytes, weights, gflop_per_s }
+    }
+
+    /// The roofline: the streaming limit and the compute limit at the measured FLOP rate.
+    fn roofline(&self) -> Option<ideator_model::machine::Roofline> {
+        let streaming = self.limit()?;
+        self.gflop_per_s.map(|gflop_per_s| ideator_model::machine::Roofline {
+            streaming,
+            weights: self.weights,
+            gflop_per_s,
+        })
     }
 
     /// The limit at the bandwidth of the threads the tensor work runs on.
@@ -188,6 +212,23 @@ impl MachineLimit {
             }
             eprintln!("{line}");
         }
+        if let Some(roof) = self.roofline() {
+            let bound = match roof.bound(batch) {
+                ideator_model::machine::Bound::Memory => "memory",
+                ideator_model::machine::Bound::Compute => "compute",
+            };
+            out["roofline_tokens_per_s"] = json!(roof.max_tokens_per_s(batch));
+            out["roofline_fraction"] = json!(roof.fraction(tokens_per_s, batch));
+            out["roofline_bound"] = json!(bound);
+            eprintln!(
+                "bench: roofline at batch {batch} ({bound}-bound; compute limit {:.1} GFLOP/s over {:.1}M weights per \
+                 row): {:.1} new tokens/s; reached {:.0}%",
+                roof.gflop_per_s,
+                self.weights as f64 / 1e6,
+                roof.max_tokens_per_s(batch),
+                100.0 * roof.fraction(tokens_per_s, batch)
+            );
+        }
         out
     }
 
@@ -199,6 +240,7 @@ impl MachineLimit {
             "weight_bytes_per_step": self.weight_bytes,
             "read_gb_per_s_1_thread": self.single.map(|b| b.gb_per_s),
             "read_gb_per_s_threads": self.threaded.map(|b| b.gb_per_s),
+            "matmul_gflop_per_s": self.gflop_per_s,
         });
         if let Some(limit) = self.limit() {
             out["limit_steps_per_s"] = json!(limit.max_steps_per_s());
@@ -248,7 +290,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         What::Decode { model, batch, prompt_tokens, new_tokens, repeats, limit } => {
             anyhow::ensure!(new_tokens >= 2 && repeats >= 1, "need --new-tokens >= 2 and --repeats >= 1");
             let m = model.load()?;
-            let machine = MachineLimit::measure(limit, m.decoder.decode_weight_bytes(AdapterMode::default()));
+            let bytes = m.decoder.decode_weight_bytes(AdapterMode::default());
+            let machine = MachineLimit::measure(limit, bytes, m.decoder.dtype().size_in_bytes());
             let prompt = prompt_of_length(&m.tokenizer, prompt_tokens)?;
             let params = |n: usize, seed: u64| SamplingParams {
                 max_new_tokens: n,
@@ -436,7 +479,8 @@ fn bench_grpo(
     let total = (warmup_steps + steps) as u64;
     let mut learner = GrpoLearner::new(policy, cfg, optim, total, new_tokens, 0)?;
     let p = learner.policy();
-    let machine = MachineLimit::measure(limit, p.decoder().decode_weight_bytes(p.sampling_mode()));
+    let bytes = p.decoder().decode_weight_bytes(p.sampling_mode());
+    let machine = MachineLimit::measure(limit, bytes, p.decoder().dtype().size_in_bytes());
     let mut records = Vec::new();
     for step in 0..warmup_steps + steps {
         let t0 = Instant::now();
@@ -526,8 +570,9 @@ fn bench_matmul(rows: &[usize], repeats: usize, with_portable: bool, limit: Limi
     }
     weights.push(Tensor::randn(0f32, 0.02, (vocab, hidden), &Device::Cpu)?);
     let bytes: usize = weights.iter().map(|w| w.elem_count() * 4).sum();
-    let machine = MachineLimit::measure(limit, bytes);
+    let machine = MachineLimit::measure(limit, bytes, 4);
     let limit = machine.limit();
+    let roofline = machine.roofline();
     type Kernel = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>>;
     let paths = Path::available();
     let mut kernels: Vec<(String, Kernel)> = paths
@@ -571,14 +616,16 @@ fn bench_matmul(rows: &[usize], repeats: usize, with_portable: bool, limit: Limi
             let t = median(t);
             let gbs = bytes as f64 / t / 1e9;
             let fraction = limit.map(|l| l.fraction(b as f64 / t, b));
+            let roof = roofline.map(|r| r.fraction(b as f64 / t, b));
             eprintln!(
-                "bench matmul: rows {b:>2} {name:<20} {:>7.2} ms/step {gbs:>6.1} GB/s  {:>5.2}x candle_w_xt{}",
+                "bench matmul: rows {b:>2} {name:<20} {:>7.2} ms/step {gbs:>6.1} GB/s  {:>5.2}x candle_w_xt{}{}",
                 t * 1e3,
                 base / t,
-                fraction.map_or(String::new(), |f| format!("  {:.0}% of the limit", 100.0 * f))
+                fraction.map_or(String::new(), |f| format!("  {:.0}% of the streaming limit", 100.0 * f)),
+                roof.map_or(String::new(), |f| format!(", {:.0}% of the roofline", 100.0 * f))
             );
             results.push(json!({"rows": b, "kernel": name, "seconds_per_step": t, "gb_per_s": gbs,
-                "speedup_vs_candle_w_xt": base / t, "limit_fraction": fraction}));
+                "speedup_vs_candle_w_xt": base / t, "limit_fraction": fraction, "roofline_fraction": roof}));
         }
     }
     let mut out = json!({"bench": "matmul", "impl": "ideator", "threads": tensor_threads(), "repeats": repeats,
