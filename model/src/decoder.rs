@@ -1,13 +1,14 @@
-//! The decoder: one implementation of the Llama / Qwen2 / Qwen3 block, with two forward paths.
+//! The decoder: embedding, a stack of [`block::Block`]s (the Llama / Qwen2 / Qwen3 layer, written once in
+//! decoder/block.rs), final norm and output head, with two forward paths through the same blocks.
 //!
-//! - `hidden_states` is the trainable forward over whole (padded) sequences. It uses only ops that carry
-//!   gradients (composed RMS norm, composed softmax, differentiable RoPE): candle's fused kernels silently
-//!   drop the gradient (DESIGN section 7).
+//! - `hidden_states` and `score_continuations` are the trainable forward over whole (padded) sequences. They use
+//!   only ops that carry gradients (composed RMS norm, composed softmax, differentiable RoPE): candle's fused
+//!   kernels silently drop the gradient (DESIGN section 7).
 //! - `decode` is the detached, KV-cached, batched forward used for sampling. It uses the fused kernels.
 //!
-//! Grouped-query attention never copies keys/values per query head: queries are reshaped to
-//! (batch, kv_heads, group * time, head_dim) so each key/value head is multiplied once by its whole group.
 //! Weights use the Hugging Face layout (q/k rows in "half rotation" order); GGUF loading un-permutes them.
+
+mod block;
 
 use std::collections::HashMap;
 
@@ -20,56 +21,27 @@ use crate::lora::{init_rng, LoraConfig, LoraTarget};
 use crate::rope::Rope;
 use crate::scored::{activation_memory, Backprop, PairInput, Scored, Tape};
 use crate::{ModelError, Result};
+use block::{Block, Pass};
 
 /// Additive mask value: finite so that a fully masked row (a pad query) softmaxes to uniform, not NaN.
 const MASKED: f32 = -1e9;
 
-#[derive(Debug, Clone)]
-struct Layer {
-    attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
-    ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-impl Layer {
-    fn linear_mut(&mut self, target: LoraTarget) -> &mut Linear {
-        match target {
-            LoraTarget::Q => &mut self.q,
-            LoraTarget::K => &mut self.k,
-            LoraTarget::V => &mut self.v,
-            LoraTarget::O => &mut self.o,
-            LoraTarget::Gate => &mut self.gate,
-            LoraTarget::Up => &mut self.up,
-            LoraTarget::Down => &mut self.down,
-        }
-    }
-
-    fn linear(&self, target: LoraTarget) -> &Linear {
-        match target {
-            LoraTarget::Q => &self.q,
-            LoraTarget::K => &self.k,
-            LoraTarget::V => &self.v,
-            LoraTarget::O => &self.o,
-            LoraTarget::Gate => &self.gate,
-            LoraTarget::Up => &self.up,
-            LoraTarget::Down => &self.down,
-        }
-    }
+/// The output of the blocks over a shared prefix and its continuations (`Decoder::score_continuations`).
+struct SharedStack {
+    /// The prefix's (1, p, hidden) and the continuations' (b, c, hidden) last hidden states, before the final norm.
+    xp: Tensor,
+    xc: Tensor,
+    /// Every block's input, kept for the recomputation of a checkpointed backward (else empty).
+    layer_inputs: Vec<(Tensor, Tensor)>,
+    /// The leaves a checkpointed backward starts from (`Backprop::Checkpointed` only).
+    top: Option<(Var, Var)>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Decoder {
     cfg: ModelConfig,
     embed: Tensor,
-    layers: Vec<Layer>,
+    blocks: Vec<Block>,
     final_norm: Tensor,
     /// `None` when the output projection is tied to the embedding.
     lm_head: Option<Tensor>,
@@ -131,46 +103,8 @@ impl Decoder {
             Ok(t.to_dtype(dtype)?.to_device(device)?)
         };
         let h = cfg.hidden_size;
-        let q_out = cfg.num_heads * cfg.head_dim;
-        let kv_out = cfg.num_kv_heads * cfg.head_dim;
         let embed = take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let p = format!("model.layers.{i}");
-            let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-                let w = take(&format!("{p}.{name}.weight"), &[out, inp])?;
-                let b = if bias { Some(take(&format!("{p}.{name}.bias"), &[out])?) } else { None };
-                Ok(Linear::new(w, b))
-            };
-            let q = lin("self_attn.q_proj", q_out, h, cfg.qkv_bias)?;
-            let k = lin("self_attn.k_proj", kv_out, h, cfg.qkv_bias)?;
-            let v = lin("self_attn.v_proj", kv_out, h, cfg.qkv_bias)?;
-            let o = lin("self_attn.o_proj", h, q_out, false)?;
-            let gate = lin("mlp.gate_proj", cfg.intermediate_size, h, false)?;
-            let up = lin("mlp.up_proj", cfg.intermediate_size, h, false)?;
-            let down = lin("mlp.down_proj", h, cfg.intermediate_size, false)?;
-            let (q_norm, k_norm) = if cfg.qk_norm {
-                (
-                    Some(take(&format!("{p}.self_attn.q_norm.weight"), &[cfg.head_dim])?),
-                    Some(take(&format!("{p}.self_attn.k_norm.weight"), &[cfg.head_dim])?),
-                )
-            } else {
-                (None, None)
-            };
-            layers.push(Layer {
-                attn_norm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q,
-                k,
-                v,
-                o,
-                q_norm,
-                k_norm,
-                ffn_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate,
-                up,
-                down,
-            });
-        }
+        let blocks = (0..cfg.num_layers).map(|i| Block::load(&mut take, &cfg, i)).collect::<Result<Vec<_>>>()?;
         let final_norm = take("model.norm.weight", &[h])?;
         let lm_head = if cfg.tie_word_embeddings {
             tensors.remove("lm_head.weight");
@@ -182,7 +116,7 @@ impl Decoder {
         if let Some(extra) = tensors.keys().find(|k| !k.contains("rotary_emb")) {
             tracing::warn!("ignoring unexpected tensor '{extra}' in the checkpoint");
         }
-        Ok(Decoder { cfg, embed, layers, final_norm, lm_head, rope, device: device.clone() })
+        Ok(Decoder { cfg, embed, blocks, final_norm, lm_head, rope, device: device.clone() })
     }
 
     /// Builds the decoder from loaded weights.
@@ -222,14 +156,11 @@ impl Decoder {
             bytes(&l.weight) + l.bias.as_ref().map_or(0, bytes) + lora
         };
         let layers: usize = self
-            .layers
+            .blocks
             .iter()
             .map(|l| {
-                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].into_iter().map(linear).sum::<usize>()
-                    + bytes(&l.attn_norm)
-                    + bytes(&l.ffn_norm)
-                    + l.q_norm.as_ref().map_or(0, bytes)
-                    + l.k_norm.as_ref().map_or(0, bytes)
+                LoraTarget::ALL.map(|t| linear(l.linear(t))).iter().sum::<usize>()
+                    + l.norms().map(bytes).sum::<usize>()
             })
             .sum();
         layers + bytes(&self.final_norm) + bytes(self.lm_head_weight())
@@ -260,74 +191,12 @@ impl Decoder {
             )));
         }
         let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-        let (cos, sin) = self.rope.tables(&Tensor::from_vec(positions, (b, t), &self.device)?)?;
+        let rope = self.rope.tables(&Tensor::from_vec(positions, (b, t), &self.device)?)?;
         let mut x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let i = i as u64;
-            let (q, k, v) = self.train_qkv(layer, i, &x, &cos, &sin, mode)?;
-            let y = self.train_attention(&q, &k, &v, 0)?;
-            x = self.train_block_tail(layer, i, &x, &y, mode)?;
+        for block in &self.blocks {
+            (x, _) = block.forward(&x, &rope, Pass::Train { prefix: None }, mode)?;
         }
         rms_norm_differentiable(&x, &self.final_norm, self.cfg.rms_norm_eps)
-    }
-
-    /// Normed input -> q (b, heads, t, hd), k and v (b, kv_heads, t, hd) with rotary applied, all differentiable.
-    fn train_qkv(
-        &self,
-        layer: &Layer,
-        index: u64,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mode: AdapterMode,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let cfg = &self.cfg;
-        let (b, t, _) = x.dims3()?;
-        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let h = rms_norm_differentiable(x, &layer.attn_norm, cfg.rms_norm_eps)?;
-        let q = layer.q.forward(&h, mode, salt(index, 0))?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-        let k = layer.k.forward(&h, mode, salt(index, 1))?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        let v = layer.v.forward(&h, mode, salt(index, 2))?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let (q, k) = match (&layer.q_norm, &layer.k_norm) {
-            (Some(qn), Some(kn)) => (
-                rms_norm_differentiable(&q, qn, cfg.rms_norm_eps)?,
-                rms_norm_differentiable(&k, kn, cfg.rms_norm_eps)?,
-            ),
-            _ => (q, k),
-        };
-        let q = Rope::apply_differentiable(&q, cos, sin)?.contiguous()?;
-        let k = Rope::apply_differentiable(&k, cos, sin)?.contiguous()?;
-        Ok((q, k, v))
-    }
-
-    /// Causal grouped-query attention of q (b, heads, tq, hd) over k, v (b, kv_heads, offset + tq, hd): query i
-    /// sees keys 0..=offset + i. Memory-efficient on CPU (see attention.rs). Returns (b, tq, heads * hd).
-    fn train_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
-        let (b, nh, tq, hd) = q.dims4()?;
-        let nkv = self.cfg.num_kv_heads;
-        let group = nh / nkv;
-        // Heads h = kv * group + g, so (b, heads, t, d) is already (b, kv_heads, group * t, d) in memory.
-        let q = q.reshape((b, nkv, group * tq, hd))?;
-        let y = crate::attention::causal_attention(&q, k, v, group, offset)?;
-        Ok(y.reshape((b, nh, tq, hd))?.transpose(1, 2)?.reshape((b, tq, nh * hd))?)
-    }
-
-    /// Output projection, residual, and the MLP with its residual.
-    fn train_block_tail(
-        &self,
-        layer: &Layer,
-        index: u64,
-        x: &Tensor,
-        y: &Tensor,
-        mode: AdapterMode,
-    ) -> Result<Tensor> {
-        let eps = self.cfg.rms_norm_eps;
-        let x = (x + layer.o.forward(y, mode, salt(index, 3))?)?;
-        let h = rms_norm_differentiable(&x, &layer.ffn_norm, eps)?;
-        let gate = layer.gate.forward(&h, mode, salt(index, 4))?.silu()?;
-        let up = layer.up.forward(&h, mode, salt(index, 5))?;
-        let ffn = layer.down.forward(&(gate * up)?, mode, salt(index, 6))?;
-        Ok((x + ffn)?)
     }
 
     /// Log-probabilities (and entropies) of continuations that share one prefix, e.g. the samples of a GRPO group
@@ -371,20 +240,40 @@ impl Decoder {
             Backprop::Auto => Backprop::Full,
             other => other,
         };
+        let pair = self.pair_input(prefix, continuations, pad_id, mode)?;
+        let stack = self.shared_prefix_stack(&pair, backprop)?;
+        let (logprobs, entropies) =
+            self.continuation_scores(&stack.xp, &stack.xc, continuations, temperature, backprop)?;
+        let tape = stack.top.map(|top| Tape { decoder: self, pair, layer_inputs: stack.layer_inputs, top });
+        Ok(Scored { logprobs, entropies, backprop, tape })
+    }
+
+    /// Prefix: positions 0..p, causal. Continuations: positions p..p+c, right-padded; each sees the whole prefix
+    /// and its own earlier tokens (causal attention with the prefix as an offset).
+    fn pair_input(
+        &self,
+        prefix: &[u32],
+        continuations: &[Vec<u32>],
+        pad_id: u32,
+        mode: AdapterMode,
+    ) -> Result<PairInput> {
         let dev = &self.device;
-        let hsz = self.cfg.hidden_size;
-        // Prefix: positions 0..p, causal. Continuations: positions p..p+c, right-padded; each sees the whole
-        // prefix and its own earlier tokens (causal attention with the prefix as an offset).
+        let (p, b) = (prefix.len(), continuations.len());
+        let c = continuations.iter().map(Vec::len).max().unwrap_or(0);
         let prefix_ids = Tensor::new(prefix, dev)?;
         let pos_p = Tensor::new((0..p as u32).collect::<Vec<_>>().as_slice(), dev)?.unsqueeze(0)?;
-        let (cos_p, sin_p) = self.rope.tables(&pos_p)?;
+        let rope_p = self.rope.tables(&pos_p)?;
         let cont_ids = TokenBatch::right_padded(continuations, pad_id, dev)?.ids.flatten_all()?;
         let pos_c: Vec<u32> = (0..b).flat_map(|_| (p as u32)..((p + c) as u32)).collect();
-        let (cos_c, sin_c) = self.rope.tables(&Tensor::from_vec(pos_c, (b, c), dev)?)?;
-        let pair = PairInput { p, b, c, cos_p, sin_p, cos_c, sin_c, prefix_ids, cont_ids, mode };
-        let (mut xp, mut xc) = self.embed_pair(&pair)?;
+        let rope_c = self.rope.tables(&Tensor::from_vec(pos_c, (b, c), dev)?)?;
+        Ok(PairInput { p, b, c, rope_p, rope_c, prefix_ids, cont_ids, mode })
+    }
+
+    /// The prefix and its continuations run through every block, with the graph `backprop` asks for.
+    fn shared_prefix_stack(&self, pair: &PairInput, backprop: Backprop) -> Result<SharedStack> {
+        let (mut xp, mut xc) = self.embed_pair(pair)?;
         let mut layer_inputs = Vec::new();
-        for i in 0..self.layers.len() {
+        for i in 0..self.blocks.len() {
             if backprop != Backprop::Full {
                 // Cut the graph at every layer boundary: only the layer inputs are kept (for the recomputation).
                 (xp, xc) = (xp.detach(), xc.detach());
@@ -392,7 +281,7 @@ impl Decoder {
                     layer_inputs.push((xp.clone(), xc.clone()));
                 }
             }
-            (xp, xc) = self.shared_prefix_block(i, &xp, &xc, &pair)?;
+            (xp, xc) = self.shared_prefix_block(i, &xp, &xc, pair)?;
         }
         let mut top = None;
         if backprop == Backprop::Checkpointed {
@@ -403,10 +292,24 @@ impl Decoder {
         } else if backprop == Backprop::None {
             (xp, xc) = (xp.detach(), xc.detach());
         }
-        let eps = self.cfg.rms_norm_eps;
+        Ok(SharedStack { xp, xc, layer_inputs, top })
+    }
+
+    /// Log-probs and entropies at `temperature` of every continuation token, from the last hidden states of the
+    /// prefix (1, p, hidden) and of the right-padded continuations (b, c, hidden).
+    fn continuation_scores(
+        &self,
+        xp: &Tensor,
+        xc: &Tensor,
+        continuations: &[Vec<u32>],
+        temperature: f64,
+        backprop: Backprop,
+    ) -> Result<(Tensor, Tensor)> {
+        let (hsz, eps) = (self.cfg.hidden_size, self.cfg.rms_norm_eps);
+        let (p, (b, c, _)) = (xp.dim(1)?, xc.dims3()?);
         let last_prefix =
             rms_norm_differentiable(&xp.narrow(1, p - 1, 1)?, &self.final_norm, eps)?.reshape((1, hsz))?;
-        let hc = rms_norm_differentiable(&xc, &self.final_norm, eps)?.reshape((b * c, hsz))?;
+        let hc = rms_norm_differentiable(xc, &self.final_norm, eps)?.reshape((b * c, hsz))?;
         // Row 0: the prefix's last state (predicts every continuation's first token); then the continuations.
         let rows_all = Tensor::cat(&[&last_prefix, &hc], 0)?;
         let mut rows = Vec::new();
@@ -417,15 +320,13 @@ impl Decoder {
                 targets.push(token);
             }
         }
-        let picked = rows_all.index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
+        let picked = rows_all.index_select(&Tensor::new(rows.as_slice(), &self.device)?, 0)?;
         // logits / T = (h / T) W^T: scaling the few picked rows is cheaper than scaling logits.
         let picked = if temperature != 1.0 { (picked / temperature)? } else { picked };
         let head =
             if backprop == Backprop::None { self.lm_head_weight().detach() } else { self.lm_head_weight().clone() };
         let out = crate::logprob::linear_logprobs_and_entropy(&picked, &head, &targets)?;
-        let (logprobs, entropies) = (out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?);
-        let tape = top.map(|top| Tape { decoder: self, pair, layer_inputs, top });
-        Ok(Scored { logprobs, entropies, backprop, tape })
+        Ok((out.narrow(1, 0, 1)?.squeeze(1)?, out.narrow(1, 1, 1)?.squeeze(1)?))
     }
 
     /// Rough peak bytes of a full-graph forward and backward over `tokens` tokens: the forward keeps every op's
@@ -433,7 +334,7 @@ impl Decoder {
     /// backward about doubles it (1,224 tokens with LoRA: estimated 7.6 GB, measured peak 7.2 GB).
     fn graph_bytes(&self, tokens: usize) -> usize {
         let per_token_layer = 4 * (24 * self.cfg.hidden_size + 8 * self.cfg.intermediate_size);
-        2 * tokens * self.layers.len() * per_token_layer
+        2 * tokens * self.blocks.len() * per_token_layer
     }
 
     /// Token embeddings of the prefix (1, p, hidden) and of the continuations (b, c, hidden).
@@ -453,19 +354,9 @@ impl Decoder {
         xc: &Tensor,
         pair: &PairInput,
     ) -> Result<(Tensor, Tensor)> {
-        let layer = &self.layers[index];
-        let index = index as u64;
-        let (nkv, hd) = (self.cfg.num_kv_heads, self.cfg.head_dim);
-        let (b, p) = (pair.b, pair.p);
-        let (qp, kp, vp) = self.train_qkv(layer, index, xp, &pair.cos_p, &pair.sin_p, pair.mode)?;
-        let yp = self.train_attention(&qp, &kp, &vp, 0)?;
-        let (qc, kc, vc) = self.train_qkv(layer, index, xc, &pair.cos_c, &pair.sin_c, pair.mode)?;
-        // cat of a broadcast view yields a strided result; attention's matmul needs it contiguous.
-        let k_all = Tensor::cat(&[&kp.broadcast_as((b, nkv, p, hd))?, &kc], 2)?.contiguous()?;
-        let v_all = Tensor::cat(&[&vp.broadcast_as((b, nkv, p, hd))?, &vc], 2)?.contiguous()?;
-        let yc = self.train_attention(&qc, &k_all, &v_all, p)?;
-        let xc = self.train_block_tail(layer, index, xc, &yc, pair.mode)?;
-        let xp = self.train_block_tail(layer, index, xp, &yp, pair.mode)?;
+        let block = &self.blocks[index];
+        let (xp, prefix) = block.forward(xp, &pair.rope_p, Pass::Train { prefix: None }, pair.mode)?;
+        let (xc, _) = block.forward(xc, &pair.rope_c, Pass::Train { prefix: Some(&prefix) }, pair.mode)?;
         Ok((xp, xc))
     }
 
@@ -550,21 +441,11 @@ impl Decoder {
             return Err(ModelError::Invalid("key_valid must cover every cached and new token of every row".into()));
         }
         let mode = AdapterMode { dropout_seed: None, ..mode };
-        let (cos, sin) = self.rope.tables(positions)?;
-        let mut m = vec![0f32; b * tn * total];
-        for (bi, row) in key_valid.iter().enumerate() {
-            for i in 0..tn {
-                for (j, &valid) in row.iter().enumerate() {
-                    if !valid || j > past + i {
-                        m[(bi * tn + i) * total + j] = MASKED;
-                    }
-                }
-            }
-        }
-        let mask = Tensor::from_vec(m, (b, 1, 1, tn, total), &self.device)?.to_dtype(self.dtype())?;
+        let rope = self.rope.tables(positions)?;
+        let mask = self.decode_mask(key_valid, past, tn)?;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, tn, self.cfg.hidden_size))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.decode_block(layer, i, &x, &cos, &sin, &mask, cache, mode)?;
+        for block in &self.blocks {
+            (x, _) = block.forward(&x, &rope, Pass::Decode { cache: &mut *cache, mask: &mask }, mode)?;
         }
         cache.advance(tn);
         let last = x.narrow(1, tn - 1, 1)?.squeeze(1)?.contiguous()?;
@@ -582,45 +463,21 @@ impl Decoder {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn decode_block(
-        &self,
-        layer: &Layer,
-        index: usize,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        cache: &mut KvCache,
-        mode: AdapterMode,
-    ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let eps = cfg.rms_norm_eps as f32;
-        let (b, tn, _) = x.dims3()?;
-        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let group = nh / nkv;
-        let h = candle_nn::ops::rms_norm(&x.contiguous()?, &layer.attn_norm, eps)?;
-        let q = layer.q.forward_detached(&h, mode)?.reshape((b, tn, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = layer.k.forward_detached(&h, mode)?.reshape((b, tn, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = layer.v.forward_detached(&h, mode)?.reshape((b, tn, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let (q, k) = match (&layer.q_norm, &layer.k_norm) {
-            (Some(qn), Some(kn)) => (candle_nn::ops::rms_norm(&q, qn, eps)?, candle_nn::ops::rms_norm(&k, kn, eps)?),
-            _ => (q, k),
-        };
-        let q = Rope::apply_fast(&q, cos, sin)?;
-        let k = Rope::apply_fast(&k, cos, sin)?;
-        let (keys, values) = cache.append(index, &k.reshape((b * nkv, tn, hd))?, &v.reshape((b * nkv, tn, hd))?)?;
-        let total = keys.dim(1)?;
-        let q = q.reshape((b * nkv, group * tn, hd))?;
-        let scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.reshape((b, nkv, group, tn, total))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b * nkv, group * tn, total))?;
-        let y = probs.matmul(&values)?.reshape((b, nh, tn, hd))?.transpose(1, 2)?.reshape((b, tn, nh * hd))?;
-        let x = (x + layer.o.forward_detached(&y, mode)?)?;
-        let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-        let gate = layer.gate.forward_detached(&h, mode)?.silu()?;
-        let up = layer.up.forward_detached(&h, mode)?;
-        Ok((x + layer.down.forward_detached(&(gate * up)?, mode)?)?)
+    /// The additive attention mask (batch, 1, 1, new, past + new) of `new` tokens after `past` cached ones: a key
+    /// is hidden when it is padding (`key_valid` false) or comes after the query.
+    fn decode_mask(&self, key_valid: &[Vec<bool>], past: usize, tn: usize) -> Result<Tensor> {
+        let (b, total) = (key_valid.len(), past + tn);
+        let mut m = vec![0f32; b * tn * total];
+        for (bi, row) in key_valid.iter().enumerate() {
+            for i in 0..tn {
+                for (j, &valid) in row.iter().enumerate() {
+                    if !valid || j > past + i {
+                        m[(bi * tn + i) * total + j] = MASKED;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (b, 1, 1, tn, total), &self.device)?.to_dtype(self.dtype())?)
     }
 
     // ------------------------------------------------------------------------------------------------------
@@ -630,21 +487,8 @@ impl Decoder {
     /// Every base tensor under its Hugging Face name (the tied head is not listed twice).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.attn_norm.clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), l.ffn_norm.clone()));
-            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                out.push((format!("{p}.self_attn.q_norm.weight"), qn.clone()));
-                out.push((format!("{p}.self_attn.k_norm.weight"), kn.clone()));
-            }
-            for target in LoraTarget::ALL {
-                let lin = l.linear(target);
-                out.push((format!("{p}.{}.weight", target.module_name()), lin.weight.clone()));
-                if let Some(b) = &lin.bias {
-                    out.push((format!("{p}.{}.bias", target.module_name()), b.clone()));
-                }
-            }
+        for block in &self.blocks {
+            out.extend(block.named_tensors());
         }
         out.push(("model.norm.weight".into(), self.final_norm.clone()));
         if let Some(h) = &self.lm_head {
@@ -655,23 +499,8 @@ impl Decoder {
 
     fn for_each_tensor_mut(&mut self, mut f: impl FnMut(&str, &mut Tensor) -> Result<()>) -> Result<()> {
         f("model.embed_tokens.weight", &mut self.embed)?;
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            f(&format!("{p}.input_layernorm.weight"), &mut l.attn_norm)?;
-            f(&format!("{p}.post_attention_layernorm.weight"), &mut l.ffn_norm)?;
-            if let Some(qn) = &mut l.q_norm {
-                f(&format!("{p}.self_attn.q_norm.weight"), qn)?;
-            }
-            if let Some(kn) = &mut l.k_norm {
-                f(&format!("{p}.self_attn.k_norm.weight"), kn)?;
-            }
-            for target in LoraTarget::ALL {
-                let lin = l.linear_mut(target);
-                f(&format!("{p}.{}.weight", target.module_name()), &mut lin.weight)?;
-                if let Some(b) = &mut lin.bias {
-                    f(&format!("{p}.{}.bias", target.module_name()), b)?;
-                }
-            }
+        for block in self.blocks.iter_mut() {
+            block.for_each_tensor_mut(&mut f)?;
         }
         f("model.norm.weight", &mut self.final_norm)?;
         if let Some(h) = &mut self.lm_head {
@@ -700,7 +529,7 @@ impl Decoder {
             *t = t.detach().copy()?;
             Ok(())
         })?;
-        for l in copy.layers.iter_mut() {
+        for l in copy.blocks.iter_mut() {
             for target in LoraTarget::ALL {
                 l.linear_mut(target).lora = None;
             }
@@ -713,7 +542,7 @@ impl Decoder {
     pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<Vec<(String, Var)>> {
         cfg.validate()?;
         let mut rng = init_rng(seed);
-        for l in self.layers.iter_mut() {
+        for l in self.blocks.iter_mut() {
             for &target in &cfg.targets {
                 let lin = l.linear_mut(target);
                 if lin.lora.is_some() {
@@ -725,7 +554,6 @@ impl Decoder {
         Ok(self.lora_vars())
     }
 
-    /// The attached LoRA variables by name (empty without adapters).
     /// Ids of every trainable tensor: full-fine-tuning weights and LoRA adapters.
     pub(crate) fn variable_ids(&self) -> std::collections::HashSet<candle_core::TensorId> {
         let weights = self.named_tensors().into_iter().map(|(_, t)| t).filter(Tensor::is_variable);
@@ -733,12 +561,13 @@ impl Decoder {
         weights.chain(adapters).map(|t| t.id()).collect()
     }
 
+    /// The attached LoRA variables by name (empty without adapters).
     pub fn lora_vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
+        for l in &self.blocks {
             for target in LoraTarget::ALL {
                 if let Some(lora) = &l.linear(target).lora {
-                    let p = format!("model.layers.{i}.{}", target.module_name());
+                    let p = format!("{}.{}", l.name(), target.module_name());
                     out.push((format!("{p}.lora_A.weight"), lora.a.clone()));
                     out.push((format!("{p}.lora_B.weight"), lora.b.clone()));
                 }
@@ -748,12 +577,12 @@ impl Decoder {
     }
 
     pub fn has_lora(&self) -> bool {
-        self.layers.iter().any(|l| LoraTarget::ALL.iter().any(|&t| l.linear(t).lora.is_some()))
+        self.blocks.iter().any(|l| LoraTarget::ALL.iter().any(|&t| l.linear(t).lora.is_some()))
     }
 
     /// Folds the adapters into the base weights (W + s B A) and removes them.
     pub fn merge_lora(&mut self) -> Result<()> {
-        for l in self.layers.iter_mut() {
+        for l in self.blocks.iter_mut() {
             for target in LoraTarget::ALL {
                 let lin = l.linear_mut(target);
                 if lin.lora.is_some() {
@@ -764,11 +593,6 @@ impl Decoder {
         }
         Ok(())
     }
-}
-
-/// Distinct LoRA-dropout salts per layer and projection.
-fn salt(layer: u64, projection: u64) -> u64 {
-    layer * 16 + projection
 }
 
 /// RMS norm built from differentiable ops: `x / sqrt(mean(x^2) + eps) * w`, computed in f32 and returned in

@@ -49,10 +49,9 @@ pub(crate) struct PairInput {
     pub p: usize,
     pub b: usize,
     pub c: usize,
-    pub cos_p: Tensor,
-    pub sin_p: Tensor,
-    pub cos_c: Tensor,
-    pub sin_c: Tensor,
+    /// Rotary (cos, sin) tables of the prefix's and the continuations' positions.
+    pub rope_p: (Tensor, Tensor),
+    pub rope_c: (Tensor, Tensor),
     pub prefix_ids: Tensor,
     pub cont_ids: Tensor,
     pub mode: AdapterMode,
