@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 
 /// File name of the default ideator inside `assets/smollm2/`.
-pub const DEFAULT_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub(crate) const DEFAULT_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The assets folder, whether or not it has been populated yet.
-pub fn assets_dir() -> PathBuf {
+pub(crate) fn assets_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("IDEATOR_ASSETS") {
         return PathBuf::from(dir);
     }

@@ -24,7 +24,7 @@ use crate::{ModelError, Result};
 const BLOCK_ROWS: usize = 128;
 
 /// Causal attention with a key offset; see the module doc for the layout. Differentiable.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset: usize) -> Result<Tensor> {
+pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset: usize) -> Result<Tensor> {
     let (_, _, rows, d) = q.dims4()?;
     let s = k.dim(2)?;
     if group == 0 || rows % group != 0 || s != offset + rows / group || k.dims() != v.dims() || k.dim(3)? != d {

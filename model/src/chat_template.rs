@@ -99,7 +99,7 @@ impl ChatTemplate {
 
     /// [`render`](Self::render) with extra template variables (e.g. `enable_thinking` for Qwen3 templates, or
     /// `tools`). An extra variable never overrides `messages`, `add_generation_prompt`, `bos_token`, `eos_token`.
-    pub fn render_with(
+    pub(crate) fn render_with(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,

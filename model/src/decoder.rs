@@ -60,7 +60,7 @@ pub struct TokenBatch {
 
 impl TokenBatch {
     /// Right-pads sequences of different lengths into one batch.
-    pub fn right_padded(seqs: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Self> {
+    pub(crate) fn right_padded(seqs: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Self> {
         if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
             return Err(ModelError::Invalid("a batch needs at least one non-empty sequence".into()));
         }
@@ -137,7 +137,7 @@ impl Decoder {
     }
 
     /// The output projection (V, H): the embedding when tied.
-    pub fn lm_head_weight(&self) -> &Tensor {
+    pub(crate) fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
@@ -176,7 +176,7 @@ impl Decoder {
     // ------------------------------------------------------------------------------------------------------
 
     /// Final-norm hidden states (batch, time, hidden) of a padded batch. Differentiable end to end.
-    pub fn hidden_states(&self, batch: &TokenBatch, mode: AdapterMode) -> Result<Tensor> {
+    pub(crate) fn hidden_states(&self, batch: &TokenBatch, mode: AdapterMode) -> Result<Tensor> {
         let (b, t) = batch.ids.dims2()?;
         if batch.mask.len() != b || batch.mask.iter().any(|r| r.len() != t) {
             return Err(ModelError::Invalid("mask shape does not match the ids".into()));
@@ -597,7 +597,7 @@ impl Decoder {
 
 /// RMS norm built from differentiable ops: `x / sqrt(mean(x^2) + eps) * w`, computed in f32 and returned in
 /// `x`'s dtype (as Hugging Face's `LlamaRMSNorm` does: a bf16 mean of 576 squares loses too much).
-pub fn rms_norm_differentiable(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+pub(crate) fn rms_norm_differentiable(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;

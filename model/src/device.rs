@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ModelError, Result};
 
 /// The variable that chooses the device of the device-agnostic tests: `cpu` (the default) or `cuda[:N]`.
-pub const TEST_DEVICE_VAR: &str = "IDEATOR_TEST_DEVICE";
+pub(crate) const TEST_DEVICE_VAR: &str = "IDEATOR_TEST_DEVICE";
 
 pub fn default_device() -> Device {
     #[cfg(feature = "cuda")]
@@ -55,7 +55,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
 /// An unknown value, `auto` (a test must know where it runs), or a CUDA device that cannot be opened (a build
 /// without the `cuda` feature, no GPU, no driver). Never a silent fall back to the CPU: a GPU test run that
 /// quietly ran on the CPU would prove nothing.
-pub fn test_device_from(value: Option<&str>) -> Result<Device> {
+pub(crate) fn test_device_from(value: Option<&str>) -> Result<Device> {
     match value.map(str::trim) {
         None | Some("") | Some("cpu") => Ok(Device::Cpu),
         Some(s) if s == "cuda" || s.starts_with("cuda:") => parse_device(s).map_err(|e| {

@@ -42,7 +42,7 @@ pub fn applies(x: &Tensor, w: &Tensor) -> bool {
 ///
 /// # Errors
 /// Strided inputs, or `x` and `W` disagreeing on `k`.
-pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.apply_op2_no_bwd(w, &FewRowsMatmul { path: Path::detect() })
 }
 

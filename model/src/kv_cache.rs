@@ -61,7 +61,7 @@ impl KvCache {
     }
 
     /// Keeps only the given rows (each row = one sequence's kv heads), e.g. to drop finished sequences.
-    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+    pub(crate) fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
         for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
             *t = t.index_select(rows, 0)?;
         }

@@ -45,11 +45,11 @@ impl Linear {
         Linear { weight, bias, lora: None }
     }
 
-    pub fn out_dim(&self) -> usize {
+    pub(crate) fn out_dim(&self) -> usize {
         self.weight.dims()[0]
     }
 
-    pub fn in_dim(&self) -> usize {
+    pub(crate) fn in_dim(&self) -> usize {
         self.weight.dims()[1]
     }
 
@@ -61,7 +61,7 @@ impl Linear {
     /// The same for callers that never need a gradient (decoding): decode-shaped f32 inputs on the CPU (1 to
     /// `few_rows::MAX_ROWS` rows) go through the few-rows kernel, which streams the weight once for all the rows and
     /// records no graph.
-    pub fn forward_detached(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
+    pub(crate) fn forward_detached(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
         self.apply(x, mode, 0, true)
     }
 
@@ -100,7 +100,7 @@ impl Linear {
     }
 
     /// The effective weight `W + s B A` (for merging adapters into a plain model).
-    pub fn merged_weight(&self) -> Result<Tensor> {
+    pub(crate) fn merged_weight(&self) -> Result<Tensor> {
         match &self.lora {
             None => Ok(self.weight.clone()),
             Some(l) => Ok((&self.weight + (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?)?),

@@ -33,7 +33,7 @@ impl LoraTarget {
     ];
 
     /// The Hugging Face module name (`q_proj`, ...).
-    pub fn module_name(self) -> &'static str {
+    pub(crate) fn module_name(self) -> &'static str {
         match self {
             LoraTarget::Q => "self_attn.q_proj",
             LoraTarget::K => "self_attn.k_proj",
@@ -95,7 +95,7 @@ impl LoraConfig {
     }
 
     /// A fresh adapter for a (out, in) weight: A uniform in +-1/sqrt(in) (as PEFT's Kaiming init), B zero.
-    pub fn new_adapter(
+    pub(crate) fn new_adapter(
         &self,
         out_dim: usize,
         in_dim: usize,
@@ -116,6 +116,6 @@ impl LoraConfig {
 }
 
 /// The RNG used for adapter initialisation, derived from a seed so runs are reproducible.
-pub fn init_rng(seed: u64) -> ChaCha8Rng {
+pub(crate) fn init_rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }

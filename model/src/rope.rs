@@ -77,7 +77,7 @@ impl Rope {
     }
 
     /// x: (batch, heads, time, head_dim). Differentiable.
-    pub fn apply_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    pub(crate) fn apply_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let half = x.dim(D::Minus1)? / 2;
         let cos = cos.unsqueeze(1)?.to_dtype(x.dtype())?;
         let sin = sin.unsqueeze(1)?.to_dtype(x.dtype())?;
@@ -89,7 +89,7 @@ impl Rope {
     }
 
     /// x: (batch, heads, time, head_dim). Fused kernel, no backward: only for detached decoding.
-    pub fn apply_fast(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    pub(crate) fn apply_fast(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         let dtype = x.dtype();
         let (cos, sin) = if dtype == DType::F32 {

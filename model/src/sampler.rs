@@ -110,9 +110,9 @@ impl SamplingParams {
 
 /// The lowest accepted non-zero temperature. Log-probs are computed in f64, so they stay finite and <= 0 down to
 /// here; below it a temperature only imitates greedy decoding (use 0).
-pub const MIN_TEMPERATURE: f64 = 1e-4;
+pub(crate) const MIN_TEMPERATURE: f64 = 1e-4;
 /// The highest accepted temperature (above it the distribution is uniform to f32 precision).
-pub const MAX_TEMPERATURE: f64 = 100.0;
+pub(crate) const MAX_TEMPERATURE: f64 = 100.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -342,7 +342,7 @@ fn first_stop_end(text: &str, stop: &[String]) -> Option<usize> {
 /// `log softmax(logits / T)[token]`, computed in f64 so that it is finite and <= 0 for every temperature in
 /// [`MIN_TEMPERATURE`, `MAX_TEMPERATURE`] (in f32, `z / T` at T = 1e-7 loses ~20 nats and yields positive
 /// "log-probs"). Logits must be finite or -inf (masked); the caller checks.
-pub fn pick_token(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> (u32, f32) {
+pub(crate) fn pick_token(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng) -> (u32, f32) {
     let temperature = if params.temperature > 0.0 { params.temperature } else { 1.0 };
     let scaled_max = logits.iter().map(|&z| z as f64 / temperature).fold(f64::NEG_INFINITY, f64::max);
     let sum: f64 = logits.iter().map(|&z| (z as f64 / temperature - scaled_max).exp()).sum();

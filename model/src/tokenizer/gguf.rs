@@ -42,7 +42,7 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 /// The pre-tokenizations we can rebuild from a `tokenizer.ggml.pre` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreTokenizerKind {
+pub(crate) enum PreTokenizerKind {
     /// The GPT-2 regex.
     Gpt2,
     /// Each numeric character alone, then the GPT-2 regex (SmolLM, StarCoder).
@@ -56,7 +56,7 @@ pub enum PreTokenizerKind {
 impl PreTokenizerKind {
     /// The pre-tokenization llama.cpp's name `name` stands for; an unknown name is
     /// [`ModelError::Unsupported`].
-    pub fn from_gguf_name(name: &str) -> Result<Self> {
+    pub(crate) fn from_gguf_name(name: &str) -> Result<Self> {
         match name {
             "smollm" | "starcoder" => Ok(Self::DigitsThenGpt2),
             "llama-bpe" | "llama3" | "llama-v3" => Ok(Self::Llama3),
@@ -80,7 +80,7 @@ impl PreTokenizerKind {
     /// built-in GPT-2 regex, preceded by `Digits(individual_digits)` for SmolLM/StarCoder. (`Digits` tests
     /// Rust's `char::is_numeric`, which is what transformers runs for SmolLM2; llama.cpp's `\p{N}` regex differs
     /// from it only on a few code points added in recent Unicode versions.)
-    pub fn pre_tokenizer(self) -> Result<PreTokenizerWrapper> {
+    pub(crate) fn pre_tokenizer(self) -> Result<PreTokenizerWrapper> {
         let regex_then_bytes = |pattern: &str| -> Result<Vec<PreTokenizerWrapper>> {
             let split = Split::new(SplitPattern::Regex(pattern.to_owned()), SplitDelimiterBehavior::Isolated, false)
                 .map_err(|e| ModelError::Tokenizer(format!("pre-tokenizer regex {pattern:?}: {e}")))?;

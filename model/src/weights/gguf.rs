@@ -86,7 +86,7 @@ fn hf_name(gguf: &str) -> Option<String> {
 }
 
 /// Inverse of llama.cpp's `permute(w, n_head)`: rows go from interleaved pairs back to two halves per head.
-pub fn unpermute(w: &Tensor, n_head: usize) -> Result<Tensor> {
+pub(crate) fn unpermute(w: &Tensor, n_head: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     let hd = out / n_head;
     Ok(w.reshape((n_head, hd / 2, 2, inp))?.transpose(1, 2)?.reshape((out, inp))?.contiguous()?)

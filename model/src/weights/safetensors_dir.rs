@@ -24,7 +24,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Shard file names listed in a `model.safetensors.index.json`, resolved next to it.
-pub fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| ModelError::file(index, format!("cannot read: {e}")))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| ModelError::file(index, format!("not valid JSON: {e}")))?;
