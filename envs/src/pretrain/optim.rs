@@ -1,6 +1,11 @@
 //! Optimisers written on candle tensors (candle-nn has AdamW only): AdamW, Lion, SGD with momentum, and Muon
 //! (Newton-Schulz orthogonalised momentum for hidden matrices, AdamW for everything else). Weight decay is
 //! decoupled and applies to matrices (embeddings included), never to norm gains and biases.
+//!
+//! Not the trainer's `AdamW` (trainer/src/optim.rs) on purpose: this one is part of the environment, whose rewards
+//! are pinned bit for bit per recipe and seed (the execution cache and common random numbers rely on it), and it
+//! serves four optimisers by parameter role; the trainer's serves one, with clipping and resumable state. Sharing
+//! the AdamW arithmetic would change the bits of one of them.
 
 use super::gpt::ParamRole;
 use candle_core::{Result, Tensor, Var};

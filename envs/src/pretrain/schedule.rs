@@ -1,4 +1,7 @@
 //! Learning-rate schedules: a multiplier of the peak rate at each step (linear warm-up, then the shape).
+//!
+//! Separate from the trainer's `ScheduleConfig` (trainer/src/schedule.rs): these are knobs of the environment with
+//! their own meaning (WSD's cooldown counted in steps of the whole run) and pinned rewards; see `optim.rs`.
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Shape {
