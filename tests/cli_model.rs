@@ -4,7 +4,6 @@
 mod common;
 use common::run_ideator;
 
-
 use serde_json::Value;
 
 fn fixture_case(name: &str) -> Value {

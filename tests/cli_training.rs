@@ -51,7 +51,8 @@ fn sft_then_merge_then_eval() {
 
     // The merged folder is the base model with the adapters folded in: it differs from the base and loads.
     let merged = d.join("merged");
-    let (ok, _, err) = run_ideator(&["merge", "--checkpoint", run.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    let (ok, _, err) =
+        run_ideator(&["merge", "--checkpoint", run.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
     assert!(ok, "{err}");
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(Path::new(&merged).join(f).is_file(), "{f}");
