@@ -1,11 +1,13 @@
 //! Every prompt text of the ideator, in one place: the system turn ([`SYSTEM_PROMPT`]), the environment's ideator
 //! prompt (task, knob table, format, one example and the request: [`ideator_prompt`]; [`task_prompt`] without
-//! the request), and the example ideas of the supervised warm-up ([`examples()`]). The prompts are built from the
-//! environment's schema so that what the ideator is told and what the executor accepts cannot drift apart.
+//! the request), the exploit, explore and fresh prompts of evolutionary search ([`evolution`]), and the example
+//! ideas of the supervised warm-up ([`examples()`]). The prompts are built from the environment's schema so that
+//! what the ideator is told and what the executor accepts cannot drift apart.
 //!
 //! Turning a prompt into token ids (the model's chat template) is not here: `ideator_rollout::prompt` and the
 //! idea generators do it.
 
+pub mod evolution;
 mod examples;
 
 pub use examples::{examples, to_jsonl, ChatExample, Message};
