@@ -1,4 +1,5 @@
-//! The ideator's prompt for an environment, as token ids ready for sampling.
+//! The ideator's prompt for an environment, as token ids ready for sampling: tokenisation with the model's chat
+//! template and the check against its context. The prompt's text is written in `ideator_envs::prompt`.
 
 use ideator_envs::prompt::{ideator_prompt, SYSTEM_PROMPT};
 use ideator_envs::Environment;

@@ -14,15 +14,14 @@ use ideator_envs::backend::{LocalBackend, LocalConfig, RunSpec};
 use ideator_envs::prompt::{examples, task_prompt};
 use ideator_envs::toy::Toy;
 use ideator_envs::{execute, RunContext};
+use ideator_rollout::evolution::{EvolutionAgent, EvolveConfig};
 use ideator_rollout::generate::IdeaGenerator;
 use ideator_rollout::pipeline::dispatch::Launcher;
-use ideator_rollout::pipeline::evolve::EvolutionAgent;
 use ideator_rollout::pipeline::{
     run_pipeline, EpochStats, OnInterrupt, PipelineConfig, PipelineContext, SampledIdea, StepRecord,
 };
 use ideator_rollout::store::{GroupStatus, IdeaRow, RunKind, Store};
 use ideator_rollout::Result;
-use ideator_trainer::evolve::EvolveConfig;
 
 const PROMPTS: usize = 5;
 

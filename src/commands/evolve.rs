@@ -16,11 +16,10 @@ use ideator_rollout::pipeline::reward::{RewardMode, SeedScope};
 use ideator_model::sampler::SamplingParams;
 use ideator_model::AdapterMode;
 use ideator_rollout::baseline::{run_baseline, BaselinePlan, NOISE_FLOOR_SEEDS};
+use ideator_rollout::evolution::{EvolutionAgent, EvolveConfig};
 use ideator_rollout::generate::ModelGenerator;
-use ideator_rollout::pipeline::evolve::EvolutionAgent;
 use ideator_rollout::pipeline::{run_pipeline, PipelineConfig, PipelineContext, StepReport};
 use ideator_rollout::store::{RunKind, RunStatus, Store};
-use ideator_trainer::evolve::EvolveConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::train::InitSection;

@@ -1,15 +1,14 @@
 //! # ideator-trainer
 //!
-//! Learners that consume scored groups: GRPO and SFT updates (the weights change) and evolutionary search
-//! ([`evolve`]: the prompt database changes, the ideator stays frozen). Also the pieces they share: group advantages, the clipped policy
-//! loss with its aggregation variants, AdamW with exportable state, global-norm gradient clipping,
-//! learning-rate schedules, and the trainable policy (LoRA or full fine-tuning) with its KL reference.
+//! Learners that consume scored groups and change the weights: GRPO and SFT updates. Also the pieces they share:
+//! group advantages, the clipped policy loss with its aggregation variants, AdamW with exportable state,
+//! global-norm gradient clipping, learning-rate schedules, and the trainable policy (LoRA or full fine-tuning)
+//! with its KL reference. (Evolutionary search, which changes prompts instead, is `ideator_rollout::evolution`.)
 
 pub mod advantages;
 pub mod config;
 pub mod data;
 pub mod error;
-pub mod evolve;
 pub mod grpo;
 pub mod loss;
 pub mod optim;

@@ -7,8 +7,8 @@
 //! synchronous loop: sample a step's groups, wait for all, update.
 //!
 //! The learner is pluggable ([`Learner`]): GRPO ([`grpo::GrpoAgent`]), evolutionary search
-//! ([`evolve::EvolutionAgent`], whose "update" changes a prompt database instead of weights), and a frozen sampler
-//! for evaluations and the baseline ([`frozen`]: one "update" that changes nothing).
+//! ([`crate::evolution::EvolutionAgent`], whose "update" changes a prompt database instead of weights), and a
+//! frozen sampler for evaluations and the baseline ([`frozen`]: one "update" that changes nothing).
 //!
 //! Crash safety: every transition is in the run store before it is acted on. On resume the caller restores the
 //! learner from its newest checkpoint (version k); the store is rewound to k (the groups of lost updates become
@@ -16,7 +16,6 @@
 //! or launched again.
 
 pub mod dispatch;
-pub mod evolve;
 pub mod frozen;
 pub mod grpo;
 pub mod interrupt;

@@ -127,7 +127,7 @@ pub struct LearnerStats {
     pub evolution: Option<EpochStats>,
 }
 
-/// An evolution epoch's statistics (rollout/src/pipeline/evolve.rs; the seed paper's schedule).
+/// An evolution epoch's statistics (rollout/src/evolution/; the seed paper's schedule).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
     /// The baseline recipe's score the database compares against.

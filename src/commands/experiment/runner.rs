@@ -146,7 +146,7 @@ fn evolve_config(shared: &Shared, arm: &Arm, epochs: u64, seed: u64) -> Result<t
         bail!("not an evolution arm");
     };
     let mut t = shared_tables(shared, seed)?;
-    let evolve = ideator_trainer::evolve::EvolveConfig {
+    let evolve = ideator_rollout::evolution::EvolveConfig {
         epochs,
         prompts_per_epoch: ideas_per_epoch / ideas_per_prompt,
         ideas_per_prompt: *ideas_per_prompt,

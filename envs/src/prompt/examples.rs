@@ -1,54 +1,15 @@
-//! Prompts for the ideator and example ideas for its supervised warm-up, both built from the environment's schema
-//! so that what the ideator is told and what the executor accepts cannot drift apart.
+//! Example ideas for the ideator's supervised warm-up, as chat examples: varied, each valid for the environment's
+//! schema, built from the knobs' suggestions and `why` lines.
 
-use crate::environment::{EnvError, Environment};
-use crate::executor::implement;
-use crate::knobs::{Knob, KnobKind, KnobValue};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-/// The system turn of every ideator conversation.
-pub const SYSTEM_PROMPT: &str = "You are an AI research scientist. You propose one concrete, testable experiment at \
-a time, explain briefly why it should help, and write its settings in the exact format requested.";
-
-/// The exact idea format, as told to the ideator.
-pub const FORMAT_TEXT: &str = "Answer with exactly one idea in this format:\n\
-[Experiment]\n\
-One or two sentences: what you change and why it should improve the result.\n\
-[Code Changes]\n\
-knob = value\n\
-(one `knob = value` line per change, TOML syntax: numbers as 3e-4 or 0.1, true/false, strings in double quotes; \
-only knobs from the table; knobs you do not mention keep their default)\n\
-[End]";
-
-/// The ideator prompt for an environment at a scale: task, knob table, format, one example, and the request.
-pub fn ideator_prompt(env: &dyn Environment, scale: &str) -> Result<String, EnvError> {
-    Ok(format!("{}\n\nPropose one new idea that should beat the baseline.", task_prompt(env, scale)?))
-}
-
-/// The ideator prompt without its final request: task, knob table, format and one example. Evolutionary search
-/// appends its own request (ideas to refine or to move away from).
-pub fn task_prompt(env: &dyn Environment, scale: &str) -> Result<String, EnvError> {
-    env.check_scale(scale)?;
-    if let Some(format) = env.idea_format() {
-        return Ok(format!(
-            "{task}\n\n{format}\n\nExample:\n{example}",
-            task = env.description().trim(),
-            example = env.example_idea().trim(),
-        ));
-    }
-    let schema = env.schema(scale)?;
-    Ok(format!(
-        "{task}\n\nYou may change these knobs (defaults are the baseline at scale `{scale}`):\n\n{table}\n{format}\n\n\
-         Example:\n{example}",
-        task = env.description().trim(),
-        table = schema.to_markdown(),
-        format = FORMAT_TEXT,
-        example = env.example_idea().trim(),
-    ))
-}
+use super::{ideator_prompt, SYSTEM_PROMPT};
+use crate::environment::{EnvError, Environment};
+use crate::executor::implement;
+use crate::knobs::{Knob, KnobKind, KnobValue};
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Serialize)]

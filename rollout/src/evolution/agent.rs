@@ -1,5 +1,5 @@
 //! Evolutionary search as a pipeline [`Learner`]: the ideator is frozen; each "update" adds an epoch's executed
-//! ideas to the prompt database ([`ideator_trainer::evolve`]) from which the next epoch's prompts are built.
+//! ideas to the prompt database from which the next epoch's prompts are built.
 //!
 //! An epoch is one pipeline step of `prompts_per_epoch` groups (one prompt each, `ideas_per_prompt` completions).
 //! The pipeline must run synchronously (`max_inflight_groups = prompts_per_epoch`, `max_staleness = 0`): an
@@ -10,18 +10,19 @@
 //! the current epoch (the ideas to avoid). [`EvolutionAgent::restore`] rebuilds both and checks that the prompts
 //! it would have built are the ones stored. `database.json` in the run folder is a readable export.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use ideator_envs::prompt::evolution::{fit_prompt, FittedPrompt, PromptKind, PromptRequest};
 use ideator_envs::prompt::SYSTEM_PROMPT;
 use ideator_envs::Status;
-use ideator_trainer::evolve::{
-    exploit_prompts, exploit_share, fit_prompt, prompt_kind, Entry, EvolveConfig, FittedPrompt, PromptDatabase,
-    PromptKind, PromptRequest,
-};
 use ideator_trainer::ScoredGroup;
 
-use super::{mix_seed, EpochStats, IdeaRecord, Learner, LearnerStats, SampledGroup};
+use super::database::{Entry, PromptDatabase};
+use super::schedule::{exploit_prompts, exploit_share, prompt_kind};
+use super::EvolveConfig;
 use crate::generate::IdeaGenerator;
+use crate::pipeline::{mix_seed, EpochStats, IdeaRecord, Learner, LearnerStats, SampledGroup};
 use crate::store::{GroupStatus, Store};
 use crate::{Result, RolloutError};
 
@@ -84,15 +85,19 @@ impl<'a> EvolutionAgent<'a> {
         })
     }
 
-    pub fn database(&self) -> &PromptDatabase {
-        &self.db
-    }
-
     /// Rebuilds the state of a run from its store: the database from every trained group (epoch = the step
     /// that trained it), the epoch in progress from the groups sampled since. `run_seed` is the pipeline's seed
     /// (groups are sampled with `mix_seed(run_seed, seq)`).
     pub fn restore(&mut self, store: &Store, run: i64, run_seed: u64) -> Result<Restored> {
         self.version = store.steps(run)?.last().map_or(0, |s| s.step + 1);
+        self.restore_database(store, run)?;
+        let mut restored = self.restore_epoch(store, run, run_seed)?;
+        restored.database = self.db.entries.len();
+        Ok(restored)
+    }
+
+    /// The database: every executed idea of the groups trained before the current epoch.
+    fn restore_database(&mut self, store: &Store, run: i64) -> Result<()> {
         self.db.entries.clear();
         for g in store.groups_with_status(run, &[GroupStatus::Trained])? {
             let epoch = g.trained_step.unwrap_or(g.policy_version);
@@ -116,14 +121,19 @@ impl<'a> EvolutionAgent<'a> {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The epoch in progress: its prompts and ideas so far, each prompt rebuilt (the same database, ideas to
+    /// avoid and seed) and checked against the stored one; a mismatch means the config or the environment
+    /// changed.
+    fn restore_epoch(&mut self, store: &Store, run: i64, run_seed: u64) -> Result<Restored> {
         self.epoch_ideas.clear();
         self.epoch_prompts.clear();
         let open = store.groups_with_status(run, &[GroupStatus::Executing, GroupStatus::Complete])?;
         let epoch = self.version;
         let mut restored = Restored { epoch, ..Default::default() };
         for g in open.iter().filter(|g| g.policy_version == epoch) {
-            // Rebuild the prompt this group was sampled from (the same database, ideas to avoid and seed), and
-            // check it against the stored one: a mismatch means the config or the environment changed.
             let (fitted, kind) = self.build_prompt(mix_seed(run_seed, g.seq))?;
             let ids = self.generator.encode(SYSTEM_PROMPT, &fitted.text)?;
             restored.sampled_prompts += 1;
@@ -139,7 +149,6 @@ impl<'a> EvolutionAgent<'a> {
             self.note_prompt(&fitted, kind);
             self.epoch_ideas.extend(g.ideas.iter().map(|i| i.text.clone()));
         }
-        restored.database = self.db.entries.len();
         Ok(restored)
     }
 
@@ -155,16 +164,11 @@ impl<'a> EvolutionAgent<'a> {
         }
         let winners = !self.db.winners().is_empty();
         let kind = prompt_kind(self.version, self.cfg.prompts_per_epoch, index, winners);
-        let listed = match kind {
-            PromptKind::Fresh => Vec::new(),
-            PromptKind::Exploit => self.db.draw_exploit(self.cfg.exploit_ideas, seed),
-            PromptKind::Explore => self.db.draw_explore(self.cfg.explore_ideas, seed),
-        };
         let req = PromptRequest {
             kind,
             task: &self.task,
             baseline: self.db.baseline,
-            listed,
+            listed: self.db.listed(kind, &self.cfg, seed),
             avoid: self.epoch_ideas.iter().map(String::as_str).collect(),
             max_idea_chars: self.cfg.max_idea_chars,
         };
@@ -191,6 +195,62 @@ impl<'a> EvolutionAgent<'a> {
             listed: fitted.listed,
             dropped: fitted.dropped,
         });
+    }
+
+    /// Adds the epoch's executed ideas to the database (infrastructure failures left out) and returns the reward
+    /// of each, by the kind of the prompt it came from.
+    fn add_epoch(&mut self, records: &[IdeaRecord]) -> BTreeMap<&'static str, Vec<f64>> {
+        // Groups (and their records) come in sampling order: the n-th distinct group is the n-th prompt.
+        let mut seqs: Vec<u64> = records.iter().map(|r| r.group).collect();
+        seqs.dedup();
+        let mut by_kind: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+        for r in records {
+            let index = seqs.iter().position(|&s| s == r.group).expect("listed above");
+            let kind = self.epoch_prompts.get(index).map_or(PromptKind::Explore, |p| p.kind);
+            by_kind.entry(kind.as_str()).or_default().push(r.reward);
+            if r.excluded {
+                continue;
+            }
+            self.db.add(Entry {
+                epoch: self.version,
+                text: r.text.clone(),
+                reward: r.reward,
+                failure: failure_text(r.status, r.cause.as_deref(), &r.message),
+                baseline: r.baseline_reward,
+            });
+        }
+        by_kind
+    }
+
+    /// The epoch's statistics, once its ideas are in the database.
+    fn epoch_stats(
+        &self,
+        records: &[IdeaRecord],
+        winners_before: usize,
+        by_kind: &BTreeMap<&'static str, Vec<f64>>,
+    ) -> EpochStats {
+        let count = |k: PromptKind| self.epoch_prompts.iter().filter(|p| p.kind == k).count();
+        let tokens: Vec<f64> = self.epoch_prompts.iter().map(|p| p.tokens as f64).collect();
+        EpochStats {
+            baseline_reward: self.db.baseline,
+            beat_baseline: records
+                .iter()
+                .filter(|r| r.status == Status::Ok && r.reward > r.baseline_reward.unwrap_or(self.db.baseline))
+                .count(),
+            exploit_share: if self.version == 0 { 0.0 } else { exploit_share(self.version) },
+            exploit_prompts_planned: exploit_prompts(self.version, self.cfg.prompts_per_epoch),
+            fresh_prompts: count(PromptKind::Fresh),
+            exploit_prompts: count(PromptKind::Exploit),
+            explore_prompts: count(PromptKind::Explore),
+            exploit_reward_mean: by_kind.get("exploit").and_then(|v| mean(v)),
+            explore_reward_mean: by_kind.get("explore").and_then(|v| mean(v)),
+            winners_before,
+            database_size: self.db.entries.len(),
+            prompt_tokens_mean: mean(&tokens),
+            prompt_tokens_max: tokens.iter().cloned().fold(0.0, f64::max),
+            listed_ideas_mean: mean(&self.epoch_prompts.iter().map(|p| p.listed as f64).collect::<Vec<_>>()),
+            ideas_dropped_to_fit: self.epoch_prompts.iter().map(|p| p.dropped).sum::<usize>(),
+        }
     }
 
     fn export_database(&self) -> Result<()> {
@@ -262,48 +322,9 @@ impl Learner for EvolutionAgent<'_> {
                 self.epoch_prompts.len()
             )));
         }
-        // Groups (and their records) come in sampling order: the n-th distinct group is the n-th prompt.
-        let mut seqs: Vec<u64> = records.iter().map(|r| r.group).collect();
-        seqs.dedup();
-        let mut by_kind: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
         let winners_before = self.db.winners().len();
-        for r in &records {
-            let index = seqs.iter().position(|&s| s == r.group).expect("listed above");
-            let kind = self.epoch_prompts.get(index).map_or(PromptKind::Explore, |p| p.kind);
-            by_kind.entry(kind.as_str()).or_default().push(r.reward);
-            if r.excluded {
-                continue;
-            }
-            self.db.add(Entry {
-                epoch: self.version,
-                text: r.text.clone(),
-                reward: r.reward,
-                failure: failure_text(r.status, r.cause.as_deref(), &r.message),
-                baseline: r.baseline_reward,
-            });
-        }
-        let count = |k: PromptKind| self.epoch_prompts.iter().filter(|p| p.kind == k).count();
-        let tokens: Vec<f64> = self.epoch_prompts.iter().map(|p| p.tokens as f64).collect();
-        let stats = EpochStats {
-            baseline_reward: self.db.baseline,
-            beat_baseline: records
-                .iter()
-                .filter(|r| r.status == Status::Ok && r.reward > r.baseline_reward.unwrap_or(self.db.baseline))
-                .count(),
-            exploit_share: if self.version == 0 { 0.0 } else { exploit_share(self.version) },
-            exploit_prompts_planned: exploit_prompts(self.version, self.cfg.prompts_per_epoch),
-            fresh_prompts: count(PromptKind::Fresh),
-            exploit_prompts: count(PromptKind::Exploit),
-            explore_prompts: count(PromptKind::Explore),
-            exploit_reward_mean: by_kind.get("exploit").and_then(|v| mean(v)),
-            explore_reward_mean: by_kind.get("explore").and_then(|v| mean(v)),
-            winners_before,
-            database_size: self.db.entries.len(),
-            prompt_tokens_mean: mean(&tokens),
-            prompt_tokens_max: tokens.iter().cloned().fold(0.0, f64::max),
-            listed_ideas_mean: mean(&self.epoch_prompts.iter().map(|p| p.listed as f64).collect::<Vec<_>>()),
-            ideas_dropped_to_fit: self.epoch_prompts.iter().map(|p| p.dropped).sum::<usize>(),
-        };
+        let by_kind = self.add_epoch(&records);
+        let stats = self.epoch_stats(&records, winners_before, &by_kind);
         self.version += 1;
         self.epoch_ideas.clear();
         self.epoch_prompts.clear();
