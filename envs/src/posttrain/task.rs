@@ -180,7 +180,7 @@ impl Task {
     }
 
     #[cfg(test)]
-    pub fn is_held_out(&self, p: &Problem) -> bool {
+    pub(crate) fn is_held_out(&self, p: &Problem) -> bool {
         self.held_out.contains(p)
     }
 }

@@ -19,7 +19,7 @@ pub const SYSTEM_PROMPT: &str = "You are an AI research scientist. You propose o
 a time, explain briefly why it should help, and write its settings in the exact format requested.";
 
 /// The exact idea format, as told to the ideator.
-pub const FORMAT_TEXT: &str = "Answer with exactly one idea in this format:\n\
+pub(crate) const FORMAT_TEXT: &str = "Answer with exactly one idea in this format:\n\
 [Experiment]\n\
 One or two sentences: what you change and why it should improve the result.\n\
 [Code Changes]\n\

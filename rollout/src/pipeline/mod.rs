@@ -97,7 +97,7 @@ impl PipelineConfig {
         Ok(())
     }
 
-    pub fn inflight(&self, groups_per_step: usize) -> usize {
+    pub(crate) fn inflight(&self, groups_per_step: usize) -> usize {
         if self.max_inflight_groups == 0 {
             2 * groups_per_step
         } else {
