@@ -131,32 +131,35 @@ fn launcher(s: &Setup, sleep: f64) -> ShLauncher {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How long a test pipeline runs: its steps, the groups each trains, and the step after which it is stopped.
+#[derive(Clone, Copy)]
+struct Steps {
+    steps: u64,
+    groups_per_step: usize,
+    stop_after: Option<u64>,
+}
+
 fn go(
     s: &Setup,
     learner: &mut Counter,
     cfg: PipelineConfig,
-    steps: u64,
-    groups_per_step: usize,
+    run: Steps,
     slots: usize,
     l: ShLauncher,
-    stop_after: Option<u64>,
 ) -> PipelineSummary {
     let backend = LocalBackend::new(&LocalConfig { slots, threads_per_run: Some(1), ..Default::default() }).unwrap();
-    go_on(s, learner, cfg, steps, groups_per_step, Box::new(backend), l, stop_after)
+    go_on(s, learner, cfg, run, Box::new(backend), l)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn go_on(
     s: &Setup,
     learner: &mut Counter,
     cfg: PipelineConfig,
-    steps: u64,
-    groups_per_step: usize,
+    run: Steps,
     backend: Box<dyn Backend>,
     l: ShLauncher,
-    stop_after: Option<u64>,
 ) -> PipelineSummary {
+    let Steps { steps, groups_per_step, stop_after } = run;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let mut on_step = move |r: &ideator_rollout::pipeline::StepReport| {
@@ -199,7 +202,8 @@ fn every_idea_runs_once_and_every_step_trains_fresh_enough_groups() {
     let s = setup();
     let mut learner = Counter::new(s.dir.path(), 3);
     let cfg = PipelineConfig { max_inflight_groups: 4, max_staleness: 2, ..Default::default() };
-    let summary = go(&s, &mut learner, cfg, 4, 2, 3, launcher(&s, 0.05), None);
+    let summary =
+        go(&s, &mut learner, cfg, Steps { steps: 4, groups_per_step: 2, stop_after: None }, 3, launcher(&s, 0.05));
     assert_eq!(summary.steps, 4);
     assert!(!summary.interrupted);
     assert_eq!(learner.trained.len(), 4);
@@ -249,7 +253,8 @@ fn groups_older_than_the_staleness_bound_are_dropped_and_counted() {
     // Two groups are sampled at version 0 before any result is back; after the first update the second is one
     // version old, over the bound of 0.
     let cfg = PipelineConfig { max_inflight_groups: 2, max_staleness: 0, ..Default::default() };
-    let summary = go(&s, &mut learner, cfg, 3, 1, 4, launcher(&s, 0.05), None);
+    let summary =
+        go(&s, &mut learner, cfg, Steps { steps: 3, groups_per_step: 1, stop_after: None }, 4, launcher(&s, 0.05));
     assert_eq!(summary.steps, 3);
     assert!(summary.dropped_stale_groups >= 1, "{summary:?}");
     assert_eq!(
@@ -267,7 +272,7 @@ fn infrastructure_failures_are_retried_and_idea_results_are_not() {
     let mut l = launcher(&s, 0.01);
     l.flaky = vec!["g000000-i1".into()];
     let cfg = PipelineConfig { max_inflight_groups: 1, retry_backoff_s: 0.05, max_attempts: 3, ..Default::default() };
-    go(&s, &mut learner, cfg, 1, 1, 2, l, None);
+    go(&s, &mut learner, cfg, Steps { steps: 1, groups_per_step: 1, stop_after: None }, 2, l);
     let ideas = s.store.ideas_of_step(s.run, 0).unwrap();
     let flaky = ideas.iter().find(|i| i.key == "g000000-i1").unwrap();
     assert_eq!(flaky.attempts, 2);
@@ -283,7 +288,7 @@ fn infrastructure_failures_are_retried_and_idea_results_are_not() {
     let mut l = launcher(&s, 0.01);
     l.always_broken = true;
     let cfg = PipelineConfig { max_inflight_groups: 1, retry_backoff_s: 0.01, max_attempts: 2, ..Default::default() };
-    go(&s, &mut learner, cfg, 1, 1, 1, l, None);
+    go(&s, &mut learner, cfg, Steps { steps: 1, groups_per_step: 1, stop_after: None }, 1, l);
     let idea = &s.store.ideas_of_step(s.run, 0).unwrap()[0];
     assert_eq!(idea.attempts, 2);
     let r = idea.result.as_ref().unwrap();
@@ -303,7 +308,7 @@ fn only_the_infrastructure_failures_of_a_group_are_left_out() {
     // Idea 1 fails on the infrastructure on its only attempt; ideas 0 and 2 run.
     l.flaky = vec!["g000000-i1".into()];
     let cfg = PipelineConfig { max_inflight_groups: 1, retry_backoff_s: 0.01, max_attempts: 1, ..Default::default() };
-    go(&s, &mut learner, cfg, 1, 1, 2, l, None);
+    go(&s, &mut learner, cfg, Steps { steps: 1, groups_per_step: 1, stop_after: None }, 2, l);
     let ideas = s.store.ideas_of_step(s.run, 0).unwrap();
     let kept: Vec<f64> = [0, 2].iter().map(|&i| ideas[i].result.as_ref().unwrap().reward).collect();
     assert_eq!(learner.trained, vec![kept]);
@@ -320,7 +325,14 @@ fn an_interrupted_run_resumes_without_running_anything_twice() {
         ..Default::default()
     };
     let mut first = Counter::new(s.dir.path(), 3);
-    let summary = go(&s, &mut first, cfg.clone(), 6, 1, 2, launcher(&s, 0.2), Some(2));
+    let summary = go(
+        &s,
+        &mut first,
+        cfg.clone(),
+        Steps { steps: 6, groups_per_step: 1, stop_after: Some(2) },
+        2,
+        launcher(&s, 0.2),
+    );
     assert!(summary.interrupted);
     assert_eq!(summary.steps, 2);
     assert_eq!(s.store.find_run("test").unwrap().unwrap().status, ideator_rollout::store::RunStatus::Interrupted);
@@ -330,7 +342,8 @@ fn an_interrupted_run_resumes_without_running_anything_twice() {
 
     let mut second = Counter::new(s.dir.path(), 3);
     assert_eq!(second.version(), 2, "restored from its checkpoint");
-    let summary = go(&s, &mut second, cfg, 6, 1, 2, launcher(&s, 0.05), None);
+    let summary =
+        go(&s, &mut second, cfg, Steps { steps: 6, groups_per_step: 1, stop_after: None }, 2, launcher(&s, 0.05));
     assert_eq!(summary.steps, 6);
     let runs = executions(&s);
     let trained: Vec<IdeaRow> = (0..6).flat_map(|st| s.store.ideas_of_step(s.run, st).unwrap()).collect();
@@ -406,7 +419,14 @@ fn on_slurm_runs_left_by_a_dead_trainer_are_reattached_not_run_again() {
     }
     let cfg = PipelineConfig { max_inflight_groups: 2, max_staleness: 2, ..Default::default() };
     let backend = SlurmBackend::new(&slurm).unwrap();
-    let summary = go_on(&s, &mut learner, cfg, 2, 1, Box::new(backend), launcher(&s, 0.3), None);
+    let summary = go_on(
+        &s,
+        &mut learner,
+        cfg,
+        Steps { steps: 2, groups_per_step: 1, stop_after: None },
+        Box::new(backend),
+        launcher(&s, 0.3),
+    );
     assert_eq!(summary.steps, 2);
     for idea in s.store.ideas_of_step(s.run, 0).unwrap() {
         assert_eq!(idea.attempts, 1, "{} was launched again", idea.key);

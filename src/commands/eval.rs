@@ -116,8 +116,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.max_new_tokens,
         model.decoder.max_positions(),
     )?;
+    let sampling = Sampling { env: env.as_ref(), scale: &scale, model: &model, params, prompt_ids };
     if args.implement_only {
-        return implement_only(&args, env.as_ref(), &scale, &model, &params, &prompt_ids);
+        return implement_only(&args, &sampling);
     }
     let key = eval_key(&args, &scale, checkpoint.as_deref(), &model)?;
     let key_text = serde_json::to_string_pretty(&key)?;
@@ -138,7 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let reused = !store.steps(run.id)?.is_empty();
     if !reused {
         executed_now = fail_run_on_error(&store, run.id, || {
-            execute(&args, &store, run.id, &dir, &scale, env.as_ref(), &model, params, prompt_ids)
+            execute(&args, &EvalRun { store: &store, run: run.id, dir: &dir }, sampling)
         })?;
     }
     let ideas: Vec<IdeaRow> =
@@ -223,20 +224,27 @@ fn eval_key(
     })
 }
 
-/// Samples and executes the evaluation's ideas through the pipeline (continuing an interrupted attempt);
-/// returns the executions done now.
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    args: &Args,
-    store: &Store,
-    run: i64,
-    dir: &Path,
-    scale: &str,
-    env: &dyn ideator_envs::Environment,
-    model: &ideator_model::Model,
+/// What samples the evaluation's ideas: the model, its prompt for the environment at a scale, and the sampling.
+struct Sampling<'a> {
+    env: &'a dyn ideator_envs::Environment,
+    scale: &'a str,
+    model: &'a ideator_model::Model,
     params: SamplingParams,
     prompt_ids: Vec<u32>,
-) -> anyhow::Result<u64> {
+}
+
+/// Where the evaluation's ideas are stored: the store, the run in it, and the run's folder.
+struct EvalRun<'a> {
+    store: &'a Store,
+    run: i64,
+    dir: &'a Path,
+}
+
+/// Samples and executes the evaluation's ideas through the pipeline (continuing an interrupted attempt);
+/// returns the executions done now.
+fn execute(args: &Args, target: &EvalRun, sampling: Sampling) -> anyhow::Result<u64> {
+    let EvalRun { store, run, dir } = *target;
+    let Sampling { env, scale, model, params, prompt_ids } = sampling;
     let prompt_text = ideator_envs::prompt::ideator_prompt(env, scale)?;
     store.set_run_status(run, RunStatus::Running)?;
     let sampled = store.ideas(run)?.len();
@@ -319,19 +327,13 @@ fn print_code_ideas(c: &CodeIdeaStats) {
 }
 
 /// `--implement-only`: samples in this process and only parses the ideas (nothing runs, so nothing is stored).
-fn implement_only(
-    args: &Args,
-    env: &dyn ideator_envs::Environment,
-    scale: &str,
-    model: &ideator_model::Model,
-    params: &SamplingParams,
-    prompt: &[u32],
-) -> anyhow::Result<()> {
+fn implement_only(args: &Args, sampling: &Sampling) -> anyhow::Result<()> {
+    let Sampling { env, scale, model, ref params, ref prompt_ids } = *sampling;
     let bar = crate::progress::bar(args.n as u64, "sampling", !args.json);
     let ideas = sample(
         &model.decoder,
         &model.tokenizer,
-        &[prompt.to_vec()],
+        std::slice::from_ref(prompt_ids),
         args.n,
         params,
         AdapterMode::default(),
