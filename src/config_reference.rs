@@ -69,22 +69,29 @@ fn complete<T: Serialize + DeserializeOwned>(text: &toml::Value, more: &toml::Va
     toml::Value::try_from(&parsed).expect("configs serialize")
 }
 
-fn section<T: Serialize + DeserializeOwned>(kind: &Kind, extra: &[(&str, &str)]) -> String {
+/// A variant of a file kind listed after it: its title, the TOML that selects it, and its optional keys without
+/// a default (shown with a placeholder so that they are listed).
+type Variant<'a> = (&'a str, &'a str, &'a str);
+
+fn section<T: Serialize + DeserializeOwned>(kind: &Kind, extra: &[Variant]) -> String {
     let required: toml::Value = toml::from_str(kind.required).expect("valid TOML");
     let no_default: toml::Value = toml::from_str(kind.optional_without_default).expect("valid TOML");
     let full = complete::<T>(&required, &no_default);
     let mut out = vec![format!("\n## `ideator {} --config FILE`", kind.command)];
     rows(&full, "", &required, &no_default, &mut out);
-    for (title, variant) in extra {
+    for (title, variant, variant_no_default) in extra {
         out.push(format!("\n{title}"));
         let v: toml::Value = toml::from_str(variant).expect("valid TOML");
-        let full = complete::<T>(&required, &v);
+        let nd: toml::Value = toml::from_str(variant_no_default).expect("valid TOML");
+        let mut selected = v.clone();
+        merge(&mut selected, &nd);
+        let full = complete::<T>(&required, &selected);
         let (name, _) = v.as_table().and_then(|t| t.iter().next()).expect("one section");
         let sub = full.get(name.as_str()).cloned().expect("the section is serialized");
         let mut wrapped = toml::Table::new();
         wrapped.insert(name.clone(), sub);
         let empty = toml::Value::Table(Default::default());
-        rows(&toml::Value::Table(wrapped), "", &empty, &empty, &mut out);
+        rows(&toml::Value::Table(wrapped), "", &empty, &nd, &mut out);
     }
     out.join("\n") + "\n"
 }
@@ -99,7 +106,7 @@ fn experiment_section() -> String {
                    [[arms]]\nkind = \"evolve\"\nname = \"evolution\"\nideas_per_epoch = 4\n\
                    [[arms]]\nkind = \"grpo\"\nname = \"grpo\"\n",
         optional_without_default: "env_config = \"env.toml\"\ntime_limit_s = 60.0\ncheckpoint = \"PATH\"\n\
-                                   run_dir = \"PATH\"\n",
+                                   run_dir = \"PATH\"\n[backend]\nmemory_per_run_gb = 1.0\nthreads_per_run = 1\n",
     };
     let mut out = section::<ExperimentConfig>(&kind, &[]);
     out += "\nEach `[[arms]]` table has a `kind` and a `name` (required), and the keys of its kind; the arm's \
@@ -129,7 +136,9 @@ pub(crate) fn reference() -> String {
     let train = Kind {
         command: "train",
         required: "[env]\nname = \"toy\"\n",
-        optional_without_default: "[init]\ncheckpoint = \"PATH\"\n[run]\ndir = \"PATH\"\n[env]\nscale = \"tiny\"\nconfig = \"env.toml\"\ntime_limit_s = 60.0\n",
+        optional_without_default: "[init]\ncheckpoint = \"PATH\"\n[run]\ndir = \"PATH\"\n[env]\nscale = \"tiny\"\n\
+                                   config = \"env.toml\"\ntime_limit_s = 60.0\n[grpo.max_k]\nk_final = 1\n\
+                                   [backend]\nmemory_per_run_gb = 1.0\nthreads_per_run = 1\n",
     };
     let sft = Kind {
         command: "sft",
@@ -139,12 +148,19 @@ pub(crate) fn reference() -> String {
     let evolve = Kind {
         command: "evolve",
         required: "[env]\nname = \"toy\"\n",
-        optional_without_default: "[init]\ncheckpoint = \"PATH\"\n[run]\ndir = \"PATH\"\n[env]\nscale = \"tiny\"\nconfig = \"env.toml\"\ntime_limit_s = 60.0\n",
+        optional_without_default: "[init]\ncheckpoint = \"PATH\"\n[run]\ndir = \"PATH\"\n[env]\nscale = \"tiny\"\n\
+                                   config = \"env.toml\"\ntime_limit_s = 60.0\n\
+                                   [backend]\nmemory_per_run_gb = 1.0\nthreads_per_run = 1\n",
     };
-    let slurm = ("With `backend.kind = \"slurm\"` the backend keys are:", "[backend]\nkind = \"slurm\"\n");
+    let slurm = (
+        "With `backend.kind = \"slurm\"` the backend keys are:",
+        "[backend]\nkind = \"slurm\"\n",
+        "[backend]\npartition = \"P\"\naccount = \"A\"\nqos = \"Q\"\nmem = \"16G\"\n",
+    );
     let full = (
         "With `train.mode = \"full\"` (every weight trained) there is no `[train.lora]`:",
         "[train]\nmode = \"full\"\n",
+        "",
     );
     let mut out = String::from(
         "# Config reference\n\nGenerated from the config types (`src/config_reference.rs`; a test fails when this file \

@@ -1,6 +1,6 @@
 //! One writer per run folder: `train`, `evolve`, `sft` and `eval` hold an exclusive OS file lock (`flock`) on
 //! `RUN/ideator.lock` for as long as they run. Two writers on one folder used to interleave their store writes
-//! and die minutes later on a UNIQUE constraint; now the second is refused at once, with the pid and command of
+//! and die minutes later on a UNIQUE constraint; now the second is refused (after a 3 s grace period), with the pid and command of
 //! the first (written into the lock file). The kernel releases a `flock` when its holder dies, SIGKILL included,
 //! so a crash never leaves a stale lock behind: the file may stay, the lock does not.
 
@@ -47,7 +47,6 @@ pub(crate) fn lock_run_folder(dir: &Path, command: &str) -> anyhow::Result<RunLo
     Ok(RunLock { _file: file })
 }
 
-/// The refusal when another process holds the lock, naming it from what it wrote into the file.
 /// How long a held lock is retried before the folder counts as in use.
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -73,6 +72,7 @@ fn lock_with_grace(file: &File) -> std::io::Result<()> {
     }
 }
 
+/// The refusal when another process holds the lock, naming it from what it wrote into the file.
 fn held_elsewhere(dir: &Path, path: &Path, file: &mut File) -> anyhow::Error {
     let mut holder = String::new();
     let _ = file.read_to_string(&mut holder);

@@ -1,7 +1,7 @@
 //! A run folder you can trust (issue 12), through the binary:
 //! - numbers from flags and config keys are validated where parsed, with an error naming them (no panic);
 //! - config errors leave nothing behind, and a later error marks the run failed with the error in its store;
-//! - one writer per run folder: a second `train`, `evolve`, `sft` or `eval` is refused at once naming the first,
+//! - one writer per run folder: a second `train`, `evolve`, `sft` or `eval` is refused (after a 3 s grace period) naming the first,
 //!   and after a SIGKILL of the first the folder opens again;
 //! - an interrupted run exits 130 (SIGINT) or 143 (SIGTERM) after its clean stop;
 //! - a run folder trained in one directory is moved, made read-only, and then evaluated, compared and reported

@@ -1,9 +1,9 @@
 //! Learnability benchmark of the advantage estimators on the `peaks` landscape (issue 17), with a cheap simulated
 //! policy instead of an LLM: a product of independent softmax categoricals, one per knob (optimizer, activation,
-//! norm, schedule, and the learning rate over 7 values), started with a prior towards the defaults (+PRIOR logit, default 1),
-//! trained by the same registry functions the GRPO learner uses (`compute_advantages`) and the policy-gradient
-//! step theta += lr * (1/G) sum_i A_i grad log p(x_i) (on-policy, one update per group, so the ratio clip of the
-//! real loss is inactive).
+//! norm, schedule, and the learning rate over 7 values), started with a prior towards the defaults (+PRIOR logit,
+//! default 1), trained by the same registry functions the GRPO learner uses (`compute_advantages`) and the
+//! policy-gradient step theta += lr * (1/G) sum_i A_i grad log p(x_i) (on-policy, one update per group, so the
+//! ratio clip of the real loss is inactive).
 //!
 //! Every arm gets the same budget of executions (steps x group size) and the same seeds. Reported per arm, over
 //! the seeds, mean and 95% interval (1.96 standard errors) of:

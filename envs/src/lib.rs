@@ -18,7 +18,10 @@
 //!   network when root).
 //! - [`backend`]: where executions run as separate processes: local slots (CPU shares or GPUs) or Slurm jobs.
 //! - [`scale`]: what every scale of a knob environment declares, around its own budget.
-//! - [`prompt`]: the ideator prompt of an environment and schema-valid example ideas for a supervised warm-up.
+//! - [`toy`] and [`peaks`]: instant synthetic environments for tests, demos and many-seed experiments.
+//! - [`prompt`]: every prompt text: the system turn, an environment's ideator and task prompts, evolutionary
+//!   search's exploit / explore / fresh prompts ([`prompt::evolution`]), and schema-valid example ideas for a
+//!   supervised warm-up.
 
 pub mod backend;
 pub mod codebase;

@@ -3,7 +3,7 @@
 //!
 //! What is contained:
 //! - **Lifetime.** The program leads its own process group. It gets `PR_SET_PDEATHSIG = SIGKILL`, so it dies when
-//!   the thread that started it dies, and a forked watcher ([`GroupWatch`]) kills the whole group when the
+//!   the thread that started it dies, and a forked watcher (`GroupWatch`) kills the whole group when the
 //!   executor process ends in any way (normal end, error, Ctrl-C, SIGKILL): the watcher blocks on a pipe whose
 //!   only writer is the executor, and the kernel closes that pipe when the executor dies. Grandchildren that start
 //!   a new process group or session of their own (`setsid`) escape the group kill; they still die with their

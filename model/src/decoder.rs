@@ -1,4 +1,4 @@
-//! The decoder: embedding, a stack of [`block::Block`]s (the Llama / Qwen2 / Qwen3 layer, written once in
+//! The decoder: embedding, a stack of `block::Block`s (the Llama / Qwen2 / Qwen3 layer, written once in
 //! decoder/block.rs), final norm and output head, with two forward paths through the same blocks.
 //!
 //! - `hidden_states` and `score_continuations` are the trainable forward over whole (padded) sequences. They use

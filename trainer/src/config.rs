@@ -110,7 +110,7 @@ impl MaxKConfig {
 pub struct RiskSeekingConfig {
     /// Fraction of each group that counts as its top (Petersen et al.'s epsilon): m = ceil(epsilon * n) samples.
     pub epsilon: f64,
-    /// What a group whose top m all tie with the quantile contributes (see `advantages::risk_seeking`).
+    /// What a group whose top m all tie with the quantile contributes (see trainer/src/advantages/risk.rs).
     pub ties: QuantileTies,
 }
 

@@ -1,5 +1,6 @@
-//! The report's data model: plain, serialisable series that any source can fill (the run folder's JSONL files
-//! today, the run store later) and that the charts read. Nothing here knows where the numbers came from.
+//! The report's data model: plain, serialisable series that any source can fill (the run store through
+//! `src/store_data.rs`, or a folder's JSONL files through [`super::run_folder`]) and that the charts read. Nothing
+//! here knows where the numbers came from.
 
 use std::collections::BTreeMap;
 

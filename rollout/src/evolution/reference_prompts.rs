@@ -1,6 +1,7 @@
 //! The exact text of exploit, explore and fresh prompts built from a fixed database, whole and fitted to a small
-//! budget: the reference captured from the prompts as they were built before evolution moved here
-//! (`trainer/src/evolve.rs`), so that any change to a prompt's text shows up as a failing test.
+//! budget: the reference captured from the prompts as they were built before evolution moved here from the trainer
+//! crate (the text now lives in `ideator_envs::prompt::evolution`), so that any change to a prompt's text shows up
+//! as a failing test.
 
 use ideator_envs::prompt::evolution::{fit_prompt, FittedPrompt, PromptKind, PromptRequest};
 

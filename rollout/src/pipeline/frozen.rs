@@ -3,7 +3,7 @@
 //! The batch is one pipeline "step"; its update only summarises the rewards.
 //!
 //! - [`FrozenSampler`]: `n` ideas sampled from one prompt by a frozen model (`ideator eval`).
-//! - [`BaselineLearner`] with [`BaselineLauncher`]: the environment's baseline recipe, run once
+//! - `BaselineLearner` with `BaselineLauncher`: the environment's baseline recipe, run once
 //!   (`ideator exec` without an idea runs the baseline).
 
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
-//! The experiment's config (TOML, `deny_unknown_fields`), its validation and the budget plan: how many steps (or epochs, or
-//! sampling rounds) each arm gets so that every arm evaluates at most the same number of ideas.
+//! The experiment's config (TOML, `deny_unknown_fields`), its validation and the budget plan: how many steps (or
+//! epochs, or sampling rounds) each arm gets so that every arm evaluates at most the same number of ideas.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! Advantage estimators: a group's rewards in, one advantage per sample out, chosen by name
 //! (`[grpo] advantage_estimator`), in the shape of verl's `core_algos.py` registry (`register_adv_est` /
-//! `get_adv_estimator_fn`): one pure function per estimator, all with the signature [`AdvantageFn`].
+//! `get_adv_estimator_fn`): one pure function per estimator, all with the signature `AdvantageFn`.
 //!
 //! Convention shared by every estimator (so that they compose with the same loss, clipping, KL and aggregation):
 //! with n samples x_1..x_n of one prompt, the estimator's advantages A_i satisfy

@@ -24,7 +24,8 @@ pub(crate) fn top_count(n: usize, epsilon: f64) -> usize {
 /// `ties = "next_below"` (the default) the baseline of such a group drops to the largest reward below the tied
 /// value, q' = max{r_j : r_j < q}, so the tied top samples get (n/m)(q - q') each and the gradient does not vanish
 /// while the group still separates its best from the rest; this adds a push towards the tied best outcome (a bias
-/// by design). The metric `risk_seeking/tied_top` counts such groups either way. Divided by the group's reward
+/// by design). The metric `risk_seeking/tied_top` counts such groups either way (a constant group is not counted
+/// and gives nothing in either mode). Divided by the group's reward
 /// std when `scale_rewards`.
 pub fn risk_seeking(group: &GroupInput, cfg: &GrpoConfig, _step: u64) -> GroupAdvantages {
     let rewards = &group.rewards;
