@@ -96,6 +96,13 @@ fn section<T: Serialize + DeserializeOwned>(kind: &Kind, extra: &[Variant]) -> S
     out.join("\n") + "\n"
 }
 
+/// The local backend with its optional keys (a `[backend]` table needs its `kind`, so they are listed apart).
+const LOCAL_BACKEND: Variant = (
+    "With `backend.kind = \"local\"` (the default) the backend keys are:",
+    "[backend]\nkind = \"local\"\n",
+    "[backend]\nmemory_per_run_gb = 1.0\nthreads_per_run = 1\n",
+);
+
 /// The experiment's file: its top-level keys and tables, then one `[[arms]]` table per arm kind.
 fn experiment_section() -> String {
     use crate::commands::experiment::config::ExperimentConfig;
@@ -106,9 +113,9 @@ fn experiment_section() -> String {
                    [[arms]]\nkind = \"evolve\"\nname = \"evolution\"\nideas_per_epoch = 4\n\
                    [[arms]]\nkind = \"grpo\"\nname = \"grpo\"\n",
         optional_without_default: "env_config = \"env.toml\"\ntime_limit_s = 60.0\ncheckpoint = \"PATH\"\n\
-                                   run_dir = \"PATH\"\n[backend]\nmemory_per_run_gb = 1.0\nthreads_per_run = 1\n",
+                                   run_dir = \"PATH\"\n",
     };
-    let mut out = section::<ExperimentConfig>(&kind, &[]);
+    let mut out = section::<ExperimentConfig>(&kind, &[LOCAL_BACKEND]);
     out += "\nEach `[[arms]]` table has a `kind` and a `name` (required), and the keys of its kind; the arm's \
             `[arms.grpo]` is a whole `[grpo]` table (see `ideator train`).\n";
     let required: toml::Value = toml::from_str(kind.required).expect("valid TOML");
@@ -137,8 +144,7 @@ pub(crate) fn reference() -> String {
         command: "train",
         required: "[env]\nname = \"toy\"\n",
         optional_without_default: "[init]\ncheckpoint = \"PATH\"\n[run]\ndir = \"PATH\"\n[env]\nscale = \"tiny\"\n\
-                                   config = \"env.toml\"\ntime_limit_s = 60.0\n[grpo.max_k]\nk_final = 1\n\
-                                   [backend]\nmemory_per_run_gb = 1.0\nthreads_per_run = 1\n",
+                                   config = \"env.toml\"\ntime_limit_s = 60.0\n[grpo.max_k]\nk_final = 1\n",
     };
     let sft = Kind {
         command: "sft",
@@ -149,9 +155,9 @@ pub(crate) fn reference() -> String {
         command: "evolve",
         required: "[env]\nname = \"toy\"\n",
         optional_without_default: "[init]\ncheckpoint = \"PATH\"\n[run]\ndir = \"PATH\"\n[env]\nscale = \"tiny\"\n\
-                                   config = \"env.toml\"\ntime_limit_s = 60.0\n\
-                                   [backend]\nmemory_per_run_gb = 1.0\nthreads_per_run = 1\n",
+                                   config = \"env.toml\"\ntime_limit_s = 60.0\n",
     };
+    let local = LOCAL_BACKEND;
     let slurm = (
         "With `backend.kind = \"slurm\"` the backend keys are:",
         "[backend]\nkind = \"slurm\"\n",
@@ -169,9 +175,9 @@ pub(crate) fn reference() -> String {
          shown, \"none\" when unset means off or derived (see the key's doc in the code). Paths are relative to the \
          config file. Floats must be finite: `nan` and `inf` are refused with the key named.\n",
     );
-    out += &section::<TrainFile>(&train, &[slurm, full]);
+    out += &section::<TrainFile>(&train, &[local, slurm, full]);
     out += &section::<SftFile>(&sft, &[full]);
-    out += &section::<EvolveFile>(&evolve, &[slurm]);
+    out += &section::<EvolveFile>(&evolve, &[local, slurm]);
     out += &experiment_section();
     out
 }
