@@ -42,7 +42,7 @@ fn resampled_mean(x: &[f64], rng: &mut ChaCha8Rng) -> f64 {
     (0..x.len()).map(|_| x[rng.random_range(0..x.len())]).sum::<f64>() / x.len() as f64
 }
 
-/// `mean(a) - mean(b)` with its 95% percentile-bootstrap interval ([`BOOTSTRAP_RESAMPLES`] resamples, seeded so
+/// `mean(a) - mean(b)` with its 95% percentile-bootstrap interval (`BOOTSTRAP_RESAMPLES` resamples, seeded so
 /// that the same data give the same interval). `None` when either side is empty.
 pub fn bootstrap_mean_difference(a: &[f64], b: &[f64], seed: u64) -> Option<MeanDifference> {
     if a.is_empty() || b.is_empty() {

@@ -178,7 +178,7 @@ impl RunContext {
     }
 
     /// Whether the deadline has passed.
-    pub(crate) fn expired(&self) -> bool {
+    pub fn expired(&self) -> bool {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 

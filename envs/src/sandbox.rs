@@ -51,7 +51,7 @@ pub struct Policy {
     pub limits: Limits,
     /// Put the program in a new network namespace when running as root.
     pub isolate_network: bool,
-    /// Variables passed through from the executor's environment besides [`BASE_ENV`].
+    /// Variables passed through from the executor's environment besides `BASE_ENV`.
     pub pass_env: Vec<String>,
     /// Variables set for the program (after the pass-through ones).
     pub set_env: BTreeMap<String, String>,

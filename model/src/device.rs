@@ -70,10 +70,10 @@ pub(crate) fn test_device_from(value: Option<&str>) -> Result<Device> {
     }
 }
 
-/// The device the device-agnostic tests run on ([`test_device_from`] of `IDEATOR_TEST_DEVICE`).
+/// The device the device-agnostic tests run on (`test_device_from` of `IDEATOR_TEST_DEVICE`).
 ///
 /// # Panics
-/// When [`test_device_from`] fails: the test fails loudly instead of running somewhere else.
+/// When `test_device_from` fails: the test fails loudly instead of running somewhere else.
 pub fn test_device() -> Device {
     let value = std::env::var(TEST_DEVICE_VAR).ok();
     match test_device_from(value.as_deref()) {

@@ -92,7 +92,7 @@ impl Path {
 /// `x W^T` with a given path (tests compare every path this CPU has).
 ///
 /// # Errors
-/// As [`matmul_t`]; also a path this CPU cannot run.
+/// As `matmul_t`; also a path this CPU cannot run.
 pub fn matmul_t_with(x: &Tensor, w: &Tensor, path: Path) -> Result<Tensor> {
     if !Path::available().contains(&path) {
         candle_core::bail!("few-rows matmul: this CPU cannot run the {} path", path.as_str());

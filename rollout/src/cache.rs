@@ -1,7 +1,7 @@
 //! Keys of the execution cache. An execution is a function of what the environment runs (the canonical recipe,
 //! [`Environment::cache_identity`]), the environment and its config, the scale and the seed; on CPU it is
 //! bit-exact for those. So the dispatcher runs each key at each seed once per run store and copies its result to
-//! every later idea with the same key and seed ([`crate::store::Store::cached_result`]), and an identical idea
+//! every later idea with the same key and seed (`crate::store::Store::cached_result`), and an identical idea
 //! arriving while the first still runs waits for it instead of running beside it. A collapsed batch (the seed
 //! paper saw 119 of 128 ideas fall onto two) then costs two executions, not 128.
 

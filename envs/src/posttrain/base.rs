@@ -53,7 +53,7 @@ pub struct BaseSpec {
     pub sft_warmup: usize,
     /// The first `clean_steps` supervised steps teach right answers only (the model learns to carry); the rest
     /// teach a mix in which a share `slip_rate` of answers carry the no-carry slip
-    /// ([`super::task::Problem::slipped_answer`]), so the base can carry but often does not: a middling policy
+    /// (`super::task::Problem::slipped_answer`), so the base can carry but often does not: a middling policy
     /// whose errors a verifiable reward can train away.
     pub clean_steps: usize,
     pub slip_rate: f64,

@@ -231,7 +231,7 @@ fn posttrain_schema() -> Schema {
     ])
 }
 
-/// The posttrain environment. Caches base policies in [`base::cache_dir`] unless told otherwise.
+/// The posttrain environment. Caches base policies in `base::cache_dir` unless told otherwise.
 pub struct Posttrain {
     cache_dir: PathBuf,
 }

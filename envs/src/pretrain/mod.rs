@@ -27,7 +27,7 @@ use train::{EvalSpec, TrainPlan};
 /// What a pretrain scale allows: its FLOP budget, its evaluation and its guards.
 #[derive(Debug, Clone)]
 pub struct Budget {
-    /// Training FLOPs per run (as counted by [`GptConfig::train_flops_per_token`]).
+    /// Training FLOPs per run (as counted by `GptConfig::train_flops_per_token`).
     pub budget_flops: f64,
     pub eval: EvalSpec,
     /// Largest model (parameters) and activation memory (bytes, estimated) allowed at this scale.
@@ -125,7 +125,7 @@ impl Pretrain {
     }
 
     /// Training throughput of the scale's baseline recipe for a fixed number of steps (`ideator bench pretrain`);
-    /// see [`train::training_throughput`]. The error says what failed.
+    /// see `train::training_throughput`. The error says what failed.
     pub fn baseline_throughput(
         &self,
         ctx: &RunContext,

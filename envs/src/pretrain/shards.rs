@@ -14,7 +14,7 @@ use candle_core::{Device, Result};
 pub(crate) const CPU_MICRO_BATCHES: usize = 4;
 
 /// Splits `batch` rows into contiguous `(start, len)` micro-batches: one on a GPU (a GPU is fastest with the
-/// whole batch), up to [`CPU_MICRO_BATCHES`] of near-equal size on the CPU.
+/// whole batch), up to `CPU_MICRO_BATCHES` of near-equal size on the CPU.
 pub fn split(batch: usize, device: &Device) -> Vec<(usize, usize)> {
     let n = if device.is_cpu() { batch.clamp(1, CPU_MICRO_BATCHES) } else { 1 };
     let (base, extra) = (batch / n, batch % n);
