@@ -147,6 +147,10 @@ fn an_aborted_experiment_resumes_executes_nothing_twice_and_compares_every_arm()
     for arm in ARMS {
         assert!(chart.contains(arm), "{arm} is not on the best-so-far chart");
     }
+    assert!(
+        html.contains("each arm's own report") && !html.contains("No idea was executed successfully"),
+        "an experiment's report must not claim that no idea executed"
+    );
 
     // Running it again executes nothing; a changed config is refused naming the change.
     let before: Vec<(usize, usize)> =
