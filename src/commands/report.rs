@@ -68,12 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(e) = &data.experiment {
             points.push(format!("an experiment of {} arms", e.arms.len()));
         }
-        // An experiment folder's report has no alarms of its own: they are per run.
-        let alarms = if data.series.is_empty() && data.experiment.is_some() {
-            String::new()
-        } else {
-            format!("; {alarms} collapse alarm(s)")
-        };
+        let alarms = if data.is_experiment_only() { String::new() } else { format!("; {alarms} collapse alarm(s)") };
         println!(
             "report written to {} ({}{alarms})",
             out.display(),

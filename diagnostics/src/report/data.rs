@@ -181,6 +181,12 @@ pub struct UtilisationPoint {
 }
 
 impl ReportData {
+    /// An experiment folder's report: its arms are drawn, and the run-level parts (alarms, top ideas) belong to
+    /// each arm's own report.
+    pub fn is_experiment_only(&self) -> bool {
+        self.experiment.is_some() && self.series.is_empty()
+    }
+
     pub fn series(&self, kind: SeriesKind) -> Option<&RunSeries> {
         self.series.iter().find(|s| s.kind == kind)
     }

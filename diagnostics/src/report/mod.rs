@@ -149,8 +149,7 @@ pub fn render_html(data: &ReportData) -> Result<String> {
             checkpoints => checkpoints,
             notes => data.notes,
             config_text => data.config_text,
-            // An experiment folder's report draws its arms; alarms and ideas are per run.
-            experiment_only => data.experiment.is_some() && data.series.is_empty(),
+            experiment_only => data.is_experiment_only(),
         })
         .map_err(|e| DiagnosticsError::Invalid(format!("rendering the report: {e:#}")))
 }

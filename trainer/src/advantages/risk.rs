@@ -25,8 +25,7 @@ pub(crate) fn top_count(n: usize, epsilon: f64) -> usize {
 /// value, q' = max{r_j : r_j < q}, so the tied top samples get (n/m)(q - q') each and the gradient does not vanish
 /// while the group still separates its best from the rest; this adds a push towards the tied best outcome (a bias
 /// by design). The metric `risk_seeking/tied_top` counts such groups either way (a constant group is not counted
-/// and gives nothing in either mode). Divided by the group's reward
-/// std when `scale_rewards`.
+/// and gives nothing in either mode). Divided by the group's reward std when `scale_rewards`.
 pub fn risk_seeking(group: &GroupInput, cfg: &GrpoConfig, _step: u64) -> GroupAdvantages {
     let rewards = &group.rewards;
     let n = rewards.len();
@@ -38,7 +37,10 @@ pub fn risk_seeking(group: &GroupInput, cfg: &GrpoConfig, _step: u64) -> GroupAd
     let quantile = rewards[order[n - m - 1]];
     let tied_top = rewards[order[n - 1]] == quantile && !super::is_zero_std(rewards);
     let baseline = match cfg.risk_seeking.ties {
-        QuantileTies::NextBelow if tied_top => next_below(rewards, quantile),
+        // The largest reward below the tied value (one exists: the group is not constant).
+        QuantileTies::NextBelow if tied_top => {
+            order.iter().rev().map(|&i| rewards[i]).find(|&r| r < quantile).unwrap_or(quantile)
+        }
         _ => quantile,
     };
     let scale = n as f64 / m as f64;
@@ -52,11 +54,6 @@ pub fn risk_seeking(group: &GroupInput, cfg: &GrpoConfig, _step: u64) -> GroupAd
             ("risk_seeking/tied_top", f64::from(u8::from(tied_top))),
         ],
     }
-}
-
-/// The largest reward strictly below `value` (the group is not constant, so one exists when `value` is its top).
-fn next_below(rewards: &[f64], value: f64) -> f64 {
-    rewards.iter().copied().filter(|&r| r < value).fold(f64::NEG_INFINITY, f64::max)
 }
 
 #[cfg(test)]
