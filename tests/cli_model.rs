@@ -81,4 +81,11 @@ fn bad_model_arguments_say_what_is_wrong() {
     assert!(!ok && err.contains("junk.gguf") && err.contains("GGUF"), "{err}");
     let (ok, _, err) = run_ideator(&["sample", "--prompt", "x", "--top-p", "0"]);
     assert!(!ok && err.contains("top_p"), "{err}");
+    // The bench probes' sizes are bounded before anything is allocated.
+    let (ok, _, err) = run_ideator(&["bench", "matmul", "--matmul-size", "100000"]);
+    assert!(!ok && err.contains("--matmul-size"), "{err}");
+    let (ok, _, err) = run_ideator(&["bench", "matmul", "--bandwidth-mib=-1"]);
+    assert!(!ok && err.contains("--bandwidth-mib"), "{err}");
+    let (ok, _, err) = run_ideator(&["bench", "matmul", "--bandwidth-mib", "1000000"]);
+    assert!(!ok && err.contains("--bandwidth-mib"), "{err}");
 }

@@ -121,14 +121,14 @@ pub enum What {
 /// How the decode benches measure the machine's limit.
 #[derive(clap::Args, Clone, Copy)]
 pub struct LimitArgs {
-    /// Size of the buffer the read-bandwidth probe streams, in MiB (far above the last-level cache); 0 skips the
-    /// probe and the limit.
-    #[arg(long, default_value_t = 1024)]
-    pub bandwidth_mib: usize,
-    /// Size of the square f32 product that measures the machine's FLOP rate (the compute side of the roofline);
-    /// 0 skips it.
-    #[arg(long, default_value_t = 1024)]
-    pub matmul_size: usize,
+    /// Size of the buffer the read-bandwidth probe streams, in MiB (far above the last-level cache; at most 65536);
+    /// 0 skips the probe and the limit.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=65536))]
+    pub bandwidth_mib: u64,
+    /// Size of the square f32 product that measures the machine's FLOP rate (the compute side of the roofline; at
+    /// most 8192, two 256 MiB matrices); 0 skips it.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=8192))]
+    pub matmul_size: u64,
 }
 
 /// The machine's side of a decode figure: the CPU, the read bandwidth measured now (one thread, and the threads the
@@ -152,7 +152,7 @@ impl MachineLimit {
         let threads = tensor_threads();
         let probe = |t: usize| {
             (args.bandwidth_mib > 0).then(|| {
-                let bw = read_bandwidth(args.bandwidth_mib << 20, t, 3);
+                let bw = read_bandwidth((args.bandwidth_mib as usize) << 20, t, 3);
                 eprintln!(
                     "bench: read bandwidth {:.1} GB/s on {t} thread(s), {} MiB buffer",
                     bw.gb_per_s, args.bandwidth_mib
@@ -162,11 +162,12 @@ impl MachineLimit {
         };
         let single = probe(1);
         let threaded = if threads > 1 { probe(threads) } else { None };
-        let gflop_per_s = (args.matmul_size > 0).then(|| matmul_gflop_per_s(args.matmul_size, 3)).and_then(|r| {
-            r.inspect(|g| eprintln!("bench: f32 matrix products {g:.1} GFLOP/s on {threads} thread(s)"))
-                .inspect_err(|e| eprintln!("bench: the FLOP-rate probe failed ({e}); no compute limit"))
-                .ok()
-        });
+        let gflop_per_s =
+            (args.matmul_size > 0).then(|| matmul_gflop_per_s(args.matmul_size as usize, 3)).and_then(|r| {
+                r.inspect(|g| eprintln!("bench: f32 matrix products {g:.1} GFLOP/s on {threads} thread(s)"))
+                    .inspect_err(|e| eprintln!("bench: the FLOP-rate probe failed ({e}); no compute limit"))
+                    .ok()
+            });
         let weights = weight_bytes / bytes_per_weight.max(1);
         MachineLimit { cpu, single, threaded, weight_bytes, weights, gflop_per_s }
     }
