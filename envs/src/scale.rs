@@ -2,7 +2,7 @@
 //! a training run, the baseline's values) around the environment's own budget and guards (`B`), and the lookup by
 //! name. `pretrain` and `posttrain` differ only in `B`.
 
-use crate::environment::{EnvError, ScaleInfo};
+use crate::environment::{EnvError, Environment, ScaleInfo};
 use crate::knobs::KnobValue;
 
 /// One scale of an environment whose budget and guards are `B`.
@@ -25,17 +25,14 @@ impl<B> Scale<B> {
     }
 }
 
-/// The scale called `name` among `env`'s `scales`.
+/// The scale called `name` among `scales`, the full specs of `env`'s scales.
 ///
 /// # Errors
-/// [`EnvError::UnknownScale`], listing the known scales, when none is called `name`.
-pub fn find<B>(env: &str, scales: Vec<Scale<B>>, name: &str) -> Result<Scale<B>, EnvError> {
-    let known: Vec<&'static str> = scales.iter().map(|s| s.name).collect();
-    scales.into_iter().find(|s| s.name == name).ok_or_else(|| EnvError::UnknownScale {
-        env: env.into(),
-        scale: name.into(),
-        known: known.join(", "),
-    })
+/// [`Environment::check_scale`]'s [`EnvError::UnknownScale`], listing the known scales, when none is called
+/// `name`.
+pub fn find<B>(env: &dyn Environment, scales: Vec<Scale<B>>, name: &str) -> Result<Scale<B>, EnvError> {
+    env.check_scale(name)?;
+    Ok(scales.into_iter().find(|s| s.name == name).expect("check_scale found it among the same scales"))
 }
 
 #[cfg(test)]
@@ -44,10 +41,10 @@ mod tests {
 
     #[test]
     fn find_returns_the_named_scale_or_lists_the_known_ones() {
-        let scale = |name| Scale { name, doc: "", min_steps: 1, baseline: vec![], budget: name.len() };
-        let found = find("env", vec![scale("tiny"), scale("small")], "small").unwrap();
-        assert_eq!((found.name, found.budget), ("small", 5));
-        let err = find("env", vec![scale("tiny"), scale("small")], "huge").unwrap_err().to_string();
+        let env = crate::posttrain::Posttrain::new();
+        let found = find(&env, crate::posttrain::scales(), "small").unwrap();
+        assert_eq!(found.name, "small");
+        let err = find(&env, crate::posttrain::scales(), "huge").unwrap_err().to_string();
         assert!(err.contains("huge") && err.contains("tiny, small"), "{err}");
     }
 }

@@ -253,7 +253,7 @@ impl Posttrain {
     }
 
     pub(crate) fn scale_spec(&self, scale: &str) -> Result<ScaleSpec, EnvError> {
-        crate::scale::find(self.name(), scales(), scale)
+        crate::scale::find(self, scales(), scale)
     }
 
     /// Resolves a recipe into a run plan at a scale, or an out-of-budget / out-of-memory failure.

@@ -121,7 +121,7 @@ impl Pretrain {
     }
 
     fn scale_spec(&self, scale: &str) -> Result<ScaleSpec, EnvError> {
-        crate::scale::find(self.name(), scales(), scale)
+        crate::scale::find(self, scales(), scale)
     }
 
     /// Training throughput of the scale's baseline recipe for a fixed number of steps (`ideator bench pretrain`);
