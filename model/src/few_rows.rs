@@ -15,8 +15,13 @@
 //! Every output element is the same dot product (its lanes accumulate in `k` order, then reduce, then the scalar
 //! tail), whichever tile or activation block it falls in, so a row's output does not depend on the other rows of
 //! the batch, nor on the thread count (threads split the weight rows).
+//!
+//! The weight may also be a bf16 copy (the sampling copy, `Decoder::set_sampling_precision`): it is widened to
+//! f32 as it is loaded (exact: a bf16 is the upper half of an f32) and multiplied in f32, so a step streams half
+//! the bytes, and a product with a bf16 weight equals, bit for bit, the f32 product with that weight widened.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use half::bf16;
 use rayon::prelude::*;
 
 /// Most activation rows the decode path sends here. Up to this many the kernel beats candle's matmul on a decode
@@ -37,11 +42,11 @@ pub fn applies(x: &Tensor, w: &Tensor) -> bool {
     (1..=MAX_ROWS).contains(&rows) && crate::device::kernel_for(&[x, w]) == crate::device::Kernel::CpuFast
 }
 
-/// `x W^T` for `x` `(m, k)` and `W` `(n, k)`, both contiguous f32 on the CPU, without gradient: `(m, n)`.
-/// Any `m` is computed correctly; past [`MAX_ROWS`] candle's matmul is faster.
+/// `x W^T` for `x` `(m, k)` f32 and `W` `(n, k)` f32 or bf16, both contiguous on the CPU, without gradient:
+/// `(m, n)` f32. Any `m` is computed correctly; past [`MAX_ROWS`] an f32 weight is faster with candle's matmul.
 ///
 /// # Errors
-/// Strided inputs, or `x` and `W` disagreeing on `k`.
+/// Strided inputs, `x` and `W` disagreeing on `k`, or other dtypes.
 pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.apply_op2_no_bwd(w, &FewRowsMatmul { path: Path::detect() })
 }
@@ -119,14 +124,36 @@ impl CustomOp2 for FewRowsMatmul {
             candle_core::bail!("few-rows matmul: x is ({m}, {k}) but W is ({n}, {wk})");
         }
         let x = &xs.as_slice::<f32>()?[xa..xb];
-        let w = &ws.as_slice::<f32>()?[wa..wb];
-        Ok((CpuStorage::F32(products(x, m, w, n, k, self.path)), Shape::from((m, n))))
+        let out = match ws {
+            CpuStorage::BF16(w) => products(x, m, &w[wa..wb], n, k, self.path),
+            _ => products(x, m, &ws.as_slice::<f32>()?[wa..wb], n, k, self.path),
+        };
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// A weight element the kernels read: f32, or bf16 widened to f32 (exactly) as it is loaded.
+pub(crate) trait Weight: Copy + Send + Sync + 'static {
+    fn widen(self) -> f32;
+}
+
+impl Weight for f32 {
+    #[inline]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for bf16 {
+    #[inline]
+    fn widen(self) -> f32 {
+        self.to_f32()
     }
 }
 
 /// `(m, n)` row-major `x W^T`. Threads split the weight rows; each writes its outputs transposed (`(n, m)`, one
 /// contiguous block per task), and one cheap pass puts them back in `(m, n)` order.
-fn products(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, path: Path) -> Vec<f32> {
+fn products<T: x86::Lanes>(x: &[f32], m: usize, w: &[T], n: usize, k: usize, path: Path) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
         return out;
@@ -153,7 +180,7 @@ fn products(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, path: Path) -> V
 }
 
 /// `out_t[j * m + r] = dot(w_j, x_r)` for every row `w_j` of `w` (each of length `k`) and every row `x_r` of `x`.
-fn weight_rows_times_x(w: &[f32], k: usize, x: &[f32], m: usize, out_t: &mut [f32], path: Path) {
+fn weight_rows_times_x<T: x86::Lanes>(w: &[T], k: usize, x: &[f32], m: usize, out_t: &mut [f32], path: Path) {
     debug_assert!(x.len() == m * k && w.len() * m == out_t.len() * k);
     match path {
         #[cfg(target_arch = "x86_64")]
@@ -169,7 +196,7 @@ fn weight_rows_times_x(w: &[f32], k: usize, x: &[f32], m: usize, out_t: &mut [f3
 
 /// Portable fallback: each weight row is read from memory once and then, from L1, dotted with every activation row
 /// (8 partial sums per dot product).
-fn rows_portable(w: &[f32], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
+fn rows_portable<T: Weight>(w: &[T], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
     let body = k - k % 8;
     for (wj, out_j) in w.chunks_exact(k).zip(out_t.chunks_exact_mut(m)) {
         for (xr, o) in x.chunks_exact(k).zip(out_j.iter_mut()) {
@@ -177,12 +204,12 @@ fn rows_portable(w: &[f32], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
             for c in (0..body).step_by(8) {
                 for l in 0..8 {
                     // Not `mul_add`: without FMA in the baseline target it is a libm call, 10x slower.
-                    lanes[l] += wj[c + l] * xr[c + l];
+                    lanes[l] += wj[c + l].widen() * xr[c + l];
                 }
             }
             let mut sum = lanes.iter().sum::<f32>();
             for c in body..k {
-                sum += wj[c] * xr[c];
+                sum += wj[c].widen() * xr[c];
             }
             *o = sum;
         }
@@ -202,24 +229,83 @@ fn row_blocks(m: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
     })
 }
 
+/// Elsewhere only the portable loop runs, which needs no vector loads.
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    pub(crate) trait Lanes: super::Weight {}
+    impl Lanes for f32 {}
+    impl Lanes for half::bf16 {}
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::row_blocks;
+    use half::bf16;
+
+    use super::{row_blocks, Weight};
+
+    /// Vector loads of a weight element type, widened to f32 lanes.
+    pub(crate) trait Lanes: Weight {
+        /// 16 elements at `p` as 16 f32 lanes.
+        ///
+        /// # Safety
+        /// The CPU supports AVX-512F; 16 elements are readable at `p`.
+        unsafe fn load16(p: *const Self) -> __m512;
+        /// 8 elements at `p` as 8 f32 lanes.
+        ///
+        /// # Safety
+        /// The CPU supports AVX2; 8 elements are readable at `p`.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl Lanes for f32 {
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+    }
+
+    /// bf16 to f32 is a 16-bit left shift of the bits: zero-extend each 16-bit lane to 32 bits, shift, reinterpret.
+    impl Lanes for bf16 {
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn load16(p: *const bf16) -> __m512 {
+            let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits))
+        }
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn load8(p: *const bf16) -> __m256 {
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+        }
+    }
+
+    /// Whether a tile's row loop prefetches at column `c`: once per 64-byte line of weights.
+    #[inline]
+    fn line_start<T>(c: usize) -> bool {
+        (c * std::mem::size_of::<T>()).is_multiple_of(64)
+    }
 
     /// Expands to a `match` over the block height `$b` (1..=`$max`) that calls `$tile::<$r, b>`.
     macro_rules! dispatch_rows {
         ($tile:ident, $r:literal, $b:expr, $($arg:expr),*) => {
             match $b {
-                1 => $tile::<$r, 1>($($arg),*),
-                2 => $tile::<$r, 2>($($arg),*),
-                3 => $tile::<$r, 3>($($arg),*),
-                4 => $tile::<$r, 4>($($arg),*),
-                5 => $tile::<$r, 5>($($arg),*),
-                6 => $tile::<$r, 6>($($arg),*),
-                7 => $tile::<$r, 7>($($arg),*),
-                8 => $tile::<$r, 8>($($arg),*),
+                1 => $tile::<_, $r, 1>($($arg),*),
+                2 => $tile::<_, $r, 2>($($arg),*),
+                3 => $tile::<_, $r, 3>($($arg),*),
+                4 => $tile::<_, $r, 4>($($arg),*),
+                5 => $tile::<_, $r, 5>($($arg),*),
+                6 => $tile::<_, $r, 6>($($arg),*),
+                7 => $tile::<_, $r, 7>($($arg),*),
+                8 => $tile::<_, $r, 8>($($arg),*),
                 _ => unreachable!("row blocks are at most 8 rows"),
             }
         };
@@ -231,7 +317,7 @@ mod x86 {
     /// # Safety
     /// The CPU supports AVX-512F; `x` is `(m, k)`, `w` `(rows, k)` and `out_t` `(rows, m)`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn rows_avx512(w: &[f32], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
+    pub(super) unsafe fn rows_avx512<T: Lanes>(w: &[T], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
         let rows = w.len() / k;
         let (wp, xp, op) = (w.as_ptr(), x.as_ptr(), out_t.as_mut_ptr());
         let mut j = 0;
@@ -255,8 +341,8 @@ mod x86 {
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn tile_avx512<const R: usize, const B: usize>(
-        w: *const f32,
+    unsafe fn tile_avx512<T: Lanes, const R: usize, const B: usize>(
+        w: *const T,
         k: usize,
         x: *const f32,
         out_t: *mut f32,
@@ -270,8 +356,10 @@ mod x86 {
             for (i, v) in wv.iter_mut().enumerate() {
                 let row = w.add(i * k + c);
                 // The same place `R` rows on: the next tile, read right after this one.
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(R * k) as *const i8);
-                *v = _mm512_loadu_ps(row);
+                if line_start::<T>(c) {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(R * k) as *const i8);
+                }
+                *v = T::load16(row);
             }
             for b in 0..B {
                 let xv = _mm512_loadu_ps(x.add(b * k + c));
@@ -285,7 +373,7 @@ mod x86 {
             for b in 0..B {
                 let mut sum = _mm512_reduce_add_ps(acc[i][b]);
                 for t in body..k {
-                    sum = (*w.add(i * k + t)).mul_add(*x.add(b * k + t), sum);
+                    sum = (*w.add(i * k + t)).widen().mul_add(*x.add(b * k + t), sum);
                 }
                 *out_t.add(i * m + b) = sum;
             }
@@ -298,7 +386,7 @@ mod x86 {
     /// # Safety
     /// The CPU supports AVX2 and FMA; shapes as [`rows_avx512`].
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows_avx2(w: &[f32], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
+    pub(super) unsafe fn rows_avx2<T: Lanes>(w: &[T], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
         let rows = w.len() / k;
         let (wp, xp, op) = (w.as_ptr(), x.as_ptr(), out_t.as_mut_ptr());
         let mut j = 0;
@@ -320,8 +408,8 @@ mod x86 {
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn tile_avx2<const R: usize, const B: usize>(
-        w: *const f32,
+    unsafe fn tile_avx2<T: Lanes, const R: usize, const B: usize>(
+        w: *const T,
         k: usize,
         x: *const f32,
         out_t: *mut f32,
@@ -334,10 +422,10 @@ mod x86 {
             let mut wv = [_mm256_setzero_ps(); R];
             for (i, v) in wv.iter_mut().enumerate() {
                 let row = w.add(i * k + c);
-                if c % 16 == 0 {
+                if line_start::<T>(c) {
                     _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(R * k) as *const i8);
                 }
-                *v = _mm256_loadu_ps(row);
+                *v = T::load8(row);
             }
             for b in 0..B {
                 let xv = _mm256_loadu_ps(x.add(b * k + c));
@@ -353,7 +441,7 @@ mod x86 {
                 _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][b]);
                 let mut sum = lanes.iter().sum::<f32>();
                 for t in body..k {
-                    sum = (*w.add(i * k + t)).mul_add(*x.add(b * k + t), sum);
+                    sum = (*w.add(i * k + t)).widen().mul_add(*x.add(b * k + t), sum);
                 }
                 *out_t.add(i * m + b) = sum;
             }
@@ -438,6 +526,35 @@ mod tests {
                 assert_eq!(row, &alone[0], "{path:?} row {r}");
             }
         }
+    }
+
+    #[test]
+    fn a_bf16_weight_gives_the_bits_of_its_f32_widening_on_every_path_for_batches_1_to_33() {
+        for &(k, n) in &[(576, 301), (37, 513), (16, 1), (5, 7), (24, 482)] {
+            let w16 = random((n, k), 11 + k as u64).to_dtype(candle_core::DType::BF16).unwrap();
+            let widened = w16.to_dtype(candle_core::DType::F32).unwrap();
+            for m in 1..=33 {
+                let x = random((m, k), m as u64 + 7 * k as u64);
+                for path in Path::available() {
+                    let ours = matmul_t_with(&x, &w16, path).unwrap().to_vec2::<f32>().unwrap();
+                    let f32_path = matmul_t_with(&x, &widened, path).unwrap().to_vec2::<f32>().unwrap();
+                    assert_eq!(ours, f32_path, "{path:?} m {m} k {k} n {n}");
+                }
+                // And against the plain f64 reference on the widened weight.
+                let expected = plain(&x, &widened);
+                let got = matmul_t(&x, &w16).unwrap().to_vec2::<f32>().unwrap();
+                for (g, e) in got.iter().flatten().zip(expected.iter().flatten()) {
+                    assert!((g - e).abs() <= 1e-5 * (k as f32).sqrt(), "m {m} k {k}: {g} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_weight_dtypes_are_refused() {
+        let x = random((2, 8), 1);
+        let w = random((3, 8), 2).to_dtype(candle_core::DType::F16).unwrap();
+        assert!(matmul_t(&x, &w).is_err());
     }
 
     #[test]
