@@ -4,7 +4,10 @@
 //! - `hidden_states` and `score_continuations` are the trainable forward over whole (padded) sequences. They use
 //!   only ops that carry gradients (composed RMS norm, composed softmax, differentiable RoPE): candle's fused
 //!   kernels silently drop the gradient (DESIGN section 7).
-//! - `decode` is the detached, KV-cached, batched forward used for sampling. It uses the fused kernels.
+//! - `decode` is the detached, KV-cached, batched forward used for sampling. It uses the fused kernels, and reads
+//!   the sampling copy when one is set (`set_sampling_precision`): every weight matrix (embedding, projections,
+//!   head) rounded to bf16, the projections and head streamed at half the bytes and multiplied in f32
+//!   (few_rows.rs). Norms, biases and LoRA adapters stay f32. The trainable forward always reads the f32 weights.
 //!
 //! Weights use the Hugging Face layout (q/k rows in "half rotation" order); GGUF loading un-permutes them.
 
@@ -15,6 +18,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::config::ModelConfig;
+use crate::device::Precision;
 use crate::kv_cache::KvCache;
 use crate::linear::{AdapterMode, Linear};
 use crate::lora::{init_rng, LoraConfig, LoraTarget};
@@ -47,6 +51,10 @@ pub struct Decoder {
     lm_head: Option<Tensor>,
     rope: Rope,
     device: Device,
+    /// Precision of the weights `decode` reads (see [`Decoder::set_sampling_precision`]).
+    sampling: Precision,
+    /// The output head's sampling copy (bf16), when `sampling` is not f32.
+    sampling_head: Option<Tensor>,
 }
 
 /// Input of the trainable forward: token ids (batch, time) and which positions are real tokens.
@@ -116,7 +124,17 @@ impl Decoder {
         if let Some(extra) = tensors.keys().find(|k| !k.contains("rotary_emb")) {
             tracing::warn!("ignoring unexpected tensor '{extra}' in the checkpoint");
         }
-        Ok(Decoder { cfg, embed, blocks, final_norm, lm_head, rope, device: device.clone() })
+        Ok(Decoder {
+            cfg,
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+            rope,
+            device: device.clone(),
+            sampling: Precision::F32,
+            sampling_head: None,
+        })
     }
 
     /// Builds the decoder from loaded weights.
@@ -136,13 +154,55 @@ impl Decoder {
         self.embed.dtype()
     }
 
+    /// Precision of the weights that sampling (`decode`) reads: f32 (the default: the trained weights themselves)
+    /// or bf16 (a rounded copy of every projection and of the output head; half the bytes per decode step).
+    pub fn sampling_precision(&self) -> Precision {
+        self.sampling
+    }
+
+    /// Sets the precision that sampling reads the weights in, and builds (or drops) the copies. The copies are
+    /// of the weights as they are now: after the weights change (an optimiser update, a loaded checkpoint),
+    /// call [`Decoder::refresh_sampling_copy`].
+    ///
+    /// # Errors
+    /// A bf16 copy of a decoder that is not f32 on the CPU: the copy exists to halve what the CPU kernel streams;
+    /// on a GPU, compute in bf16 throughout (`dtype = "bf16"`) instead.
+    pub fn set_sampling_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision != Precision::F32 && !(self.device.is_cpu() && self.dtype() == DType::F32) {
+            return Err(ModelError::Invalid(format!(
+                "a {precision} sampling copy is for an f32 decoder on the CPU (this one is {:?} on {:?}); on a GPU \
+                 set the model's dtype to bf16 instead",
+                self.dtype(),
+                self.device
+            )));
+        }
+        self.sampling = precision;
+        self.refresh_sampling_copy()
+    }
+
+    /// Rebuilds the sampling copies from the current weights (nothing to do in f32).
+    pub fn refresh_sampling_copy(&mut self) -> Result<()> {
+        let dtype = self.sampling.dtype();
+        for block in self.blocks.iter_mut() {
+            for target in LoraTarget::ALL {
+                block.linear_mut(target).set_sampling_copy(dtype)?;
+            }
+        }
+        self.sampling_head = match self.sampling {
+            Precision::F32 => None,
+            _ => Some(self.lm_head_weight().detach().to_dtype(dtype)?),
+        };
+        Ok(())
+    }
+
     /// The output projection (V, H): the embedding when tied.
     pub(crate) fn lm_head_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// Bytes of parameters one decode step reads (`decode`): every layer's norms and projections (with their
-    /// biases, and their LoRA adapters when `mode` enables them), the final norm and the output head once. The
+    /// biases, and their LoRA adapters when `mode` enables them), the final norm and the output head once (their
+    /// sampling copies when set). The
     /// embedding rows of the new tokens are left out (a few KB); with a tied head the embedding is counted once,
     /// as the head. The weight-streaming limit of decoding divides the read bandwidth by this
     /// ([`crate::machine::StreamingLimit`]).
@@ -153,7 +213,7 @@ impl Decoder {
                 (Some(a), true) => bytes(a.a.as_tensor()) + bytes(a.b.as_tensor()),
                 _ => 0,
             };
-            bytes(&l.weight) + l.bias.as_ref().map_or(0, bytes) + lora
+            bytes(l.sampling.as_ref().unwrap_or(&l.weight)) + l.bias.as_ref().map_or(0, bytes) + lora
         };
         let layers: usize = self
             .blocks
@@ -163,7 +223,15 @@ impl Decoder {
                     + l.norms().map(bytes).sum::<usize>()
             })
             .sum();
-        layers + bytes(&self.final_norm) + bytes(self.lm_head_weight())
+        layers + bytes(&self.final_norm) + bytes(self.sampling_head.as_ref().unwrap_or(self.lm_head_weight()))
+    }
+
+    /// Bytes per weight-matrix value that decoding reads: the sampling copy's when one is set, else the dtype's.
+    pub fn decode_bytes_per_weight(&self) -> usize {
+        match self.sampling {
+            Precision::F32 => self.dtype().size_in_bytes(),
+            copy => copy.dtype().size_in_bytes(),
+        }
     }
 
     /// Longest sequence the position tables cover.
@@ -444,6 +512,10 @@ impl Decoder {
         let rope = self.rope.tables(positions)?;
         let mask = self.decode_mask(key_valid, past, tn)?;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, tn, self.cfg.hidden_size))?;
+        if self.sampling != Precision::F32 {
+            // The rows of the rounded embedding: rounding the few rows looked up equals looking up rounded rows.
+            x = x.to_dtype(self.sampling.dtype())?.to_dtype(DType::F32)?;
+        }
         for block in &self.blocks {
             (x, _) = block.forward(&x, &rope, Pass::Decode { cache: &mut *cache, mask: &mask }, mode)?;
         }
@@ -451,6 +523,9 @@ impl Decoder {
         let last = x.narrow(1, tn - 1, 1)?.squeeze(1)?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.cfg.rms_norm_eps as f32)?;
         // Streams the largest matrix once for all the rows without packing it (see linear.rs and few_rows.rs).
+        if let Some(copy) = &self.sampling_head {
+            return Ok(crate::few_rows::matmul_t(&last, copy)?);
+        }
         let head = self.lm_head_weight();
         if self.dtype() != DType::F32 {
             // In f32, like the training forward's log-probs (logprob.rs), so behaviour and policy agree.
@@ -534,6 +609,8 @@ impl Decoder {
                 l.linear_mut(target).lora = None;
             }
         }
+        // The reference only scores; it never samples.
+        copy.set_sampling_precision(Precision::F32)?;
         Ok(copy)
     }
 
@@ -591,7 +668,7 @@ impl Decoder {
                 }
             }
         }
-        Ok(())
+        self.refresh_sampling_copy()
     }
 }
 

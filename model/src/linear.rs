@@ -29,6 +29,9 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraAdapter>,
+    /// A bf16 copy of `weight` that detached decoding reads instead of it (the sampling copy,
+    /// `Decoder::set_sampling_precision`); `None` decodes from `weight` itself.
+    pub(crate) sampling: Option<Tensor>,
 }
 
 /// Per-forward switches for adapters.
@@ -42,7 +45,7 @@ pub struct AdapterMode {
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias, lora: None }
+        Linear { weight, bias, lora: None, sampling: None }
     }
 
     pub(crate) fn out_dim(&self) -> usize {
@@ -60,7 +63,7 @@ impl Linear {
 
     /// The same for callers that never need a gradient (decoding): decode-shaped f32 inputs on the CPU (1 to
     /// `few_rows::MAX_ROWS` rows) go through the few-rows kernel, which streams the weight once for all the rows and
-    /// records no graph.
+    /// records no graph. With a sampling copy every input goes through the kernel with that copy.
     pub(crate) fn forward_detached(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
         self.apply(x, mode, 0, true)
     }
@@ -72,7 +75,14 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let frozen_in_training = !self.weight.is_variable() && x2.track_op();
         let f32_on_cpu = kernel_for(&[&x2, &self.weight]) == Kernel::CpuFast;
-        let mut y = if detached && crate::few_rows::applies(&x2, &self.weight) {
+        let mut y = if let (true, Some(copy)) = (detached, &self.sampling) {
+            if rows <= FEW_ROWS {
+                crate::few_rows::matmul_t(&x2.contiguous()?, copy)?
+            } else {
+                // A prompt's many rows are compute-bound: gemm on the widened copy (the same weights) is faster.
+                x2.matmul(&copy.to_dtype(DType::F32)?.t()?)?
+            }
+        } else if detached && crate::few_rows::applies(&x2, &self.weight) {
             crate::few_rows::matmul_t(&x2.contiguous()?, &self.weight)?
         } else if frozen_in_training && f32_on_cpu {
             x2.contiguous()?.apply_op1(FrozenMatmul { weight: self.weight.clone() })?
@@ -97,6 +107,15 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.out_dim();
         Ok(y.reshape(out_dims)?)
+    }
+
+    /// Sets or drops the sampling copy: `weight` rounded to bf16 (round to nearest even), or none for `F32`.
+    pub(crate) fn set_sampling_copy(&mut self, dtype: DType) -> Result<()> {
+        self.sampling = match dtype {
+            DType::F32 => None,
+            other => Some(self.weight.detach().to_dtype(other)?),
+        };
+        Ok(())
     }
 
     /// The effective weight `W + s B A` (for merging adapters into a plain model).

@@ -473,3 +473,85 @@ fn batched_cached_decoding_with_lora_equals_the_training_forward() {
         }
     }
 }
+
+/// The bf16 sampling copy decodes the model whose weight matrices (embedding, projections, head) are rounded to
+/// bf16 and whose norms and biases are not: batched cached decoding with the copy, LoRA on, at 1 to 20 rows (and a
+/// prefill of more rows than the few-rows kernel takes) equals that rounded model's training forward. Setting f32
+/// again gives back the f32 model's decoding exactly.
+#[test]
+fn a_bf16_sampling_copy_decodes_the_model_with_rounded_weight_matrices() {
+    use ideator_model::device::Precision;
+    if !test_device().is_cpu() {
+        return; // The copy is a CPU feature (a GPU decoder is refused; tested below).
+    }
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    for arch in ARCHS {
+        let mut dec = tiny_decoder(arch, 16);
+        let tensors: std::collections::HashMap<String, Tensor> = dec
+            .named_tensors()
+            .into_iter()
+            .map(|(n, t)| {
+                let t = if t.rank() == 2 { round(&t) } else { t };
+                (n, t)
+            })
+            .collect();
+        let mut rounded =
+            Decoder::from_tensors(dec.config().clone(), tensors, None, DType::F32, &test_device()).unwrap();
+        let lora = LoraConfig { rank: 4, alpha: 8.0, ..LoraConfig::default() };
+        let vars = dec.add_lora(&lora, 5).unwrap();
+        let rounded_vars = rounded.add_lora(&lora, 5).unwrap();
+        for ((_, v), (_, r)) in vars.iter().zip(&rounded_vars) {
+            v.set(&Tensor::randn(0f32, 0.05, v.shape(), v.device()).unwrap()).unwrap();
+            r.set(v.as_tensor()).unwrap();
+        }
+        let mode = AdapterMode { enabled: true, dropout_seed: None };
+        let prompts = |rows: usize, len: usize| -> Vec<Vec<u32>> {
+            (0..rows).map(|r| (0..len + r % 5).map(|i| ((r * 7 + i * 13 + 1) % 97) as u32).collect()).collect()
+        };
+        let f32_before = batched_cached_scores(&dec, &prompts(3, 2), &conts(3), mode);
+        dec.set_sampling_precision(Precision::Bf16).unwrap();
+        assert_eq!(dec.sampling_precision(), Precision::Bf16);
+        for (rows, len) in [(1usize, 2usize), (3, 2), (9, 2), (20, 2), (2, 40)] {
+            let (prompts, conts) = (prompts(rows, len), conts(rows));
+            let (lp, ent) = batched_cached_scores(&dec, &prompts, &conts, mode);
+            let seqs: Vec<Vec<u32>> =
+                prompts.iter().zip(&conts).map(|(p, c)| [p.clone(), c.clone()].concat()).collect();
+            let from: Vec<usize> = prompts.iter().map(Vec::len).collect();
+            let (want_lp, want_ent) = rounded.score_tokens(&seqs, &from, 0, mode).unwrap();
+            let (want_lp, want_ent) = (want_lp.to_vec1::<f32>().unwrap(), want_ent.to_vec1::<f32>().unwrap());
+            for (a, b) in lp.iter().zip(&want_lp).chain(ent.iter().zip(&want_ent)) {
+                assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{arch:?}, {rows} rows: copy {a} vs rounded {b}");
+            }
+        }
+        dec.set_sampling_precision(Precision::F32).unwrap();
+        assert_eq!(batched_cached_scores(&dec, &prompts(3, 2), &conts(3), mode), f32_before, "{arch:?}");
+    }
+}
+
+/// Four continuation tokens per row.
+fn conts(rows: usize) -> Vec<Vec<u32>> {
+    (0..rows).map(|r| (0..4).map(|s| ((r * 5 + s * 11 + 3) % 97) as u32).collect()).collect()
+}
+
+/// The copy halves what a decode step reads: the weight matrices count 2 bytes per value, the rest 4.
+#[test]
+fn a_bf16_sampling_copy_halves_the_matrices_a_decode_step_reads_and_is_refused_off_the_cpu_f32_path() {
+    use ideator_model::device::Precision;
+    let mut dec = tiny_decoder(ARCHS[1], 1);
+    let f32_bytes = dec.decode_weight_bytes(AdapterMode::default());
+    let vectors: usize = dec
+        .named_tensors()
+        .iter()
+        .filter(|(n, t)| t.rank() == 1 && !n.contains("embed"))
+        .map(|(_, t)| 4 * t.elem_count())
+        .sum();
+    if test_device().is_cpu() {
+        dec.set_sampling_precision(Precision::Bf16).unwrap();
+        assert_eq!(dec.decode_weight_bytes(AdapterMode::default()), (f32_bytes - vectors) / 2 + vectors);
+    } else {
+        assert!(dec.set_sampling_precision(Precision::Bf16).is_err());
+    }
+    let mut bf16 = tiny_decoder_in(ARCHS[1], 1, DType::BF16);
+    let err = bf16.set_sampling_precision(Precision::Bf16).unwrap_err().to_string();
+    assert!(err.contains("f32 decoder on the CPU"), "{err}");
+}
