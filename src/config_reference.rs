@@ -144,7 +144,7 @@ pub(crate) fn reference() -> String {
         command: "train",
         required: "[env]\nname = \"toy\"\n",
         optional_without_default: "[init]\ncheckpoint = \"PATH\"\n[run]\ndir = \"PATH\"\n[env]\nscale = \"tiny\"\n\
-                                   config = \"env.toml\"\ntime_limit_s = 60.0\n[grpo.max_k]\nk_final = 1\n",
+                                   config = \"env.toml\"\ntime_limit_s = 60.0\n[grpo]\nrollout_is_threshold = 2.0\n[grpo.max_k]\nk_final = 1\n",
     };
     let sft = Kind {
         command: "sft",

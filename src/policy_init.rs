@@ -56,6 +56,7 @@ pub fn apply_checkpoint(model: &mut Model, dir: &Path, expected: &BaseModel) -> 
                 let t = c.weights.get(name).with_context(|| format!("checkpoint lacks weight {name}"))?;
                 var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
             }
+            model.decoder.refresh_sampling_copy()?;
         }
     }
     Ok(())

@@ -40,11 +40,20 @@ pub struct ModelSection {
     /// Precision of sampling and of the training forward: `f32` (default) or `bf16` (on a GPU; the optimiser
     /// keeps f32 master weights and f32 moments either way).
     pub dtype: ideator_model::device::Precision,
+    /// Precision of the weights sampling reads: `f32` (default, exact) or `bf16`: a rounded copy, refreshed after
+    /// each update, that halves the bytes a CPU decode step streams. The behaviour log-probs then come from the
+    /// copy; set `grpo.rollout_is_threshold` to correct for the mismatch. CPU with `dtype = "f32"` only.
+    pub sampling_dtype: ideator_model::device::Precision,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
-        ModelSection { spec: String::new(), device: "auto".into(), dtype: Default::default() }
+        ModelSection {
+            spec: String::new(),
+            device: "auto".into(),
+            dtype: Default::default(),
+            sampling_dtype: Default::default(),
+        }
     }
 }
 
@@ -54,6 +63,7 @@ impl ModelSection {
             model: (!self.spec.is_empty()).then(|| self.spec.clone()),
             device: self.device.clone(),
             dtype: self.dtype,
+            sampling_dtype: self.sampling_dtype,
         }
     }
 }

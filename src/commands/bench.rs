@@ -292,7 +292,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             anyhow::ensure!(new_tokens >= 2 && repeats >= 1, "need --new-tokens >= 2 and --repeats >= 1");
             let m = model.load()?;
             let bytes = m.decoder.decode_weight_bytes(AdapterMode::default());
-            let machine = MachineLimit::measure(limit, bytes, m.decoder.dtype().size_in_bytes());
+            let machine = MachineLimit::measure(limit, bytes, m.decoder.decode_bytes_per_weight());
             let prompt = prompt_of_length(&m.tokenizer, prompt_tokens)?;
             let params = |n: usize, seed: u64| SamplingParams {
                 max_new_tokens: n,
@@ -331,7 +331,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let decode_rate = (batch * (new_tokens - 1)) as f64 / (total - first).max(1e-9);
             let mut out = json!({
                 "bench": "decode", "impl": "ideator", "model": m.spec.to_string(), "batch": batch,
-                "device": model.device, "dtype": model.dtype.as_str(),
+                "device": model.device, "dtype": model.dtype.as_str(), "sampling_dtype": model.sampling_dtype.as_str(),
                 "prompt_tokens": prompt.len(), "new_tokens": new_tokens, "repeats": repeats,
                 "threads": tensor_threads(),
                 "seconds": total,
@@ -388,7 +388,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let t = median(times);
             let out = json!({
                 "bench": "train", "impl": "ideator", "model": m.spec.to_string(), "batch": batch, "seq": seq,
-                "device": model.device, "dtype": model.dtype.as_str(),
+                "device": model.device, "dtype": model.dtype.as_str(), "sampling_dtype": model.sampling_dtype.as_str(),
                 "repeats": repeats, "threads": tensor_threads(), "seconds": t, "tokens_per_s": (batch * seq) as f64 / t,
             });
             println!("{out}");
@@ -474,6 +474,8 @@ fn bench_grpo(
         beta,
         micro_batch: group,
         loss_aggregation: LossAggregation::SequenceMean,
+        // A sampling copy is run as a user would: with truncated importance sampling (Yao et al.'s C = 2).
+        rollout_is_threshold: (model.sampling_dtype != Precision::F32).then_some(2.0),
         ..Default::default()
     };
     let optim = OptimConfig { lr: learning_rate, grad_clip: Some(1.0), ..Default::default() };
@@ -481,7 +483,7 @@ fn bench_grpo(
     let mut learner = GrpoLearner::new(policy, cfg, optim, total, new_tokens, 0)?;
     let p = learner.policy();
     let bytes = p.decoder().decode_weight_bytes(p.sampling_mode());
-    let machine = MachineLimit::measure(limit, bytes, p.decoder().dtype().size_in_bytes());
+    let machine = MachineLimit::measure(limit, bytes, p.decoder().decode_bytes_per_weight());
     let mut records = Vec::new();
     for step in 0..warmup_steps + steps {
         let t0 = Instant::now();
@@ -532,7 +534,7 @@ fn bench_grpo(
     let col = |f: fn(&(f64, f64, f64, f64)) -> f64| median(records.iter().map(f).collect());
     let mut out = json!({
         "bench": "grpo", "impl": "ideator", "model": m.spec.to_string(), "group": group,
-        "device": device, "dtype": dtype,
+        "device": device, "dtype": dtype, "sampling_dtype": model.sampling_dtype.as_str(),
         "prompt_tokens": prompt.len(), "prompt_tokens_target": prompt_tokens, "new_tokens": new_tokens,
         "lora_rank": lora_rank, "beta": beta, "learning_rate": learning_rate, "steps": steps,
         "warmup_steps": warmup_steps,
@@ -649,7 +651,8 @@ fn default_logprob_tolerance(dtype: Precision) -> f64 {
 fn bench_logprobs(model: ModelArgs, batch: usize, tokens: usize, max_abs_diff: Option<f64>) -> anyhow::Result<()> {
     anyhow::ensure!(batch >= 1 && tokens >= 2, "need --batch >= 1 and --tokens >= 2");
     let tolerance = max_abs_diff.unwrap_or_else(|| default_logprob_tolerance(model.dtype));
-    let reference_args = ModelArgs { device: "cpu".into(), dtype: Precision::F32, ..model.clone() };
+    let reference_args =
+        ModelArgs { device: "cpu".into(), dtype: Precision::F32, sampling_dtype: Precision::F32, ..model.clone() };
     let reference = reference_args.load()?;
     let text = prompt_of_length(&reference.tokenizer, tokens + 7 * batch)?;
     let seqs: Vec<Vec<u32>> = (0..batch).map(|r| text[7 * r..7 * r + tokens].to_vec()).collect();

@@ -23,7 +23,7 @@ use ideator_rollout::store::{GroupStatus, IdeaRow, RunKind, RunStatus, Store};
 
 use crate::commands::model_args::ModelArgs;
 use crate::execution::{categorize, fail_run_on_error, DiagnosticsSection, EnvSection, StepDiagnostics};
-use crate::policy_init::{load_checkpoint_model, resolve_checkpoint};
+use crate::policy_init::resolve_checkpoint;
 use crate::run_lock::lock_run_folder;
 use crate::store_data::{checkpoint_run_dir, code_idea, ideas_diagnostics_with, EvalKey};
 
@@ -105,10 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // is created (and locked) only once the model has loaded, so that a bad model leaves nothing behind.
     // `--implement-only` stores nothing.
     let early_lock = if !args.implement_only && root.is_dir() { Some(lock_run_folder(&root, "eval")?) } else { None };
-    let model = match &checkpoint {
-        Some(dir) => load_checkpoint_model(dir, args.model.model.as_deref())?,
-        None => args.model.load()?,
-    };
+    let model = args.model.load_or_checkpoint(checkpoint.as_deref())?;
     let prompt_ids = ideator_rollout::prompt::prompt_ids(
         env.as_ref(),
         &scale,

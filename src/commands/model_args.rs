@@ -16,6 +16,11 @@ pub struct ModelArgs {
     /// Precision of the forward passes: f32, or bf16 (GPU; training keeps f32 master weights and optimiser state).
     #[arg(long, default_value = "f32")]
     pub dtype: Precision,
+    /// Precision of the weights sampling reads: f32 (exact), or bf16, a rounded copy refreshed after each update
+    /// that halves the bytes a CPU decode step streams (the behaviour log-probs then come from the copy; see
+    /// `grpo.rollout_is_threshold`). CPU with dtype f32 only.
+    #[arg(long, default_value = "f32")]
+    pub sampling_dtype: Precision,
 }
 
 impl ModelArgs {
@@ -41,9 +46,27 @@ impl ModelArgs {
             // several times slower than its f32 one, and a CPU run gains nothing from it.
             tracing::warn!("dtype {} on the CPU is slow; use f32 there and {} on a GPU", self.dtype, self.dtype);
         }
-        let model =
+        let mut model =
             load_model(&spec, self.dtype.dtype(), &device).with_context(|| format!("loading model {spec}"))?;
+        self.apply_sampling(&mut model)?;
         tracing::info!("loaded {spec} in {:.1}s", t0.elapsed().as_secs_f64());
         Ok(model)
+    }
+
+    /// The model of `checkpoint` (its recorded base with its weights folded in; `--model` overrides the base)
+    /// when given, else the model these options name; with the sampling precision asked for either way.
+    pub fn load_or_checkpoint(&self, checkpoint: Option<&std::path::Path>) -> anyhow::Result<Model> {
+        let Some(dir) = checkpoint else { return self.load() };
+        let mut model = crate::policy_init::load_checkpoint_model(dir, self.model.as_deref())?;
+        self.apply_sampling(&mut model)?;
+        Ok(model)
+    }
+
+    /// Gives `model` the sampling precision these options ask for (a model loaded another way, e.g. from a
+    /// checkpoint, takes it here).
+    pub fn apply_sampling(&self, model: &mut Model) -> anyhow::Result<()> {
+        model.decoder.set_sampling_precision(self.sampling_dtype).with_context(|| {
+            format!("--sampling-dtype {} (or [model] sampling_dtype) cannot be used here", self.sampling_dtype)
+        })
     }
 }

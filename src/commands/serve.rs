@@ -23,7 +23,6 @@ use ideator_model::{AdapterMode, ChatMessage};
 use serde::{Deserialize, Serialize};
 
 use super::model_args::ModelArgs;
-use crate::policy_init::load_checkpoint_model;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -122,10 +121,7 @@ impl IntoResponse for ApiError {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let model = match &args.checkpoint {
-        Some(dir) => load_checkpoint_model(dir, args.model.model.as_deref())?,
-        None => args.model.load()?,
-    };
+    let model = args.model.load_or_checkpoint(args.checkpoint.as_deref())?;
     let name = args.served_model_name.clone().unwrap_or_else(|| match &args.checkpoint {
         Some(dir) => dir.display().to_string(),
         None => model.spec.to_string(),

@@ -178,6 +178,14 @@ fn validate(cfg: &TrainFile) -> anyhow::Result<()> {
          sampling.temperature > 0 (e.g. 0.7 to 1.0)",
         cfg.grpo.group_size
     );
+    if cfg.model.sampling_dtype != ideator_model::device::Precision::F32 && cfg.grpo.rollout_is_threshold.is_none() {
+        tracing::warn!(
+            "model.sampling_dtype = {} samples from a rounded copy, and grpo.rollout_is_threshold is unset: the \
+             ratio is taken against the copy's log-probs, uncorrected (set it, e.g. to 2.0, for truncated \
+             importance sampling)",
+            cfg.model.sampling_dtype
+        );
+    }
     Ok(())
 }
 
@@ -354,6 +362,8 @@ mod tests {
             ("[env]\nname = \"toy\"\ntime_limit_s = 1e30", "env.time_limit_s"),
             ("[pipeline]\nretry_backoff_s = 1e30", "pipeline.retry_backoff_s"),
             ("[sampling]\ntemperature = 0.0", "sampling.temperature = 0"),
+            ("[grpo]\nrollout_is_threshold = 0.5", "grpo.rollout_is_threshold"),
+            ("[model]\nsampling_dtype = \"f16\"", "sampling_dtype"),
         ];
         for (section, key) in cases {
             let env = if section.starts_with("[env]") { "" } else { "[env]\nname = \"toy\"\n" };

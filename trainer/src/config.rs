@@ -172,6 +172,12 @@ pub struct GrpoConfig {
     pub loss_aggregation: LossAggregation,
     /// Sequences per forward/backward pass; gradients accumulate over micro-batches, so any group fits.
     pub micro_batch: usize,
+    /// Truncated importance sampling for a sampler that differs from the trained policy (a bf16 sampling copy):
+    /// each token of a group sampled by the current weights is weighted by `min(pi_train / pi_rollout, C)` with
+    /// this `C`, and its PPO ratio is taken against the trained policy's own log-prob (verl's rollout correction,
+    /// `rollout_is_threshold` at token level in truncate mode; Yao et al. 2025 use C = 2). Unset (default): no
+    /// weighting, the ratio is against the rollout log-probs.
+    pub rollout_is_threshold: Option<f64>,
 }
 
 impl Default for GrpoConfig {
@@ -190,6 +196,7 @@ impl Default for GrpoConfig {
             entropy_coef: 0.0,
             loss_aggregation: LossAggregation::SequenceMean,
             micro_batch: 4,
+            rollout_is_threshold: None,
         }
     }
 }
@@ -206,6 +213,9 @@ impl GrpoConfig {
         check("grpo.entropy_coef", self.entropy_coef, ">= 0", |x| x >= 0.0)?;
         if self.micro_batch == 0 {
             return bad("grpo.micro_batch must be at least 1");
+        }
+        if let Some(c) = self.rollout_is_threshold {
+            check("grpo.rollout_is_threshold", c, ">= 1 (it caps pi_train / pi_rollout; 2 is usual)", |x| x >= 1.0)?;
         }
         self.validate_estimator()
     }

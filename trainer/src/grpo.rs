@@ -56,6 +56,18 @@ pub struct GrpoStepStats {
     /// Seconds of the update after the reference pass (not serialised).
     #[serde(skip)]
     pub update_seconds: f64,
+    /// Mean |log pi_train - log pi_rollout| over the tokens of groups sampled by the weights this update started
+    /// from: how far the sampler (e.g. a bf16 sampling copy) is from the trained policy, in nats per token
+    /// (includes LoRA dropout's noise when dropout is on). `None` when no group was on-policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_logprob_diff_mean: Option<f64>,
+    /// Mean truncated importance weight `min(pi_train / pi_rollout, C)` over those tokens, and the fraction
+    /// truncated at C (verl's `rollout_is_mean`, `rollout_is_ratio_fraction_high`); `None` without
+    /// `grpo.rollout_is_threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_is_mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_is_ratio_fraction_high: Option<f64>,
     /// The advantage estimator's own metrics (`estimator/quantity`), averaged over the step's groups; empty for
     /// `grpo`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -204,6 +216,7 @@ impl GrpoLearner {
                         behaviour_logprobs: g.samples[j].behaviour_logprobs.clone(),
                         reference_logprobs: reference.as_ref().map(|r| r[k].clone()),
                         token_weight: w,
+                        on_policy: g.policy_version == self.step,
                     })
                     .collect();
                 let mode = self.policy.training_mode(mix(mix(self.seed, self.step), micro));
@@ -229,6 +242,10 @@ impl GrpoLearner {
         stats.clip_high_frac = loss_stats.clipped_high as f64 / tokens;
         stats.ratio_mean = loss_stats.ratio_sum / tokens;
         stats.ratio_max = loss_stats.ratio_max;
+        let mean_over = |sum: f64, n: usize| (n > 0).then(|| sum / n as f64);
+        stats.rollout_logprob_diff_mean = mean_over(loss_stats.mismatch_abs_sum, loss_stats.mismatch_tokens);
+        stats.rollout_is_mean = mean_over(loss_stats.is_weight_sum, loss_stats.is_tokens);
+        stats.rollout_is_ratio_fraction_high = mean_over(loss_stats.is_truncated as f64, loss_stats.is_tokens);
         if any {
             let grads = acc.into_grads();
             stats.grad_norm = self.policy.apply_update(&mut self.optimizer, &grads, stats.lr)?;

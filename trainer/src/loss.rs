@@ -8,6 +8,13 @@
 //! 0 where clipping holds: the same gradient as the min/clip expression, without relying on the gradient of
 //! elementwise min at ties. The objective is computed once: `rho` and k3 are tensors (the gradient flows through
 //! them), and the clip sides and every reported statistic are read from those same tensors' values.
+//!
+//! Rollout correction (`grpo.rollout_is_threshold = C`, for a sampler that is not the trained policy, such as a
+//! bf16 sampling copy): on tokens sampled by the weights being trained, the ratio is taken against the trained
+//! policy's own detached log-prob (`rho = 1`, the on-policy gradient) and the policy term is weighted by the
+//! truncated importance weight `min(pi_train / pi_rollout, C)` (verl's token-level truncated IS; Yao et al. 2025,
+//! "Your efficient RL framework secretly brings you off-policy RL training"). A group sampled by older weights
+//! has no training-side log-probs of those weights, so its ratio stays against the rollout log-probs, unweighted.
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -23,6 +30,9 @@ pub(crate) struct SequenceTerms {
     pub reference_logprobs: Option<Vec<f32>>,
     /// Weight of each of this sequence's tokens in the step loss (from the aggregation).
     pub token_weight: f64,
+    /// Sampled by the weights this update starts from: the policy's log-probs are then the trained policy's own
+    /// log-probs of the behaviour weights (rollout correction and the mismatch statistics use them).
+    pub on_policy: bool,
 }
 
 /// Per-token weights of each aggregation, over the whole step's batch (so micro-batches add up exactly).
@@ -56,6 +66,13 @@ pub(crate) struct LossStats {
     pub entropy_sum: f64,
     pub ratio_sum: f64,
     pub ratio_max: f64,
+    /// Sum of |logp_train - logp_rollout| over on-policy tokens, and their count.
+    pub mismatch_abs_sum: f64,
+    pub mismatch_tokens: usize,
+    /// Sum of the truncated IS weights, the tokens weighted, and those whose weight was truncated at C.
+    pub is_weight_sum: f64,
+    pub is_tokens: usize,
+    pub is_truncated: usize,
 }
 
 impl LossStats {
@@ -70,12 +87,18 @@ impl LossStats {
         self.entropy_sum += o.entropy_sum;
         self.ratio_sum += o.ratio_sum;
         self.ratio_max = self.ratio_max.max(o.ratio_max);
+        self.mismatch_abs_sum += o.mismatch_abs_sum;
+        self.mismatch_tokens += o.mismatch_tokens;
+        self.is_weight_sum += o.is_weight_sum;
+        self.is_tokens += o.is_tokens;
+        self.is_truncated += o.is_truncated;
     }
 }
 
 /// The step's per-token inputs besides the policy's log-probs, flattened in token order.
 struct TokenInputs {
     behaviour: Vec<f32>,
+    on_policy: Vec<bool>,
     advantage: Vec<f64>,
     weight: Vec<f64>,
     /// `None` when no sequence has reference log-probs (beta = 0 loads no reference model).
@@ -86,11 +109,18 @@ impl TokenInputs {
     /// Flattens `seqs`; a sequence without reference log-probs among others that have them takes the policy's own
     /// log-probs `logp` as its reference, so its KL is exactly 0.
     fn gather(seqs: &[SequenceTerms], logp: &[f32]) -> TokenInputs {
-        let mut t = TokenInputs { behaviour: Vec::new(), advantage: Vec::new(), weight: Vec::new(), reference: None };
+        let mut t = TokenInputs {
+            behaviour: Vec::new(),
+            on_policy: Vec::new(),
+            advantage: Vec::new(),
+            weight: Vec::new(),
+            reference: None,
+        };
         let mut reference = Vec::new();
         for s in seqs {
             let (start, len) = (t.behaviour.len(), s.behaviour_logprobs.len());
             t.behaviour.extend_from_slice(&s.behaviour_logprobs);
+            t.on_policy.extend(std::iter::repeat_n(s.on_policy, len));
             t.advantage.extend(std::iter::repeat_n(s.advantage, len));
             t.weight.extend(std::iter::repeat_n(s.token_weight, len));
             match &s.reference_logprobs {
@@ -101,6 +131,25 @@ impl TokenInputs {
         t.reference = seqs.iter().any(|s| s.reference_logprobs.is_some()).then_some(reference);
         t
     }
+}
+
+/// Per token: the log-prob the PPO ratio is taken against, and the importance weight of its policy term.
+struct Correction {
+    old: Vec<f32>,
+    is_weight: Vec<f64>,
+}
+
+/// Without a threshold, the ratio is against the rollout log-probs with weight 1. With threshold `C`, an
+/// on-policy token's ratio is against the trained policy's own log-prob `logp` (detached) and its weight is
+/// `min(exp(logp - logp_rollout), C)`; other tokens are as without.
+fn rollout_correction(inputs: &TokenInputs, logp: &[f32], threshold: Option<f64>) -> Correction {
+    let mut c = Correction { old: inputs.behaviour.clone(), is_weight: vec![1.0; logp.len()] };
+    let Some(cap) = threshold else { return c };
+    for t in (0..logp.len()).filter(|&t| inputs.on_policy[t]) {
+        c.old[t] = logp[t];
+        c.is_weight[t] = ((logp[t] - inputs.behaviour[t]) as f64).exp().min(cap);
+    }
+    c
 }
 
 /// Which side of the PPO clip range a token's ratio is on, given its advantage; a clipped token has no policy
@@ -144,8 +193,9 @@ pub(crate) fn grpo_loss(
         )));
     }
     let inputs = TokenInputs::gather(seqs, &logp_host);
+    let correction = rollout_correction(&inputs, &logp_host, cfg.rollout_is_threshold);
     let dev: &Device = logp.device();
-    let ratio = (logp - Tensor::from_slice(&inputs.behaviour, n, dev)?)?.exp()?;
+    let ratio = (logp - Tensor::from_slice(&correction.old, n, dev)?)?.exp()?;
     let kl = match &inputs.reference {
         Some(reference) => {
             let q = (Tensor::from_slice(reference, n, dev)? - logp)?;
@@ -158,13 +208,20 @@ pub(crate) fn grpo_loss(
     let entropy_host = entropy.to_vec1::<f32>()?;
     let clips: Vec<Clip> =
         ratio_host.iter().zip(&inputs.advantage).map(|(&r, &a)| clip_side(r as f64, a, cfg)).collect();
-    let stats = loss_stats(&inputs, &ratio_host, &clips, kl_host.as_deref(), &entropy_host, cfg);
+    let mut stats = loss_stats(&inputs, &correction, &ratio_host, &clips, kl_host.as_deref(), &entropy_host, cfg);
+    mismatch_stats(&mut stats, &inputs, &logp_host, &correction, cfg);
 
-    // -min(rho A, clip(rho) A) as coef * rho: coef = -A w where the unclipped branch is active, 0 where clipped.
-    let pg_coef: Vec<f32> = clips
-        .iter()
-        .zip(inputs.advantage.iter().zip(&inputs.weight))
-        .map(|(&c, (&a, &w))| if c == Clip::Inside { (-a * w) as f32 } else { 0.0 })
+    // -min(rho A, clip(rho) A) as coef * rho: coef = -A w where the unclipped branch is active, 0 where clipped
+    // (w: the token's aggregation weight times its importance weight).
+    let pg_coef: Vec<f32> = (0..n)
+        .map(|t| {
+            let w = inputs.weight[t] * correction.is_weight[t];
+            if clips[t] == Clip::Inside {
+                (-inputs.advantage[t] * w) as f32
+            } else {
+                0.0
+            }
+        })
         .collect();
     let mut loss = (ratio * Tensor::from_vec(pg_coef, n, dev)?)?.sum_all()?;
     let weight = Tensor::from_vec(inputs.weight.iter().map(|&w| w as f32).collect::<Vec<_>>(), n, dev)?;
@@ -177,9 +234,30 @@ pub(crate) fn grpo_loss(
     Ok((loss, stats))
 }
 
+/// The mismatch between the trained policy and the sampler on on-policy tokens, and the importance weights that
+/// [`rollout_correction`] gave them (a weight at the threshold was truncated).
+fn mismatch_stats(
+    stats: &mut LossStats,
+    inputs: &TokenInputs,
+    logp: &[f32],
+    correction: &Correction,
+    cfg: &GrpoConfig,
+) {
+    for t in (0..logp.len()).filter(|&t| inputs.on_policy[t]) {
+        stats.mismatch_abs_sum += ((logp[t] - inputs.behaviour[t]) as f64).abs();
+        stats.mismatch_tokens += 1;
+        if let Some(cap) = cfg.rollout_is_threshold {
+            stats.is_weight_sum += correction.is_weight[t];
+            stats.is_tokens += 1;
+            stats.is_truncated += usize::from(correction.is_weight[t] >= cap);
+        }
+    }
+}
+
 /// The step's sums of [`LossStats`] from the per-token ratio, clip side, KL and entropy values.
 fn loss_stats(
     inputs: &TokenInputs,
+    correction: &Correction,
     ratio: &[f32],
     clips: &[Clip],
     kl: Option<&[f32]>,
@@ -190,7 +268,7 @@ fn loss_stats(
     for t in 0..ratio.len() {
         let (rho, a, w) = (ratio[t] as f64, inputs.advantage[t], inputs.weight[t]);
         let clipped = rho.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high);
-        let pg = -(rho * a).min(clipped * a);
+        let pg = -(rho * a).min(clipped * a) * correction.is_weight[t];
         let k3 = kl.map_or(0.0, |k| k[t] as f64);
         stats.clipped_low += usize::from(clips[t] == Clip::Low);
         stats.clipped_high += usize::from(clips[t] == Clip::High);
@@ -218,6 +296,7 @@ mod tests {
             behaviour_logprobs: vec![behaviour],
             reference_logprobs: reference.map(|r| vec![r]),
             token_weight: 1.0,
+            on_policy: false,
         }];
         let (loss, stats) = grpo_loss(v.as_tensor(), &ent, &seqs, cfg).unwrap();
         let g = loss.backward().unwrap().get(v.as_tensor()).map(|g| g.to_vec1::<f32>().unwrap()[0]).unwrap_or(0.0);
@@ -257,6 +336,52 @@ mod tests {
         assert!((l - want).abs() < 1e-6 && (g - 0.5).abs() < 1e-6, "loss {l} grad {g}");
     }
 
+    /// One token's loss, gradient and statistics, sampled by the current weights (`on_policy`) or older ones.
+    fn corrected(adv: f64, logp: f32, rollout: f32, on_policy: bool, cfg: &GrpoConfig) -> (f64, f32, LossStats) {
+        let v = Var::new(&[logp], &Device::Cpu).unwrap();
+        let ent = Tensor::new(&[0.0f32], &Device::Cpu).unwrap();
+        let seqs = vec![SequenceTerms {
+            advantage: adv,
+            behaviour_logprobs: vec![rollout],
+            reference_logprobs: None,
+            token_weight: 1.0,
+            on_policy,
+        }];
+        let (loss, stats) = grpo_loss(v.as_tensor(), &ent, &seqs, cfg).unwrap();
+        let g = loss.backward().unwrap().get(v.as_tensor()).map(|g| g.to_vec1::<f32>().unwrap()[0]).unwrap_or(0.0);
+        (stats.loss, g, stats)
+    }
+
+    #[test]
+    fn truncated_importance_sampling_weights_on_policy_tokens_by_the_capped_ratio() {
+        let cfg = GrpoConfig { rollout_is_threshold: Some(2.0), ..no_kl() };
+        // pi_train / pi_rollout = e^0.3 ~ 1.35: the PPO ratio is 1 (against the trained policy itself), so no clip,
+        // and the policy term is weighted by 1.35: gradient -A * 1.35.
+        let (loss, g, s) = corrected(1.0, -1.0, -1.3, true, &cfg);
+        let w = 0.3f64.exp();
+        assert!((loss + w).abs() < 1e-5 && (g as f64 + w).abs() < 1e-5, "loss {loss} grad {g}");
+        assert_eq!((s.is_tokens, s.is_truncated, s.mismatch_tokens), (1, 0, 1));
+        assert!((s.is_weight_sum - w).abs() < 1e-5 && (s.mismatch_abs_sum - 0.3).abs() < 1e-5);
+        // e^1.5 ~ 4.5 is truncated at 2, even with a negative advantage (no clip either: the ratio is 1).
+        let (_, g, s) = corrected(-1.0, -1.0, -2.5, true, &cfg);
+        assert!((g - 2.0).abs() < 1e-5, "grad {g}");
+        assert_eq!((s.is_truncated, s.is_weight_sum), (1, 2.0));
+        // Without the threshold the same token's ratio 4.5 is clipped: no gradient. The mismatch is still reported.
+        let (_, g, s) = corrected(1.0, -1.0, -2.5, true, &no_kl());
+        assert_eq!((g, s.is_tokens, s.mismatch_tokens), (0.0, 0, 1));
+    }
+
+    #[test]
+    fn a_stale_token_keeps_its_ratio_against_the_rollout_and_no_weight() {
+        let with = GrpoConfig { rollout_is_threshold: Some(2.0), ..no_kl() };
+        for adv in [1.0, -1.0] {
+            let (l1, g1, s) = corrected(adv, -1.0, -1.1, false, &with);
+            let (l0, g0, _) = corrected(adv, -1.0, -1.1, false, &no_kl());
+            assert_eq!((l1, g1), (l0, g0));
+            assert_eq!((s.is_tokens, s.mismatch_tokens), (0, 0), "no training-side log-prob of older weights");
+        }
+    }
+
     #[test]
     fn zero_advantage_gives_zero_policy_gradient() {
         let (l, g) = one_token(0.0, -1.0, -1.3, None, &no_kl());
@@ -288,12 +413,14 @@ mod tests {
                 behaviour_logprobs: vec![0.0],
                 reference_logprobs: None,
                 token_weight: w[0],
+                on_policy: false,
             },
             SequenceTerms {
                 advantage: 1.0,
                 behaviour_logprobs: vec![0.0; 3],
                 reference_logprobs: None,
                 token_weight: w[1],
+                on_policy: false,
             },
         ];
         let (loss, _) = grpo_loss(v.as_tensor(), &ent, &seqs, &no_kl()).unwrap();
@@ -314,6 +441,7 @@ mod tests {
             behaviour_logprobs: vec![-1.0],
             reference_logprobs: None,
             token_weight: 1.0,
+            on_policy: false,
         }];
         let (loss, stats) = grpo_loss(lp.as_tensor(), ent.as_tensor(), &seqs, &cfg).unwrap();
         assert!((stats.loss + 0.2).abs() < 1e-6);

@@ -86,16 +86,21 @@ impl TrainablePolicy {
     /// refreshed from them. Returns the gradient norm before clipping (see [`AdamW::step`]).
     pub fn apply_update(&mut self, optimizer: &mut AdamW, grads: &[Option<Tensor>], lr: f64) -> Result<f64> {
         let norm = optimizer.step(self.params(), grads, lr)?;
-        self.sync_from_master()?;
+        self.sync_copies()?;
         Ok(norm)
     }
 
-    /// Copies the f32 master weights into the decoder's (bf16) variables; nothing to do in f32.
-    fn sync_from_master(&self) -> Result<()> {
+    /// After the trained tensors changed: copies the f32 master weights into the decoder's (bf16) variables, and
+    /// rebuilds the decoder's sampling copy when the base weights train (LoRA leaves them unchanged, and the
+    /// adapters are read in f32 by sampling too).
+    fn sync_copies(&mut self) -> Result<()> {
         if let Some(master) = &self.master {
             for ((_, compute), (_, m)) in self.params.iter().zip(master) {
                 compute.set(&m.as_tensor().to_dtype(compute.dtype())?)?;
             }
+        }
+        if !self.lora {
+            self.decoder.refresh_sampling_copy()?;
         }
         Ok(())
     }
@@ -194,7 +199,7 @@ impl TrainablePolicy {
             }
             var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
         }
-        self.sync_from_master()
+        self.sync_copies()
     }
 
     /// Consumes the policy and returns its decoder (adapters still attached for LoRA).

@@ -9,7 +9,7 @@ use ideator_model::sampler::{sample, SamplingParams};
 use ideator_model::tiny::{char_tokenizer, tiny_decoder_on};
 use ideator_model::{LoraConfig, Tokenizer};
 use ideator_trainer::config::{OptimConfig, TrainMode};
-use ideator_trainer::grpo::LearnerState;
+use ideator_trainer::grpo::{GrpoStepStats, LearnerState};
 use ideator_trainer::{GrpoConfig, GrpoLearner, ScoredGroup, ScoredSample, TrainablePolicy};
 
 /// Share of the generated characters that are vowels: near 5/44 for a uniform random model.
@@ -36,6 +36,12 @@ fn learner_on(mode: TrainMode, lr: f64, steps: u64, dtype: DType, device: &Devic
 
 /// One RL step: sample a group per prompt from the current policy, score, update. Returns (mean reward, loss).
 fn rl_step(l: &mut GrpoLearner, tok: &Tokenizer, step: u64) -> (f64, f64) {
+    let stats = rl_step_stats(l, tok, step);
+    (stats.reward_mean, stats.loss)
+}
+
+/// The same, returning the update's statistics.
+fn rl_step_stats(l: &mut GrpoLearner, tok: &Tokenizer, step: u64) -> GrpoStepStats {
     let prompts = vec![tok.encode("x=", false).unwrap(), tok.encode("idea:", false).unwrap()];
     let params = SamplingParams { max_new_tokens: 12, seed: 1000 + step, batch_size: 16, ..Default::default() };
     let p = l.policy();
@@ -59,8 +65,7 @@ fn rl_step(l: &mut GrpoLearner, tok: &Tokenizer, step: u64) -> (f64, f64) {
                 .collect(),
         })
         .collect();
-    let stats = l.train_step(&groups).unwrap();
-    (stats.reward_mean, stats.loss)
+    l.train_step(&groups).unwrap()
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -201,4 +206,51 @@ fn bf16_policies_train_on_f32_master_weights() {
         assert_eq!(bits(&rounded), bits(&c.as_tensor().to_dtype(DType::F32).unwrap()), "{name}");
     }
     check_learns_in(mode, 5e-2, DType::BF16);
+}
+
+/// Sampling from a bf16 copy (`[model] sampling_dtype = "bf16"`) with truncated importance sampling
+/// (`grpo.rollout_is_threshold = 2`): the reward still rises as with f32 sampling, the mismatch is reported every
+/// step, and after full fine-tuning's updates the copy is the trained weights rounded (refreshed, not stale).
+#[test]
+fn a_bf16_sampling_copy_with_truncated_importance_sampling_learns_and_follows_the_updates() {
+    use ideator_model::device::Precision;
+    if !test_device().is_cpu() {
+        return; // The copy is a CPU feature.
+    }
+    let lora = TrainMode::Lora { lora: LoraConfig { rank: 8, alpha: 16.0, ..Default::default() } };
+    for (mode, lr) in [(lora, 5e-2), (TrainMode::Full, 1e-2)] {
+        let steps = 40;
+        let tok = char_tokenizer().unwrap();
+        let mut decoder = tiny_decoder_on(1, DType::F32, &Device::Cpu).unwrap();
+        decoder.set_sampling_precision(Precision::Bf16).unwrap();
+        let policy = TrainablePolicy::new(decoder, &mode, true, 7, 0).unwrap();
+        let cfg = GrpoConfig {
+            group_size: 8,
+            beta: 0.01,
+            micro_batch: 8,
+            rollout_is_threshold: Some(2.0),
+            ..Default::default()
+        };
+        let mut l = GrpoLearner::new(policy, cfg, OptimConfig { lr, ..Default::default() }, steps, 12, 99).unwrap();
+        let stats: Vec<GrpoStepStats> = (0..steps).map(|s| rl_step_stats(&mut l, &tok, s)).collect();
+        let rewards: Vec<f64> = stats.iter().map(|s| s.reward_mean).collect();
+        let (first, last) = (mean(&rewards[..5]), mean(&rewards[rewards.len() - 5..]));
+        let diff: Vec<f64> = stats.iter().map(|s| s.rollout_logprob_diff_mean.unwrap()).collect();
+        let is_mean = mean(&stats.iter().map(|s| s.rollout_is_mean.unwrap()).collect::<Vec<_>>());
+        eprintln!("{mode:?} with a bf16 copy: mean reward {first:.3} -> {last:.3}; |log-prob diff| {:.4}; IS weight {is_mean:.4}", mean(&diff));
+        assert!(last > first + 0.25 && last > 2.0 * first, "{mode:?}: reward did not rise: {rewards:?}");
+        assert!(diff.iter().all(|&d| d > 0.0 && d < 0.1), "{mode:?}: mismatch per step {diff:?}");
+        assert!((is_mean - 1.0).abs() < 0.05, "{mode:?}: IS weights near 1 for a small mismatch: {is_mean}");
+
+        let decoder = l.policy().decoder();
+        let mut fresh = decoder.clone();
+        fresh.refresh_sampling_copy().unwrap();
+        let logits = |d: &ideator_model::Decoder| {
+            let ids = candle_core::Tensor::new(&[[3u32, 9, 4]], &Device::Cpu).unwrap();
+            let pos = candle_core::Tensor::new(&[[0u32, 1, 2]], &Device::Cpu).unwrap();
+            let mut cache = d.new_cache(1, 3).unwrap();
+            bits(&d.decode(&ids, &pos, &[vec![true; 3]], &mut cache, l.policy().sampling_mode()).unwrap())
+        };
+        assert_eq!(logits(decoder), logits(&fresh), "{mode:?}: the sampling copy is stale after the updates");
+    }
 }
