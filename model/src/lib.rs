@@ -11,6 +11,7 @@ pub mod attention;
 pub mod chat_template;
 pub mod config;
 mod cpu_op;
+mod decode_attention;
 pub mod decoder;
 pub mod device;
 pub mod error;

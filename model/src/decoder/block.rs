@@ -14,6 +14,7 @@ use candle_core::Tensor;
 
 use super::rms_norm_differentiable;
 use crate::config::ModelConfig;
+use crate::device::{kernel_for, Kernel};
 use crate::kv_cache::KvCache;
 use crate::linear::{AdapterMode, Linear};
 use crate::lora::LoraTarget;
@@ -208,8 +209,9 @@ impl Attention {
         self.merge_heads(&crate::attention::causal_attention(&q, k, v, group, offset)?, b, tq)
     }
 
-    /// Decoding: appends the new keys/values to layer `layer`'s cache and attends over all of them under `mask`
-    /// with the fused softmax. Returns (b, tn, heads * hd).
+    /// Decoding: appends the new keys/values to layer `layer`'s cache and attends over all of them under `mask`:
+    /// on the CPU with decode_attention.rs's kernel, elsewhere with matmuls and the fused softmax. Returns
+    /// (b, tn, heads * hd).
     fn cached(&self, q: &Tensor, kv: &KeyValues, cache: &mut KvCache, mask: &Tensor, layer: usize) -> Result<Tensor> {
         let (b, nh, tn, hd) = q.dims4()?;
         let nkv = self.num_kv_heads;
@@ -218,7 +220,13 @@ impl Attention {
             cache.append(layer, &kv.k.reshape((b * nkv, tn, hd))?, &kv.v.reshape((b * nkv, tn, hd))?)?;
         let total = keys.dim(1)?;
         let q = q.reshape((b * nkv, group * tn, hd))?;
-        let scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        if kernel_for(&[&q, &keys, &values, mask]) == Kernel::CpuFast {
+            let mask = mask.reshape((b, tn, total))?;
+            let y = crate::decode_attention::decode_attention(&q, &keys, &values, &mask, nkv, scale)?;
+            return self.merge_heads(&y, b, tn);
+        }
+        let scores = (q.matmul(&keys.t()?)? * scale)?;
         let scores = scores.reshape((b, nkv, group, tn, total))?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b * nkv, group * tn, total))?;
         self.merge_heads(&probs.matmul(&values)?, b, tn)

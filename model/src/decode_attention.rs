@@ -1,0 +1,289 @@
+//! Attention of a decode step's new tokens over the KV cache, on the CPU.
+//!
+//! A decode step attends each row's few queries (the query heads that share a key/value head, times the new
+//! tokens) to every cached key. As matrix products that is two batched products per layer of shapes like
+//! (3 x 64) x (64 x 400), and candle's gemm spends more on dispatch and packing than on arithmetic there: about
+//! a quarter of a SmolLM2 decode step at batch 8 (`perf`, 200 + 200 tokens). Here each key and value row is read
+//! once, in place in the cache (whose rows are the cache's capacity apart), and used by every query of its row.
+//!
+//! Layout: `q` is (rows, queries, head_dim), query `g * new + t` being new token `t` of query head `g`; `keys` and
+//! `values` are (rows, total, head_dim) views of the cache; `mask` is (batch, new, total), added to the scores,
+//! and row `r` belongs to batch `r / kv_heads`. The softmax is candle's, `exp(x - max) / sum` in f32; outputs
+//! agree with the composed ops to rounding (tested).
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::Result;
+
+/// The attention output (rows, queries, head_dim) of `q` over `keys`/`values` under `mask` (see the module doc).
+/// CPU f32 only; the caller takes the composed ops elsewhere.
+///
+/// # Errors
+/// Shapes that do not fit together, a non-contiguous `q`, or cache views whose rows are not contiguous.
+pub(crate) fn decode_attention(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    kv_heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (batch, new, total) = mask.dims3()?;
+    let op = DecodeAttention {
+        mask: mask.flatten_all()?.to_vec1::<f32>()?,
+        batch,
+        new,
+        total,
+        kv_heads,
+        scale: scale as f32,
+    };
+    Ok(q.apply_op3_no_bwd(keys, values, &op)?)
+}
+
+struct DecodeAttention {
+    /// (batch, new, total), row-major.
+    mask: Vec<f32>,
+    batch: usize,
+    new: usize,
+    total: usize,
+    kv_heads: usize,
+    scale: f32,
+}
+
+/// A (rows, total, head_dim) cache view: where row `r`'s key `j` starts in its storage.
+#[derive(Clone, Copy)]
+struct CacheView<'a> {
+    data: &'a [f32],
+    start: usize,
+    row_stride: usize,
+    head_dim: usize,
+}
+
+impl<'a> CacheView<'a> {
+    fn new(storage: &'a CpuStorage, layout: &Layout, head_dim: usize) -> candle_core::Result<Self> {
+        let stride = layout.stride();
+        if stride.len() != 3 || stride[2] != 1 || stride[1] != head_dim {
+            candle_core::bail!("decode attention: cache view with strides {stride:?}, rows must be contiguous");
+        }
+        Ok(CacheView {
+            data: storage.as_slice::<f32>()?,
+            start: layout.start_offset(),
+            row_stride: stride[0],
+            head_dim,
+        })
+    }
+
+    fn row(&self, r: usize, j: usize) -> &'a [f32] {
+        let at = self.start + r * self.row_stride + j * self.head_dim;
+        &self.data[at..at + self.head_dim]
+    }
+}
+
+impl CustomOp3 for DecodeAttention {
+    fn name(&self) -> &'static str {
+        "decode-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, queries, hd) = ql.shape().dims3()?;
+        let Some((qa, qb)) = ql.contiguous_offsets() else {
+            candle_core::bail!("decode attention expects a contiguous q");
+        };
+        let fits = kl.shape().dims3()? == (rows, self.total, hd)
+            && vl.shape().dims3()? == (rows, self.total, hd)
+            && rows == self.batch * self.kv_heads
+            && queries % self.new == 0;
+        if !fits {
+            candle_core::bail!(
+                "decode attention: q {:?}, keys {:?}, values {:?} do not fit a mask ({}, {}, {}) with {} kv heads",
+                ql.shape(),
+                kl.shape(),
+                vl.shape(),
+                self.batch,
+                self.new,
+                self.total,
+                self.kv_heads
+            );
+        }
+        let (q, keys, values) =
+            (&qs.as_slice::<f32>()?[qa..qb], CacheView::new(ks, kl, hd)?, CacheView::new(vs, vl, hd)?);
+        let mut out = vec![0f32; rows * queries * hd];
+        let task = |(r, out): (usize, &mut [f32])| {
+            let rq = &q[r * queries * hd..(r + 1) * queries * hd];
+            let mask = &self.mask[(r / self.kv_heads) * self.new * self.total..][..self.new * self.total];
+            attend_dispatch(self, rq, keys, values, r, mask, out);
+        };
+        if rayon::current_num_threads() > 1 {
+            out.par_chunks_mut(queries * hd).enumerate().for_each(task);
+        } else {
+            out.chunks_mut(queries * hd).enumerate().for_each(task);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, queries, hd))))
+    }
+}
+
+/// One row's attention with the widest vector instructions this CPU has (the same code, compiled for AVX2 + FMA
+/// when available, so that its fixed-width loops become vector instructions).
+fn attend_dispatch(
+    op: &DecodeAttention,
+    q: &[f32],
+    keys: CacheView,
+    values: CacheView,
+    r: usize,
+    mask: &[f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); the body is safe code.
+        return unsafe { attend_avx2(op, q, keys, values, r, mask, out) };
+    }
+    attend(op, q, keys, values, r, mask, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    op: &DecodeAttention,
+    q: &[f32],
+    keys: CacheView,
+    values: CacheView,
+    r: usize,
+    mask: &[f32],
+    out: &mut [f32],
+) {
+    attend(op, q, keys, values, r, mask, out)
+}
+
+/// Scores every query of row `r` against every key (each key read once), softmaxes each query's scores, and sums
+/// the values weighted by them (each value read once) into `out` (queries, head_dim).
+#[inline(always)]
+fn attend(
+    op: &DecodeAttention,
+    q: &[f32],
+    keys: CacheView,
+    values: CacheView,
+    r: usize,
+    mask: &[f32],
+    out: &mut [f32],
+) {
+    let (hd, total, new) = (keys.head_dim, op.total, op.new);
+    let queries = q.len() / hd;
+    let mut scores = vec![0f32; queries * total];
+    for j in 0..total {
+        let k = keys.row(r, j);
+        for (i, qi) in q.chunks_exact(hd).enumerate() {
+            scores[i * total + j] = dot(qi, k) * op.scale + mask[(i % new) * total + j];
+        }
+    }
+    let mut inv_sums = Vec::with_capacity(queries);
+    for row in scores.chunks_exact_mut(total) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        inv_sums.push(1.0 / sum);
+    }
+    for j in 0..total {
+        let v = values.row(r, j);
+        for (i, o) in out.chunks_exact_mut(hd).enumerate() {
+            let p = scores[i * total + j];
+            for (o, &x) in o.iter_mut().zip(v) {
+                *o += p * x;
+            }
+        }
+    }
+    for (o, inv) in out.chunks_exact_mut(hd).zip(inv_sums) {
+        o.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// A dot product with 8 independent partial sums (a vector register's worth), then the tail.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (body_a, body_b) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (tail_a, tail_b) = (body_a.remainder(), body_b.remainder());
+    for (x, y) in body_a.zip(body_b) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail_a.iter().zip(tail_b).map(|(x, y)| x * y).sum::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, D};
+
+    /// The composed ops `decoder::block` ran before this kernel (and still runs off the CPU).
+    fn composed(q: &Tensor, keys: &Tensor, values: &Tensor, mask: &Tensor, kv_heads: usize, scale: f64) -> Tensor {
+        let (b, new, total) = mask.dims3().unwrap();
+        let (rows, queries, hd) = q.dims3().unwrap();
+        let scores = (q.matmul(&keys.t().unwrap()).unwrap() * scale).unwrap();
+        let scores = scores
+            .reshape((b, kv_heads, queries / new, new, total))
+            .unwrap()
+            .broadcast_add(&mask.reshape((b, 1, 1, new, total)).unwrap())
+            .unwrap();
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap().reshape((rows, queries, total)).unwrap();
+        let out = probs.matmul(values).unwrap();
+        assert_eq!(out.dims(), &[rows, queries, hd]);
+        out
+    }
+
+    #[test]
+    fn equals_the_composed_ops_on_strided_cache_views_with_padding_and_several_new_tokens() {
+        let dev = Device::Cpu;
+        for &(b, kv_heads, group, new, total, capacity, hd) in
+            &[(2, 3, 3, 1, 7, 12, 64), (1, 1, 1, 1, 1, 1, 8), (3, 2, 4, 5, 9, 9, 13), (4, 3, 3, 1, 300, 310, 64)]
+        {
+            let rows = b * kv_heads;
+            let q = Tensor::randn(0f32, 1.0, (rows, group * new, hd), &dev).unwrap();
+            // Views of a larger cache, as `KvCache::append` returns them.
+            let cache_k = Tensor::randn(0f32, 1.0, (rows, capacity, hd), &dev).unwrap();
+            let cache_v = Tensor::randn(0f32, 1.0, (rows, capacity, hd), &dev).unwrap();
+            let (keys, values) = (cache_k.narrow(1, 0, total).unwrap(), cache_v.narrow(1, 0, total).unwrap());
+            // Left padding on odd batches, causal among the new tokens.
+            let mut m = vec![0f32; b * new * total];
+            for bi in 0..b {
+                for t in 0..new {
+                    for j in 0..total {
+                        if (bi % 2 == 1 && j < 2.min(total - new)) || j > total - new + t {
+                            m[(bi * new + t) * total + j] = -1e9;
+                        }
+                    }
+                }
+            }
+            let mask = Tensor::from_vec(m, (b, new, total), &dev).unwrap();
+            let scale = 1.0 / (hd as f64).sqrt();
+            let ours = decode_attention(&q, &keys, &values, &mask, kv_heads, scale).unwrap();
+            let want =
+                composed(&q, &keys.contiguous().unwrap(), &values.contiguous().unwrap(), &mask, kv_heads, scale);
+            let diff = (ours - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "b {b} kv {kv_heads} group {group} new {new} total {total}: max diff {diff}");
+        }
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_refused() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((2, 3, 8), DType::F32, &dev).unwrap();
+        let kv = Tensor::zeros((2, 5, 8), DType::F32, &dev).unwrap();
+        let mask = Tensor::zeros((1, 1, 4), DType::F32, &dev).unwrap();
+        let err = decode_attention(&q, &kv, &kv, &mask, 2, 1.0).unwrap_err().to_string();
+        assert!(err.contains("do not fit"), "{err}");
+    }
+}
