@@ -155,7 +155,7 @@ impl Decoder {
     }
 
     /// Precision of the weights that sampling (`decode`) reads: f32 (the default: the trained weights themselves)
-    /// or bf16 (a rounded copy of every projection and of the output head; half the bytes per decode step).
+    /// or bf16 (every weight matrix rounded: half the bytes a decode step streams).
     pub fn sampling_precision(&self) -> Precision {
         self.sampling
     }
@@ -202,9 +202,8 @@ impl Decoder {
 
     /// Bytes of parameters one decode step reads (`decode`): every layer's norms and projections (with their
     /// biases, and their LoRA adapters when `mode` enables them), the final norm and the output head once (their
-    /// sampling copies when set). The
-    /// embedding rows of the new tokens are left out (a few KB); with a tied head the embedding is counted once,
-    /// as the head. The weight-streaming limit of decoding divides the read bandwidth by this
+    /// sampling copies when set). The embedding rows of the new tokens are left out (a few KB); with a tied head
+    /// the embedding is counted once, as the head. The weight-streaming limit of decoding divides the read bandwidth by this
     /// ([`crate::machine::StreamingLimit`]).
     pub fn decode_weight_bytes(&self, mode: AdapterMode) -> usize {
         let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
