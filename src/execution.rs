@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ideator_diagnostics::step_entries::{self, StepEntries};
 use ideator_diagnostics::{
     check_collapse, Alarm, AlarmConfig, BatchDiagnostics, Category, MiniLmEmbedder, ScoredIdea,
 };
@@ -118,14 +119,9 @@ impl Default for DiagnosticsSection {
     }
 }
 
-/// The step record's `extra` entries [`StepDiagnostics::compute`] adds: the ideas' batch diagnostics and the
-/// collapse alarms.
-pub const DIAGNOSTICS: &str = "diagnostics";
-pub const ALARMS: &str = "alarms";
-
 /// The batch diagnostics a step record holds, if it holds readable ones.
 pub fn stored_diagnostics(record: &StepRecord) -> Option<BatchDiagnostics> {
-    record.extra.get(DIAGNOSTICS).cloned().and_then(|d| serde_json::from_value(d).ok())
+    step_entries::diagnostics(record).ok().flatten()
 }
 
 /// Computes a step's batch diagnostics and collapse alarms (against the run's first step).
@@ -144,9 +140,8 @@ impl StepDiagnostics {
         Ok(StepDiagnostics { embedder, alarm: section.alarm.clone(), initial })
     }
 
-    /// The entries to add to the step's record (`diagnostics`, `alarms`), and the alarms.
+    /// The entries to add to the step's record ([`StepEntries`]: the diagnostics and alarms), and the alarms.
     pub fn compute(&mut self, ideas: &[IdeaRecord]) -> (serde_json::Map<String, serde_json::Value>, Vec<Alarm>) {
-        let mut extra = serde_json::Map::new();
         let categories: Vec<Option<Category>> =
             ideas.iter().map(|i| i.category.as_ref().map(|c| c.iter().cloned().collect())).collect();
         let scored: Vec<ScoredIdea> = ideas
@@ -166,13 +161,11 @@ impl StepDiagnostics {
             Ok(d) => {
                 let first = self.initial.get_or_insert_with(|| d.clone());
                 let alarms = check_collapse(&self.alarm, first, &d);
-                extra.insert(DIAGNOSTICS.into(), serde_json::to_value(&d).unwrap_or_default());
-                extra.insert(ALARMS.into(), serde_json::to_value(&alarms).unwrap_or_default());
-                (extra, alarms)
+                (StepEntries { diagnostics: &d, alarms: &alarms }.to_extra(), alarms)
             }
             Err(e) => {
                 tracing::warn!("diagnostics failed: {e}");
-                (extra, Vec::new())
+                (serde_json::Map::new(), Vec::new())
             }
         }
     }

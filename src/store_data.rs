@@ -207,8 +207,7 @@ pub fn load_store(run_dir: &Path) -> anyhow::Result<StoreData> {
                     if evolution {
                         record.epoch.get_or_insert(s.step);
                     }
-                    // The report reads records in their exported form (metrics.jsonl), of any build.
-                    records.push(record.to_json());
+                    records.push(record);
                     let step_ideas = store.ideas_of_step(info.id, s.step)?;
                     for idea in &step_ideas {
                         loaded.rewards.push(idea.result.as_ref().map_or(0.0, |r| r.reward));

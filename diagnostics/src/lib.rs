@@ -2,7 +2,9 @@
 //!
 //! What shows mode collapse: diversity of ideas, idea categories, average versus best-of-N (max@k), collapse
 //! alarms, and the HTML report with its plots. Inputs are plain data (idea texts, rewards, the knobs each
-//! idea changes), so this crate does not depend on the run store.
+//! idea changes) and the pipeline's typed step record (`ideator_rollout::pipeline::StepRecord`): this crate
+//! depends on `ideator-rollout` for that type only and never opens the run store (the CLI reads the store and
+//! hands its records over). `ideator-rollout` does not depend on this crate, so there is no cycle.
 //!
 //! - [`maxk`]: the unbiased max@k estimator and its curve, mean, best.
 //! - [`diversity`]: text diversity (distinct-n, self-BLEU, gzip compression ratio, lengths), on [`text`] tokens.
@@ -12,6 +14,8 @@
 //! - [`interval`]: bootstrap intervals for differences between runs; [`experiment`]: an experiment's arms compared
 //!   at equal execution budgets (curves across seeds, the markdown table).
 //! - [`summary`]: [`BatchDiagnostics`], all of the above for one batch; [`alarm`]: the collapse alarm.
+//! - [`step_entries`]: the diagnostics and alarms the CLI's per-step hook adds to a step record, written and read
+//!   under the keys spelled there.
 //! - [`report`]: the run report (one self-contained HTML file with SVG charts) and its data model.
 
 pub mod alarm;
@@ -24,6 +28,7 @@ pub mod experiment;
 pub mod interval;
 pub mod maxk;
 pub mod report;
+pub mod step_entries;
 pub mod summary;
 pub mod text;
 pub mod vendi;

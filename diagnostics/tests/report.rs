@@ -13,6 +13,7 @@ use ideator_diagnostics::report::{
     load_run_folder, render_html, ReportData, RunSeries, SeriesKind, SeriesPoint, StalenessBin, UtilisationPoint,
 };
 use ideator_diagnostics::{AlarmKind, BatchDiagnostics, Category, ScoredIdea};
+use ideator_rollout::pipeline::record::StepMetric;
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report-run")
@@ -64,8 +65,9 @@ fn loads_the_fixture_run() {
         let step_ideas: Vec<&serde_json::Value> = ideas.iter().filter(|i| i["step"] == p.index).collect();
         let failed = step_ideas.iter().filter(|i| i["status"] == "failed").count();
         assert_eq!(p.failures.values().sum::<usize>(), failed, "step {}", p.index);
-        assert!(p.scalars.contains_key("kl") && p.scalars.contains_key("update_seconds"));
-        assert!(!p.scalars.contains_key("reward_mean"), "named fields stay out of the scalars");
+        assert!(p.scalars.contains_key(&StepMetric::Kl) && p.scalars.contains_key(&StepMetric::UpdateSeconds));
+        assert!(!p.scalars.contains_key(&StepMetric::RewardMean), "named fields stay out of the scalars");
+        assert!(!p.scalars.contains_key(&StepMetric::WaitSeconds), "not logged by the synchronous trainer");
     }
     // The running best never falls and ends at the best executed idea.
     let best: Vec<f64> = rl.points.iter().filter_map(|p| p.best_so_far).collect();
@@ -292,7 +294,7 @@ fn loader_tolerates_a_cut_last_line_and_rejects_a_broken_middle_line() {
     assert_eq!(data.series.iter().map(|s| s.kind).collect::<Vec<_>>(), [SeriesKind::Rl, SeriesKind::Evolution]);
     let step0 = &data.series[0].points[0];
     assert_eq!(step0.diagnostics.as_ref().unwrap().n_ideas, 2);
-    assert_eq!(step0.scalars.get("kl"), Some(&0.01));
+    assert_eq!(step0.scalars.get(&StepMetric::Kl), Some(&0.01));
     assert_eq!(data.series[1].points[0].executions, 6);
     assert!(data.notes.iter().any(|n| n.contains("recomputed from ideas.jsonl")));
     // Per-step pipeline numbers get their charts; the notes are listed on the page.
@@ -307,6 +309,57 @@ fn loader_tolerates_a_cut_last_line_and_rejects_a_broken_middle_line() {
     write(dir.path(), "metrics.jsonl", "{\"reward_mean\": 0.2}\n");
     let err = load_run_folder(dir.path()).unwrap_err().to_string();
     assert!(err.contains("neither a `step` nor an `epoch`"), "{err}");
+}
+
+/// The one point of a run folder whose metrics.jsonl holds this one record.
+fn point_of_line(record: &serde_json::Value) -> SeriesPoint {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "metrics.jsonl", &format!("{record}\n"));
+    let data = load_run_folder(dir.path()).unwrap();
+    assert!(data.notes.is_empty(), "{:?}", data.notes);
+    data.series[0].points[0].clone()
+}
+
+#[test]
+fn an_older_builds_record_gives_the_same_point_as_this_builds() {
+    use ideator_rollout::pipeline::record::{ExecutionStats, RewardStats, StepTiming};
+    use ideator_rollout::pipeline::{LearnerStats, StepRecord};
+    use ideator_trainer::GrpoStepStats;
+
+    let rewards = [0.1, 0.3, 0.0, 0.2];
+    let grpo = GrpoStepStats { kl: 0.01, entropy: 1.7, grad_norm: 0.4, clip_low_frac: 0.02, ..Default::default() };
+    let new = StepRecord {
+        step: 5,
+        rewards: RewardStats {
+            execution_rate: 0.75,
+            best_reward_so_far: Some(0.4),
+            failures: BTreeMap::from([("implementation".to_string(), 1)]),
+            ..RewardStats::of(&rewards)
+        },
+        executions: ExecutionStats { frac_reward_zero_std: 0.5, ..Default::default() },
+        timing: StepTiming {
+            sample_seconds: 11.0,
+            wait_seconds: 2.0,
+            update_seconds: 30.0,
+            step_seconds: 43.0,
+            ..Default::default()
+        },
+        learner: LearnerStats { grpo: Some(GrpoStepStats { reference_seconds: 3.0, ..grpo }), evolution: None },
+        ..Default::default()
+    };
+    // The same step as the synchronous trainer wrote it: `n_ideas` for `sequences`, only part of the GRPO
+    // statistics, none of the pipeline's counts, and a non-finite max as null.
+    let n = &new.rewards;
+    let old = serde_json::json!({
+        "step": 5, "n_ideas": 4, "reward_mean": n.reward_mean, "reward_std": n.reward_std, "reward_max": n.reward_max,
+        "best_reward_so_far": 0.4, "execution_rate": 0.75, "failures": {"implementation": 1}, "kl": 0.01,
+        "entropy": 1.7, "grad_norm": 0.4, "clip_low_frac": 0.02, "clip_high_frac": 0.0, "frac_reward_zero_std": 0.5,
+        "sample_seconds": 11.0, "wait_seconds": 2.0, "reference_seconds": 3.0, "update_seconds": 30.0,
+        "step_seconds": 43.0, "slot_utilisation": null, "loss": 0.001, "lr": 2e-4,
+    });
+    let new_point = point_of_line(&new.to_json());
+    assert_eq!(point_of_line(&old), new_point);
+    assert_eq!((new_point.n_ideas, new_point.scalars.get(&StepMetric::Kl)), (4, Some(&0.01)));
 }
 
 /// Writes `fixtures/report-run/`: a fabricated but realistic toy run, every number computed by this crate.

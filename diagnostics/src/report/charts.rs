@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use ideator_rollout::pipeline::record::StepMetric;
 use serde::Serialize;
 
 use super::data::{CodeIdeaSeries, ReportData, RunSeries, SeriesKind, SeriesPoint};
@@ -852,16 +853,16 @@ fn code_points_table(series: &[CodeIdeaSeries]) -> Table {
 }
 
 /// A small line chart of some per-point scalars of one series; `None` when none of them was logged.
-fn scalar_chart(s: &RunSeries, spec: &Spec<&str>) -> Option<Chart> {
+fn scalar_chart(s: &RunSeries, spec: &Spec<StepMetric>) -> Option<Chart> {
     let n = spec.values.len();
     let lines: Vec<Line> = spec
         .values
         .iter()
         .enumerate()
-        .filter(|(_, (_, key))| s.points.iter().any(|p| p.scalars.contains_key(*key)))
+        .filter(|(_, (_, key))| s.points.iter().any(|p| p.scalars.contains_key(key)))
         .map(|(i, (name, key))| {
             let points =
-                s.points.iter().map(|p| (p.index as f64, p.scalars.get(*key).copied().unwrap_or(f64::NAN))).collect();
+                s.points.iter().map(|p| (p.index as f64, p.scalars.get(key).copied().unwrap_or(f64::NAN))).collect();
             Line::new(*name, PALETTE[(i + if n > 1 { 0 } else { 4 }) % PALETTE.len()], points)
         })
         .collect();
@@ -883,27 +884,27 @@ fn scalar_chart(s: &RunSeries, spec: &Spec<&str>) -> Option<Chart> {
 fn training_section(data: &ReportData) -> Section {
     let mut charts = Vec::new();
     if let Some(s) = data.series(SeriesKind::Rl) {
-        let specs: [Spec<&str>; 4] = [
+        let specs: [Spec<StepMetric>; 4] = [
             spec(
                 "train-kl",
                 "KL to the reference",
                 "k3 estimate of KL(policy ‖ reference), per token.",
                 Axis::linear("KL"),
-                vec![("KL", "kl")],
+                vec![("KL", StepMetric::Kl)],
             ),
             spec(
                 "train-entropy",
                 "Policy entropy",
                 "Mean token entropy of sampled ideas; falling entropy often precedes collapse.",
                 Axis::linear("nats"),
-                vec![("entropy", "entropy")],
+                vec![("entropy", StepMetric::Entropy)],
             ),
             spec(
                 "train-grad-norm",
                 "Gradient norm",
                 "Norm of the update's gradient before clipping.",
                 Axis::linear("norm"),
-                vec![("grad norm", "grad_norm")],
+                vec![("grad norm", StepMetric::GradNorm)],
             ),
             spec(
                 "train-clip",
@@ -911,22 +912,22 @@ fn training_section(data: &ReportData) -> Section {
                 "Share of tokens clipped below / above, and of groups whose rewards were all equal (no signal).",
                 Axis::linear("fraction"),
                 vec![
-                    ("clipped low", "clip_low_frac"),
-                    ("clipped high", "clip_high_frac"),
-                    ("flat groups", "frac_reward_zero_std"),
+                    ("clipped low", StepMetric::ClipLowFrac),
+                    ("clipped high", StepMetric::ClipHighFrac),
+                    ("flat groups", StepMetric::FracRewardZeroStd),
                 ],
             ),
         ];
         charts.extend(specs.iter().filter_map(|spec| scalar_chart(s, spec)));
         let parts = [
-            ("sample_seconds", "sample"),
-            ("wait_seconds", "wait"),
-            ("execute_seconds", "execute"),
-            ("reference_seconds", "reference"),
-            ("update_seconds", "update"),
+            (StepMetric::SampleSeconds, "sample"),
+            (StepMetric::WaitSeconds, "wait"),
+            (StepMetric::ExecuteSeconds, "execute"),
+            (StepMetric::ReferenceSeconds, "reference"),
+            (StepMetric::UpdateSeconds, "update"),
         ];
-        let present: Vec<(&str, &str)> =
-            parts.into_iter().filter(|(k, _)| s.points.iter().any(|p| p.scalars.contains_key(*k))).collect();
+        let present: Vec<(StepMetric, &str)> =
+            parts.into_iter().filter(|(k, _)| s.points.iter().any(|p| p.scalars.contains_key(k))).collect();
         if !present.is_empty() {
             let layers =
                 present.iter().enumerate().map(|(i, (_, n))| (n.to_string(), PALETTE[i].to_string())).collect();
@@ -935,7 +936,7 @@ fn training_section(data: &ReportData) -> Section {
                 .iter()
                 .map(|p| Column {
                     label: p.index.to_string(),
-                    values: present.iter().map(|(k, _)| time_part(&p.scalars, k)).collect(),
+                    values: present.iter().map(|&(k, _)| time_part(&p.scalars, k)).collect(),
                 })
                 .collect();
             charts.push(Chart {
@@ -1034,7 +1035,7 @@ fn pipeline_section(data: &ReportData) -> Section {
                     "Mean staleness per step",
                     "Policy versions between sampling and training, averaged over the step's groups.",
                     Axis::linear("versions"),
-                    vec![("mean staleness", "staleness_mean")],
+                    vec![("mean staleness", StepMetric::StalenessMean)],
                 ),
             ));
         }
@@ -1047,7 +1048,7 @@ fn pipeline_section(data: &ReportData) -> Section {
                     "Slot utilisation per step",
                     "Share of execution slots busy during the step.",
                     Axis::linear("fraction").with_range(0.0, 1.04),
-                    vec![("slot utilisation", "slot_utilisation")],
+                    vec![("slot utilisation", StepMetric::SlotUtilisation)],
                 ),
             ));
         }
@@ -1064,11 +1065,13 @@ fn pipeline_section(data: &ReportData) -> Section {
 /// One part of a step's time, such that the parts add up to `step_seconds`. The pipeline's step is the sum of
 /// sample, wait and update, and its `update_seconds` includes the reference model's forward (`reference_seconds`,
 /// recorded by the learner), so that is taken out of the update bar; in older synchronous records it was apart.
-fn time_part(scalars: &BTreeMap<String, f64>, key: &str) -> f64 {
-    let get = |k: &str| scalars.get(k).copied().unwrap_or(0.0);
-    let pipeline = scalars.contains_key("wait_seconds");
+fn time_part(scalars: &BTreeMap<StepMetric, f64>, key: StepMetric) -> f64 {
+    let get = |k: StepMetric| scalars.get(&k).copied().unwrap_or(0.0);
+    let pipeline = scalars.contains_key(&StepMetric::WaitSeconds);
     match key {
-        "update_seconds" if pipeline => (get("update_seconds") - get("reference_seconds")).max(0.0),
+        StepMetric::UpdateSeconds if pipeline => {
+            (get(StepMetric::UpdateSeconds) - get(StepMetric::ReferenceSeconds)).max(0.0)
+        }
         k => get(k),
     }
 }
@@ -1131,27 +1134,26 @@ mod tests {
 
     #[test]
     fn time_parts_add_up_to_the_step_time() {
-        let parts = ["sample_seconds", "wait_seconds", "execute_seconds", "reference_seconds", "update_seconds"];
+        use StepMetric::{ReferenceSeconds, SampleSeconds, StepSeconds, UpdateSeconds, WaitSeconds};
+        let parts = [SampleSeconds, WaitSeconds, StepMetric::ExecuteSeconds, ReferenceSeconds, UpdateSeconds];
         // The pipeline's record of the step 0: sample + wait + update = 70.2 s, reference inside update.
-        let pipeline: BTreeMap<String, f64> = [
-            ("sample_seconds", 30.0),
-            ("wait_seconds", 5.2),
-            ("reference_seconds", 7.1),
-            ("update_seconds", 35.0),
-            ("step_seconds", 70.2),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let sum: f64 = parts.iter().map(|k| time_part(&pipeline, k)).sum();
+        let pipeline = BTreeMap::from([
+            (SampleSeconds, 30.0),
+            (WaitSeconds, 5.2),
+            (ReferenceSeconds, 7.1),
+            (UpdateSeconds, 35.0),
+            (StepSeconds, 70.2),
+        ]);
+        let sum: f64 = parts.iter().map(|&k| time_part(&pipeline, k)).sum();
         assert!((sum - 70.2).abs() < 1e-9, "{sum}");
         // A synchronous record: update_seconds excludes the reference already.
-        let synchronous: BTreeMap<String, f64> =
-            [("sample_seconds", 11.0), ("reference_seconds", 3.4), ("update_seconds", 33.0), ("step_seconds", 47.4)]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-        let sum: f64 = parts.iter().map(|k| time_part(&synchronous, k)).sum();
+        let synchronous = BTreeMap::from([
+            (SampleSeconds, 11.0),
+            (ReferenceSeconds, 3.4),
+            (UpdateSeconds, 33.0),
+            (StepSeconds, 47.4),
+        ]);
+        let sum: f64 = parts.iter().map(|&k| time_part(&synchronous, k)).sum();
         assert!((sum - 47.4).abs() < 1e-9, "{sum}");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use ideator_rollout::pipeline::record::StepMetric;
 use serde::{Deserialize, Serialize};
 
 use crate::alarm::Alarm;
@@ -127,9 +128,9 @@ pub struct SeriesPoint {
     pub failures: BTreeMap<String, usize>,
     pub diagnostics: Option<BatchDiagnostics>,
     pub alarms: Vec<Alarm>,
-    /// Other numbers logged for this point: kl, entropy, grad_norm, clip fractions, timings (`*_seconds`),
-    /// `staleness_mean`, `slot_utilisation`, ...
-    pub scalars: BTreeMap<String, f64>,
+    /// The per-step scalars logged for this point ([`StepMetric::SCALARS`]: kl, entropy, grad norm, clip
+    /// fractions, timings, staleness, slot utilisation); a scalar the point did not log is absent.
+    pub scalars: BTreeMap<StepMetric, f64>,
 }
 
 /// A separate evaluation: a fixed model sampled n times.

@@ -1,8 +1,8 @@
 //! The run report: one self-contained HTML file with inline SVG charts, readable in a browser with no network.
 //!
 //! - [`data`]: the plain data model ([`ReportData`]) any source fills;
-//! - [`run_folder`]: fills it from a run folder's JSONL files, or from the same records taken from the run store
-//!   ([`from_records`]; the CLI reads the store, which this crate does not depend on);
+//! - [`run_folder`]: fills it from a run folder's JSONL files, or from the same typed step records taken from the
+//!   run store ([`from_records`]; the CLI reads the store, this crate never opens it);
 //! - [`svg`]: hand-written chart primitives; [`charts`]: which numbers go on which chart;
 //! - [`render_html`]: the page, from a minijinja template (`report.html`) with the charts inlined.
 //!

@@ -2,6 +2,10 @@
 //! or per evolution epoch when the record has an `epoch` field), `ideas.jsonl` (one executed idea per line),
 //! `config.toml` and `checkpoints/*/manifest.json`.
 //!
+//! Each metrics line is read as the pipeline's typed [`StepRecord`] (with its lenient reader, so that the records
+//! of older builds load too); its numbers come from the record's typed fields and [`StepMetric`]s, its diagnostics
+//! and alarms through [`crate::step_entries`]. No metric key is spelled here.
+//!
 //! The loader is lenient where a run can legitimately differ (missing fields, a record without diagnostics, a
 //! last line cut short by a crash) and strict where the data are wrong (a malformed line in the middle of a file):
 //! what it skips is listed in [`ReportData::notes`] so the report says so.
@@ -9,33 +13,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use ideator_rollout::pipeline::record::StepMetric;
+use ideator_rollout::pipeline::StepRecord;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::alarm::Alarm;
 use crate::categories::{category_label, Category};
 use crate::error::{DiagnosticsError, Result};
+use crate::step_entries;
 use crate::summary::{BatchDiagnostics, ScoredIdea};
 
 use super::data::{CheckpointInfo, ReportData, RunSeries, SeriesKind, SeriesPoint, TopIdea};
 
 /// How many of the best ideas the report lists.
 pub const TOP_IDEAS: usize = 20;
-
-/// Fields of a metrics record that the data model holds in named fields; every other number goes to `scalars`.
-const NAMED_FIELDS: [&str; 11] = [
-    "step",
-    "epoch",
-    "sequences",
-    "n_ideas",
-    "reward_mean",
-    "reward_max",
-    "reward_std",
-    "best_reward_so_far",
-    "execution_rate",
-    "failures",
-    "diagnostics",
-];
 
 /// One line of `ideas.jsonl`, with only the fields the report uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -82,7 +73,11 @@ pub fn load_run_folder(dir: &Path) -> Result<ReportData> {
     }
     let mut notes = Vec::new();
     let ideas: Vec<IdeaLine> = if ideas_path.exists() { read_jsonl(&ideas_path, &mut notes)? } else { Vec::new() };
-    let records: Vec<Value> = if metrics_path.exists() { read_jsonl(&metrics_path, &mut notes)? } else { Vec::new() };
+    let records: Vec<StepRecord> = if metrics_path.exists() {
+        read_jsonl::<Value>(&metrics_path, &mut notes)?.iter().map(StepRecord::from_json).collect()
+    } else {
+        Vec::new()
+    };
     let (series, top_ideas) = build(&metrics_path, &records, &ideas, &mut notes)?;
     let config_text = std::fs::read_to_string(dir.join("config.toml")).ok();
     let title = dir
@@ -111,7 +106,7 @@ pub fn load_run_folder(dir: &Path) -> Result<ReportData> {
 /// run store). `source` names where they came from in errors and notes.
 pub fn from_records(
     source: &Path,
-    records: &[Value],
+    records: &[StepRecord],
     ideas: &[Value],
     notes: &mut Vec<String>,
 ) -> Result<(Vec<RunSeries>, Vec<TopIdea>)> {
@@ -125,7 +120,7 @@ pub fn from_records(
 
 fn build(
     metrics_path: &Path,
-    records: &[Value],
+    records: &[StepRecord],
     ideas: &[IdeaLine],
     notes: &mut Vec<String>,
 ) -> Result<(Vec<RunSeries>, Vec<TopIdea>)> {
@@ -175,14 +170,14 @@ fn file_name(path: &Path) -> String {
 
 fn series_from_metrics(
     path: &Path,
-    records: &[Value],
+    records: &[StepRecord],
     ideas: &BTreeMap<(SeriesKind, u64), Vec<&IdeaLine>>,
     notes: &mut Vec<String>,
 ) -> Result<Vec<RunSeries>> {
     // A resumed run may repeat a step; the later record is the one that counts.
-    let mut by_key: BTreeMap<(SeriesKind, u64), &Value> = BTreeMap::new();
+    let mut by_key: BTreeMap<(SeriesKind, u64), &StepRecord> = BTreeMap::new();
     for (i, record) in records.iter().enumerate() {
-        let key = match (record.get("epoch").and_then(Value::as_u64), record.get("step").and_then(Value::as_u64)) {
+        let key = match (record.epoch, record.logged_step()) {
             (Some(e), _) => (SeriesKind::Evolution, e),
             (None, Some(s)) => (SeriesKind::Rl, s),
             (None, None) => {
@@ -207,71 +202,55 @@ fn series_from_metrics(
 fn point_from_record(
     kind: SeriesKind,
     index: u64,
-    record: &Value,
+    record: &StepRecord,
     ideas: &[&IdeaLine],
     notes: &mut Vec<String>,
 ) -> SeriesPoint {
-    let num = |key: &str| record.get(key).and_then(Value::as_f64);
     let where_ = format!("{} {index}", kind.unit());
-    let mut diagnostics = match record.get("diagnostics") {
-        None | Some(Value::Null) => None,
-        Some(v) => match serde_json::from_value::<BatchDiagnostics>(v.clone()) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                notes.push(format!("metrics.jsonl, {where_}: unreadable diagnostics ({e})"));
-                None
-            }
-        },
-    };
-    if diagnostics.is_none() && !ideas.is_empty() {
-        // The trainer logs diagnostics when it can; recompute the text metrics from the ideas (no embeddings).
-        diagnostics = diagnostics_from_ideas(ideas);
-        if diagnostics.is_some() {
-            notes.push(format!("{where_}: diagnostics recomputed from ideas.jsonl, without embeddings"));
-        }
-    }
-    let alarms = match record.get("alarms") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(v) => serde_json::from_value::<Vec<Alarm>>(v.clone()).unwrap_or_else(|e| {
-            notes.push(format!("metrics.jsonl, {where_}: unreadable alarms ({e})"));
-            Vec::new()
-        }),
-    };
-    let failures: BTreeMap<String, usize> = match record.get("failures") {
-        Some(Value::Object(map)) => {
-            map.iter().filter_map(|(k, v)| v.as_u64().map(|n| (k.clone(), n as usize))).collect()
-        }
-        _ => failures_from_ideas(ideas),
-    };
-    let n_ideas = num("sequences")
-        .or_else(|| num("n_ideas"))
-        .map(|n| n as usize)
-        .or(diagnostics.as_ref().map(|d| d.n_ideas))
-        .unwrap_or(ideas.len());
-    let scalars: BTreeMap<String, f64> = match record {
-        Value::Object(map) => map
-            .iter()
-            .filter(|(k, _)| !NAMED_FIELDS.contains(&k.as_str()))
-            .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
-            .collect(),
-        _ => BTreeMap::new(),
-    };
+    let diagnostics = recorded_diagnostics(record, &where_, notes).or_else(|| recomputed(ideas, &where_, notes));
+    let alarms = step_entries::alarms(record).unwrap_or_else(|e| {
+        notes.push(format!("metrics.jsonl, {where_}: unreadable alarms ({e})"));
+        Vec::new()
+    });
+    let failures = record.logged_failures().cloned().unwrap_or_else(|| failures_from_ideas(ideas));
     let d = diagnostics.as_ref();
+    let n_ideas =
+        record.get(StepMetric::Sequences).map(|n| n as usize).or(d.map(|d| d.n_ideas)).unwrap_or(ideas.len());
     SeriesPoint {
         index,
         n_ideas,
         executions: 0,
-        reward_mean: num("reward_mean").or(d.map(|d| d.mean_reward)).unwrap_or(f64::NAN),
-        reward_max: num("reward_max").or(d.map(|d| d.best_reward)).unwrap_or(f64::NAN),
-        reward_std: num("reward_std").or(d.map(|d| d.reward_std)),
+        reward_mean: record.get(StepMetric::RewardMean).or(d.map(|d| d.mean_reward)).unwrap_or(f64::NAN),
+        reward_max: record.get(StepMetric::RewardMax).or(d.map(|d| d.best_reward)).unwrap_or(f64::NAN),
+        reward_std: record.get(StepMetric::RewardStd).or(d.map(|d| d.reward_std)),
         // Missing and null both mean "not known here"; `finish_series` fills a series that never logs it.
-        best_so_far: num("best_reward_so_far"),
-        execution_rate: num("execution_rate").or(d.map(|d| d.execution_rate)).unwrap_or(f64::NAN),
+        best_so_far: record.get(StepMetric::BestRewardSoFar),
+        execution_rate: record.get(StepMetric::ExecutionRate).or(d.map(|d| d.execution_rate)).unwrap_or(f64::NAN),
         failures,
-        diagnostics,
         alarms,
-        scalars,
+        scalars: record.scalars(),
+        diagnostics,
     }
+}
+
+/// The diagnostics the record holds, if they read.
+fn recorded_diagnostics(record: &StepRecord, where_: &str, notes: &mut Vec<String>) -> Option<BatchDiagnostics> {
+    step_entries::diagnostics(record).unwrap_or_else(|e| {
+        notes.push(format!("metrics.jsonl, {where_}: unreadable diagnostics ({e})"));
+        None
+    })
+}
+
+/// The trainer logs diagnostics when it can; else the text metrics are recomputed from the ideas (no embeddings).
+fn recomputed(ideas: &[&IdeaLine], where_: &str, notes: &mut Vec<String>) -> Option<BatchDiagnostics> {
+    if ideas.is_empty() {
+        return None;
+    }
+    let diagnostics = diagnostics_from_ideas(ideas);
+    if diagnostics.is_some() {
+        notes.push(format!("{where_}: diagnostics recomputed from ideas.jsonl, without embeddings"));
+    }
+    diagnostics
 }
 
 /// Cumulative executions; a best-so-far from the ideas' rewards when the records do not log one.

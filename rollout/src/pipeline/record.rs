@@ -4,10 +4,14 @@
 //! object per line, the same keys as before the record was typed), and the CLI, the report and checkpoint
 //! selection read it. Metric names are spelled here and nowhere else in the pipeline.
 //!
-//! Reading is lenient so that the records of older run folders still load: every field has a default, and a
-//! `null` (how JSON writes a non-finite number) reads as missing.
+//! Reading is lenient so that the records of older run folders still load: every field has a default, a `null`
+//! (how JSON writes a non-finite number) reads as missing, a field of another type than this build's is kept in
+//! `extra`, and the record remembers which typed fields its source did not hold ([`MissingFields`]), so that a
+//! reader can tell "not logged" from "logged as zero". Readers that look numbers up one by one (the report) name
+//! them with [`StepMetric`] and read them with [`StepRecord::get`] and [`StepRecord::scalars`], which also find
+//! the keys older builds wrote under other names or that this build no longer writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ideator_trainer::GrpoStepStats;
 use serde::{Deserialize, Serialize};
@@ -35,6 +39,106 @@ pub struct StepRecord {
     /// What the caller's per-step hook added (`diagnostics`, `alarms`), and any field an older build wrote.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// The typed fields that the JSON this record was read from did not hold; empty for a record made in code.
+    #[serde(skip)]
+    pub missing: MissingFields,
+}
+
+/// The typed fields of a [`StepRecord`] that its source did not hold (or held as `null`, or as a value of another
+/// type): they read as their defaults, and [`StepRecord::get`] does not report them as logged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MissingFields(BTreeSet<String>);
+
+impl MissingFields {
+    fn holds(&self, key: &str) -> bool {
+        self.0.contains(key)
+    }
+}
+
+/// A number of the step record that readers look up by name, with its key in `metrics.jsonl`.
+///
+/// The first five are the rewards and counts the report holds in fields of their own; the rest are the per-step
+/// scalars it charts ([`StepMetric::SCALARS`], read together with [`StepRecord::scalars`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepMetric {
+    RewardMean,
+    RewardStd,
+    RewardMax,
+    BestRewardSoFar,
+    ExecutionRate,
+    /// Ideas the learner was given (`n_ideas` in older builds).
+    Sequences,
+    Kl,
+    Entropy,
+    GradNorm,
+    ClipLowFrac,
+    ClipHighFrac,
+    FracRewardZeroStd,
+    SampleSeconds,
+    WaitSeconds,
+    /// The synchronous trainer's execution time (older builds only).
+    ExecuteSeconds,
+    ReferenceSeconds,
+    UpdateSeconds,
+    StepSeconds,
+    /// Mean staleness of the step's groups (older builds only).
+    StalenessMean,
+    SlotUtilisation,
+}
+
+impl StepMetric {
+    /// The per-step scalars: every metric but the rewards and counts.
+    pub const SCALARS: [StepMetric; 14] = [
+        StepMetric::Kl,
+        StepMetric::Entropy,
+        StepMetric::GradNorm,
+        StepMetric::ClipLowFrac,
+        StepMetric::ClipHighFrac,
+        StepMetric::FracRewardZeroStd,
+        StepMetric::SampleSeconds,
+        StepMetric::WaitSeconds,
+        StepMetric::ExecuteSeconds,
+        StepMetric::ReferenceSeconds,
+        StepMetric::UpdateSeconds,
+        StepMetric::StepSeconds,
+        StepMetric::StalenessMean,
+        StepMetric::SlotUtilisation,
+    ];
+
+    /// Its key in `metrics.jsonl` and in the store's records.
+    pub const fn key(self) -> &'static str {
+        match self {
+            StepMetric::RewardMean => "reward_mean",
+            StepMetric::RewardStd => "reward_std",
+            StepMetric::RewardMax => "reward_max",
+            StepMetric::BestRewardSoFar => "best_reward_so_far",
+            StepMetric::ExecutionRate => "execution_rate",
+            StepMetric::Sequences => "sequences",
+            StepMetric::Kl => "kl",
+            StepMetric::Entropy => "entropy",
+            StepMetric::GradNorm => "grad_norm",
+            StepMetric::ClipLowFrac => "clip_low_frac",
+            StepMetric::ClipHighFrac => "clip_high_frac",
+            StepMetric::FracRewardZeroStd => "frac_reward_zero_std",
+            StepMetric::SampleSeconds => "sample_seconds",
+            StepMetric::WaitSeconds => "wait_seconds",
+            StepMetric::ExecuteSeconds => "execute_seconds",
+            StepMetric::ReferenceSeconds => "reference_seconds",
+            StepMetric::UpdateSeconds => "update_seconds",
+            StepMetric::StepSeconds => "step_seconds",
+            StepMetric::StalenessMean => "staleness_mean",
+            StepMetric::SlotUtilisation => "slot_utilisation",
+        }
+    }
+
+    /// The key an older build wrote it under, when that differs.
+    const fn old_key(self) -> Option<&'static str> {
+        match self {
+            StepMetric::Sequences => Some("n_ideas"),
+            _ => None,
+        }
+    }
 }
 
 /// Rewards of the step's ideas.
@@ -164,25 +268,107 @@ impl StepRecord {
         serde_json::to_value(self).expect("a step record serialises")
     }
 
-    /// Reads a stored or exported record, of this build or an older one: `null`s read as missing, and a record
-    /// that does not parse at all (a field of another type) reads as a default record keeping every field in
-    /// `extra`.
+    /// Reads a stored or exported record, of this build or an older one: `null`s read as missing, a field whose
+    /// value is of another type than this build's is kept in `extra` (and its typed field marked missing), and a
+    /// record that does not parse at all reads as a default record keeping every field in `extra`.
     pub fn from_json(value: &serde_json::Value) -> StepRecord {
-        let mut cleaned = value.clone();
-        if let serde_json::Value::Object(map) = &mut cleaned {
-            map.retain(|_, v| !v.is_null());
-        }
-        let Ok(mut record) = serde_json::from_value::<StepRecord>(cleaned) else {
-            return StepRecord { extra: value.as_object().cloned().unwrap_or_default(), ..StepRecord::default() };
+        let mut fields = value.as_object().cloned().unwrap_or_default();
+        fields.retain(|_, v| !v.is_null());
+        let (mut record, misfits) = match parse(&fields) {
+            Some(record) => (record, serde_json::Map::new()),
+            None => {
+                let misfits = take_misfits(&mut fields);
+                let Some(record) = parse(&fields) else {
+                    let missing = MissingFields(StepRecord::default().typed_keys());
+                    let extra = value.as_object().cloned().unwrap_or_default();
+                    return StepRecord { extra, missing, ..StepRecord::default() };
+                };
+                (record, misfits)
+            }
         };
         // serde hands `extra` every key that a flattened optional part (the learner's) read as well: keep only
         // the keys no typed field holds.
-        let typed = StepRecord { extra: Default::default(), ..record.clone() }.to_json();
-        if let serde_json::Value::Object(keys) = typed {
-            record.extra.retain(|k, _| !keys.contains_key(k));
-        }
+        let typed = record.typed_keys();
+        record.extra.retain(|k, _| !typed.contains(k));
+        record.extra.extend(misfits);
+        record.missing = MissingFields(typed.into_iter().filter(|k| !fields.contains_key(k)).collect());
         record
     }
+
+    /// The keys its typed fields write with a value (not `null`).
+    fn typed_keys(&self) -> BTreeSet<String> {
+        let typed = StepRecord { extra: Default::default(), ..self.clone() }.to_json();
+        let serde_json::Value::Object(map) = typed else { return BTreeSet::new() };
+        map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k).collect()
+    }
+
+    /// The metric, when the record logged it: from its typed field unless the source did not hold that, else from
+    /// what an older build wrote in its place (a key of another name or type, kept in `extra`).
+    pub fn get(&self, metric: StepMetric) -> Option<f64> {
+        let typed = if self.missing.holds(metric.key()) { None } else { self.typed(metric) };
+        typed.or_else(|| self.extra_number(metric))
+    }
+
+    /// The per-step scalars ([`StepMetric::SCALARS`]) the record logged.
+    pub fn scalars(&self) -> BTreeMap<StepMetric, f64> {
+        StepMetric::SCALARS.into_iter().filter_map(|m| self.get(m).map(|v| (m, v))).collect()
+    }
+
+    /// The step number, when the record holds one (an evolution record of an older build may hold only `epoch`).
+    pub fn logged_step(&self) -> Option<u64> {
+        (!self.missing.holds("step")).then_some(self.step)
+    }
+
+    /// Failed ideas by cause, when the record holds them.
+    pub fn logged_failures(&self) -> Option<&BTreeMap<String, usize>> {
+        (!self.missing.holds("failures")).then_some(&self.rewards.failures)
+    }
+
+    fn typed(&self, metric: StepMetric) -> Option<f64> {
+        let grpo = |f: fn(&GrpoStepStats) -> f64| self.learner.grpo.as_ref().map(f);
+        match metric {
+            StepMetric::RewardMean => self.rewards.reward_mean,
+            StepMetric::RewardStd => self.rewards.reward_std,
+            StepMetric::RewardMax => self.rewards.reward_max,
+            StepMetric::BestRewardSoFar => self.rewards.best_reward_so_far,
+            StepMetric::ExecutionRate => Some(self.rewards.execution_rate),
+            StepMetric::Sequences => Some(self.rewards.sequences as f64),
+            StepMetric::Kl => grpo(|g| g.kl),
+            StepMetric::Entropy => grpo(|g| g.entropy),
+            StepMetric::GradNorm => grpo(|g| g.grad_norm),
+            StepMetric::ClipLowFrac => grpo(|g| g.clip_low_frac),
+            StepMetric::ClipHighFrac => grpo(|g| g.clip_high_frac),
+            StepMetric::ReferenceSeconds => grpo(|g| g.reference_seconds),
+            StepMetric::FracRewardZeroStd => Some(self.executions.frac_reward_zero_std),
+            StepMetric::SampleSeconds => Some(self.timing.sample_seconds),
+            StepMetric::WaitSeconds => Some(self.timing.wait_seconds),
+            StepMetric::UpdateSeconds => Some(self.timing.update_seconds),
+            StepMetric::StepSeconds => Some(self.timing.step_seconds),
+            StepMetric::SlotUtilisation => self.timing.slot_utilisation,
+            StepMetric::ExecuteSeconds | StepMetric::StalenessMean => None,
+        }
+    }
+
+    fn extra_number(&self, metric: StepMetric) -> Option<f64> {
+        std::iter::once(metric.key()).chain(metric.old_key()).find_map(|k| self.extra.get(k)?.as_f64())
+    }
+}
+
+fn parse(fields: &serde_json::Map<String, serde_json::Value>) -> Option<StepRecord> {
+    serde_json::from_value(serde_json::Value::Object(fields.clone())).ok()
+}
+
+/// Takes out of `fields` those whose value is of another type than their typed field's (a record holding only
+/// that field does not parse).
+fn take_misfits(
+    fields: &mut serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let misfits: Vec<String> = fields
+        .iter()
+        .filter(|&(k, v)| parse(&serde_json::Map::from_iter([(k.clone(), v.clone())])).is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+    misfits.iter().filter_map(|k| fields.remove_entry(k)).collect()
 }
 
 #[cfg(test)]
@@ -246,5 +432,70 @@ mod tests {
         assert_eq!(r.extra.get("retired_metric").and_then(|v| v.as_u64()), Some(7));
         assert!(r.extra.contains_key("diagnostics"));
         assert_eq!(r.executions, ExecutionStats::default());
+    }
+
+    #[test]
+    fn a_record_made_here_logs_every_typed_metric_and_reads_back_the_same() {
+        let r = grpo_record();
+        assert_eq!(r.get(StepMetric::Kl), Some(0.02));
+        assert_eq!(r.get(StepMetric::WaitSeconds), Some(0.0), "logged as zero, not missing");
+        assert_eq!(r.get(StepMetric::SlotUtilisation), None, "not measured");
+        assert_eq!(r.get(StepMetric::StalenessMean), None, "older builds only");
+        let back = StepRecord::from_json(&r.to_json());
+        assert_eq!(back.missing, MissingFields::default());
+        assert_eq!(back.scalars(), r.scalars());
+        assert_eq!(back.logged_step(), Some(3));
+    }
+
+    #[test]
+    fn an_older_records_metrics_read_as_logged_and_its_absent_ones_as_missing() {
+        // The synchronous trainer's record: `n_ideas`, no pipeline timing, an incomplete GRPO part, and two
+        // numbers this build does not write.
+        let old = serde_json::json!({
+            "epoch": 2, "n_ideas": 6, "reward_mean": 0.3, "kl": 0.01, "sample_seconds": 11.0, "update_seconds": 33.0,
+            "reference_seconds": 3.4, "execute_seconds": 0.5, "staleness_mean": 0.5
+        });
+        let r = StepRecord::from_json(&old);
+        assert_eq!((r.epoch, r.logged_step()), (Some(2), None));
+        assert!(r.learner.grpo.is_none(), "an incomplete GRPO part stays in extra");
+        assert_eq!(r.get(StepMetric::Sequences), Some(6.0));
+        assert_eq!(r.get(StepMetric::ExecutionRate), None, "missing, not zero");
+        assert_eq!(r.logged_failures(), None);
+        let scalars: Vec<(StepMetric, f64)> = r.scalars().into_iter().collect();
+        assert_eq!(
+            scalars,
+            [
+                (StepMetric::Kl, 0.01),
+                (StepMetric::SampleSeconds, 11.0),
+                (StepMetric::ExecuteSeconds, 0.5),
+                (StepMetric::ReferenceSeconds, 3.4),
+                (StepMetric::UpdateSeconds, 33.0),
+                (StepMetric::StalenessMean, 0.5),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_field_of_another_type_is_kept_in_extra_and_the_rest_still_reads() {
+        let odd = serde_json::json!({"step": 4, "sequences": 7.5, "failures": ["crash"], "reward_mean": 0.1});
+        let r = StepRecord::from_json(&odd);
+        assert_eq!((r.logged_step(), r.rewards.reward_mean), (Some(4), Some(0.1)));
+        assert_eq!(r.get(StepMetric::Sequences), Some(7.5), "the number as written");
+        assert_eq!(r.logged_failures(), None);
+        assert_eq!(r.extra.get("failures"), Some(&serde_json::json!(["crash"])));
+    }
+
+    #[test]
+    fn metric_names_are_the_exported_keys() {
+        let all = [StepMetric::RewardMean, StepMetric::RewardStd, StepMetric::RewardMax, StepMetric::BestRewardSoFar];
+        let all =
+            all.into_iter().chain([StepMetric::ExecutionRate, StepMetric::Sequences]).chain(StepMetric::SCALARS);
+        let json = grpo_record().to_json();
+        for m in all {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.key(), "{m:?}");
+            let exported = json.get(m.key()).is_some();
+            let older = matches!(m, StepMetric::ExecuteSeconds | StepMetric::StalenessMean);
+            assert!(exported != older, "{m:?}: this build writes every metric but the older builds' ones");
+        }
     }
 }

@@ -244,6 +244,7 @@ fn step_record(
         staleness,
         learner,
         extra: Default::default(),
+        missing: Default::default(),
     }
 }
 
