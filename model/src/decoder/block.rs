@@ -221,7 +221,9 @@ impl Attention {
         let total = keys.dim(1)?;
         let q = q.reshape((b * nkv, group * tn, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        if kernel_for(&[&q, &keys, &values, mask]) == Kernel::CpuFast {
+        // A prompt's prefill (many new tokens) is compute-bound and gemm is faster there; a step's few are not.
+        if tn <= crate::decode_attention::MAX_NEW_TOKENS && kernel_for(&[&q, &keys, &values, mask]) == Kernel::CpuFast
+        {
             let mask = mask.reshape((b, tn, total))?;
             let y = crate::decode_attention::decode_attention(&q, &keys, &values, &mask, nkv, scale)?;
             return self.merge_heads(&y, b, tn);
