@@ -45,6 +45,16 @@ pub struct EvalKey {
     pub max_new_tokens: usize,
     pub batch_size: usize,
     pub time_limit_s: Option<f64>,
+    /// Precision of the forward passes (`--dtype`) and of the weights sampling read (`--sampling-dtype`). Each is
+    /// left out of the key when f32, so evaluations stored before these fields existed keep their names.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub dtype: ideator_model::device::Precision,
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub sampling_dtype: ideator_model::device::Precision,
+}
+
+fn is_f32(p: &ideator_model::device::Precision) -> bool {
+    *p == ideator_model::device::Precision::F32
 }
 
 impl EvalKey {
@@ -367,4 +377,46 @@ pub fn environments<'a>(runs: impl Iterator<Item = &'a RunInfo>) -> BTreeMap<(St
         out.entry((r.env.clone(), r.scale.clone())).or_default().push(r.name.clone());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ideator_model::device::Precision;
+
+    fn key() -> EvalKey {
+        EvalKey {
+            checkpoint: None,
+            step: None,
+            manifest_sha256: None,
+            model: Some("m".into()),
+            weights_sha256: vec![],
+            env: "toy".into(),
+            env_config_sha256: None,
+            scale: "tiny".into(),
+            n: 4,
+            seed: 0,
+            temperature: 1.0,
+            top_p: 1.0,
+            max_new_tokens: 16,
+            batch_size: 4,
+            time_limit_s: None,
+            dtype: Precision::F32,
+            sampling_dtype: Precision::F32,
+        }
+    }
+
+    /// An evaluation sampled from the bf16 copy is not the f32 one (its stored results are not reused for it), and
+    /// an f32 evaluation's key is written as before these fields existed, so its stored name does not change.
+    #[test]
+    fn the_precisions_are_part_of_an_evaluations_identity_and_f32_keeps_older_keys() {
+        let f32_text = serde_json::to_string(&key()).unwrap();
+        assert!(!f32_text.contains("dtype"), "{f32_text}");
+        let older: EvalKey = serde_json::from_str(&f32_text).unwrap();
+        assert_eq!(older, key());
+        let copy = EvalKey { sampling_dtype: Precision::Bf16, ..key() };
+        let bf16 = EvalKey { dtype: Precision::Bf16, ..key() };
+        let texts = [f32_text, serde_json::to_string(&copy).unwrap(), serde_json::to_string(&bf16).unwrap()];
+        assert!(texts[0] != texts[1] && texts[1] != texts[2] && texts[0] != texts[2], "{texts:?}");
+    }
 }

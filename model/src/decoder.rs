@@ -170,8 +170,9 @@ impl Decoder {
     pub fn set_sampling_precision(&mut self, precision: Precision) -> Result<()> {
         if precision != Precision::F32 && !(self.device.is_cpu() && self.dtype() == DType::F32) {
             return Err(ModelError::Invalid(format!(
-                "a {precision} sampling copy is for an f32 decoder on the CPU (this one is {:?} on {:?}); on a GPU \
-                 set the model's dtype to bf16 instead",
+                "a {precision} sampling copy needs an f32 decoder on the CPU, and this one computes in {:?} on {:?}: \
+                 on the CPU keep dtype f32 with sampling_dtype {precision}; on a GPU set dtype bf16 and leave \
+                 sampling_dtype at f32",
                 self.dtype(),
                 self.device
             )));

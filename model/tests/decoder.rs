@@ -553,5 +553,5 @@ fn a_bf16_sampling_copy_halves_the_matrices_a_decode_step_reads_and_is_refused_o
     }
     let mut bf16 = tiny_decoder_in(ARCHS[1], 1, DType::BF16);
     let err = bf16.set_sampling_precision(Precision::Bf16).unwrap_err().to_string();
-    assert!(err.contains("f32 decoder on the CPU"), "{err}");
+    assert!(err.contains("needs an f32 decoder on the CPU") && err.contains("keep dtype f32"), "{err}");
 }

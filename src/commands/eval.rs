@@ -218,6 +218,8 @@ fn eval_key(
         max_new_tokens: args.max_new_tokens,
         batch_size: args.batch_size,
         time_limit_s: args.time_limit,
+        dtype: args.model.dtype,
+        sampling_dtype: args.model.sampling_dtype,
     })
 }
 

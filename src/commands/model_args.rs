@@ -16,9 +16,9 @@ pub struct ModelArgs {
     /// Precision of the forward passes: f32, or bf16 (GPU; training keeps f32 master weights and optimiser state).
     #[arg(long, default_value = "f32")]
     pub dtype: Precision,
-    /// Precision of the weights sampling reads: f32 (exact), or bf16, a rounded copy refreshed after each update
-    /// that halves the bytes a CPU decode step streams (the behaviour log-probs then come from the copy; see
-    /// `grpo.rollout_is_threshold`). CPU with dtype f32 only.
+    /// Precision of the weights sampling reads: f32 (exact), or bf16, a copy of the weights rounded to bf16 that
+    /// halves the bytes a CPU decode step streams (the log-probs then come from the copy; in training it is rebuilt
+    /// after each update, see `grpo.rollout_is_threshold`). CPU with dtype f32 only.
     #[arg(long, default_value = "f32")]
     pub sampling_dtype: Precision,
 }

@@ -178,7 +178,15 @@ fn validate(cfg: &TrainFile) -> anyhow::Result<()> {
          sampling.temperature > 0 (e.g. 0.7 to 1.0)",
         cfg.grpo.group_size
     );
-    if cfg.model.sampling_dtype != ideator_model::device::Precision::F32 && cfg.grpo.rollout_is_threshold.is_none() {
+    let f32 = ideator_model::device::Precision::F32;
+    anyhow::ensure!(
+        cfg.model.sampling_dtype == f32 || cfg.model.dtype == f32,
+        "model.sampling_dtype = {} needs model.dtype = \"f32\" (the copy halves what the CPU's f32 decoding \
+         streams); with dtype = \"{}\" (a GPU) leave sampling_dtype at f32",
+        cfg.model.sampling_dtype,
+        cfg.model.dtype
+    );
+    if cfg.model.sampling_dtype != f32 && cfg.grpo.rollout_is_threshold.is_none() {
         tracing::warn!(
             "model.sampling_dtype = {} samples from a rounded copy, and grpo.rollout_is_threshold is unset: the \
              ratio is taken against the copy's log-probs, uncorrected (set it, e.g. to 2.0, for truncated \
@@ -364,6 +372,7 @@ mod tests {
             ("[sampling]\ntemperature = 0.0", "sampling.temperature = 0"),
             ("[grpo]\nrollout_is_threshold = 0.5", "grpo.rollout_is_threshold"),
             ("[model]\nsampling_dtype = \"f16\"", "sampling_dtype"),
+            ("[model]\nsampling_dtype = \"bf16\"\ndtype = \"bf16\"", "needs model.dtype = \"f32\""),
         ];
         for (section, key) in cases {
             let env = if section.starts_with("[env]") { "" } else { "[env]\nname = \"toy\"\n" };
