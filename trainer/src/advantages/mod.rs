@@ -5,7 +5,7 @@
 //! Convention shared by every estimator (so that they compose with the same loss, clipping, KL and aggregation):
 //! with n samples x_1..x_n of one prompt, the estimator's advantages A_i satisfy
 //! E[(1/n) sum_i A_i grad log p(x_i)] = grad J for its objective J (the sequence-mean aggregation averages over
-//! the group's samples). `grpo` with the leave-one-out baseline has J = E[r]; `max_k` has J = E[max of k]; ...
+//! the group's samples). `grpo` with the leave-one-out baseline has `J = E[r]`; `max_k` has `J = E[max of k]`; ...
 //! Dividing by the group's std (`scale_rewards`) rescales each group by a positive number that depends on the
 //! draw, which keeps each group's direction but makes the expectation only approximately proportional to grad J
 //! (it is how GRPO and verl's `grpo_passk` scale); the exactness tests run with it off.
@@ -89,7 +89,7 @@ pub fn compute_advantages(group: &GroupInput, cfg: &GrpoConfig, step: u64) -> Gr
 
 /// `grpo`: A_j = r_j - b_j, b_j the group mean (GRPO, Shao et al. 2024) or the mean of the others (RLOO,
 /// Ahmadian et al. 2024: r_j - mean of the others = n/(n-1) (r_j - mean)); divided by (sample std + 1e-4) when
-/// `scale_rewards` (GRPO; Dr.GRPO drops it). Only the leave-one-out form is unbiased for grad E[r]; the group
+/// `scale_rewards` (GRPO; Dr.GRPO drops it). Only the leave-one-out form is unbiased for `grad E[r]`; the group
 /// mean gives (n-1)/n of it. All-equal rewards give all-zero advantages.
 pub fn grpo(group: &GroupInput, cfg: &GrpoConfig, _step: u64) -> GroupAdvantages {
     GroupAdvantages { advantages: group_advantages(&group.rewards, cfg), metrics: Vec::new() }
