@@ -884,7 +884,7 @@ fn scalar_chart(s: &RunSeries, spec: &Spec<StepMetric>) -> Option<Chart> {
 fn training_section(data: &ReportData) -> Section {
     let mut charts = Vec::new();
     if let Some(s) = data.series(SeriesKind::Rl) {
-        let specs: [Spec<StepMetric>; 4] = [
+        let specs: [Spec<StepMetric>; 5] = [
             spec(
                 "train-kl",
                 "KL to the reference",
@@ -915,6 +915,18 @@ fn training_section(data: &ReportData) -> Section {
                     ("clipped low", StepMetric::ClipLowFrac),
                     ("clipped high", StepMetric::ClipHighFrac),
                     ("flat groups", StepMetric::FracRewardZeroStd),
+                ],
+            ),
+            spec(
+                "train-rollout-mismatch",
+                "Sampler against trained policy",
+                "Mean |log pi_train - log pi_sample| per token on groups sampled by the weights being trained (near 0 \
+                 when sampling reads the f32 weights, about 0.01 from a bf16 copy), and the share of tokens whose \
+                 truncated importance weight hit grpo.rollout_is_threshold.",
+                Axis::linear("nats / fraction"),
+                vec![
+                    ("|log-prob difference|", StepMetric::RolloutLogprobDiffMean),
+                    ("truncated", StepMetric::RolloutIsRatioFractionHigh),
                 ],
             ),
         ];
@@ -1124,6 +1136,36 @@ mod tests {
         let columns = alarm_columns(SeriesKind::Rl, &refs);
         assert_eq!(columns[0].2, "RL steps 1–2: 3 alarms; at step 2: alarm 2.0; alarm 2.1");
         assert_eq!(columns[1].2, "RL step 4: alarm 4.0");
+    }
+
+    /// The sampler-mismatch chart appears for a run that logs the mismatch (every run since it exists) and not for
+    /// an older one, whose report stays as it was.
+    #[test]
+    fn the_sampler_mismatch_chart_shows_only_when_logged() {
+        let point = |index: u64, scalars: BTreeMap<StepMetric, f64>| SeriesPoint {
+            index,
+            n_ideas: 8,
+            executions: 8 * (index as usize + 1),
+            reward_mean: 0.1,
+            reward_max: 0.3,
+            reward_std: None,
+            best_so_far: None,
+            execution_rate: 1.0,
+            failures: BTreeMap::new(),
+            diagnostics: None,
+            alarms: vec![],
+            scalars,
+        };
+        let ids = |scalars: BTreeMap<StepMetric, f64>| {
+            let points = (0..3).map(|i| point(i, scalars.clone())).collect();
+            let series = RunSeries { kind: SeriesKind::Rl, label: "RL".into(), points };
+            let data = ReportData { series: vec![series], ..Default::default() };
+            training_section(&data).charts.into_iter().map(|c| c.id).collect::<Vec<_>>()
+        };
+        let older = ids(BTreeMap::from([(StepMetric::Kl, 0.01)]));
+        assert!(older.contains(&"train-kl".to_string()) && !older.contains(&"train-rollout-mismatch".to_string()));
+        let logged = ids(BTreeMap::from([(StepMetric::Kl, 0.01), (StepMetric::RolloutLogprobDiffMean, 0.01)]));
+        assert!(logged.contains(&"train-rollout-mismatch".to_string()), "{logged:?}");
     }
 
     #[test]

@@ -85,11 +85,16 @@ pub enum StepMetric {
     /// Mean staleness of the step's groups (older builds only).
     StalenessMean,
     SlotUtilisation,
+    /// Mean |log pi_train - log pi_sample| over on-policy tokens (`GrpoStepStats::rollout_logprob_diff_mean`).
+    RolloutLogprobDiffMean,
+    /// Mean truncated importance weight, and the fraction truncated (`grpo.rollout_is_threshold` set).
+    RolloutIsMean,
+    RolloutIsRatioFractionHigh,
 }
 
 impl StepMetric {
     /// The per-step scalars: every metric but the rewards and counts.
-    pub const SCALARS: [StepMetric; 14] = [
+    pub const SCALARS: [StepMetric; 17] = [
         StepMetric::Kl,
         StepMetric::Entropy,
         StepMetric::GradNorm,
@@ -104,6 +109,9 @@ impl StepMetric {
         StepMetric::StepSeconds,
         StepMetric::StalenessMean,
         StepMetric::SlotUtilisation,
+        StepMetric::RolloutLogprobDiffMean,
+        StepMetric::RolloutIsMean,
+        StepMetric::RolloutIsRatioFractionHigh,
     ];
 
     /// Its key in `metrics.jsonl` and in the store's records.
@@ -129,6 +137,9 @@ impl StepMetric {
             StepMetric::StepSeconds => "step_seconds",
             StepMetric::StalenessMean => "staleness_mean",
             StepMetric::SlotUtilisation => "slot_utilisation",
+            StepMetric::RolloutLogprobDiffMean => "rollout_logprob_diff_mean",
+            StepMetric::RolloutIsMean => "rollout_is_mean",
+            StepMetric::RolloutIsRatioFractionHigh => "rollout_is_ratio_fraction_high",
         }
     }
 
@@ -345,6 +356,13 @@ impl StepRecord {
             StepMetric::UpdateSeconds => Some(self.timing.update_seconds),
             StepMetric::StepSeconds => Some(self.timing.step_seconds),
             StepMetric::SlotUtilisation => self.timing.slot_utilisation,
+            StepMetric::RolloutLogprobDiffMean => {
+                self.learner.grpo.as_ref().and_then(|g| g.rollout_logprob_diff_mean)
+            }
+            StepMetric::RolloutIsMean => self.learner.grpo.as_ref().and_then(|g| g.rollout_is_mean),
+            StepMetric::RolloutIsRatioFractionHigh => {
+                self.learner.grpo.as_ref().and_then(|g| g.rollout_is_ratio_fraction_high)
+            }
             StepMetric::ExecuteSeconds | StepMetric::StalenessMean => None,
         }
     }
@@ -382,7 +400,16 @@ mod tests {
             rewards: RewardStats { execution_rate: 0.75, ..RewardStats::of(&[0.1, 0.3]) },
             executions: ExecutionStats { ideas: 2, noise_std: Some(0.01), ..Default::default() },
             timing: StepTiming { step_seconds: 4.0, slot_utilisation: None, ..Default::default() },
-            learner: LearnerStats { grpo: Some(GrpoStepStats { kl: 0.02, ..Default::default() }), evolution: None },
+            learner: LearnerStats {
+                grpo: Some(GrpoStepStats {
+                    kl: 0.02,
+                    rollout_logprob_diff_mean: Some(0.01),
+                    rollout_is_mean: Some(1.0),
+                    rollout_is_ratio_fraction_high: Some(0.0),
+                    ..Default::default()
+                }),
+                evolution: None,
+            },
             ..Default::default()
         }
     }
