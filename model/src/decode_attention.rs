@@ -13,8 +13,8 @@
 //! agree with the composed ops to rounding (tested).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
+use crate::cpu_op::for_each_chunk_mut;
 use crate::Result;
 
 /// Most new tokens per row the kernel takes: a decode step's one (or a few). A prompt's prefill has hundreds of
@@ -122,66 +122,57 @@ impl CustomOp3 for DecodeAttention {
         }
         let (q, keys, values) =
             (&qs.as_slice::<f32>()?[qa..qb], CacheView::new(ks, kl, hd)?, CacheView::new(vs, vl, hd)?);
+        let avx2 = crate::few_rows::Path::available().contains(&crate::few_rows::Path::Avx2);
         let mut out = vec![0f32; rows * queries * hd];
-        let task = |(r, out): (usize, &mut [f32])| {
-            let rq = &q[r * queries * hd..(r + 1) * queries * hd];
-            let mask = &self.mask[(r / self.kv_heads) * self.new * self.total..][..self.new * self.total];
-            attend_dispatch(self, rq, keys, values, r, mask, out);
-        };
-        if rayon::current_num_threads() > 1 {
-            out.par_chunks_mut(queries * hd).enumerate().for_each(task);
-        } else {
-            out.chunks_mut(queries * hd).enumerate().for_each(task);
-        }
+        for_each_chunk_mut(&mut out, queries * hd, |r, out| {
+            let row = Row {
+                q: &q[r * queries * hd..(r + 1) * queries * hd],
+                keys,
+                values,
+                r,
+                mask: &self.mask[(r / self.kv_heads) * self.new * self.total..][..self.new * self.total],
+            };
+            attend_dispatch(self, &row, out, avx2);
+        });
         Ok((CpuStorage::F32(out), Shape::from((rows, queries, hd))))
     }
 }
 
-/// One row's attention with the widest vector instructions this CPU has (the same code, compiled for AVX2 + FMA
-/// when available, so that its fixed-width loops become vector instructions).
-fn attend_dispatch(
-    op: &DecodeAttention,
-    q: &[f32],
-    keys: CacheView,
-    values: CacheView,
+/// What one row (a batch row's key/value head) of the op reads: its queries (queries, head_dim), the cache views,
+/// its index in them, and its batch row's mask (new, total).
+struct Row<'a> {
+    q: &'a [f32],
+    keys: CacheView<'a>,
+    values: CacheView<'a>,
     r: usize,
-    mask: &[f32],
-    out: &mut [f32],
-) {
+    mask: &'a [f32],
+}
+
+/// One row's attention, compiled for AVX2 + FMA when `avx2` (the CPU has them), so that its fixed-width loops
+/// become vector instructions.
+fn attend_dispatch(op: &DecodeAttention, row: &Row, out: &mut [f32], avx2: bool) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked above); the body is safe code.
-        return unsafe { attend_avx2(op, q, keys, values, r, mask, out) };
+    if avx2 {
+        // SAFETY: `avx2` comes from `few_rows::Path::available`, which lists AVX2 only when the CPU has AVX2 and
+        // FMA; the body is safe code.
+        return unsafe { attend_avx2(op, row, out) };
     }
-    attend(op, q, keys, values, r, mask, out)
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = avx2;
+    attend(op, row, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(
-    op: &DecodeAttention,
-    q: &[f32],
-    keys: CacheView,
-    values: CacheView,
-    r: usize,
-    mask: &[f32],
-    out: &mut [f32],
-) {
-    attend(op, q, keys, values, r, mask, out)
+unsafe fn attend_avx2(op: &DecodeAttention, row: &Row, out: &mut [f32]) {
+    attend(op, row, out)
 }
 
 /// Scores every query of row `r` against every key (each key read once), softmaxes each query's scores, and sums
 /// the values weighted by them (each value read once) into `out` (queries, head_dim).
 #[inline(always)]
-fn attend(
-    op: &DecodeAttention,
-    q: &[f32],
-    keys: CacheView,
-    values: CacheView,
-    r: usize,
-    mask: &[f32],
-    out: &mut [f32],
-) {
+fn attend(op: &DecodeAttention, row: &Row, out: &mut [f32]) {
+    let Row { q, keys, values, r, mask } = *row;
     let (hd, total, new) = (keys.head_dim, op.total, op.new);
     let queries = q.len() / hd;
     let mut scores = vec![0f32; queries * total];

@@ -22,7 +22,6 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use half::bf16;
-use rayon::prelude::*;
 
 /// Most activation rows the decode path sends here. Up to this many the kernel beats candle's matmul on a decode
 /// step's products (`ideator bench matmul`, Xeon family 6 model 207, one thread: 1.1-1.3x at 1 row, 2.1-2.5x at 8,
@@ -159,18 +158,11 @@ fn products<T: x86::Lanes>(x: &[f32], m: usize, w: &[T], n: usize, k: usize, pat
         return out;
     }
     let mut out_t = vec![0f32; n * m];
-    let task = |(index, out_t): (usize, &mut [f32])| {
+    crate::cpu_op::for_each_chunk_mut(&mut out_t, WEIGHT_ROWS_PER_TASK * m, |index, out_t| {
         let first = index * WEIGHT_ROWS_PER_TASK;
         let rows = out_t.len() / m;
         weight_rows_times_x(&w[first * k..(first + rows) * k], k, x, m, out_t, path);
-    };
-    // On one thread, stay on the caller's: handing each product to rayon's pool and waiting for it costs tens of
-    // microseconds, a third of a one-row decode step over its 211 products.
-    if rayon::current_num_threads() > 1 {
-        out_t.par_chunks_mut(WEIGHT_ROWS_PER_TASK * m).enumerate().for_each(task);
-    } else {
-        out_t.chunks_mut(WEIGHT_ROWS_PER_TASK * m).enumerate().for_each(task);
-    }
+    });
     for (j, col) in out_t.chunks_exact(m).enumerate() {
         for (r, &v) in col.iter().enumerate() {
             out[r * n + j] = v;

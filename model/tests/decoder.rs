@@ -456,21 +456,37 @@ fn batched_cached_decoding_with_lora_equals_the_training_forward() {
         }
         let mode = AdapterMode { enabled: true, dropout_seed: None };
         for rows in [1usize, 3, 9, 20] {
-            let prompts: Vec<Vec<u32>> =
-                (0..rows).map(|r| (0..2 + r % 5).map(|i| ((r * 7 + i * 13 + 1) % 97) as u32).collect()).collect();
-            let conts: Vec<Vec<u32>> =
-                (0..rows).map(|r| (0..4).map(|s| ((r * 5 + s * 11 + 3) % 97) as u32).collect()).collect();
-            let (lp, ent) = batched_cached_scores(&dec, &prompts, &conts, mode);
-            let seqs: Vec<Vec<u32>> =
-                prompts.iter().zip(&conts).map(|(p, c)| [p.clone(), c.clone()].concat()).collect();
-            let from: Vec<usize> = prompts.iter().map(Vec::len).collect();
-            let (want_lp, want_ent) = dec.score_tokens(&seqs, &from, 0, mode).unwrap();
-            let (want_lp, want_ent) = (want_lp.to_vec1::<f32>().unwrap(), want_ent.to_vec1::<f32>().unwrap());
-            assert_eq!(lp.len(), want_lp.len());
-            for (a, b) in lp.iter().zip(&want_lp).chain(ent.iter().zip(&want_ent)) {
-                assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{arch:?}, {rows} rows: cached {a} vs training {b}");
-            }
+            let (prompts, conts) = (prompts(rows, 2), conts(rows));
+            let cached = batched_cached_scores(&dec, &prompts, &conts, mode);
+            let training = training_scores(&dec, &prompts, &conts, mode);
+            assert_close(&cached, &training, &format!("{arch:?}, {rows} rows: cached vs training"));
         }
+    }
+}
+
+/// `rows` prompts of `len` to `len + 4` tokens.
+fn prompts(rows: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..rows).map(|r| (0..len + r % 5).map(|i| ((r * 7 + i * 13 + 1) % 97) as u32).collect()).collect()
+}
+
+/// Log-probs and entropies of `conts[r]` after `prompts[r]` from the training forward.
+fn training_scores(
+    dec: &Decoder,
+    prompts: &[Vec<u32>],
+    conts: &[Vec<u32>],
+    mode: AdapterMode,
+) -> (Vec<f32>, Vec<f32>) {
+    let seqs: Vec<Vec<u32>> = prompts.iter().zip(conts).map(|(p, c)| [p.clone(), c.clone()].concat()).collect();
+    let from: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let (lp, ent) = dec.score_tokens(&seqs, &from, 0, mode).unwrap();
+    (lp.to_vec1::<f32>().unwrap(), ent.to_vec1::<f32>().unwrap())
+}
+
+/// Log-probs and entropies agree token by token to 1e-4 (relative to 1 + |want|).
+fn assert_close((lp, ent): &(Vec<f32>, Vec<f32>), (want_lp, want_ent): &(Vec<f32>, Vec<f32>), what: &str) {
+    assert_eq!((lp.len(), ent.len()), (want_lp.len(), want_ent.len()), "{what}");
+    for (a, b) in lp.iter().zip(want_lp).chain(ent.iter().zip(want_ent)) {
+        assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{what}: {a} vs {b}");
     }
 }
 
@@ -505,23 +521,14 @@ fn a_bf16_sampling_copy_decodes_the_model_with_rounded_weight_matrices() {
             r.set(v.as_tensor()).unwrap();
         }
         let mode = AdapterMode { enabled: true, dropout_seed: None };
-        let prompts = |rows: usize, len: usize| -> Vec<Vec<u32>> {
-            (0..rows).map(|r| (0..len + r % 5).map(|i| ((r * 7 + i * 13 + 1) % 97) as u32).collect()).collect()
-        };
         let f32_before = batched_cached_scores(&dec, &prompts(3, 2), &conts(3), mode);
         dec.set_sampling_precision(Precision::Bf16).unwrap();
         assert_eq!(dec.sampling_precision(), Precision::Bf16);
         for (rows, len) in [(1usize, 2usize), (3, 2), (9, 2), (20, 2), (2, 40)] {
             let (prompts, conts) = (prompts(rows, len), conts(rows));
-            let (lp, ent) = batched_cached_scores(&dec, &prompts, &conts, mode);
-            let seqs: Vec<Vec<u32>> =
-                prompts.iter().zip(&conts).map(|(p, c)| [p.clone(), c.clone()].concat()).collect();
-            let from: Vec<usize> = prompts.iter().map(Vec::len).collect();
-            let (want_lp, want_ent) = rounded.score_tokens(&seqs, &from, 0, mode).unwrap();
-            let (want_lp, want_ent) = (want_lp.to_vec1::<f32>().unwrap(), want_ent.to_vec1::<f32>().unwrap());
-            for (a, b) in lp.iter().zip(&want_lp).chain(ent.iter().zip(&want_ent)) {
-                assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{arch:?}, {rows} rows: copy {a} vs rounded {b}");
-            }
+            let copy = batched_cached_scores(&dec, &prompts, &conts, mode);
+            let training = training_scores(&rounded, &prompts, &conts, mode);
+            assert_close(&copy, &training, &format!("{arch:?}, {rows} rows: copy vs rounded"));
         }
         dec.set_sampling_precision(Precision::F32).unwrap();
         assert_eq!(batched_cached_scores(&dec, &prompts(3, 2), &conts(3), mode), f32_before, "{arch:?}");

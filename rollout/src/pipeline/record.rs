@@ -337,6 +337,7 @@ impl StepRecord {
 
     fn typed(&self, metric: StepMetric) -> Option<f64> {
         let grpo = |f: fn(&GrpoStepStats) -> f64| self.learner.grpo.as_ref().map(f);
+        let grpo_logged = |f: fn(&GrpoStepStats) -> Option<f64>| self.learner.grpo.as_ref().and_then(f);
         match metric {
             StepMetric::RewardMean => self.rewards.reward_mean,
             StepMetric::RewardStd => self.rewards.reward_std,
@@ -356,13 +357,9 @@ impl StepRecord {
             StepMetric::UpdateSeconds => Some(self.timing.update_seconds),
             StepMetric::StepSeconds => Some(self.timing.step_seconds),
             StepMetric::SlotUtilisation => self.timing.slot_utilisation,
-            StepMetric::RolloutLogprobDiffMean => {
-                self.learner.grpo.as_ref().and_then(|g| g.rollout_logprob_diff_mean)
-            }
-            StepMetric::RolloutIsMean => self.learner.grpo.as_ref().and_then(|g| g.rollout_is_mean),
-            StepMetric::RolloutIsRatioFractionHigh => {
-                self.learner.grpo.as_ref().and_then(|g| g.rollout_is_ratio_fraction_high)
-            }
+            StepMetric::RolloutLogprobDiffMean => grpo_logged(|g| g.rollout_logprob_diff_mean),
+            StepMetric::RolloutIsMean => grpo_logged(|g| g.rollout_is_mean),
+            StepMetric::RolloutIsRatioFractionHigh => grpo_logged(|g| g.rollout_is_ratio_fraction_high),
             StepMetric::ExecuteSeconds | StepMetric::StalenessMean => None,
         }
     }
