@@ -1,5 +1,8 @@
 //! AdamW with decoupled weight decay and exportable state, gradient accumulation across micro-batches, and
 //! global-norm clipping. candle-nn's AdamW keeps its moments private, and exact resume needs them saved.
+//!
+//! [`adamw_update`] is the project's one AdamW arithmetic: the trainer's [`AdamW`] and the pretrain environment's
+//! optimisers (AdamW, and Muon's AdamW half) both call it.
 
 use std::collections::HashMap;
 
@@ -48,6 +51,49 @@ pub(crate) fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     Ok(sq.sqrt())
 }
 
+/// Hyper-parameters of one [`adamw_update`] call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    /// Learning rate of this step (the schedule already applied).
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay of this parameter (0 for parameters that do not decay, such as norm gains).
+    pub weight_decay: f64,
+    /// 1-based index of this update, for the bias corrections.
+    pub t: u64,
+}
+
+/// One AdamW update of one parameter (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization",
+/// Algorithm 2, with Adam's bias corrections): updates the moments `m` and `v` in place and returns the new
+/// parameter
+///
+/// `m = beta1 m + (1 - beta1) g`, `v = beta2 v + (1 - beta2) g^2`,
+/// `theta' = theta (1 - lr wd) - (lr / (1 - beta1^t)) m / (sqrt(v / (1 - beta2^t)) + eps)`.
+///
+/// All tensors have the parameter's shape and dtype (f32 in practice). The order of the arithmetic is part of the
+/// contract: the pretrain environment's rewards are pinned bit for bit per recipe and seed, so it must not change.
+///
+/// # Errors
+/// A shape or dtype mismatch between the tensors (candle's error).
+pub fn adamw_update(
+    theta: &Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    h: AdamWStep,
+) -> candle_core::Result<Tensor> {
+    let theta = theta.detach();
+    let decayed = if h.weight_decay > 0.0 { theta.affine(1.0 - h.lr * h.weight_decay, 0.0)? } else { theta };
+    *m = (m.affine(h.beta1, 0.0)? + g.affine(1.0 - h.beta1, 0.0)?)?;
+    *v = (v.affine(h.beta2, 0.0)? + g.sqr()?.affine(1.0 - h.beta2, 0.0)?)?;
+    let bc1 = 1.0 - h.beta1.powi(h.t as i32);
+    let bc2 = 1.0 - h.beta2.powi(h.t as i32);
+    let denom = (v.affine(1.0 / bc2, 0.0)?.sqrt()? + h.eps)?;
+    decayed - (m.affine(h.lr / bc1, 0.0)? / denom)?
+}
+
 pub struct AdamW {
     cfg: OptimConfig,
     m: Vec<Tensor>,
@@ -84,26 +130,21 @@ impl AdamW {
             _ => 1.0,
         };
         self.steps += 1;
-        let t = self.steps as i32;
-        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2 = 1.0 - b2.powi(t);
         for (i, ((_, var), g)) in params.iter().zip(grads).enumerate() {
             let Some(g) = g else { continue };
             let g = if scale != 1.0 { (g * scale)? } else { g.clone() };
-            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let m_hat = (&self.m[i] / bc1)?;
-            let v_hat = (&self.v[i] / bc2)?;
-            let update = (m_hat / (v_hat.sqrt()? + self.cfg.eps)?)?;
             let theta = var.as_tensor();
-            // Decoupled decay on matrices only: norms and biases are not decayed (as in common practice).
-            let decayed = if self.cfg.weight_decay > 0.0 && theta.rank() >= 2 {
-                (theta * (1.0 - lr * self.cfg.weight_decay))?
-            } else {
-                theta.clone()
+            // Decay matrices only: norm gains and biases (rank 1) keep their scale.
+            let weight_decay = if theta.rank() >= 2 { self.cfg.weight_decay } else { 0.0 };
+            let step = AdamWStep {
+                lr,
+                beta1: self.cfg.beta1,
+                beta2: self.cfg.beta2,
+                eps: self.cfg.eps,
+                weight_decay,
+                t: self.steps,
             };
-            var.set(&(decayed - (update * lr)?)?)?;
+            var.set(&adamw_update(theta, &g, &mut self.m[i], &mut self.v[i], step)?)?;
         }
         Ok(norm)
     }
@@ -172,6 +213,39 @@ mod tests {
         let m = opt.state_tensors(&p)["adam.m.w"].to_vec1::<f32>().unwrap();
         // m = (1 - beta1) * g * (1 / 5)
         assert!((m[0] - 0.1 * 0.6).abs() < 1e-6 && (m[1] - 0.1 * 0.8).abs() < 1e-6, "{m:?}");
+    }
+
+    /// Three AdamW steps on a few values against the paper's formula evaluated in f64 element by element.
+    #[test]
+    fn adamw_update_follows_the_decoupled_formula() {
+        let (b1, b2, eps, wd, lr) = (0.9, 0.95, 1e-8, 0.1, 0.01);
+        let dev = Device::Cpu;
+        let mut theta = Tensor::new(&[0.5f32, -1.5, 2.0], &dev).unwrap();
+        let (mut m, mut v) = (theta.zeros_like().unwrap(), theta.zeros_like().unwrap());
+        let grads = [[0.3f32, -0.2, 1.0], [-0.1, -0.4, 0.5], [0.2, 0.0, -2.0]];
+        let mut reference = [(0.5f64, 0.0f64, 0.0f64), (-1.5, 0.0, 0.0), (2.0, 0.0, 0.0)];
+        for (t, g) in grads.iter().enumerate() {
+            let h = AdamWStep { lr, beta1: b1, beta2: b2, eps, weight_decay: wd, t: t as u64 + 1 };
+            let gt = Tensor::new(g, &dev).unwrap();
+            theta = adamw_update(&theta, &gt, &mut m, &mut v, h).unwrap();
+            for (r, &gi) in reference.iter_mut().zip(g) {
+                let gi = gi as f64;
+                r.1 = b1 * r.1 + (1.0 - b1) * gi;
+                r.2 = b2 * r.2 + (1.0 - b2) * gi * gi;
+                let m_hat = r.1 / (1.0 - b1.powi(t as i32 + 1));
+                let v_hat = r.2 / (1.0 - b2.powi(t as i32 + 1));
+                r.0 = r.0 * (1.0 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps);
+            }
+        }
+        let got = theta.to_vec1::<f32>().unwrap();
+        for (g, r) in got.iter().zip(&reference) {
+            assert!((*g as f64 - r.0).abs() < 1e-6, "{got:?} against {reference:?}");
+        }
+        let no_decay = AdamWStep { lr, beta1: b1, beta2: b2, eps, weight_decay: 0.0, t: 1 };
+        let (mut m, mut v) = (theta.zeros_like().unwrap(), theta.zeros_like().unwrap());
+        let zero = theta.zeros_like().unwrap();
+        let same = adamw_update(&theta, &zero, &mut m, &mut v, no_decay).unwrap();
+        assert_eq!(same.to_vec1::<f32>().unwrap(), got, "no gradient and no decay: no change");
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub struct ScheduleConfig {
     pub warmup_steps: u64,
     /// Floor of the decay as a fraction of the peak learning rate.
     pub min_lr_ratio: f64,
-    /// WSD only: share of the steps spent decaying.
+    /// WSD only: share of all the steps (warm-up included) spent decaying, rounded to whole steps (at least one);
+    /// the last step reaches the floor.
     pub decay_fraction: f64,
 }
 
@@ -41,25 +42,68 @@ impl ScheduleConfig {
         Ok(())
     }
 
-    /// Learning rate of update `step` (0-based) out of `total_steps`, for peak rate `peak`.
+    /// Learning rate of update `step` (0-based) out of `total_steps`, for peak rate `peak`: `peak` times
+    /// [`Schedule::multiplier`].
     pub fn lr(&self, peak: f64, step: u64, total_steps: u64) -> f64 {
+        let shape = match self.kind {
+            ScheduleKind::Constant => Shape::Constant,
+            ScheduleKind::Linear => Shape::Linear,
+            ScheduleKind::Cosine => Shape::Cosine,
+            ScheduleKind::Wsd => Shape::Wsd { cooldown_frac: self.decay_fraction },
+        };
+        let schedule = Schedule { shape, total_steps, warmup_steps: self.warmup_steps, min_frac: self.min_lr_ratio };
+        peak * schedule.multiplier(step)
+    }
+}
+
+/// The learning rate's shape after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Shape {
+    Constant,
+    Cosine,
+    Linear,
+    /// Warm-up, stable, decay: constant until the last `cooldown_frac` of all the steps (warm-up included, rounded
+    /// to whole steps, at least one), then linear to the minimum, which the last step reaches.
+    Wsd {
+        cooldown_frac: f64,
+    },
+}
+
+/// A learning-rate schedule as a multiplier of the peak rate: the project's one implementation, used by the
+/// trainer ([`ScheduleConfig::lr`]) and by the pretrain environment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    pub shape: Shape,
+    pub total_steps: u64,
+    pub warmup_steps: u64,
+    /// The multiplier at the end of the decay, as a fraction of the peak.
+    pub min_frac: f64,
+}
+
+impl Schedule {
+    /// The multiplier of the peak learning rate at `step` (0-based), in (0, 1]: `(step + 1) / warmup_steps` during
+    /// the warm-up, then with progress `p = (step - warmup_steps) / (total_steps - warmup_steps)` clamped to [0, 1]:
+    /// linear `1 - (1 - min) p`; cosine `min + (1 - min) (1 + cos(pi p)) / 2` (Loshchilov & Hutter 2017, SGDR);
+    /// WSD (Hu et al. 2024, MiniCPM) as [`Shape::Wsd`] says. The arithmetic is pinned: the pretrain environment's
+    /// rewards depend on it bit for bit.
+    pub fn multiplier(&self, step: u64) -> f64 {
         if step < self.warmup_steps {
-            return peak * (step + 1) as f64 / self.warmup_steps as f64;
+            return (step + 1) as f64 / self.warmup_steps as f64;
         }
-        let floor = peak * self.min_lr_ratio;
-        let span = total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).clamp(0.0, 1.0);
-        match self.kind {
-            ScheduleKind::Constant => peak,
-            ScheduleKind::Linear => floor + (peak - floor) * (1.0 - progress),
-            ScheduleKind::Cosine => floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
-            ScheduleKind::Wsd => {
-                let decay_start = 1.0 - self.decay_fraction;
-                if progress <= decay_start || self.decay_fraction == 0.0 {
-                    peak
+        let decay_steps = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / decay_steps).clamp(0.0, 1.0);
+        let min = self.min_frac;
+        match self.shape {
+            Shape::Constant => 1.0,
+            Shape::Cosine => min + (1.0 - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+            Shape::Linear => 1.0 - (1.0 - min) * progress,
+            Shape::Wsd { cooldown_frac } => {
+                let cooldown = (cooldown_frac * self.total_steps as f64).round().max(1.0);
+                let start = self.total_steps as f64 - cooldown;
+                if (step as f64) < start {
+                    1.0
                 } else {
-                    let d = (progress - decay_start) / self.decay_fraction;
-                    floor + (peak - floor) * (1.0 - d)
+                    1.0 - (1.0 - min) * ((step as f64 - start + 1.0) / cooldown).min(1.0)
                 }
             }
         }
@@ -91,7 +135,37 @@ mod tests {
         let cos = cfg(ScheduleKind::Cosine, 0);
         assert!((cos.lr(1.0, 50, 100) - 0.55).abs() < 1e-12, "cosine midpoint is halfway to the floor");
         let wsd = cfg(ScheduleKind::Wsd, 0);
-        assert_eq!(wsd.lr(1.0, 75, 100), 1.0, "stable until the last quarter");
-        assert!((wsd.lr(1.0, 87, 100) - (0.1 + 0.9 * (1.0 - 12.0 / 25.0))).abs() < 1e-12);
+        assert_eq!(wsd.lr(1.0, 74, 100), 1.0, "stable until the last quarter");
+        assert!((wsd.lr(1.0, 87, 100) - (1.0 - 0.9 * 13.0 / 25.0)).abs() < 1e-12);
+        assert!((wsd.lr(1.0, 99, 100) - 0.1).abs() < 1e-12, "the last update is at the floor");
+    }
+
+    fn sched(shape: Shape, warmup: u64) -> Schedule {
+        Schedule { shape, total_steps: 100, warmup_steps: warmup, min_frac: 0.1 }
+    }
+
+    #[test]
+    fn multiplier_warms_up_linearly_to_the_peak() {
+        let s = sched(Shape::Cosine, 10);
+        assert!((s.multiplier(0) - 0.1).abs() < 1e-12);
+        assert!((s.multiplier(9) - 1.0).abs() < 1e-12);
+        assert!((s.multiplier(10) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn multiplier_decays_monotonically_to_the_minimum() {
+        for shape in [Shape::Cosine, Shape::Linear, Shape::Wsd { cooldown_frac: 0.2 }] {
+            let s = sched(shape, 0);
+            let m: Vec<f64> = (0..100).map(|i| s.multiplier(i)).collect();
+            assert!(m.windows(2).all(|w| w[1] <= w[0] + 1e-12), "{shape:?} is not monotone");
+            assert!((m[99] - 0.1).abs() < 0.02, "{shape:?} ends at {}", m[99]);
+        }
+        let wsd = sched(Shape::Wsd { cooldown_frac: 0.2 }, 0);
+        assert_eq!(wsd.multiplier(79), 1.0);
+        assert!(wsd.multiplier(80) < 1.0);
+        assert_eq!(sched(Shape::Constant, 0).multiplier(99), 1.0);
+        let no_cooldown = sched(Shape::Wsd { cooldown_frac: 0.0 }, 0);
+        assert_eq!(no_cooldown.multiplier(98), 1.0, "a zero cool-down still decays on the last step only");
+        assert!((no_cooldown.multiplier(99) - 0.1).abs() < 1e-12);
     }
 }

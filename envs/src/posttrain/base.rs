@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Bumped whenever the base's training or file layout changes, so older cached bases are not reused.
-const CACHE_FORMAT: u32 = 2;
+const CACHE_FORMAT: u32 = 3;
 
 /// Padding id of the task's tokenizer (`<eos>`; padded positions are masked).
 pub(crate) const PAD_ID: u32 = 0;

@@ -9,7 +9,6 @@ pub mod corpus;
 pub mod fused;
 pub mod gpt;
 pub mod optim;
-pub mod schedule;
 pub mod shards;
 pub mod train;
 
@@ -19,8 +18,8 @@ use crate::recipe::Recipe;
 use crate::result::{ExecResult, FailureCause};
 use crate::scale::Scale;
 use gpt::{Activation, GptConfig, NormKind, Positions};
+use ideator_trainer::schedule::{Schedule, Shape};
 use optim::{OptimConfig, OptimizerKind};
-use schedule::{Schedule, Shape};
 use std::path::PathBuf;
 use train::{EvalSpec, TrainPlan};
 
@@ -235,8 +234,8 @@ impl Pretrain {
             muon_lr: recipe.f("muon_lr"),
             schedule: Schedule {
                 shape,
-                total_steps: steps,
-                warmup_steps: warmup_steps.min(steps.saturating_sub(1)),
+                total_steps: steps as u64,
+                warmup_steps: warmup_steps.min(steps.saturating_sub(1)) as u64,
                 min_frac: recipe.f("min_lr_frac"),
             },
             grad_clip: recipe.f("grad_clip"),

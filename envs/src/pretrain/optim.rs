@@ -2,13 +2,12 @@
 //! (Newton-Schulz orthogonalised momentum for hidden matrices, AdamW for everything else). Weight decay is
 //! decoupled and applies to matrices (embeddings included), never to norm gains and biases.
 //!
-//! Not the trainer's `AdamW` (trainer/src/optim.rs) on purpose: this one is part of the environment, whose rewards
-//! are pinned bit for bit per recipe and seed (the execution cache and common random numbers rely on it), and it
-//! serves four optimisers by parameter role; the trainer's serves one, with clipping and resumable state. Sharing
-//! the AdamW arithmetic would change the bits of one of them.
+//! AdamW's arithmetic is the trainer's [`adamw_update`] (one implementation in the project); this module adds the
+//! other optimisers and the choice by parameter role.
 
 use super::gpt::ParamRole;
 use candle_core::{Result, Tensor, Var};
+use ideator_trainer::optim::{adamw_update, AdamWStep};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptimizerKind {
@@ -74,20 +73,26 @@ impl Optimizer {
             let p = var.as_tensor().detach();
             let decays = *role != ParamRole::Vector;
             let lr_here = if c.kind == OptimizerKind::Muon && *role == ParamRole::Hidden { muon_lr } else { lr };
-            let p = if decays && c.weight_decay > 0.0 { p.affine(1.0 - lr_here * c.weight_decay, 0.0)? } else { p };
+            let weight_decay = if decays { c.weight_decay } else { 0.0 };
+            // Decoupled weight decay, applied before the update (AdamW applies it inside `adamw_update`).
+            let decayed =
+                || if weight_decay > 0.0 { p.affine(1.0 - lr_here * weight_decay, 0.0) } else { Ok(p.clone()) };
             let new = match (c.kind, state) {
                 (OptimizerKind::Lion, State::Adam { m, .. }) => {
                     let update = (m.affine(c.beta1, 0.0)? + g.affine(1.0 - c.beta1, 0.0)?)?.sign()?;
                     *m = (m.affine(c.beta2, 0.0)? + g.affine(1.0 - c.beta2, 0.0)?)?;
-                    (p - update.affine(lr_here, 0.0)?)?
+                    (decayed()? - update.affine(lr_here, 0.0)?)?
                 }
                 (_, State::Adam { m, v }) => {
-                    *m = (m.affine(c.beta1, 0.0)? + g.affine(1.0 - c.beta1, 0.0)?)?;
-                    *v = (v.affine(c.beta2, 0.0)? + g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
-                    let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-                    let bc2 = 1.0 - c.beta2.powi(self.step as i32);
-                    let denom = (v.affine(1.0 / bc2, 0.0)?.sqrt()? + c.eps)?;
-                    (p - (m.affine(lr_here / bc1, 0.0)? / denom)?)?
+                    let step = AdamWStep {
+                        lr: lr_here,
+                        beta1: c.beta1,
+                        beta2: c.beta2,
+                        eps: c.eps,
+                        weight_decay,
+                        t: self.step,
+                    };
+                    adamw_update(&p, g, m, v, step)?
                 }
                 (OptimizerKind::Muon, State::Momentum { buf }) => {
                     *buf = (buf.affine(c.momentum, 0.0)? + g)?;
@@ -97,11 +102,11 @@ impl Optimizer {
                     let ortho = newton_schulz(&nesterov)?;
                     // Our matrices are (in, out); scale so tall and wide matrices get comparable per-entry updates.
                     let scale = (cols as f64 / rows as f64).max(1.0).sqrt();
-                    (p - ortho.affine(lr_here * scale, 0.0)?)?
+                    (decayed()? - ortho.affine(lr_here * scale, 0.0)?)?
                 }
                 (_, State::Momentum { buf }) => {
                     *buf = (buf.affine(c.momentum, 0.0)? + g)?;
-                    (p - buf.affine(lr_here, 0.0)?)?
+                    (decayed()? - buf.affine(lr_here, 0.0)?)?
                 }
             };
             var.set(&new)?;

@@ -4,11 +4,11 @@
 use super::corpus::Corpus;
 use super::gpt::{Gpt, GptConfig};
 use super::optim::{clip_grad_norm, Ema, OptimConfig, Optimizer};
-use super::schedule::Schedule;
 use super::shards;
 use crate::environment::RunContext;
 use crate::result::FailureCause;
 use candle_core::{Device, Tensor, Var};
+use ideator_trainer::schedule::Schedule;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -76,7 +76,7 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
     // Data order depends on the seed but not on the model, so recipes are compared on the same batches.
     let mut data_rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x5eed_da7a);
     let (b, t) = (plan.batch_size, plan.seq_len);
-    let steps = plan.schedule.total_steps;
+    let steps = plan.schedule.total_steps as usize;
     let parts = shards::split(b, device);
     let start = Instant::now();
     let mut recent = Vec::new();
@@ -106,7 +106,7 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
                 Some((FailureCause::NonFiniteLoss, format!("the gradient norm became {grad_norm} at step {step}")));
             return Ok(());
         }
-        let mult = plan.schedule.multiplier(step);
+        let mult = plan.schedule.multiplier(step as u64);
         opt.step(&grads, plan.lr * mult, plan.muon_lr * mult)?;
         if let Some(ema) = &mut ema {
             ema.update(&vars)?;
