@@ -28,6 +28,8 @@ pub mod scored;
 pub mod seed;
 pub mod tiny;
 pub mod tokenizer;
+#[cfg(target_arch = "x86_64")]
+mod vector_exp;
 pub mod weights;
 
 pub use chat_template::{ChatMessage, ChatTemplate};

@@ -102,6 +102,10 @@ pub enum What {
         /// Also time the portable path (on a CPU with AVX2 it is several times slower than the others).
         #[arg(long)]
         with_portable: bool,
+        /// Precision of the weights: f32, or bf16 as `--sampling-dtype bf16` decodes (then only the few-rows kernel
+        /// runs, and the streaming limit counts 2 bytes a weight).
+        #[arg(long, default_value = "f32")]
+        weight_dtype: Precision,
         #[command(flatten)]
         limit: LimitArgs,
     },
@@ -362,7 +366,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         What::Pretrain { scale, device, steps, warmup_steps, seed } => {
             bench_pretrain(&scale, &device, steps, warmup_steps, seed)?
         }
-        What::Matmul { rows, repeats, with_portable, limit } => bench_matmul(&rows, repeats, with_portable, limit)?,
+        What::Matmul { rows, repeats, with_portable, weight_dtype, limit } => {
+            bench_matmul(&rows, repeats, with_portable, weight_dtype, limit)?
+        }
         What::Train { model, batch, seq, repeats } => {
             let mut m = model.load()?;
             m.decoder.make_trainable()?;
@@ -551,7 +557,13 @@ fn bench_grpo(
 
 /// `ideator bench matmul`: one decode step's products on SmolLM2-135M's shapes, per kernel and batch size, with
 /// the weight-streaming limit of those bytes.
-fn bench_matmul(rows: &[usize], repeats: usize, with_portable: bool, limit: LimitArgs) -> anyhow::Result<()> {
+fn bench_matmul(
+    rows: &[usize],
+    repeats: usize,
+    with_portable: bool,
+    weight_dtype: Precision,
+    limit: LimitArgs,
+) -> anyhow::Result<()> {
     use candle_core::{Device, Tensor};
     use ideator_model::few_rows::{matmul_t_with, Path};
     anyhow::ensure!(repeats >= 1 && rows.iter().all(|&r| r >= 1), "need --repeats >= 1 and rows >= 1");
@@ -572,8 +584,10 @@ fn bench_matmul(rows: &[usize], repeats: usize, with_portable: bool, limit: Limi
         }
     }
     weights.push(Tensor::randn(0f32, 0.02, (vocab, hidden), &Device::Cpu)?);
-    let bytes: usize = weights.iter().map(|w| w.elem_count() * 4).sum();
-    let machine = MachineLimit::measure(limit, bytes, 4);
+    let weights: Vec<Tensor> = weights.iter().map(|w| w.to_dtype(weight_dtype.dtype())).collect::<Result<_, _>>()?;
+    let bytes_per_weight = weight_dtype.dtype().size_in_bytes();
+    let bytes: usize = weights.iter().map(|w| w.elem_count() * bytes_per_weight).sum();
+    let machine = MachineLimit::measure(limit, bytes, bytes_per_weight);
     let limit = machine.limit();
     let roofline = machine.roofline();
     type Kernel = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>>;
@@ -589,9 +603,15 @@ fn bench_matmul(rows: &[usize], repeats: usize, with_portable: bool, limit: Limi
             )
         })
         .collect();
-    // What decoding used before for more than one row (W x^T, as linear.rs did), and the plain product.
-    kernels.push(("candle_w_xt".into(), Box::new(|x: &Tensor, w: &Tensor| w.matmul(&x.t()?)?.t()?.contiguous())));
-    kernels.push(("candle_x_wt".into(), Box::new(|x: &Tensor, w: &Tensor| x.matmul(&w.t()?))));
+    if weight_dtype == Precision::F32 {
+        // What decoding used before for more than one row (W x^T, as linear.rs did), and the plain product.
+        kernels.push(("candle_w_xt".into(), Box::new(|x: &Tensor, w: &Tensor| w.matmul(&x.t()?)?.t()?.contiguous())));
+        kernels.push(("candle_x_wt".into(), Box::new(|x: &Tensor, w: &Tensor| x.matmul(&w.t()?))));
+    }
+    // Ratios are against candle's skinny product, or, with bf16 weights (which candle's CPU matmul does not take
+    // at speed), against the first few-rows path.
+    let base_index = kernels.iter().position(|(name, _)| name == "candle_w_xt").unwrap_or(0);
+    let base_name = kernels[base_index].0.clone();
     let mut results = Vec::new();
     for &b in rows {
         let xs: Vec<Tensor> = [hidden, inter]
@@ -614,25 +634,25 @@ fn bench_matmul(rows: &[usize], repeats: usize, with_portable: bool, limit: Limi
                 times[i].push(step(kernel)?);
             }
         }
-        let base = median(times[kernels.len() - 2].clone());
+        let base = median(times[base_index].clone());
         for ((name, _), t) in kernels.iter().zip(times) {
             let t = median(t);
             let gbs = bytes as f64 / t / 1e9;
             let fraction = limit.map(|l| l.fraction(b as f64 / t, b));
             let roof = roofline.map(|r| r.fraction(b as f64 / t, b));
             eprintln!(
-                "bench matmul: rows {b:>2} {name:<20} {:>7.2} ms/step {gbs:>6.1} GB/s  {:>5.2}x candle_w_xt{}{}",
+                "bench matmul: rows {b:>2} {name:<20} {:>7.2} ms/step {gbs:>6.1} GB/s  {:>5.2}x {base_name}{}{}",
                 t * 1e3,
                 base / t,
                 fraction.map_or(String::new(), |f| format!("  {:.0}% of the streaming limit", 100.0 * f)),
                 roof.map_or(String::new(), |f| format!(", {:.0}% of the roofline", 100.0 * f))
             );
             results.push(json!({"rows": b, "kernel": name, "seconds_per_step": t, "gb_per_s": gbs,
-                "speedup_vs_candle_w_xt": base / t, "limit_fraction": fraction, "roofline_fraction": roof}));
+                "speedup_vs": base_name, "speedup": base / t, "limit_fraction": fraction, "roofline_fraction": roof}));
         }
     }
     let mut out = json!({"bench": "matmul", "impl": "ideator", "threads": tensor_threads(), "repeats": repeats,
-        "results": results});
+        "weight_dtype": weight_dtype.as_str(), "results": results});
     merge(&mut out, machine.fields());
     println!("{out}");
     Ok(())

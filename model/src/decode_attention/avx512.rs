@@ -1,0 +1,139 @@
+//! The AVX-512 kernel of decode attention, for head dimensions 64 and 128 (every model we load has one of them):
+//! a key or value row lives in `C` zmm registers, scores are 16-lane dot products reduced once, the softmax's
+//! exponentials are computed 16 at a time, and the weighted sum of values keeps blocks of queries' outputs in
+//! registers across all keys. Same results as the portable kernel up to float rounding (tested against the
+//! composed ops).
+
+use std::arch::x86_64::*;
+
+use super::{DecodeAttention, Row};
+use crate::vector_exp::exp;
+
+/// How many key (value) rows ahead of the one in use the kernel asks the cache for.
+const PREFETCH_ROWS: usize = 8;
+
+/// Whether the kernel covers `head_dim` (it is 16 lanes times a register count, 4 or 8).
+pub(super) fn covers(head_dim: usize) -> bool {
+    matches!(head_dim, 64 | 128)
+}
+
+/// [`super::attend`] with AVX-512F, for a head dimension [`covers`] accepts.
+///
+/// # Safety
+/// The CPU supports AVX-512F, and `covers(row.keys.head_dim)`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn attend(op: &DecodeAttention, row: &Row, out: &mut [f32]) {
+    match row.keys.head_dim {
+        64 => attend_with::<4>(op, row, out),
+        _ => attend_with::<8>(op, row, out),
+    }
+}
+
+/// Attention of one row with head dimension `16 C`.
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_with<const C: usize>(op: &DecodeAttention, row: &Row, out: &mut [f32]) {
+    let (total, hd) = (op.total, 16 * C);
+    let queries = row.q.len() / hd;
+    let mut scores = scores::<C>(op, row, queries);
+    let mut inv_sums = Vec::with_capacity(queries);
+    for s in scores.chunks_exact_mut(total) {
+        inv_sums.push(1.0 / softmax_numerators(s));
+    }
+    // Query blocks whose outputs fit 16 registers, next to the C registers of a value row.
+    let block = 16 / C;
+    let mut start = 0;
+    while start < queries {
+        let len = (queries - start).min(block);
+        let (s, o) = (&scores[start * total..], &mut out[start * hd..]);
+        match len {
+            4 => weighted_values::<C, 4>(row, s, total, o),
+            3 => weighted_values::<C, 3>(row, s, total, o),
+            2 => weighted_values::<C, 2>(row, s, total, o),
+            _ => weighted_values::<C, 1>(row, s, total, o),
+        }
+        for (o, inv) in o[..len * hd].chunks_exact_mut(hd).zip(&inv_sums[start..]) {
+            o.iter_mut().for_each(|x| *x *= inv);
+        }
+        start += len;
+    }
+}
+
+/// The scaled, masked scores `(queries, total)`: each key row loaded once into registers and dotted with every
+/// query.
+#[target_feature(enable = "avx512f")]
+unsafe fn scores<const C: usize>(op: &DecodeAttention, row: &Row, queries: usize) -> Vec<f32> {
+    let (total, new, hd) = (op.total, op.new, 16 * C);
+    let mut scores = vec![0f32; queries * total];
+    let q = row.q.as_ptr();
+    for j in 0..total {
+        let kp = row.keys.row(row.r, j).as_ptr();
+        let mut k = [_mm512_setzero_ps(); C];
+        for (c, kc) in k.iter_mut().enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(kp.wrapping_add(PREFETCH_ROWS * hd + 16 * c) as *const i8);
+            *kc = _mm512_loadu_ps(kp.add(16 * c));
+        }
+        for i in 0..queries {
+            let qi = q.add(i * hd);
+            let mut acc = _mm512_mul_ps(_mm512_loadu_ps(qi), k[0]);
+            for (c, kc) in k.iter().enumerate().skip(1) {
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qi.add(16 * c)), *kc, acc);
+            }
+            scores[i * total + j] = _mm512_reduce_add_ps(acc) * op.scale + row.mask[(i % new) * total + j];
+        }
+    }
+    scores
+}
+
+/// Replaces each score `s` by `exp(s - max)` and returns their sum (candle's softmax before its division).
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_numerators(s: &mut [f32]) -> f32 {
+    let n = s.len();
+    let tail = (1u32 << (n % 16)) as u16 - 1;
+    let body = n - n % 16;
+    let p = s.as_mut_ptr();
+    let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+    for c in (0..body).step_by(16) {
+        max = _mm512_max_ps(max, _mm512_loadu_ps(p.add(c)));
+    }
+    max = _mm512_mask_max_ps(max, tail, max, _mm512_maskz_loadu_ps(tail, p.add(body)));
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    let mut sum = _mm512_setzero_ps();
+    for c in (0..body).step_by(16) {
+        let e = exp(_mm512_sub_ps(_mm512_loadu_ps(p.add(c)), max));
+        _mm512_storeu_ps(p.add(c), e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, p.add(body)), max));
+    _mm512_mask_storeu_ps(p.add(body), tail, e);
+    sum = _mm512_mask_add_ps(sum, tail, sum, e);
+    _mm512_reduce_add_ps(sum)
+}
+
+/// `out[b] += sum_j scores[b][j] v_j` for `B` queries (scores `total` apart, outputs `16 C` apart), their outputs
+/// held in `B x C` registers while every value row is read once.
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_values<const C: usize, const B: usize>(row: &Row, scores: &[f32], total: usize, out: &mut [f32]) {
+    debug_assert!(scores.len() >= (B - 1) * total + total && out.len() >= B * 16 * C);
+    let mut acc = [[_mm512_setzero_ps(); C]; B];
+    let s = scores.as_ptr();
+    for j in 0..total {
+        let vp = row.values.row(row.r, j).as_ptr();
+        let mut v = [_mm512_setzero_ps(); C];
+        for (c, vc) in v.iter_mut().enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(PREFETCH_ROWS * 16 * C + 16 * c) as *const i8);
+            *vc = _mm512_loadu_ps(vp.add(16 * c));
+        }
+        for (b, acc_b) in acc.iter_mut().enumerate() {
+            let weight = _mm512_set1_ps(*s.add(b * total + j));
+            for (a, vc) in acc_b.iter_mut().zip(&v) {
+                *a = _mm512_fmadd_ps(weight, *vc, *a);
+            }
+        }
+    }
+    let o = out.as_mut_ptr();
+    for (b, acc_b) in acc.iter().enumerate() {
+        for (c, a) in acc_b.iter().enumerate() {
+            _mm512_storeu_ps(o.add((b * C + c) * 16), *a);
+        }
+    }
+}
