@@ -81,7 +81,7 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The multiplier of the peak learning rate at `step` (0-based), in (0, 1]: `(step + 1) / warmup_steps` during
+    /// The multiplier of the peak learning rate at `step` (0-based), in [0, 1]: `(step + 1) / warmup_steps` during
     /// the warm-up, then with progress `p = (step - warmup_steps) / (total_steps - warmup_steps)` clamped to [0, 1]:
     /// linear `1 - (1 - min) p`; cosine `min + (1 - min) (1 + cos(pi p)) / 2` (Loshchilov & Hutter 2017, SGDR);
     /// WSD (Hu et al. 2024, MiniCPM) as [`Shape::Wsd`] says. The arithmetic is pinned: the pretrain environment's
