@@ -210,7 +210,7 @@ impl Attention {
     }
 
     /// Decoding: appends the new keys/values to layer `layer`'s cache and attends over all of them under `mask`:
-    /// on the CPU with decode_attention.rs's kernel, elsewhere with matmuls and the fused softmax. Returns
+    /// on the CPU with the `decode_attention` kernel, elsewhere with matmuls and the fused softmax. Returns
     /// (b, tn, heads * hd).
     fn cached(&self, q: &Tensor, kv: &KeyValues, cache: &mut KvCache, mask: &Tensor, layer: usize) -> Result<Tensor> {
         let (b, nh, tn, hd) = q.dims4()?;
