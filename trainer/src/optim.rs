@@ -66,7 +66,8 @@ pub struct AdamWStep {
 }
 
 /// One AdamW update of one parameter (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization",
-/// Algorithm 2, with Adam's bias corrections): updates the moments `m` and `v` in place and returns the new
+/// Algorithm 2, with Adam's bias corrections; the decay is `lr wd`, PyTorch's convention, where the paper scales
+/// `wd` by the schedule's multiplier alone): updates the moments `m` and `v` in place and returns the new
 /// parameter
 ///
 /// `m = beta1 m + (1 - beta1) g`, `v = beta2 v + (1 - beta2) g^2`,

@@ -109,7 +109,7 @@ unsafe fn softmax_numerators(s: &mut [f32]) -> f32 {
     _mm512_reduce_add_ps(sum)
 }
 
-/// `out[b] += sum_j scores[b][j] v_j` for `B` queries (scores `total` apart, outputs `16 C` apart), their outputs
+/// `out[b] = sum_j scores[b][j] v_j` for `B` queries (scores `total` apart, outputs `16 C` apart), their outputs
 /// held in `B x C` registers while every value row is read once.
 #[target_feature(enable = "avx512f")]
 unsafe fn weighted_values<const C: usize, const B: usize>(row: &Row, scores: &[f32], total: usize, out: &mut [f32]) {

@@ -306,6 +306,7 @@ mod tests {
             (2, 2, 7, 2, 37, 40, 64),
             (1, 2, 2, 3, 17, 20, 128),
             (2, 1, 5, 1, 16, 16, 128),
+            (1, 1, 5, 1, 20, 24, 64),
         ];
         for &(b, kv_heads, group, new, total, capacity, hd) in &shapes {
             let rows = b * kv_heads;
