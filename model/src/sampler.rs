@@ -377,7 +377,12 @@ fn normaliser(logits: &[f32], temperature: f64, scaled_max: f64) -> f64 {
         // SAFETY: the CPU has AVX-512F (checked on the line above).
         return unsafe { x86::normaliser(logits, temperature, scaled_max) };
     }
-    logits.iter().map(|&z| (z as f64 / temperature - scaled_max).exp()).sum()
+    logits.iter().map(|&z| shifted_exp(z, temperature, scaled_max)).sum()
+}
+
+/// `exp(z / T - shift)` in f64: what the AVX-512 paths approximate, and what they use for a tail of under 16.
+fn shifted_exp(z: f32, temperature: f64, shift: f64) -> f64 {
+    (z as f64 / temperature - shift).exp()
 }
 
 /// `(i, exp(z_i / T - log_z))` for every token: the whole tempered distribution. With AVX-512 as in [`normaliser`]:
@@ -390,7 +395,7 @@ fn probabilities(logits: &[f32], temperature: f64, log_z: f64) -> Vec<(usize, f6
         unsafe { x86::exps(logits, temperature, log_z, &mut p) };
         return p.into_iter().map(f64::from).enumerate().collect();
     }
-    logits.iter().enumerate().map(|(i, &z)| (i, (z as f64 / temperature - log_z).exp())).collect()
+    logits.iter().enumerate().map(|(i, &z)| (i, shifted_exp(z, temperature, log_z))).collect()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -419,7 +424,7 @@ mod x86 {
             sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
             sum = _mm512_add_pd(sum, _mm512_cvtps_pd(hi));
         }
-        let tail: f64 = logits[body..].iter().map(|&z| (z as f64 / temperature - shift).exp()).sum();
+        let tail: f64 = logits[body..].iter().map(|&z| super::shifted_exp(z, temperature, shift)).sum();
         _mm512_reduce_add_pd(sum) + tail
     }
 
@@ -433,7 +438,7 @@ mod x86 {
             _mm512_storeu_ps(out.as_mut_ptr().add(c), exp16(logits.as_ptr().add(c), t, m));
         }
         for (o, &z) in out[body..].iter_mut().zip(&logits[body..]) {
-            *o = (z as f64 / temperature - shift).exp() as f32;
+            *o = super::shifted_exp(z, temperature, shift) as f32;
         }
     }
 }
@@ -455,7 +460,7 @@ fn argmax(xs: &[f32]) -> usize {
 /// top-p keeps the smallest prefix whose renormalised mass reaches `top_p`. (Probabilities [0.5, 0.3, 0.2] with
 /// top_k 2 and top_p 0.6 keep one token: 0.5 / 0.8 = 0.625 >= 0.6.)
 fn truncated_candidates(logits: &[f32], temperature: f64, log_z: f64, top_k: usize, top_p: f64) -> Vec<(usize, f64)> {
-    let prob = |z: f32| (z as f64 / temperature - log_z).exp();
+    let prob = |z: f32| shifted_exp(z, temperature, log_z);
     if top_k == 0 && top_p >= 1.0 {
         return probabilities(logits, temperature, log_z);
     }

@@ -171,24 +171,18 @@ impl Kernel {
     fn for_head_dim(head_dim: usize) -> Kernel {
         use crate::few_rows::Path;
         let paths = Path::available();
-        if cfg!(target_arch = "x86_64") && paths.contains(&Path::Avx512) && avx512_covers(head_dim) {
-            Kernel::Avx512
-        } else if paths.contains(&Path::Avx2) {
+        #[cfg(target_arch = "x86_64")]
+        if paths.contains(&Path::Avx512) && avx512::covers(head_dim) {
+            return Kernel::Avx512;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = head_dim;
+        if paths.contains(&Path::Avx2) {
             Kernel::Avx2
         } else {
             Kernel::Portable
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx512_covers(head_dim: usize) -> bool {
-    avx512::covers(head_dim)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn avx512_covers(_head_dim: usize) -> bool {
-    false
 }
 
 /// One row's attention with `kernel`.
