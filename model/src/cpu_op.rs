@@ -28,3 +28,13 @@ pub(crate) fn for_each_chunk_mut(out: &mut [f32], size: usize, task: impl Fn(usi
         out.chunks_mut(size).enumerate().for_each(|(i, c)| task(i, c));
     }
 }
+
+/// `task(0) .. task(n - 1)` in order: on rayon's pool when it has more than one thread, else on the caller's
+/// thread (as [`for_each_chunk_mut`]).
+pub(crate) fn map_tasks<T: Send>(n: usize, task: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    if rayon::current_num_threads() > 1 {
+        (0..n).into_par_iter().map(task).collect()
+    } else {
+        (0..n).map(task).collect()
+    }
+}

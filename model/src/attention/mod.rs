@@ -4,8 +4,9 @@
 //! Composed attention (matmul, mask, softmax, matmul) keeps about six (rows x keys) tensors per layer alive for
 //! autograd: for a 1,600-token ideator prompt that is several GB over 30 layers, and a warm-up on such prompts ran
 //! out of memory. On CPU this module's op keeps only its inputs, output and one log-sum-exp per row; the backward
-//! pass recomputes each block's probabilities (as FlashAttention does, but with blocked matrix products instead of
-//! a fused kernel). Other devices use the composed path, which has the memory to spare.
+//! pass recomputes each block's probabilities (as FlashAttention does, with gemm's blocked products and fused row
+//! passes: kernel.rs, rows.rs), one task per key/value head. Other devices use the composed path, which has the
+//! memory to spare.
 //!
 //! Layout: `q` is (batch, kv_heads, group * t, head_dim) — the query heads that share a key/value head stacked
 //! group-major — and `k`, `v` are (batch, kv_heads, s, head_dim) with `s = offset + t`. Query row `g * t + i` sees
@@ -16,12 +17,14 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 
-use crate::cpu_op::{input_tensor, output_storage};
+use crate::cpu_op::map_tasks;
 use crate::device::{kernel_for, Kernel};
 use crate::{ModelError, Result};
+use kernel::Dims;
+use rows::RowPath;
 
-/// Query rows (per group) processed together: a block holds (rows x keys) floats per head.
-const BLOCK_ROWS: usize = 128;
+mod kernel;
+mod rows;
 
 /// Causal attention with a key offset; see the module doc for the layout. Differentiable.
 pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset: usize) -> Result<Tensor> {
@@ -37,7 +40,8 @@ pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: usize,
     }
     let scale = 1.0 / (d as f64).sqrt();
     if kernel_for(&[q, k, v]) == Kernel::CpuFast {
-        let op = BlockedAttention { group, offset, scale, lse: Mutex::new(None) };
+        let dims = Dims { group, t: rows / group, offset, d, scale: scale as f32 };
+        let op = BlockedAttention { dims, lse: Mutex::new(None) };
         return Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
     }
     composed(q, k, v, group, offset)
@@ -52,56 +56,37 @@ pub fn composed(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset: usize)
     let s = k.dim(2)?;
     let scale = 1.0 / (d as f64).sqrt();
     let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.reshape((b, hkv, group, t, s))?;
-    let mask = causal_mask(0, t, s, offset, q.device())?;
+    let mask = causal_mask(t, s, offset, q.device())?;
     let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
     Ok(probs.to_dtype(v.dtype())?.reshape((b, hkv, rows, s))?.matmul(v)?)
 }
 
-/// Additive mask (t1 - t0, limit) for query positions t0..t1: key j is hidden when j > offset + i.
-fn causal_mask(t0: usize, t1: usize, limit: usize, offset: usize, dev: &Device) -> candle_core::Result<Tensor> {
-    let mut m = vec![0f32; (t1 - t0) * limit];
-    for (r, i) in (t0..t1).enumerate() {
-        for j in (offset + i + 1)..limit {
-            m[r * limit + j] = f32::NEG_INFINITY;
-        }
+/// Additive mask (t, keys) for query positions 0..t: key j is hidden from query i when j > offset + i.
+fn causal_mask(t: usize, keys: usize, offset: usize, dev: &Device) -> candle_core::Result<Tensor> {
+    let mut m = vec![0f32; t * keys];
+    for i in 0..t {
+        m[i * keys + (offset + i + 1).min(keys)..(i + 1) * keys].fill(f32::NEG_INFINITY);
     }
-    Tensor::from_vec(m, (t1 - t0, limit), dev)
+    Tensor::from_vec(m, (t, keys), dev)
 }
 
 struct BlockedAttention {
-    group: usize,
-    offset: usize,
-    scale: f64,
+    dims: Dims,
     /// Log-sum-exp of every query row, (batch * kv_heads, group * t), saved by the forward for the backward.
-    lse: Mutex<Option<Tensor>>,
+    lse: Mutex<Option<Vec<f32>>>,
 }
 
-/// The rows of block t0..t1 of every group: (bh, group * (t1 - t0), d) from (bh, group * t, d).
-fn block_rows(x: &Tensor, group: usize, t: usize, t0: usize, t1: usize) -> candle_core::Result<Tensor> {
-    let (bh, _, d) = x.dims3()?;
-    x.reshape((bh, group, t, d))?.narrow(2, t0, t1 - t0)?.reshape((bh, group * (t1 - t0), d))
-}
-
-/// Puts per-block results (each (bh, group * rows_i, d), in block order) back into (bh, group * t, d).
-fn unblock(parts: Vec<Tensor>, group: usize) -> candle_core::Result<Tensor> {
-    let bh = parts[0].dim(0)?;
-    let d = parts[0].dim(2)?;
-    let per_group: Vec<Tensor> = parts
-        .into_iter()
-        .map(|p| {
-            let rows = p.dim(1)? / group;
-            p.reshape((bh, group, rows, d))
-        })
-        .collect::<candle_core::Result<_>>()?;
-    let joined = Tensor::cat(&per_group, 2)?;
-    let t = joined.dim(2)?;
-    joined.reshape((bh, group * t, d))
-}
-
-impl BlockedAttention {
-    fn blocks(&self, t: usize) -> impl Iterator<Item = (usize, usize)> {
-        (0..t).step_by(BLOCK_ROWS).map(move |t0| (t0, (t0 + BLOCK_ROWS).min(t)))
+/// A contiguous f32 op input, borrowed.
+fn input_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("{op} expects contiguous inputs"),
     }
+}
+
+/// A tensor's values as a contiguous f32 vector.
+fn values(x: &Tensor) -> candle_core::Result<Vec<f32>> {
+    x.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
 impl CustomOp3 for BlockedAttention {
@@ -118,33 +103,21 @@ impl CustomOp3 for BlockedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, hkv, rows, d) = l1.shape().dims4()?;
-        let s = l2.shape().dims()[2];
-        let (g, t) = (self.group, rows / self.group);
-        let q = input_tensor(self.name(), s1, l1)?.reshape((b * hkv, rows, d))?;
-        let k = input_tensor(self.name(), s2, l2)?.reshape((b * hkv, s, d))?;
-        let v = input_tensor(self.name(), s3, l3)?.reshape((b * hkv, s, d))?;
-        let mut outs = Vec::new();
-        let mut lses = Vec::new();
-        for (t0, t1) in self.blocks(t) {
-            // Keys past offset + t1 - 1 are hidden from the whole block: skip them.
-            let limit = self.offset + t1;
-            let qb = block_rows(&q, g, t, t0, t1)?;
-            let kb = k.narrow(1, 0, limit)?;
-            let scores = (qb.matmul(&kb.t()?)? * self.scale)?;
-            let scores = scores
-                .reshape((b * hkv, g, t1 - t0, limit))?
-                .broadcast_add(&causal_mask(t0, t1, limit, self.offset, &Device::Cpu)?)?
-                .reshape((b * hkv, g * (t1 - t0), limit))?;
-            let max = scores.max_keepdim(D::Minus1)?;
-            let exp = scores.broadcast_sub(&max)?.exp()?;
-            let sum = exp.sum_keepdim(D::Minus1)?;
-            outs.push(exp.broadcast_div(&sum)?.matmul(&v.narrow(1, 0, limit)?)?);
-            lses.push((sum.log()? + max)?);
-        }
-        let out = unblock(outs, g)?;
-        *self.lse.lock().expect("lse lock") = Some(unblock(lses, g)?);
-        output_storage(&out.reshape((b, hkv, rows, d))?)
+        let q = input_slice(self.name(), s1, l1)?;
+        let (k, v) = (input_slice(self.name(), s2, l2)?, input_slice(self.name(), s3, l3)?);
+        let dims = self.dims;
+        let (rows, keys) = (dims.group * dims.t, dims.offset + dims.t);
+        let (qn, kn) = (rows * dims.d, keys * dims.d);
+        let path = RowPath::detect();
+        let per_head = map_tasks(q.len() / qn, |h| {
+            let (mut out, mut lse) = (vec![0f32; qn], vec![0f32; rows]);
+            let (k, v) = (&k[h * kn..(h + 1) * kn], &v[h * kn..(h + 1) * kn]);
+            kernel::forward(dims, &q[h * qn..(h + 1) * qn], k, v, &mut out, &mut lse, path);
+            (out, lse)
+        });
+        let (out, lse): (Vec<Vec<f32>>, Vec<Vec<f32>>) = per_head.into_iter().unzip();
+        *self.lse.lock().expect("lse lock") = Some(lse.concat());
+        Ok((CpuStorage::F32(out.concat()), l1.shape().clone()))
     }
 
     fn bwd(
@@ -155,48 +128,40 @@ impl CustomOp3 for BlockedAttention {
         out: &Tensor,
         grad_out: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (b, hkv, rows, d) = q.dims4()?;
-        let s = k.dim(2)?;
-        let (g, t) = (self.group, rows / self.group);
-        let bh = b * hkv;
-        let q = q.detach().reshape((bh, rows, d))?;
-        let k = k.detach().reshape((bh, s, d))?;
-        let v = v.detach().reshape((bh, s, d))?;
-        let dout = grad_out.detach().reshape((bh, rows, d))?;
         let lse = match self.lse.lock().expect("lse lock").clone() {
             Some(l) => l,
             None => candle_core::bail!("blocked attention: backward before forward"),
         };
-        // D_i = sum_j dO_ij O_ij, the row term of the softmax gradient.
-        let delta = (&dout * out.detach().reshape((bh, rows, d))?)?.sum_keepdim(D::Minus1)?;
-        let mut dq_parts = Vec::new();
-        let mut dk = Tensor::zeros((bh, s, d), DType::F32, &Device::Cpu)?;
-        let mut dv = Tensor::zeros((bh, s, d), DType::F32, &Device::Cpu)?;
-        for (t0, t1) in self.blocks(t) {
-            let limit = self.offset + t1;
-            let qb = block_rows(&q, g, t, t0, t1)?;
-            let dob = block_rows(&dout, g, t, t0, t1)?;
-            let lseb = block_rows(&lse, g, t, t0, t1)?;
-            let deltab = block_rows(&delta, g, t, t0, t1)?;
-            let kb = k.narrow(1, 0, limit)?;
-            let vb = v.narrow(1, 0, limit)?;
-            let scores = (qb.matmul(&kb.t()?)? * self.scale)?;
-            let scores = scores
-                .reshape((bh, g, t1 - t0, limit))?
-                .broadcast_add(&causal_mask(t0, t1, limit, self.offset, &Device::Cpu)?)?
-                .reshape((bh, g * (t1 - t0), limit))?;
-            let p = scores.broadcast_sub(&lseb)?.exp()?;
-            let dv_part = p.t()?.matmul(&dob)?;
-            let dp = dob.matmul(&vb.t()?)?;
-            let ds = (p * dp.broadcast_sub(&deltab)?)?;
-            dq_parts.push((ds.matmul(&kb)? * self.scale)?);
-            let dk_part = (ds.t()?.matmul(&qb)? * self.scale)?;
-            let pad = s - limit;
-            dk = (dk + dk_part.pad_with_zeros(1, 0, pad)?)?;
-            dv = (dv + dv_part.pad_with_zeros(1, 0, pad)?)?;
+        let dims = self.dims;
+        let (rows, keys) = (dims.group * dims.t, dims.offset + dims.t);
+        let (qn, kn) = (rows * dims.d, keys * dims.d);
+        let (qs, ks, vs, os, gs) = (values(q)?, values(k)?, values(v)?, values(out)?, values(grad_out)?);
+        let path = RowPath::detect();
+        let per_head = map_tasks(qs.len() / qn, |h| {
+            let (qr, kr) = (h * qn..(h + 1) * qn, h * kn..(h + 1) * kn);
+            let saved = kernel::Saved {
+                q: &qs[qr.clone()],
+                k: &ks[kr.clone()],
+                v: &vs[kr],
+                out: &os[qr.clone()],
+                lse: &lse[h * rows..(h + 1) * rows],
+                grad_out: &gs[qr],
+            };
+            let (mut dq, mut dk, mut dv) = (vec![0f32; qn], vec![0f32; kn], vec![0f32; kn]);
+            kernel::backward(dims, &saved, &mut dq, &mut dk, &mut dv, path);
+            (dq, dk, dv)
+        });
+        let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+        for (a, b, c) in per_head {
+            dq.extend(a);
+            dk.extend(b);
+            dv.extend(c);
         }
-        let dq = unblock(dq_parts, g)?.reshape((b, hkv, rows, d))?;
-        Ok((Some(dq), Some(dk.reshape((b, hkv, s, d))?), Some(dv.reshape((b, hkv, s, d))?)))
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), &Device::Cpu)?),
+            Some(Tensor::from_vec(dk, k.shape(), &Device::Cpu)?),
+            Some(Tensor::from_vec(dv, v.shape(), &Device::Cpu)?),
+        ))
     }
 }
 
@@ -240,6 +205,9 @@ mod tests {
         check(2, 2, 3, 7, 0, 8); // plain causal, one block
         check(1, 3, 2, 300, 0, 16); // several blocks, a partial last one
         check(3, 1, 2, 130, 45, 8); // continuations after a shared prefix
+        check(2, 3, 3, 1, 20, 64); // one query per head after a prefix (SmolLM2's heads)
+        check(1, 1, 1, 128, 0, 17); // whole blocks, an odd head dimension
+        check(1, 2, 3, 65, 200, 64); // one row past a block, a prefix longer than the block
     }
 
     #[test]
