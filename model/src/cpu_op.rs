@@ -13,6 +13,14 @@ pub(crate) fn input_tensor(op: &str, s: &CpuStorage, l: &Layout) -> candle_core:
     }
 }
 
+/// A contiguous f32 op input, borrowed. `op` names the op in the error for a strided input.
+pub(crate) fn input_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("{op} expects contiguous inputs"),
+    }
+}
+
 /// An f32 tensor as an op output (a copy).
 pub(crate) fn output_storage(t: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
     Ok((CpuStorage::F32(t.flatten_all()?.to_vec1::<f32>()?), t.shape().clone()))
@@ -36,5 +44,71 @@ pub(crate) fn map_tasks<T: Send>(n: usize, task: impl Fn(usize) -> T + Sync + Se
         (0..n).into_par_iter().map(task).collect()
     } else {
         (0..n).map(task).collect()
+    }
+}
+
+/// `dst (m x n) = alpha * dst + beta * lhs (m x k) . rhs (k x n)`, every matrix given by its slice and (row,
+/// column) strides; `accumulate = false` ignores dst's old values. `threads`: gemm's own threads (1 when the caller
+/// parallelises).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    beta: f32,
+    threads: usize,
+) {
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() > last(m, dst_rs, n, 1), "product: dst too short");
+    if k > 0 {
+        assert!(
+            lhs.len() > last(m, lhs_rs, k, lhs_cs) && rhs.len() > last(k, rhs_rs, n, rhs_cs),
+            "product: operand too short"
+        );
+    }
+    // SAFETY: the assertions above keep every element gemm reads or writes inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
+        );
+    }
+}
+
+/// Calls `f` with the values of a contiguous f32 CPU tensor, borrowed (no copy).
+///
+/// # Errors
+/// A tensor that is not an f32 CPU tensor, or not contiguous.
+pub(crate) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("expected a CPU tensor");
+    };
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(f(&cpu.as_slice::<f32>()?[a..b])),
+        None => candle_core::bail!("expected a contiguous tensor"),
     }
 }

@@ -10,6 +10,7 @@
 //! `dQ = scale dS K`, `dK += scale dS^T Q`.
 
 use super::rows::RowPath;
+use crate::cpu_op::product;
 
 /// Query rows per group processed together. 64 rows of a 1,750-key prompt are 450 KB of scores: two such blocks
 /// stay in this machine class's 2 MB L2 between the pass that writes them and the product that reads them.
@@ -47,55 +48,6 @@ impl Dims {
     }
 }
 
-/// `dst (m x n) = alpha * dst + beta * lhs (m x k) . rhs (k x n)`, every matrix given by its slice and (row,
-/// column) strides; `accumulate = false` ignores dst's old values. One thread: the caller parallelises.
-#[allow(clippy::too_many_arguments)]
-fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
-    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
-    beta: f32,
-) {
-    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() > last(m, dst_rs, n, 1), "product: dst too short");
-    if k > 0 {
-        assert!(
-            lhs.len() > last(m, lhs_rs, k, lhs_cs) && rhs.len() > last(k, rhs_rs, n, rhs_cs),
-            "product: operand too short"
-        );
-    }
-    // SAFETY: the assertions above keep every element gemm reads or writes inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// Forward pass of one head: writes `out` (group * t, d) and the log-sum-exp of every query row, `lse` (group *
 /// t). Slices as in the module doc.
 pub(crate) fn forward(dims: Dims, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], lse: &mut [f32], path: RowPath) {
@@ -107,11 +59,11 @@ pub(crate) fn forward(dims: Dims, q: &[f32], k: &[f32], v: &[f32], out: &mut [f3
         for g in 0..group {
             let first = g * t + t0;
             let s = &mut scores[..rows * limit];
-            product((rows, limit, d), s, limit, false, (&q[first * d..], d, 1), (k, 1, d), scale);
+            product((rows, limit, d), s, limit, false, (&q[first * d..], d, 1), (k, 1, d), scale, 1);
             for (r, row) in s.chunks_exact_mut(limit).enumerate() {
                 lse[first + r] = path.softmax(row, dims.seen(t0 + r));
             }
-            product((rows, d, limit), &mut out[first * d..], d, false, (s, limit, 1), (v, d, 1), 1.0);
+            product((rows, d, limit), &mut out[first * d..], d, false, (s, limit, 1), (v, d, 1), 1.0, 1);
         }
     }
 }
@@ -147,18 +99,18 @@ pub(crate) fn backward(dims: Dims, x: &Saved, dq: &mut [f32], dk: &mut [f32], dv
             let first = g * t + t0;
             let (q_blk, do_blk) = (&x.q[first * d..], &x.grad_out[first * d..]);
             let (p, ds) = (&mut p[..rows * limit], &mut ds[..rows * limit]);
-            product((rows, limit, d), p, limit, false, (q_blk, d, 1), (x.k, 1, d), scale);
+            product((rows, limit, d), p, limit, false, (q_blk, d, 1), (x.k, 1, d), scale, 1);
             for (r, row) in p.chunks_exact_mut(limit).enumerate() {
                 path.probabilities(row, dims.seen(t0 + r), x.lse[first + r]);
             }
-            product((limit, d, rows), dv, d, true, (p, 1, limit), (do_blk, d, 1), 1.0);
-            product((rows, limit, d), ds, limit, false, (do_blk, d, 1), (x.v, 1, d), 1.0);
+            product((limit, d, rows), dv, d, true, (p, 1, limit), (do_blk, d, 1), 1.0, 1);
+            product((rows, limit, d), ds, limit, false, (do_blk, d, 1), (x.v, 1, d), 1.0, 1);
             for (r, (ds_row, p_row)) in ds.chunks_exact_mut(limit).zip(p.chunks_exact(limit)).enumerate() {
                 let delta_r = delta[first + r];
                 ds_row.iter_mut().zip(p_row).for_each(|(s, &p)| *s = p * (*s - delta_r));
             }
-            product((rows, d, limit), &mut dq[first * d..], d, false, (ds, limit, 1), (x.k, d, 1), scale);
-            product((limit, d, rows), dk, d, true, (ds, 1, limit), (q_blk, d, 1), scale);
+            product((rows, d, limit), &mut dq[first * d..], d, false, (ds, limit, 1), (x.k, d, 1), scale, 1);
+            product((limit, d, rows), dk, d, true, (ds, 1, limit), (q_blk, d, 1), scale, 1);
         }
     }
 }

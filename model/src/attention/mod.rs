@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 
-use crate::cpu_op::map_tasks;
+use crate::cpu_op::{input_slice, map_tasks};
 use crate::device::{kernel_for, Kernel};
 use crate::{ModelError, Result};
 use kernel::Dims;
@@ -74,14 +74,6 @@ struct BlockedAttention {
     dims: Dims,
     /// Log-sum-exp of every query row, (batch * kv_heads, group * t), saved by the forward for the backward.
     lse: Mutex<Option<Vec<f32>>>,
-}
-
-/// A contiguous f32 op input, borrowed.
-fn input_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("{op} expects contiguous inputs"),
-    }
 }
 
 /// A tensor's values as a contiguous f32 vector.
