@@ -511,13 +511,14 @@ impl Decoder {
         let mode = AdapterMode { dropout_seed: None, ..mode };
         let rope = self.rope.tables(positions)?;
         let mask = self.decode_mask(key_valid, past, tn)?;
+        let unpadded = key_valid.iter().all(|row| row.iter().all(|&valid| valid));
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, tn, self.cfg.hidden_size))?;
         if self.sampling != Precision::F32 {
             // The rows of the rounded embedding: rounding the few rows looked up equals looking up rounded rows.
             x = x.to_dtype(self.sampling.dtype())?.to_dtype(DType::F32)?;
         }
         for block in &self.blocks {
-            (x, _) = block.forward(&x, &rope, Pass::Decode { cache: &mut *cache, mask: &mask }, mode)?;
+            (x, _) = block.forward(&x, &rope, Pass::Decode { cache: &mut *cache, mask: &mask, unpadded }, mode)?;
         }
         cache.advance(tn);
         let last = x.narrow(1, tn - 1, 1)?.squeeze(1)?.contiguous()?;

@@ -155,6 +155,45 @@ fn cached_decoding_equals_the_training_forward() {
     }
 }
 
+/// Log-probs through the KV-cached path fed in `chunks` (their sizes sum to `seq.len() - 1`): each chunk's last
+/// logits score the token after it. Returns (position scored, log-prob) pairs.
+fn chunked_logprobs(dec: &ideator_model::Decoder, seq: &[u32], chunks: &[usize]) -> Vec<(usize, f32)> {
+    let dev = test_device();
+    let mut cache = dec.new_cache(1, seq.len()).unwrap();
+    let mut from = 0;
+    let mut out = Vec::new();
+    for &n in chunks {
+        let to = from + n;
+        let ids = Tensor::new(&seq[from..to], &dev).unwrap().unsqueeze(0).unwrap();
+        let pos: Vec<u32> = (from as u32..to as u32).collect();
+        let pos = Tensor::new(pos.as_slice(), &dev).unwrap().unsqueeze(0).unwrap();
+        let logits = dec.decode(&ids, &pos, &[vec![true; to]], &mut cache, AdapterMode::default()).unwrap();
+        let lsm = log_softmax(&logits, 1).unwrap().to_vec2::<f32>().unwrap().remove(0);
+        out.push((to, lsm[seq[to] as usize]));
+        from = to;
+    }
+    out
+}
+
+/// Prefills longer than a decode step (the blocked attention kernel on the CPU), first and after cached tokens.
+#[test]
+fn long_prefills_and_chunks_equal_the_training_forward() {
+    let seq: Vec<u32> = (0..40u32).map(|i| (i * 37) % 90 + 1).collect();
+    for arch in ARCHS {
+        let dec = tiny_decoder(arch, 6);
+        let full = dec.score_tokens(std::slice::from_ref(&seq), &[1], 0, AdapterMode::default()).unwrap().0;
+        let full = full.to_vec1::<f32>().unwrap();
+        let chunks = [9, 6, 1, 23];
+        let cached = chunked_logprobs(&dec, &seq, &chunks);
+        let portable = with_portable_kernels(|| chunked_logprobs(&dec, &seq, &chunks));
+        for ((pos, a), (_, b)) in cached.iter().zip(&portable) {
+            let want = full[pos - 1];
+            assert!((a - want).abs() < 1e-4, "{arch:?} position {pos}: training {want} vs cached {a}");
+            assert!((a - b).abs() < 1e-4, "{arch:?} position {pos}: portable {b} vs CPU kernels {a}");
+        }
+    }
+}
+
 #[test]
 fn padding_does_not_change_log_probs() {
     for arch in ARCHS {
