@@ -12,6 +12,9 @@
 //! Weights use the Hugging Face layout (q/k rows in "half rotation" order); GGUF loading un-permutes them.
 
 mod block;
+mod prefix;
+
+pub use prefix::PrefixStates;
 
 use std::collections::HashMap;
 

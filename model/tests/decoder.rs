@@ -601,3 +601,32 @@ fn a_bf16_sampling_copy_halves_the_matrices_a_decode_step_reads_and_is_refused_o
     let err = bf16.set_sampling_precision(Precision::Bf16).unwrap_err().to_string();
     assert!(err.contains("needs an f32 decoder on the CPU") && err.contains("keep dtype f32"), "{err}");
 }
+
+/// A kept prompt pass scores continuations exactly as scoring prompt and continuations together, for several
+/// continuation sets after one pass, with adapters on and off.
+#[test]
+fn kept_prefix_states_score_like_the_shared_prefix_forward_bit_for_bit() {
+    let prefix: Vec<u32> = (0..70u32).map(|i| (i * 13) % 90 + 1).collect();
+    let sets = [conts(3), vec![vec![7, 8], vec![9, 10, 11, 12, 13, 14], vec![2]]];
+    for arch in ARCHS {
+        let mut dec = tiny_decoder(arch, 15);
+        for (_, v) in dec.add_lora(&LoraConfig { rank: 4, alpha: 8.0, ..LoraConfig::default() }, 3).unwrap() {
+            v.set(&Tensor::randn(0f32, 0.05, v.shape(), v.device()).unwrap()).unwrap();
+        }
+        for enabled in [false, true] {
+            let mode = AdapterMode { enabled, dropout_seed: None };
+            let states = dec.prefix_states(&prefix, mode).unwrap();
+            assert_eq!(states.prefix(), prefix.as_slice());
+            for set in &sets {
+                let kept = dec.score_after_prefix(&states, set, 0, 0.9).unwrap().to_vec1::<f32>().unwrap();
+                let whole = dec.score_continuations(&prefix, set, 0, mode, 0.9, Backprop::None).unwrap();
+                let whole = whole.logprobs.to_vec1::<f32>().unwrap();
+                assert_eq!(kept, whole, "{arch:?}, adapters {enabled}");
+            }
+        }
+        let states = dec.prefix_states(&prefix, AdapterMode::default()).unwrap();
+        assert!(dec.score_after_prefix(&states, &[vec![]], 0, 1.0).is_err(), "an empty continuation is refused");
+        assert!(dec.score_after_prefix(&states, &conts(2), 0, 0.0).is_err(), "temperature 0 is refused");
+        assert!(dec.prefix_states(&[], AdapterMode::default()).is_err(), "an empty prefix is refused");
+    }
+}

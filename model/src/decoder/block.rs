@@ -28,6 +28,13 @@ pub(crate) struct KeyValues {
     v: Tensor,
 }
 
+impl KeyValues {
+    /// The same keys and values without their graph.
+    pub(crate) fn detach(&self) -> KeyValues {
+        KeyValues { k: self.k.detach(), v: self.v.detach() }
+    }
+}
+
 /// What differs between the forwards that run a block.
 pub(crate) enum Pass<'a> {
     /// The trainable forward: ops that carry gradients (candle's fused kernels drop them, DESIGN section 7),
