@@ -23,7 +23,10 @@ echo; echo "== 1. example ideas for the pretrain environment =="
 echo "wrote $out/pretrain-examples.jsonl"
 
 echo; echo "== 2. supervised warm-up =="
-eval_args=(--env pretrain --n 16 --max-new-tokens 128 --temperature 0.9 --top-p 0.95 --implement-only --no-embeddings)
+# One batch of 16: one prefill of the shared prompt and each decode step's weights read once for all 16 rows
+# (24.5 s against 31.0 s for two batches of 8, measured on 2 cores).
+eval_args=(--env pretrain --n 16 --batch-size 16 --max-new-tokens 128 --temperature 0.9 --top-p 0.95 --implement-only
+  --no-embeddings)
 echo "-- before:"
 "$bin" eval "${eval_args[@]}"
 "$bin" sft --config configs/quickstart-sft.toml $(resume_flag "$out/sft")
