@@ -6,8 +6,8 @@
 #   3. GRPO from the warm-up checkpoint: each idea trains a small GPT (one `ideator exec` process per slot),
 #      with a summary line per step,
 #   4. the HTML report.
-# Results land in runs/quickstart/ (rerunning resumes). Measured: 22.7 minutes after the build on two otherwise idle
-# CPU cores (IDEATOR_THREADS=1, 2026-12-01; README has the breakdown), under 6 GB of memory.
+# Results land in runs/quickstart/ (rerunning resumes). Measured: 10.5 minutes after the build on two otherwise idle
+# CPU cores (the default threads; 2026-12-01, README has the breakdown), under 6 GB of memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-assets.sh

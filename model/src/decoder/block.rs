@@ -210,7 +210,7 @@ impl Attention {
     }
 
     /// Training: causal attention of q (b, heads, tq, hd) over k, v (b, kv_heads, offset + tq, hd), query i
-    /// seeing keys 0..=offset + i; memory-efficient on CPU (see attention.rs). Returns (b, tq, heads * hd).
+    /// seeing keys 0..=offset + i; memory-efficient on CPU (see attention/). Returns (b, tq, heads * hd).
     fn causal(&self, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, nh, tq, hd) = q.dims4()?;
         let group = nh / self.num_kv_heads;
