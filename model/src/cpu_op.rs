@@ -66,6 +66,8 @@ pub(crate) fn product(
         return;
     }
     assert!(dst.len() > last(m, dst_rs, n, 1), "product: dst too short");
+    // Overlapping destination rows would be written by several of gemm's threads at once.
+    assert!(m == 1 || dst_rs >= n, "product: destination rows overlap");
     if k > 0 {
         assert!(
             lhs.len() > last(m, lhs_rs, k, lhs_cs) && rhs.len() > last(k, rhs_rs, n, rhs_cs),

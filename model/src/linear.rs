@@ -181,8 +181,9 @@ impl CustomOp1 for FrozenMatmul {
 /// `x W^T + s (x A^T) B^T` for a frozen `W` (out, in) and a LoRA adapter `A` (rank, in), `B` (out, rank), as one
 /// op on (rows, in) inputs. Composed, the adapter adds three (rows, out) nodes to the graph (`B`'s product, the
 /// scaling, the sum), and candle's backward fills a zero tensor and adds into it for every node it reaches: seven
-/// adapted projections per layer made that 4-8% of a warm-up step (measured side by side). The backward (Hu et al. 2021, LoRA, with
-/// `low = x A^T` recomputed): `dB = s g^T low`, `dlow = s g B`, `dA = dlow^T x`, `dx = g W + dlow A`.
+/// adapted projections per layer made that 4-8% of a warm-up step (measured side by side). The backward (Hu et
+/// al. 2021, LoRA, with `low = x A^T` recomputed): `dB = s g^T low`, `dlow = s g B`, `dA = dlow^T x`,
+/// `dx = g W + dlow A`.
 struct LoraMatmul {
     weight: Tensor,
     scale: f32,
@@ -211,7 +212,17 @@ impl CustomOp3 for LoraMatmul {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let ((rows, inp), (rank, _), (out, _)) = (xl.shape().dims2()?, al.shape().dims2()?, bl.shape().dims2()?);
+        let ((rows, inp), (rank, a_in), (out, b_rank)) =
+            (xl.shape().dims2()?, al.shape().dims2()?, bl.shape().dims2()?);
+        if a_in != inp || b_rank != rank || self.weight.dims() != [out, inp] {
+            candle_core::bail!(
+                "lora-matmul: x {:?}, A {:?}, B {:?} and W {:?} do not fit together",
+                xl.shape(),
+                al.shape(),
+                bl.shape(),
+                self.weight.shape()
+            );
+        }
         let (x, a, b) = (
             input_slice(self.name(), xs, xl)?,
             input_slice(self.name(), a_s, al)?,

@@ -28,9 +28,18 @@ mod rows;
 
 /// Causal attention with a key offset; see the module doc for the layout. Differentiable.
 pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset: usize) -> Result<Tensor> {
-    let (_, _, rows, d) = q.dims4()?;
+    let (b, hkv, rows, d) = q.dims4()?;
     let s = k.dim(2)?;
-    if group == 0 || rows % group != 0 || s != offset + rows / group || k.dims() != v.dims() || k.dim(3)? != d {
+    let same_heads = k.dims()[..2] == [b, hkv];
+    if group == 0 || rows == 0 || rows % group != 0 || s != offset + rows / group || !same_heads {
+        return Err(ModelError::Invalid(format!(
+            "attention shapes do not fit: q {:?}, k {:?}, v {:?}, group {group}, offset {offset}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    if k.dims() != v.dims() || k.dim(3)? != d {
         return Err(ModelError::Invalid(format!(
             "attention shapes do not fit: q {:?}, k {:?}, v {:?}, group {group}, offset {offset}",
             q.dims(),
@@ -249,5 +258,9 @@ mod tests {
         let q = Tensor::zeros((1, 1, 6, 4), DType::F32, &dev).unwrap();
         let k = Tensor::zeros((1, 1, 5, 4), DType::F32, &dev).unwrap();
         assert!(causal_attention(&q, &k, &k, 2, 0).is_err());
+        // Keys of another batch size than the queries'.
+        let q = Tensor::zeros((2, 1, 4, 4), DType::F32, &dev).unwrap();
+        let k = Tensor::zeros((1, 1, 4, 4), DType::F32, &dev).unwrap();
+        assert!(causal_attention(&q, &k, &k, 1, 0).is_err());
     }
 }

@@ -34,12 +34,13 @@ impl Decoder {
     /// need. Memory: 2 x layers x prefix x kv_heads x head_dim floats (76 MB for SmolLM2-135M and 1,650 tokens).
     ///
     /// # Errors
-    /// An empty prefix, or one longer than the model's positions.
+    /// An empty prefix, or one that leaves no position for a continuation.
     pub fn prefix_states(&self, prefix: &[u32], mode: AdapterMode) -> Result<PrefixStates> {
-        if prefix.is_empty() || prefix.len() > self.max_positions() {
+        // At least one position must be left for a continuation.
+        if prefix.is_empty() || prefix.len() >= self.max_positions() {
             return Err(ModelError::Invalid(format!(
                 "a prefix of 1 to {} tokens is needed, got {}",
-                self.max_positions(),
+                self.max_positions() - 1,
                 prefix.len()
             )));
         }
