@@ -224,3 +224,33 @@ fn split_flat(flat: &[f32], conts: &[Vec<u32>]) -> Vec<Vec<f32>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ideator_model::tiny::tiny_decoder;
+
+    /// The reference's log-probs through the kept prompt equal a fresh pass over prompt and continuations, also
+    /// when the prompt changes and changes back (the kept pass is replaced, never reused for another prompt).
+    #[test]
+    fn the_kept_reference_prompt_follows_the_prompt() {
+        let conts = vec![vec![5, 9, 2], vec![7], vec![3, 3, 8, 1]];
+        let (a, b): (Vec<u32>, Vec<u32>) = ((1..40).collect(), (3..25).rev().collect());
+        for mode in [TrainMode::Lora { lora: Default::default() }, TrainMode::Full] {
+            let policy = TrainablePolicy::new(tiny_decoder(1).unwrap(), &mode, true, 7, 0).unwrap();
+            for (_, v) in policy.params() {
+                // Move the policy away from its reference (LoRA's B starts at zero).
+                v.set(&(v.as_tensor() + Tensor::randn(0f32, 0.05, v.shape(), v.device()).unwrap()).unwrap()).unwrap();
+            }
+            let reference = tiny_decoder(1).unwrap();
+            for prompt in [&a, &b, &a] {
+                let kept = policy.reference_continuation_logprobs(prompt, &conts, 0.9).unwrap().unwrap();
+                let fresh = reference
+                    .score_continuations(prompt, &conts, 0, AdapterMode::default(), 0.9, Backprop::None)
+                    .unwrap();
+                let fresh = split_flat(&fresh.logprobs.to_vec1::<f32>().unwrap(), &conts);
+                assert_eq!(kept, fresh, "{mode:?}, prompt of {} tokens", prompt.len());
+            }
+        }
+    }
+}
