@@ -290,22 +290,10 @@ impl Decoder {
         temperature: f64,
         backprop: Backprop,
     ) -> Result<Scored<'_>> {
-        if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(ModelError::Invalid(format!("scoring temperature must be positive, got {temperature}")));
-        }
-        if prefix.is_empty() || continuations.is_empty() || continuations.iter().any(|c| c.is_empty()) {
-            return Err(ModelError::Invalid("a non-empty prefix and non-empty continuations are needed".into()));
-        }
+        self.check_scoring(prefix, continuations, temperature)?;
         let p = prefix.len();
         let b = continuations.len();
         let c = continuations.iter().map(Vec::len).max().unwrap();
-        if p + c > self.max_positions() {
-            return Err(ModelError::Invalid(format!(
-                "{} tokens exceed the model's {} positions",
-                p + c,
-                self.max_positions()
-            )));
-        }
         let backprop = match backprop {
             Backprop::Auto if self.graph_bytes(p + b * c) > activation_memory() => Backprop::Checkpointed,
             Backprop::Auto => Backprop::Full,
@@ -317,6 +305,26 @@ impl Decoder {
             self.continuation_scores(&stack.xp, &stack.xc, continuations, temperature, backprop)?;
         let tape = stack.top.map(|top| Tape { decoder: self, pair, layer_inputs: stack.layer_inputs, top });
         Ok(Scored { logprobs, entropies, backprop, tape })
+    }
+
+    /// The inputs [`Decoder::score_continuations`] and [`Decoder::score_after_prefix`] accept: a positive finite
+    /// temperature, a non-empty prefix and continuations, and prefix plus longest continuation within the model's
+    /// positions.
+    fn check_scoring(&self, prefix: &[u32], continuations: &[Vec<u32>], temperature: f64) -> Result<()> {
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(ModelError::Invalid(format!("scoring temperature must be positive, got {temperature}")));
+        }
+        if prefix.is_empty() || continuations.is_empty() || continuations.iter().any(|c| c.is_empty()) {
+            return Err(ModelError::Invalid("a non-empty prefix and non-empty continuations are needed".into()));
+        }
+        let tokens = prefix.len() + continuations.iter().map(Vec::len).max().unwrap_or(0);
+        if tokens > self.max_positions() {
+            return Err(ModelError::Invalid(format!(
+                "{tokens} tokens exceed the model's {} positions",
+                self.max_positions()
+            )));
+        }
+        Ok(())
     }
 
     /// Prefix: positions 0..p, causal. Continuations: positions p..p+c, right-padded; each sees the whole prefix

@@ -32,7 +32,8 @@ pub(crate) struct Dims {
 }
 
 impl Dims {
-    fn keys(&self) -> usize {
+    /// Keys per head: the offset and the queries' own.
+    pub(crate) fn keys(&self) -> usize {
         self.offset + self.t
     }
 

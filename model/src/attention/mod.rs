@@ -29,17 +29,12 @@ mod rows;
 /// Causal attention with a key offset; see the module doc for the layout. Differentiable.
 pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset: usize) -> Result<Tensor> {
     let (b, hkv, rows, d) = q.dims4()?;
-    let s = k.dim(2)?;
-    let same_heads = k.dims()[..2] == [b, hkv];
-    if group == 0 || rows == 0 || rows % group != 0 || s != offset + rows / group || !same_heads {
-        return Err(ModelError::Invalid(format!(
-            "attention shapes do not fit: q {:?}, k {:?}, v {:?}, group {group}, offset {offset}",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        )));
-    }
-    if k.dims() != v.dims() || k.dim(3)? != d {
+    let fits = group > 0
+        && rows > 0
+        && rows % group == 0
+        && k.dims() == [b, hkv, offset + rows / group, d]
+        && v.dims() == k.dims();
+    if !fits {
         return Err(ModelError::Invalid(format!(
             "attention shapes do not fit: q {:?}, k {:?}, v {:?}, group {group}, offset {offset}",
             q.dims(),
@@ -91,7 +86,7 @@ fn values(x: &Tensor) -> candle_core::Result<Vec<f32>> {
 }
 
 /// One task of the op: key/value head `head` (of batch * kv_heads) and its query heads `groups`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Task {
     head: usize,
     groups: std::ops::Range<usize>,
@@ -135,9 +130,9 @@ impl CustomOp3 for BlockedAttention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let q = input_slice(self.name(), s1, l1)?;
         let (k, v) = (input_slice(self.name(), s2, l2)?, input_slice(self.name(), s3, l3)?);
-        let kn = (self.dims.offset + self.dims.t) * self.dims.d;
+        let kn = self.dims.keys() * self.dims.d;
         let path = RowPath::detect();
-        let parts = map_tasks_of(self.tasks(k.len() / kn), |task| {
+        let parts = map_tasks_of(&self.tasks(k.len() / kn), |task| {
             let (dims, qr) = self.task_dims(task);
             let (mut out, mut lse) = (vec![0f32; qr.len()], vec![0f32; dims.group * dims.t]);
             let (k, v) = (&k[task.head * kn..][..kn], &v[task.head * kn..][..kn]);
@@ -162,10 +157,10 @@ impl CustomOp3 for BlockedAttention {
             None => candle_core::bail!("blocked attention: backward before forward"),
         };
         let (qs, ks, vs, os, gs) = (values(q)?, values(k)?, values(v)?, values(out)?, values(grad_out)?);
-        let (kn, d) = ((self.dims.offset + self.dims.t) * self.dims.d, self.dims.d);
+        let (kn, d) = (self.dims.keys() * self.dims.d, self.dims.d);
         let path = RowPath::detect();
         let tasks = self.tasks(ks.len() / kn);
-        let parts = map_tasks_of(tasks.clone(), |task| {
+        let parts = map_tasks_of(&tasks, |task| {
             let (dims, qr) = self.task_dims(task);
             let kr = task.head * kn..(task.head + 1) * kn;
             let saved = kernel::Saved {
@@ -197,7 +192,7 @@ impl CustomOp3 for BlockedAttention {
 }
 
 /// `task` over every item of `tasks`, in order, on rayon's pool when it has several threads.
-fn map_tasks_of<T: Send>(tasks: Vec<Task>, task: impl Fn(&Task) -> T + Sync + Send) -> Vec<T> {
+fn map_tasks_of<T: Send>(tasks: &[Task], task: impl Fn(&Task) -> T + Sync + Send) -> Vec<T> {
     map_tasks(tasks.len(), |i| task(&tasks[i]))
 }
 

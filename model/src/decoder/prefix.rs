@@ -69,22 +69,9 @@ impl Decoder {
         pad_id: u32,
         temperature: f64,
     ) -> Result<Tensor> {
-        if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(ModelError::Invalid(format!("scoring temperature must be positive, got {temperature}")));
-        }
-        if continuations.is_empty() || continuations.iter().any(|c| c.is_empty()) {
-            return Err(ModelError::Invalid("non-empty continuations are needed".into()));
-        }
+        self.check_scoring(&states.prefix, continuations, temperature)?;
         if states.layers.len() != self.blocks.len() {
             return Err(ModelError::Invalid("prefix states of a decoder with another number of layers".into()));
-        }
-        let c = continuations.iter().map(Vec::len).max().unwrap_or(0);
-        if states.prefix.len() + c > self.max_positions() {
-            return Err(ModelError::Invalid(format!(
-                "{} tokens exceed the model's {} positions",
-                states.prefix.len() + c,
-                self.max_positions()
-            )));
         }
         let pair = self.pair_input(&states.prefix, continuations, pad_id, states.mode)?;
         let (_, mut xc) = self.embed_pair(&pair)?;
