@@ -491,7 +491,7 @@ impl Decoder {
     pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
         KvCache::new(
             self.cfg.num_layers,
-            batch * self.cfg.num_kv_heads,
+            (batch, self.cfg.num_kv_heads),
             capacity,
             self.cfg.head_dim,
             self.dtype(),

@@ -3,8 +3,9 @@
 //! Every sampled token comes with its *behaviour log-probability*: `log softmax(logits / temperature)` of the
 //! full distribution at that step (before top-k/top-p truncation), which is what the GRPO ratio is taken
 //! against. Each output row draws from its own RNG seeded by (seed, row index), so results do not depend on
-//! how rows are batched: batch = sequential. Rows that share a prompt share its prefill (computed once, then
-//! the cache is copied), which is the common case of a GRPO group.
+//! how rows are batched: batch = sequential. Rows that share a prompt share its prefill (computed once), which is
+//! the common case of a GRPO group; on the CPU they also read its keys and values in place
+//! ([`KvCache::into_shared_prompts`](crate::kv_cache::KvCache::into_shared_prompts)), elsewhere each row gets a copy.
 
 use std::collections::HashMap;
 
@@ -185,6 +186,13 @@ pub fn sample(
     Ok(out)
 }
 
+/// Whether rows continuing the same prompt read its keys and values in place instead of copies of them: where the
+/// decode step's fused kernel runs (CPU, f32). Elsewhere the composed ops would copy the prompt in front of every
+/// row at every step, so the prefill's cache is copied once per row instead.
+fn reads_shared_prompts_in_place(decoder: &Decoder) -> bool {
+    decoder.device().is_cpu() && decoder.dtype() == candle_core::DType::F32
+}
+
 /// Distinct, well-mixed streams per row.
 fn row_seed(seed: u64, row: usize) -> u64 {
     crate::seed::mix(seed, row as u64)
@@ -200,7 +208,6 @@ fn sample_chunk(
     mode: AdapterMode,
 ) -> Result<Vec<Completion>> {
     let device = decoder.device().clone();
-    let nkv = decoder.config().num_kv_heads;
     // Prefill each distinct prompt once, left-padded to a common length.
     let mut unique: Vec<usize> = jobs.iter().map(|&(p, _)| p).collect();
     unique.dedup();
@@ -219,20 +226,24 @@ fn sample_chunk(
         v.resize(width, true);
         valid.push(v);
     }
-    let mut cache = decoder.new_cache(unique.len(), capacity)?;
+    let share = unique.len() < jobs.len() && reads_shared_prompts_in_place(decoder);
+    let mut cache = decoder.new_cache(unique.len(), if share { width } else { capacity })?;
     let ids_t = Tensor::from_vec(ids, (unique.len(), width), &device)?;
     let pos_t = Tensor::from_vec(positions, (unique.len(), width), &device)?;
     let logits = decoder.decode(&ids_t, &pos_t, &valid, &mut cache, mode)?;
     // Expand to one row per job.
     let slot_of: HashMap<usize, usize> = unique.iter().enumerate().map(|(i, &p)| (p, i)).collect();
-    let job_slots: Vec<u32> = jobs.iter().map(|(p, _)| slot_of[p] as u32).collect();
+    let job_slots: Vec<usize> = jobs.iter().map(|(p, _)| slot_of[p]).collect();
     let mut logits = if unique.len() == jobs.len() {
         logits
     } else {
-        let cache_rows: Vec<u32> =
-            job_slots.iter().flat_map(|&s| (0..nkv as u32).map(move |h| s * nkv as u32 + h)).collect();
-        cache.select_rows(&Tensor::new(cache_rows.as_slice(), &device)?)?;
-        logits.index_select(&Tensor::new(job_slots.as_slice(), &device)?, 0)?
+        if share {
+            cache = cache.into_shared_prompts(&job_slots, params.max_new_tokens)?;
+        } else {
+            cache.select_rows(&job_slots)?;
+        }
+        let slots: Vec<u32> = job_slots.iter().map(|&s| s as u32).collect();
+        logits.index_select(&Tensor::new(slots.as_slice(), &device)?, 0)?
     };
     let mut rows: Vec<Row> = jobs
         .iter()
@@ -284,9 +295,7 @@ fn sample_chunk(
         }
         if still.len() < live.len() {
             // Drop finished rows from the cache so the remaining steps do no wasted work.
-            let cache_rows: Vec<u32> =
-                still.iter().flat_map(|&b| (0..nkv as u32).map(move |h| b as u32 * nkv as u32 + h)).collect();
-            cache.select_rows(&Tensor::new(cache_rows.as_slice(), &device)?)?;
+            cache.select_rows(&still)?;
             live = still.iter().map(|&b| live[b]).collect();
         }
         let mut next_ids = Vec::with_capacity(live.len());

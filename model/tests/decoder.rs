@@ -630,3 +630,91 @@ fn kept_prefix_states_score_like_the_shared_prefix_forward_bit_for_bit() {
         assert!(dec.prefix_states(&[], AdapterMode::default()).is_err(), "an empty prefix is refused");
     }
 }
+
+/// Logits of `prompt_of_row.len()` rows continuing `prompts` (left-padded, prefilled once each) by `conts`, one
+/// token per step, the rows `keep` alone kept after step 1: the prompts' cache either copied to every row
+/// (`shared` false) or read in place (`KvCache::into_shared_prompts`).
+fn logits_after_prompts(
+    dec: &Decoder,
+    prompts: &[Vec<u32>],
+    prompt_of_row: &[usize],
+    keep: &[usize],
+    shared: bool,
+) -> Vec<Vec<f32>> {
+    let dev = test_device();
+    let (width, steps) = (prompts.iter().map(Vec::len).max().unwrap(), 4);
+    let (mut ids, mut pos, mut prompt_valid) = (Vec::new(), Vec::new(), Vec::new());
+    for p in prompts {
+        let pad = width - p.len();
+        ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
+        pos.extend(std::iter::repeat_n(0u32, pad).chain(0..p.len() as u32));
+        prompt_valid.push([vec![false; pad], vec![true; p.len()]].concat());
+    }
+    let mode = AdapterMode::default();
+    let mut cache = dec.new_cache(prompts.len(), if shared { width } else { width + steps }).unwrap();
+    let ids = Tensor::from_vec(ids, (prompts.len(), width), &dev).unwrap();
+    let pos = Tensor::from_vec(pos, (prompts.len(), width), &dev).unwrap();
+    dec.decode(&ids, &pos, &prompt_valid, &mut cache, mode).unwrap();
+    if shared {
+        cache = cache.into_shared_prompts(prompt_of_row, steps).unwrap();
+    } else {
+        cache.select_rows(prompt_of_row).unwrap();
+    }
+    let mut rows: Vec<usize> = (0..prompt_of_row.len()).collect();
+    let mut valid: Vec<Vec<bool>> = prompt_of_row.iter().map(|&p| prompt_valid[p].clone()).collect();
+    let mut out = Vec::new();
+    for s in 0..steps {
+        if s == 2 {
+            cache.select_rows(keep).unwrap();
+            rows = keep.iter().map(|&i| rows[i]).collect();
+            valid = keep.iter().map(|&i| valid[i].clone()).collect();
+        }
+        let next: Vec<u32> = rows.iter().map(|&r| ((r * 31 + s * 7 + 3) % 97) as u32).collect();
+        let next_pos: Vec<u32> = rows.iter().map(|&r| (prompts[prompt_of_row[r]].len() + s) as u32).collect();
+        valid.iter_mut().for_each(|v| v.push(true));
+        let (n, p) = (rows.len(), next_pos);
+        let ids = Tensor::from_vec(next, (n, 1), &dev).unwrap();
+        let pos = Tensor::from_vec(p, (n, 1), &dev).unwrap();
+        out.extend(dec.decode(&ids, &pos, &valid, &mut cache, mode).unwrap().to_vec2::<f32>().unwrap());
+    }
+    out
+}
+
+/// Rows that continue shared prompts, reading the prompts' keys and values in place, decode exactly as rows that
+/// each hold a copy of their prompt's cache: with padded prompts, rows out of prompt order, rows dropped midway,
+/// on the fused kernel and on the portable path (which copies the prompts in front of each row).
+#[test]
+fn decoding_after_shared_prompts_equals_decoding_after_copies() {
+    let prompts = vec![vec![5u32, 17, 3, 88, 42, 7], vec![11, 2, 33, 4, 96, 1, 8, 19, 23]];
+    let (prompt_of_row, keep) = ([1usize, 0, 1, 1, 0], [4usize, 0, 2]);
+    for arch in ARCHS {
+        let dec = tiny_decoder(arch, 21);
+        let copies = logits_after_prompts(&dec, &prompts, &prompt_of_row, &keep, false);
+        let shared = logits_after_prompts(&dec, &prompts, &prompt_of_row, &keep, true);
+        assert_eq!(copies, shared, "{arch:?}: fused kernel");
+        let portable = with_portable_kernels(|| logits_after_prompts(&dec, &prompts, &prompt_of_row, &keep, true));
+        let portable_copies =
+            with_portable_kernels(|| logits_after_prompts(&dec, &prompts, &prompt_of_row, &keep, false));
+        assert_eq!(portable, portable_copies, "{arch:?}: portable path");
+        for (a, b) in portable.iter().flatten().zip(shared.iter().flatten()) {
+            assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{arch:?}: portable {a} vs fused {b}");
+        }
+    }
+}
+
+/// A shared-prompt cache refuses a prompt it does not hold, a second sharing, and dropping a row it does not have.
+#[test]
+fn shared_prompt_caches_refuse_rows_they_do_not_have() {
+    let dec = tiny_decoder(ARCHS[0], 3);
+    let cache = dec.new_cache(2, 4).unwrap();
+    let err = cache.clone().into_shared_prompts(&[0, 2], 4).unwrap_err().to_string();
+    assert!(err.contains("prompt 2 of 2"), "{err}");
+    let mut shared = cache.into_shared_prompts(&[1, 1, 0], 4).unwrap();
+    assert_eq!((shared.batch(), shared.capacity()), (3, 4));
+    let err = shared.clone().into_shared_prompts(&[0], 4).unwrap_err().to_string();
+    assert!(err.contains("already"), "{err}");
+    let err = shared.select_rows(&[3]).unwrap_err().to_string();
+    assert!(err.contains("sequence 3"), "{err}");
+    shared.select_rows(&[2, 0]).unwrap();
+    assert_eq!(shared.batch(), 2);
+}

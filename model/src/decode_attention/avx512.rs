@@ -20,10 +20,10 @@ pub(super) fn covers(head_dim: usize) -> bool {
 /// [`super::attend`] with AVX-512F, for a head dimension [`covers`] accepts.
 ///
 /// # Safety
-/// The CPU supports AVX-512F, and `covers(row.keys.head_dim)`.
+/// The CPU supports AVX-512F, and `covers(row.keys.head_dim())`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn attend(op: &DecodeAttention, row: &Row, out: &mut [f32]) {
-    match row.keys.head_dim {
+    match row.keys.head_dim() {
         64 => attend_with::<4>(op, row, out),
         _ => attend_with::<8>(op, row, out),
     }
@@ -66,7 +66,7 @@ unsafe fn scores<const C: usize>(op: &DecodeAttention, row: &Row, queries: usize
     let mut scores = vec![0f32; queries * total];
     let q = row.q.as_ptr();
     for j in 0..total {
-        let kp = row.keys.row(row.r, j).as_ptr();
+        let kp = row.keys.get(j).as_ptr();
         let mut k = [_mm512_setzero_ps(); C];
         for (c, kc) in k.iter_mut().enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(kp.wrapping_add(PREFETCH_ROWS * hd + 16 * c) as *const i8);
@@ -117,7 +117,7 @@ unsafe fn weighted_values<const C: usize, const B: usize>(row: &Row, scores: &[f
     let mut acc = [[_mm512_setzero_ps(); C]; B];
     let s = scores.as_ptr();
     for j in 0..total {
-        let vp = row.values.row(row.r, j).as_ptr();
+        let vp = row.values.get(j).as_ptr();
         let mut v = [_mm512_setzero_ps(); C];
         for (c, vc) in v.iter_mut().enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(PREFETCH_ROWS * 16 * C + 16 * c) as *const i8);

@@ -236,18 +236,19 @@ impl Attention {
         let (b, nh, tn, hd) = q.dims4()?;
         let nkv = self.num_kv_heads;
         let group = nh / nkv;
-        let (keys, values) =
-            cache.append(layer, &kv.k.reshape((b * nkv, tn, hd))?, &kv.v.reshape((b * nkv, tn, hd))?)?;
-        let total = keys.dim(1)?;
+        let layer_kv = cache.append(layer, &kv.k.reshape((b * nkv, tn, hd))?, &kv.v.reshape((b * nkv, tn, hd))?)?;
+        let total = layer_kv.total()?;
         let q = q.reshape((b * nkv, group * tn, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         // A prompt's prefill (many new tokens) is compute-bound and gemm is faster there; a step's few are not.
-        if tn <= crate::decode_attention::MAX_NEW_TOKENS && kernel_for(&[&q, &keys, &values, mask]) == Kernel::CpuFast
-        {
+        let fast = kernel_for(&[&q, &layer_kv.keys, &layer_kv.values, mask]) == Kernel::CpuFast;
+        if tn <= crate::decode_attention::MAX_NEW_TOKENS && fast {
             let mask = mask.reshape((b, tn, total))?;
-            let y = crate::decode_attention::decode_attention(&q, &keys, &values, &mask, nkv, scale)?;
+            let y = crate::decode_attention::decode_attention(&q, &layer_kv, &mask, nkv, scale)?;
             return self.merge_heads(&y, b, tn);
         }
+        // Off the fused kernel, a shared prompt's keys are copied in front of each row's own.
+        let (keys, values) = layer_kv.materialized(nkv)?;
         if unpadded && kernel_for(&[&q, &keys, &values]) == Kernel::CpuFast {
             let past = total - tn;
             let q = q.reshape((b, nkv, group * tn, hd))?;
