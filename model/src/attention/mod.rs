@@ -24,7 +24,7 @@ use kernel::Dims;
 use rows::RowPath;
 
 mod kernel;
-mod rows;
+pub(crate) mod rows;
 
 /// Causal attention with a key offset; see the module doc for the layout. Differentiable.
 pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset: usize) -> Result<Tensor> {

@@ -69,16 +69,16 @@ impl RowPath {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     /// The lanes of a tail of `len < 16` values.
-    fn tail_mask(len: usize) -> __mmask16 {
+    pub(crate) fn tail_mask(len: usize) -> __mmask16 {
         ((1u32 << len) - 1) as __mmask16
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn max(x: &[f32]) -> f32 {
+    pub(crate) unsafe fn max(x: &[f32]) -> f32 {
         let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
         let chunks = x.chunks_exact(16);
         let tail = chunks.remainder();
