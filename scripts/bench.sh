@@ -3,9 +3,10 @@
 # or the pretrain twin) and ours run back to back, on the same machine, weights and settings. Each appends one JSON
 # line to bench-out/results.jsonl; scripts/bench_table.py turns the file into the tables of BENCHMARKS.md.
 #
-# Usage: scripts/bench.sh [decode|train|grpo|pretrain|all] [--repeats R] [--quiet-wait S] [--threads N]
+# Usage: scripts/bench.sh [decode|train|grpo|pretrain|all] [--repeats R] [--quiet-wait S] [--threads N] [--rounds K]
 # --threads N gives both sides the same N CPU threads (default 2); on a shared machine 1 keeps each side on one
-# core and the ratio meaningful.
+# core and the ratio meaningful. --rounds K runs every (peer, ours) pair K times in a row, alternating, so that a
+# noisy machine shows as a spread of ratios instead of one lucky or unlucky pair (default 1).
 # Needs: scripts/peers/setup.sh (the peers' venv; PY=... to use another Python), a release build.
 # The machine should be otherwise idle: ratios measured while other jobs run mean little (see the Method section).
 set -euo pipefail
@@ -16,14 +17,17 @@ shift || true
 repeats=3
 quiet=120
 threads=2
+rounds=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --repeats) repeats=$2; shift 2 ;;
     --quiet-wait) quiet=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     *) echo "bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "bench: --rounds wants a positive integer, not '$rounds'" >&2; exit 2; }
 py="${PY:-$root/.venv-peers/bin/python}"
 [ -x "$py" ] || { echo "bench: no Python at $py; run scripts/peers/setup.sh or set PY" >&2; exit 1; }
 scripts/fetch-assets.sh
@@ -53,24 +57,26 @@ record() {
 }
 
 if [ "$what" = all ] || [ "$what" = decode ]; then
-  for b in 1 8 32; do
+  for b in 1 8 32; do for _ in $(seq "$rounds"); do
     record "$py" scripts/peers/hf_decode_bench.py --model "$hf" --batch $b --prompt-tokens 200 --new-tokens 128 \
       --repeats "$repeats" --quiet-wait "$quiet" --threads "$threads"
     record "$bin" --threads "$threads" bench decode --model "$hf" --batch $b --prompt-tokens 200 --new-tokens 128 --repeats "$repeats"
-  done
+  done; done
 fi
 if [ "$what" = all ] || [ "$what" = train ]; then
-  record "$py" scripts/peers/hf_train_bench.py --model "$hf" --batch 8 --seq 256 --repeats "$repeats" --quiet-wait "$quiet" \
-    --threads "$threads"
-  record "$bin" --threads "$threads" bench train --model "$hf" --batch 8 --seq 256 --repeats "$repeats"
+  for _ in $(seq "$rounds"); do
+    record "$py" scripts/peers/hf_train_bench.py --model "$hf" --batch 8 --seq 256 --repeats "$repeats" --quiet-wait "$quiet" \
+      --threads "$threads"
+    record "$bin" --threads "$threads" bench train --model "$hf" --batch 8 --seq 256 --repeats "$repeats"
+  done
 fi
 if [ "$what" = all ] || [ "$what" = grpo ]; then
-  for r in 16 0; do
+  for r in 16 0; do for _ in $(seq "$rounds"); do
     record "$py" scripts/peers/trl_grpo_bench.py --model "$hf" --group 8 --prompt-tokens 200 --new-tokens 128 \
       --lora-rank $r --steps 2 --warmup-steps 1 --quiet-wait "$quiet" --threads "$threads"
     record "$bin" --threads "$threads" bench grpo --model "$hf" --group 8 --prompt-tokens 200 --new-tokens 128 --lora-rank $r \
       --steps 2 --warmup-steps 1
-  done
+  done; done
 fi
 if [ "$what" = all ] || [ "$what" = pretrain ]; then
   # `small` would train 1,700 steps: our side stops at a time limit and reports the throughput of the steps it
@@ -78,9 +84,9 @@ if [ "$what" = all ] || [ "$what" = pretrain ]; then
   for scale in tiny small; do
     limit=()
     [ "$scale" = small ] && limit=(--time-limit 60)
-    for t in 1 2; do
+    for t in 1 2; do for _ in $(seq "$rounds"); do
       record "$py" scripts/peers/torch_gpt_bench.py --scale $scale --threads $t
       record "$bin" --threads $t exec --env pretrain --scale $scale "${limit[@]}" --json # no --idea: the baseline
-    done
+    done; done
   done
 fi

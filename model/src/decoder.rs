@@ -540,7 +540,7 @@ impl Decoder {
         }
         let head = self.lm_head_weight();
         if self.dtype() != DType::F32 {
-            // In f32, like the training forward's log-probs (logprob.rs), so behaviour and policy agree.
+            // In f32, like the training forward's log-probs (logprob/), so behaviour and policy agree.
             return Ok(last.to_dtype(DType::F32)?.matmul(&head.to_dtype(DType::F32)?.t()?)?);
         }
         if crate::few_rows::applies(&last, head) {
