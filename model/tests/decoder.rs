@@ -443,6 +443,25 @@ fn decode_weight_bytes_count_every_parameter_once_and_adapters_only_when_enabled
     }
 }
 
+/// `prompts` left-padded to the longest as one prefill batch: ids and rotary positions (rows, longest), and per row
+/// which keys are real tokens.
+fn left_padded(prompts: &[Vec<u32>]) -> (Tensor, Tensor, Vec<Vec<bool>>) {
+    let (rows, longest) = (prompts.len(), prompts.iter().map(Vec::len).max().unwrap());
+    let (mut ids, mut pos, mut valid) = (Vec::new(), Vec::new(), Vec::new());
+    for p in prompts {
+        let pad = longest - p.len();
+        ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
+        pos.extend(std::iter::repeat_n(0u32, pad).chain(0..p.len() as u32));
+        valid.push([vec![false; pad], vec![true; p.len()]].concat());
+    }
+    let dev = test_device();
+    (
+        Tensor::from_vec(ids, (rows, longest), &dev).unwrap(),
+        Tensor::from_vec(pos, (rows, longest), &dev).unwrap(),
+        valid,
+    )
+}
+
 /// Log-probs and entropies of `conts[r]` after `prompts[r]`, decoded as one batch through the KV cache: the
 /// prompts left-padded and prefilled together, then one token per row per step.
 fn batched_cached_scores(
@@ -455,15 +474,7 @@ fn batched_cached_scores(
     let rows = prompts.len();
     let (longest, steps) = (prompts.iter().map(Vec::len).max().unwrap(), conts[0].len());
     let mut cache = dec.new_cache(rows, longest + steps).unwrap();
-    let (mut ids, mut pos, mut valid) = (Vec::new(), Vec::new(), Vec::new());
-    for p in prompts {
-        let pad = longest - p.len();
-        ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
-        pos.extend(std::iter::repeat_n(0u32, pad).chain(0..p.len() as u32));
-        valid.push([vec![false; pad], vec![true; p.len()]].concat());
-    }
-    let mut step_ids = Tensor::from_vec(ids, (rows, longest), &dev).unwrap();
-    let mut step_pos = Tensor::from_vec(pos, (rows, longest), &dev).unwrap();
+    let (mut step_ids, mut step_pos, mut valid) = left_padded(prompts);
     // Per step, per row: (log-prob of the continuation's token, entropy).
     let mut scores: Vec<Vec<(f32, f32)>> = vec![Vec::new(); rows];
     for s in 0..steps {
@@ -643,17 +654,9 @@ fn logits_after_prompts(
 ) -> Vec<Vec<f32>> {
     let dev = test_device();
     let (width, steps) = (prompts.iter().map(Vec::len).max().unwrap(), 4);
-    let (mut ids, mut pos, mut prompt_valid) = (Vec::new(), Vec::new(), Vec::new());
-    for p in prompts {
-        let pad = width - p.len();
-        ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
-        pos.extend(std::iter::repeat_n(0u32, pad).chain(0..p.len() as u32));
-        prompt_valid.push([vec![false; pad], vec![true; p.len()]].concat());
-    }
+    let (ids, pos, prompt_valid) = left_padded(prompts);
     let mode = AdapterMode::default();
     let mut cache = dec.new_cache(prompts.len(), if shared { width } else { width + steps }).unwrap();
-    let ids = Tensor::from_vec(ids, (prompts.len(), width), &dev).unwrap();
-    let pos = Tensor::from_vec(pos, (prompts.len(), width), &dev).unwrap();
     dec.decode(&ids, &pos, &prompt_valid, &mut cache, mode).unwrap();
     if shared {
         cache = cache.into_shared_prompts(prompt_of_row, steps).unwrap();

@@ -45,13 +45,24 @@ impl RowPath {
         row[n..].fill(0.0);
     }
 
-    fn max(self, x: &[f32]) -> f32 {
+    /// The largest of `x` (`-inf` for none).
+    pub(crate) fn max(self, x: &[f32]) -> f32 {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `detect` returns this variant only when the CPU has AVX-512F.
             RowPath::Avx512 => unsafe { avx512::max(x) },
             RowPath::Portable => x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
         }
+    }
+
+    /// Every path this CPU can run: the portable one and the detected one, for tests to compare.
+    #[cfg(test)]
+    pub(crate) fn all() -> Vec<RowPath> {
+        let mut paths = vec![RowPath::Portable];
+        if RowPath::detect() != RowPath::Portable {
+            paths.push(RowPath::detect());
+        }
+        paths
     }
 
     /// `x = exp(x - shift)` in place; returns the sum of the new values.
@@ -78,7 +89,7 @@ pub(crate) mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn max(x: &[f32]) -> f32 {
+    pub(super) unsafe fn max(x: &[f32]) -> f32 {
         let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
         let chunks = x.chunks_exact(16);
         let tail = chunks.remainder();
@@ -117,14 +128,6 @@ pub(crate) mod avx512 {
 mod tests {
     use super::*;
 
-    fn paths() -> Vec<RowPath> {
-        let mut paths = vec![RowPath::Portable];
-        if RowPath::detect() != RowPath::Portable {
-            paths.push(RowPath::detect());
-        }
-        paths
-    }
-
     /// Scores with a wide range, including a large positive value (the shift must keep exp finite).
     fn scores(len: usize) -> Vec<f32> {
         (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.7 + if i == len / 2 { 60.0 } else { 0.0 }).collect()
@@ -132,7 +135,7 @@ mod tests {
 
     #[test]
     fn softmax_matches_f64_and_zeros_the_hidden_keys() {
-        for path in paths() {
+        for path in RowPath::all() {
             for (len, n) in [(1, 1), (5, 3), (16, 16), (17, 17), (40, 33), (300, 129), (300, 1)] {
                 let mut row = scores(len);
                 let x: Vec<f64> = row[..n].iter().map(|&v| v as f64).collect();
@@ -150,7 +153,7 @@ mod tests {
 
     #[test]
     fn probabilities_invert_the_log_sum_exp() {
-        for path in paths() {
+        for path in RowPath::all() {
             for (len, n) in [(20, 20), (40, 27), (7, 0)] {
                 let mut soft = scores(len);
                 let mut again = soft.clone();

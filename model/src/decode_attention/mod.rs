@@ -380,6 +380,39 @@ mod tests {
         out
     }
 
+    /// The op for `mask` (batch, new, total) with `kernel`, reading `shared` prompts if any.
+    fn op(
+        kernel: Kernel,
+        mask: &Tensor,
+        kv_heads: usize,
+        scale: f64,
+        shared: Option<SharedPrompts>,
+    ) -> DecodeAttention {
+        let (batch, new, total) = mask.dims3().unwrap();
+        let mask = mask.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        DecodeAttention { kernel, mask, batch, new, total, kv_heads, scale: scale as f32, shared }
+    }
+
+    /// A (batch, new, total) mask: causal among the new tokens, and the first `pad` keys hidden from the batch rows
+    /// `padded` picks (left padding).
+    fn decode_mask(batch: usize, new: usize, total: usize, pad: usize, padded: impl Fn(usize) -> bool) -> Tensor {
+        let mut m = vec![0f32; batch * new * total];
+        for bi in 0..batch {
+            for t in 0..new {
+                for j in 0..total {
+                    if (padded(bi) && j < pad) || j > total - new + t {
+                        m[(bi * new + t) * total + j] = -1e9;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(m, (batch, new, total), &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
     /// The kernels this CPU can run for `head_dim`.
     fn kernels(head_dim: usize) -> Vec<Kernel> {
         let best = Kernel::for_head_dim(head_dim);
@@ -410,33 +443,13 @@ mod tests {
             let cache_v = Tensor::randn(0f32, 1.0, (rows, capacity, hd), &dev).unwrap();
             let (keys, values) = (cache_k.narrow(1, 0, total).unwrap(), cache_v.narrow(1, 0, total).unwrap());
             // Left padding on odd batches, causal among the new tokens.
-            let mut m = vec![0f32; b * new * total];
-            for bi in 0..b {
-                for t in 0..new {
-                    for j in 0..total {
-                        if (bi % 2 == 1 && j < 2.min(total - new)) || j > total - new + t {
-                            m[(bi * new + t) * total + j] = -1e9;
-                        }
-                    }
-                }
-            }
-            let mask = Tensor::from_vec(m, (b, new, total), &dev).unwrap();
+            let mask = decode_mask(b, new, total, 2.min(total - new), |bi| bi % 2 == 1);
             let scale = 1.0 / (hd as f64).sqrt();
             let want =
                 composed(&q, &keys.contiguous().unwrap(), &values.contiguous().unwrap(), &mask, kv_heads, scale);
             for kernel in kernels(hd) {
-                let op = DecodeAttention {
-                    kernel,
-                    mask: mask.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                    batch: b,
-                    new,
-                    total,
-                    kv_heads,
-                    scale: scale as f32,
-                    shared: None,
-                };
-                let ours = q.apply_op3_no_bwd(&keys, &values, &op).unwrap();
-                let diff = (ours - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let ours = q.apply_op3_no_bwd(&keys, &values, &op(kernel, &mask, kv_heads, scale, None)).unwrap();
+                let diff = max_diff(&ours, &want);
                 let case = format!("{kernel:?}: b {b} kv {kv_heads} group {group} new {new} total {total} hd {hd}");
                 assert!(diff < 1e-5, "{case}: max diff {diff}");
             }
@@ -466,17 +479,7 @@ mod tests {
             let (pk, pv) = (view(prompts * kv_heads, cap_p, prompt_len), view(prompts * kv_heads, cap_p, prompt_len));
             let (ok, ov) = (view(b * kv_heads, cap_o, own), view(b * kv_heads, cap_o, own));
             // Row 0 has left padding in its prompt; the new tokens are causal among themselves.
-            let mut m = vec![0f32; b * new * total];
-            for bi in 0..b {
-                for t in 0..new {
-                    for j in 0..total {
-                        if (bi == 0 && j < 2.min(prompt_len - 1)) || j > total - new + t {
-                            m[(bi * new + t) * total + j] = -1e9;
-                        }
-                    }
-                }
-            }
-            let mask = Tensor::from_vec(m, (b, new, total), &dev).unwrap();
+            let mask = decode_mask(b, new, total, 2.min(prompt_len - 1), |bi| bi == 0);
             let kv = LayerKv {
                 keys: ok.clone(),
                 values: ov.clone(),
@@ -486,29 +489,16 @@ mod tests {
             let scale = 1.0 / (hd as f64).sqrt();
             let want = composed(&q, &keys, &values, &mask, kv_heads, scale);
             for kernel in kernels(hd) {
-                let op = DecodeAttention {
-                    kernel,
-                    mask: mask.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                    batch: b,
-                    new,
-                    total,
-                    kv_heads,
-                    scale: scale as f32,
-                    shared: Some(SharedPrompts {
-                        keys: pk.clone(),
-                        values: pv.clone(),
-                        prompt_of_row: prompt_of_row.to_vec(),
-                    }),
-                };
-                let ours = q.apply_op3_no_bwd(&ok, &ov, &op).unwrap();
-                let diff = (ours - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let shared =
+                    SharedPrompts { keys: pk.clone(), values: pv.clone(), prompt_of_row: prompt_of_row.to_vec() };
+                let ours = q.apply_op3_no_bwd(&ok, &ov, &op(kernel, &mask, kv_heads, scale, Some(shared))).unwrap();
+                let diff = max_diff(&ours, &want);
                 let case =
                     format!("{kernel:?}: rows {prompt_of_row:?} kv {kv_heads} group {group} new {new} hd {hd}");
                 assert!(diff < 1e-5, "{case}: max diff {diff}");
             }
             // The entry point takes the same path.
-            let ours = decode_attention(&q, &kv, &mask, kv_heads, scale).unwrap();
-            let diff = (ours - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = max_diff(&decode_attention(&q, &kv, &mask, kv_heads, scale).unwrap(), &want);
             assert!(diff < 1e-5, "decode_attention: max diff {diff}");
         }
     }
