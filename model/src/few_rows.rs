@@ -8,8 +8,9 @@
 //! Here each weight matrix is read from memory once per call, whatever the number of rows: the weight rows are
 //! taken a few at a time (a tile small enough to stay in L1), and every activation row is multiplied by the tile
 //! before the next tile is loaded. Within a tile the inner loop keeps `R` weight rows x `B` activation rows of
-//! vector accumulators in registers (`R` weight loads and `B` activation loads feed `R * B` FMAs), and the next
-//! tile is prefetched while the current one is used. The instruction set is picked at run time: AVX-512F, then
+//! vector accumulators in registers (`R` weight loads and `B` activation loads feed `R * B` FMAs), and the tile
+//! two ahead is prefetched into L2 while the current one is used; a single activation row streams the weight one
+//! row at a time (see `rows_avx512` for the measurements behind these shapes). The instruction set is picked at run time: AVX-512F, then
 //! AVX2 + FMA, then a portable loop.
 //!
 //! Every output element is the same dot product (its lanes accumulate in `k` order, then reduce, then the scalar
@@ -23,15 +24,15 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use half::bf16;
 
-/// Most activation rows the decode path sends here. Up to this many the kernel beats candle's matmul on a decode
-/// step's products (`ideator bench matmul`, Xeon family 6 model 207, one thread: 1.1-1.3x at 1 row, 2.1-2.5x at 8,
-/// 1.3x at 16). With more rows the product turns from memory-bound to compute-bound and gemm's packed kernels
-/// catch up (0.8-1.0x at 24 and 32 rows, where they stream the weight at the same rate), so decoding leaves them
-/// to gemm.
+/// Most activation rows the decode path sends here. Up to this many the kernel beats or matches candle's matmul on
+/// a decode step's products (`ideator bench matmul`, one thread; Xeon family 6 model 207: 1.1-1.3x at 1 row,
+/// 2.1-2.5x at 8, 1.3x at 16; Zen 4 family 25 model 17: 1.0x at 1 row, 2.6x at 2, 3.0x at 4, 1.7-2.3x at 8,
+/// 1.0-1.1x at 16). With more rows the product turns from memory-bound to compute-bound and gemm's packed kernels
+/// catch up (0.7-1.0x at 24 and 32 rows), so decoding leaves them to gemm.
 pub const MAX_ROWS: usize = 16;
 
 /// Weight rows per parallel task: small enough to balance threads, large enough to amortise scheduling; a multiple
-/// of every tile height (1, 2, 3) so only a matrix's last task has a partial tile.
+/// of every tile height (1, 2, 4) so only a matrix's last task has a partial tile.
 const WEIGHT_ROWS_PER_TASK: usize = 240;
 
 /// Whether `x W^T` is faster here than with candle's matmul: 1 to [`MAX_ROWS`] f32 rows and an f32 weight, on the
@@ -53,7 +54,7 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// The instruction set a product runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    /// AVX-512F: 3 weight rows x up to 8 activation rows of 16-lane accumulators.
+    /// AVX-512F: 4 weight rows x up to 4 activation rows of 16-lane accumulators.
     Avx512,
 
     /// AVX2 + FMA: 2 weight rows x up to 4 activation rows of 8-lane accumulators (16 registers).
@@ -294,30 +295,35 @@ mod x86 {
                 2 => $tile::<_, $r, 2>($($arg),*),
                 3 => $tile::<_, $r, 3>($($arg),*),
                 4 => $tile::<_, $r, 4>($($arg),*),
-                5 => $tile::<_, $r, 5>($($arg),*),
-                6 => $tile::<_, $r, 6>($($arg),*),
-                7 => $tile::<_, $r, 7>($($arg),*),
-                8 => $tile::<_, $r, 8>($($arg),*),
-                _ => unreachable!("row blocks are at most 8 rows"),
+                _ => unreachable!("row blocks are at most 4 rows"),
             }
         };
     }
 
-    /// AVX-512F: tiles of 3 weight rows; each tile multiplied by blocks of up to 8 activation rows (24 accumulators,
-    /// 3 weight and 1 activation register: 28 of the 32 zmm registers).
+    /// AVX-512F: tiles of 4 weight rows, each multiplied by blocks of up to 4 activation rows (16 accumulators, 4
+    /// weight and 1 activation register), the weight two tiles ahead prefetched into L2; a single activation row
+    /// reads the weight one row at a time, with no prefetch.
+    ///
+    /// Why this shape (`ideator bench matmul`, SmolLM2-135M's products, one thread, Zen 4 family 25 model 17): at
+    /// 8 rows, 3 x 8 tiles with an L1 prefetch of the next tile reached 42-45 GFLOP/s; 4 x 4 tiles with the L2
+    /// prefetch 69-77 (of the machine's 99), as the weight then arrives while the FMAs run. One row is bound by the
+    /// stream alone, and Zen 4's prefetchers follow one sequential stream (25 GB/s) better than three interleaved
+    /// rows (12-13 GB/s).
     ///
     /// # Safety
     /// The CPU supports AVX-512F; `x` is `(m, k)`, `w` `(rows, k)` and `out_t` `(rows, m)`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn rows_avx512<T: Lanes>(w: &[T], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
         let rows = w.len() / k;
+        let height = if m == 1 { 1 } else { 4 };
         let (wp, xp, op) = (w.as_ptr(), x.as_ptr(), out_t.as_mut_ptr());
         let mut j = 0;
         while j < rows {
-            let r = (rows - j).min(3);
-            for (start, len) in row_blocks(m, 8) {
+            let r = (rows - j).min(height);
+            for (start, len) in row_blocks(m, 4) {
                 let (wt, xt, ot) = (wp.add(j * k), xp.add(start * k), op.add(j * m + start));
                 match r {
+                    4 => dispatch_rows!(tile_avx512, 4, len, wt, k, xt, ot, m),
                     3 => dispatch_rows!(tile_avx512, 3, len, wt, k, xt, ot, m),
                     2 => dispatch_rows!(tile_avx512, 2, len, wt, k, xt, ot, m),
                     _ => dispatch_rows!(tile_avx512, 1, len, wt, k, xt, ot, m),
@@ -347,9 +353,9 @@ mod x86 {
             let mut wv = [_mm512_setzero_ps(); R];
             for (i, v) in wv.iter_mut().enumerate() {
                 let row = w.add(i * k + c);
-                // The same place `R` rows on: the next tile, read right after this one.
-                if line_start::<T>(c) {
-                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(R * k) as *const i8);
+                // Into L2, the same place two tiles on. A single row (the one-row pass) streams without it.
+                if R > 1 && line_start::<T>(c) {
+                    _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(2 * R * k) as *const i8);
                 }
                 *v = T::load16(row);
             }
@@ -373,17 +379,19 @@ mod x86 {
     }
 
     /// AVX2 + FMA: tiles of 2 weight rows; blocks of up to 4 activation rows (8 accumulators, 2 weight and 1
-    /// activation register: 11 of the 16 ymm registers).
+    /// activation register: 11 of the 16 ymm registers), prefetching into L2 as [`rows_avx512`] does; a single
+    /// activation row reads the weight one row at a time.
     ///
     /// # Safety
     /// The CPU supports AVX2 and FMA; shapes as [`rows_avx512`].
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn rows_avx2<T: Lanes>(w: &[T], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
         let rows = w.len() / k;
+        let height = if m == 1 { 1 } else { 2 };
         let (wp, xp, op) = (w.as_ptr(), x.as_ptr(), out_t.as_mut_ptr());
         let mut j = 0;
         while j < rows {
-            let r = (rows - j).min(2);
+            let r = (rows - j).min(height);
             for (start, len) in row_blocks(m, 4) {
                 let (wt, xt, ot) = (wp.add(j * k), xp.add(start * k), op.add(j * m + start));
                 match r {
@@ -414,8 +422,8 @@ mod x86 {
             let mut wv = [_mm256_setzero_ps(); R];
             for (i, v) in wv.iter_mut().enumerate() {
                 let row = w.add(i * k + c);
-                if line_start::<T>(c) {
-                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(R * k) as *const i8);
+                if R > 1 && line_start::<T>(c) {
+                    _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(2 * R * k) as *const i8);
                 }
                 *v = T::load8(row);
             }
