@@ -26,6 +26,7 @@ pub mod rope;
 pub mod sampler;
 pub mod scored;
 pub mod seed;
+mod swiglu;
 pub mod tiny;
 pub mod tokenizer;
 #[cfg(target_arch = "x86_64")]
