@@ -30,6 +30,10 @@ pub enum What {
         new_tokens: usize,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Nucleus sampling's top-p (1.0: the whole distribution, as the `generate` peer samples; the shipped
+        /// configs sample with 0.95).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
         #[command(flatten)]
         limit: LimitArgs,
     },
@@ -292,7 +296,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
-        What::Decode { model, batch, prompt_tokens, new_tokens, repeats, limit } => {
+        What::Decode { model, batch, prompt_tokens, new_tokens, repeats, top_p, limit } => {
             anyhow::ensure!(new_tokens >= 2 && repeats >= 1, "need --new-tokens >= 2 and --repeats >= 1");
             let m = model.load()?;
             let bytes = m.decoder.decode_weight_bytes(AdapterMode::default());
@@ -303,6 +307,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 min_new_tokens: n,
                 seed,
                 batch_size: batch,
+                top_p,
                 ..Default::default()
             };
             let go = |n: usize, seed: u64| -> anyhow::Result<(f64, usize)> {
@@ -336,7 +341,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut out = json!({
                 "bench": "decode", "impl": "ideator", "model": m.spec.to_string(), "batch": batch,
                 "device": model.device, "dtype": model.dtype.as_str(), "sampling_dtype": model.sampling_dtype.as_str(),
-                "prompt_tokens": prompt.len(), "new_tokens": new_tokens, "repeats": repeats,
+                "prompt_tokens": prompt.len(), "new_tokens": new_tokens, "repeats": repeats, "top_p": top_p,
                 "threads": tensor_threads(),
                 "seconds": total,
                 "new_tokens_per_s": (batch * new_tokens) as f64 / total,
