@@ -85,13 +85,13 @@ fn the_base_is_middling_and_the_baseline_recipe_improves_it() {
 }
 
 #[test]
-fn a_learning_rate_100x_too_high_is_worse_and_more_updates_per_batch_help() {
+fn a_learning_rate_300x_too_high_collapses_and_more_updates_per_batch_help() {
     let (_, baseline) = first_run();
-    let too_high = run("lr = 1e-3", 0);
+    let too_high = run("lr = 3e-3", 0);
     assert!(too_high.is_ok(), "{}", too_high.message);
-    // How much worse depends on the cached base, and 800 SFT steps amplify float-level differences of the
-    // attention kernel into a different base (measured: 0.10 vs 0.59 on one base, 0.64 vs 0.74 on another).
-    assert!(too_high.reward < baseline.reward - 0.05, "lr 1e-3: {} vs baseline {}", too_high.reward, baseline.reward);
+    // 100x (1e-3) is chaotic: float-level differences in the rollouts' decode kernels flip it either way (seeds 0-3:
+    // 0.56 / 0.40 / 0.06 / 0.79 against baselines of 0.51-0.53). 300x collapsed at every seed (0.000-0.010).
+    assert!(too_high.reward < baseline.reward - 0.3, "lr 3e-3: {} vs baseline {}", too_high.reward, baseline.reward);
     let reused = run("updates_per_batch = 2", 0);
     assert!(reused.reward > baseline.reward + 0.05, "2 updates per batch: {} vs {}", reused.reward, baseline.reward);
     // Under the fixed budget, 16 prompts per batch buy half the updates of 8.
@@ -133,3 +133,4 @@ fn failures_are_recorded_with_their_causes() {
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors"));
     assert_eq!(weights.count(), 0);
 }
+
