@@ -7,8 +7,8 @@
 #      with a summary line per step,
 #   4. the HTML report.
 # Results land in runs/quickstart/ (rerunning resumes). Measured: 10.5 minutes after the build on two otherwise idle
-# CPU cores of a Xeon (the default threads; 2026-12-01, README has the breakdown), 12.2 minutes on a Zen 4 EPYC
-# (2026-12-02), under 6 GB of memory.
+# CPU cores of a Xeon (the default threads; 2026-12-01, README has the breakdown), 10.0 minutes on a Zen 4 EPYC
+# (2026-12-02; 12.2 before that day's decode and allocator changes), under 6 GB of memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-assets.sh
