@@ -133,4 +133,3 @@ fn failures_are_recorded_with_their_causes() {
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors"));
     assert_eq!(weights.count(), 0);
 }
-
