@@ -519,9 +519,9 @@ fn truncated_candidates(logits: &[f32], temperature: f64, log_z: f64, top_k: usi
     }
 }
 
-/// Top-p alone without sorting the vocabulary: each token under the cut `p < (1 - top_p) / (2 n)` is below it, so
-/// together they carry under `(1 - top_p) / 2`, and the tokens above the cut (which come first in the descending
-/// order) already reach `top_p`: only they are sorted. A 135M model at temperature 1 often spreads 0.95 of its mass
+/// Top-p alone without sorting the vocabulary: the `n` tokens with `p < (1 - top_p) / (2 n)` together carry under
+/// `(1 - top_p) / 2`, so the tokens at or above that cut (which come first in the descending order) already reach
+/// `top_p`: only they are sorted. A 135M model at temperature 1 often spreads 0.95 of its mass
 /// over more than the 256 tokens the partial sort below tries first, and then sorted all 49,152 (perf, Zen 4: top-p
 /// 0.95 decoded 15% slower than the whole distribution). The same tokens and probabilities as the sort; `None`
 /// (sort instead) if rounding leaves the kept mass short of `top_p`.
