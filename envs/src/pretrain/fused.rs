@@ -9,9 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use ideator_model::device::{kernel_for, Kernel};
 
-/// sqrt(2 / pi), the tanh-approximation constant of GELU.
-const K: f32 = 0.797_884_6;
-const C: f32 = 0.044_715;
+use super::lanes::{C, K};
 
 /// GELU with the tanh approximation (GPT-2's), written as `x * sigmoid(2k (x + c x^3))`, which equals
 /// `0.5 x (1 + tanh(k (x + c x^3)))` and needs one `exp` per element instead of a `tanh`.
@@ -23,16 +21,6 @@ pub(crate) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
         let z = (x + cube.affine(C as f64, 0.0)?)?.affine(2.0 * K as f64, 0.0)?;
         x * candle_nn::ops::sigmoid(&z)?
     }
-}
-
-#[inline]
-fn sigmoid_arg(x: f32) -> f32 {
-    2.0 * K * (x + C * x * x * x)
-}
-
-#[inline]
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
 }
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -50,7 +38,8 @@ impl CustomOp1 for GeluTanh {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, self.name())?;
-        let y: Vec<f32> = x.iter().map(|&x| x * sigmoid(sigmoid_arg(x))).collect();
+        let mut y = vec![0f32; x.len()];
+        super::lanes::gelu(x, &mut y);
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -73,14 +62,8 @@ impl CustomOp2 for GeluTanhGrad {
         if x.len() != g.len() {
             candle_core::bail!("{}: shapes differ", self.name());
         }
-        let out: Vec<f32> = x
-            .iter()
-            .zip(g)
-            .map(|(&x, &g)| {
-                let s = sigmoid(sigmoid_arg(x));
-                g * (s + x * s * (1.0 - s) * 2.0 * K * (1.0 + 3.0 * C * x * x))
-            })
-            .collect();
+        let mut out = vec![0f32; x.len()];
+        super::lanes::gelu_grad(x, g, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -115,11 +98,7 @@ impl CustomOp1 for CausalSoftmax {
         for (r, (row_in, row_out)) in s.chunks_exact(t).zip(y.chunks_exact_mut(t)).enumerate() {
             let visible = r % t + 1;
             let max = row_in[..visible].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
-            let mut sum = 0f32;
-            for (o, &v) in row_out[..visible].iter_mut().zip(&row_in[..visible]) {
-                *o = (v * self.scale - max).exp();
-                sum += *o;
-            }
+            let sum = super::lanes::exp_shifted(&row_in[..visible], self.scale, max, &mut row_out[..visible]);
             let inv = 1.0 / sum;
             row_out[..visible].iter_mut().for_each(|o| *o *= inv);
         }

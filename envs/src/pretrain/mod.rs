@@ -8,6 +8,7 @@
 pub mod corpus;
 pub mod fused;
 pub mod gpt;
+mod lanes;
 pub mod optim;
 pub mod shards;
 pub mod train;
