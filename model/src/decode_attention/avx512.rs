@@ -80,7 +80,7 @@ unsafe fn attend_with<const C: usize>(op: &DecodeAttention, rows: &[Row], out: &
 unsafe fn scores_of_keys<const C: usize>(op: &DecodeAttention, row: &Row, keys: Range<usize>, scores: &mut [f32]) {
     let (total, new, hd) = (op.total, op.new, 16 * C);
     let queries = row.q.len() / hd;
-    debug_assert!(keys.start % 16 == 0 && keys.end <= total && scores.len() >= queries * total);
+    debug_assert!(keys.start.is_multiple_of(16) && keys.end <= total && scores.len() >= queries * total);
     let q = row.q.as_ptr();
     let scale = _mm512_set1_ps(op.scale);
     let body = keys.end - keys.len() % 16;
