@@ -23,7 +23,7 @@ pub(crate) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else { candle_core::bail!("{op} supports f32 only") };
     let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op} needs a contiguous input") };
     Ok(&data[start..end])
@@ -157,15 +157,15 @@ pub(crate) fn normalize(x: &Tensor, center: bool, eps: f64) -> Result<Tensor> {
     }
 }
 
-struct Normalize {
-    center: bool,
-    eps: f32,
-    d: usize,
+pub(super) struct Normalize {
+    pub(super) center: bool,
+    pub(super) eps: f32,
+    pub(super) d: usize,
 }
 
 impl Normalize {
     /// The row's mean (0 without centring) and 1 / standard deviation (or 1 / rms).
-    fn stats(&self, row: &[f32]) -> (f32, f32) {
+    pub(super) fn stats(&self, row: &[f32]) -> (f32, f32) {
         let n = row.len() as f32;
         let mean = if self.center { row.iter().sum::<f32>() / n } else { 0.0 };
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;

@@ -287,11 +287,8 @@ impl Gpt {
     }
 
     fn norm(&self, norm: &Norm, x: &Tensor) -> Result<Tensor> {
-        let y = super::fused::normalize(x, norm.bias.is_some(), NORM_EPS)?.broadcast_mul(norm.weight.as_tensor())?;
-        match &norm.bias {
-            Some(b) => y.broadcast_add(b.as_tensor()),
-            None => Ok(y),
-        }
+        let bias = norm.bias.as_ref().map(Var::as_tensor);
+        super::affine_norm::affine_normalize(x, norm.weight.as_tensor(), bias, NORM_EPS)
     }
 
     fn attention(&self, blk: &Block, x: &Tensor, bsz: usize, t: usize) -> Result<Tensor> {
