@@ -36,7 +36,7 @@ struct AffineNormalize(Normalize);
 impl AffineNormalize {
     fn forward(&self, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
         let d = self.0.d;
-        if weight.len() != d || bias.is_some_and(|b| b.len() != d) || x.len() % d != 0 {
+        if weight.len() != d || bias.is_some_and(|b| b.len() != d) || !x.len().is_multiple_of(d) {
             candle_core::bail!("affine normalize: weight or bias of the wrong length for rows of {d}");
         }
         let mut y = vec![0f32; x.len()];
