@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use ideator_model::device::{kernel_for, Kernel};
 
 use super::fused::{contiguous_f32, normalize, Normalize};
+use super::lanes::sum_pairs;
 
 /// `normalize(x) * weight + bias` over the last dimension of `x` (`(..., d)`; `weight` and `bias` `(d)`):
 /// LayerNorm when there is a bias (the rows are centred), RMSNorm without one (Ba et al. 2016; Zhang & Sennrich
@@ -154,8 +155,8 @@ impl CustomOp3 for AffineNormalizeGrad<'_> {
                 db[j] += gr[j];
             }
             let n = d as f32;
-            let m1 = if self.0.center { dxhat.iter().sum::<f32>() / n } else { 0.0 };
-            let m2 = dxhat.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f32>() / n;
+            let m1 = if self.0.center { sum_pairs(&dxhat, &dxhat, |v, _| v) / n } else { 0.0 };
+            let m2 = sum_pairs(&dxhat, &xhat, |a, b| a * b) / n;
             for j in 0..d {
                 dxr[j] = inv * (dxhat[j] - m1 - xhat[j] * m2);
             }

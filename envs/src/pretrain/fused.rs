@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use ideator_model::device::{kernel_for, Kernel};
 
-use super::lanes::{C, K};
+use super::lanes::{sum_pairs, C, K};
 
 /// GELU with the tanh approximation (GPT-2's), written as `x * sigmoid(2k (x + c x^3))`, which equals
 /// `0.5 x (1 + tanh(k (x + c x^3)))` and needs one `exp` per element instead of a `tanh`.
@@ -167,8 +167,8 @@ impl Normalize {
     /// The row's mean (0 without centring) and 1 / standard deviation (or 1 / rms).
     pub(super) fn stats(&self, row: &[f32]) -> (f32, f32) {
         let n = row.len() as f32;
-        let mean = if self.center { row.iter().sum::<f32>() / n } else { 0.0 };
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let mean = if self.center { sum_pairs(row, row, |v, _| v) / n } else { 0.0 };
+        let var = sum_pairs(row, row, |v, _| (v - mean) * (v - mean)) / n;
         (mean, 1.0 / (var + self.eps).sqrt())
     }
 }
