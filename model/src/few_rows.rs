@@ -13,9 +13,9 @@
 //! row at a time (see `rows_avx512` for the measurements behind these shapes). The instruction set is picked at run time: AVX-512F, then
 //! AVX2 + FMA, then a portable loop.
 //!
-//! Every output element is the same dot product (its lanes accumulate in `k` order, then reduce, then the scalar
-//! tail), whichever tile or activation block it falls in, so a row's output does not depend on the other rows of
-//! the batch, nor on the thread count (threads split the weight rows).
+//! Every output element is the same dot product (its lanes accumulate in `k` order, then reduce in one fixed order,
+//! lane_sums.rs, then the scalar tail), whichever tile or activation block it falls in, so a row's output does not
+//! depend on the other rows of the batch, nor on the thread count (threads split the weight rows).
 //!
 //! The weight may also be a bf16 copy (the sampling copy, `Decoder::set_sampling_precision`): it is widened to
 //! f32 as it is loaded (exact: a bf16 is the upper half of an f32) and multiplied in f32, so a step streams half
@@ -237,6 +237,7 @@ mod x86 {
     use half::bf16;
 
     use super::{row_blocks, Weight};
+    use crate::lane_sums::{sum_lanes, sum_lanes_of_16};
 
     /// Vector loads of a weight element type, widened to f32 lanes.
     pub(crate) trait Lanes: Weight {
@@ -367,9 +368,20 @@ mod x86 {
             }
             c += 16;
         }
+        // The R x B sums: together in one transposing reduction (45 shuffles and adds) when there are enough of
+        // them, else one at a time; the two give the same bits (lane_sums.rs), so an output does not depend on its
+        // tile's shape.
+        let sums: [f32; 16] = if R * B >= 6 {
+            let v = std::array::from_fn(|j| if j < R * B { acc[j / B][j % B] } else { _mm512_setzero_ps() });
+            let mut sums = [0f32; 16];
+            _mm512_storeu_ps(sums.as_mut_ptr(), sum_lanes_of_16(v));
+            sums
+        } else {
+            std::array::from_fn(|j| if j < R * B { sum_lanes(acc[j / B][j % B]) } else { 0.0 })
+        };
         for i in 0..R {
             for b in 0..B {
-                let mut sum = _mm512_reduce_add_ps(acc[i][b]);
+                let mut sum = sums[i * B + b];
                 for t in body..k {
                     sum = (*w.add(i * k + t)).widen().mul_add(*x.add(b * k + t), sum);
                 }

@@ -17,6 +17,8 @@ pub mod device;
 pub mod error;
 pub mod few_rows;
 pub mod kv_cache;
+#[cfg(target_arch = "x86_64")]
+mod lane_sums;
 pub mod linear;
 pub mod load;
 pub mod logprob;

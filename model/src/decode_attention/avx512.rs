@@ -8,6 +8,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{key_block, DecodeAttention, Row};
+use crate::lane_sums::sum_lanes_of_16;
 use crate::vector_exp::exp;
 
 /// How many key (value) rows ahead of the one in use the kernel asks the cache for.
@@ -119,29 +120,6 @@ unsafe fn scores_of_keys<const C: usize>(op: &DecodeAttention, row: &Row, keys: 
     }
 }
 
-/// Lane `j` of the result is the sum of the 16 lanes of `v[j]`: 45 shuffles and adds for 16 sums. First pairs and
-/// then quadruples of vectors are folded within each 128-bit lane (leaving, per 128-bit lane, the partial sums of
-/// four vectors side by side), then the 128-bit lanes are folded across the four quadruples.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn sum_lanes_of_16(v: [__m512; 16]) -> __m512 {
-    // [a0+a2, b0+b2, a1+a3, b1+b3] per 128-bit lane.
-    let pair = |a: __m512, b: __m512| _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-    // Per 128-bit lane: [sum a, sum b, sum c, sum d] of that lane's four elements.
-    let quad = |ab: __m512, cd: __m512| {
-        _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(ab, cd), _mm512_shuffle_ps::<0b11_10_11_10>(ab, cd))
-    };
-    let w: [__m512; 4] = std::array::from_fn(|g| {
-        let b = 4 * g;
-        quad(pair(v[b], v[b + 1]), pair(v[b + 2], v[b + 3]))
-    });
-    // Adds 128-bit lanes 0 + 1 and 2 + 3 of `x` and of `y`: [x01, x23, y01, y23].
-    let fold = |x: __m512, y: __m512| {
-        _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(x, y), _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y))
-    };
-    fold(fold(w[0], w[1]), fold(w[2], w[3]))
-}
-
 /// Replaces each score `s` by `exp(s - max)` and returns their sum (candle's softmax before its division).
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_numerators(s: &mut [f32]) -> f32 {
@@ -199,29 +177,6 @@ unsafe fn weighted_values<const C: usize, const B: usize>(
     for (b, acc_b) in acc.iter().enumerate() {
         for (c, a) in acc_b.iter().enumerate() {
             _mm512_storeu_ps(o.add((b * C + c) * 16), *a);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sum_lanes_of_16_gives_each_vectors_sum_in_its_lane() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            return;
-        }
-        // Small integers: every order of summation gives the exact sum, so any misplaced lane shows.
-        let values: Vec<f32> = (0..256).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
-        let mut got = [0f32; 16];
-        // SAFETY: AVX-512F was detected above; every load reads 16 of the 256 values.
-        unsafe {
-            let v: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(values.as_ptr().add(16 * j)));
-            _mm512_storeu_ps(got.as_mut_ptr(), sum_lanes_of_16(v));
-        }
-        for (j, g) in got.iter().enumerate() {
-            assert_eq!(*g, values[16 * j..16 * (j + 1)].iter().sum::<f32>(), "lane {j}");
         }
     }
 }
