@@ -1,8 +1,8 @@
 //! The AVX-512 kernel of decode attention, for head dimensions 64 and 128 (every model we load has one of them):
-//! a key or value row lives in `C` zmm registers, scores are 16-lane dot products reduced once, the softmax's
-//! exponentials are computed 16 at a time, and the weighted sum of values keeps blocks of queries' outputs in
-//! registers across all keys. Same results as the portable kernel up to float rounding (tested against the
-//! composed ops).
+//! a key or value row lives in `C` zmm registers, scores are 16-lane dot products reduced 16 at a time, the
+//! softmax's exponentials are computed 16 at a time, and the weighted sum of values keeps blocks of queries' outputs
+//! in registers through a block of values ([`key_block`]), saved and reloaded between blocks (exact). Same results
+//! as the portable kernel up to float rounding (tested against the composed ops).
 
 use std::arch::x86_64::*;
 use std::ops::Range;

@@ -531,6 +531,10 @@ mod tests {
             Case(2, &[0, 1], 1, 4, 2, 9, 3, (9, 3), 128),
             Case(3, &[2, 2, 0], 2, 1, 1, 33, 8, (35, 12), 13),
             Case(1, &[0], 1, 2, 1, 1, 1, (1, 1), 8),
+            // Several key blocks (32 keys at head dimension 128, 64 at 64), with a 16-key step of the AVX-512
+            // kernel across the prompt / own split (keys 32-47 and 64-79).
+            Case(1, &[0, 0], 2, 2, 1, 40, 30, (40, 32), 128),
+            Case(2, &[0, 1, 0], 1, 3, 1, 70, 20, (72, 24), 64),
         ];
         for &Case(prompts, prompt_of_row, kv_heads, group, new, prompt_len, own, (cap_p, cap_o), hd) in &cases {
             let b = prompt_of_row.len();
