@@ -10,7 +10,6 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use ideator_model::device::{kernel_for, Kernel};
 
 use super::fused::{contiguous_f32, normalize, Normalize};
-use super::lanes::sum_pairs;
 
 /// `normalize(x) * weight + bias` over the last dimension of `x` (`(..., d)`; `weight` and `bias` `(d)`):
 /// LayerNorm when there is a bias (the rows are centred), RMSNorm without one (Ba et al. 2016; Zhang & Sennrich
@@ -42,10 +41,8 @@ impl AffineNormalize {
         }
         let mut y = vec![0f32; x.len()];
         for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let (mean, inv) = self.0.stats(xr);
-            for ((o, &v), &w) in yr.iter_mut().zip(xr).zip(weight) {
-                *o = (v - mean) * inv * w;
-            }
+            self.0.normalized(xr, yr);
+            yr.iter_mut().zip(weight).for_each(|(o, &w)| *o *= w);
             if let Some(b) = bias {
                 yr.iter_mut().zip(b).for_each(|(o, &b)| *o += b);
             }
@@ -113,9 +110,9 @@ impl CustomOp3 for AffineNormalize {
     }
 }
 
-/// With `xhat = (x - mean) * inv` and `y = xhat * w + b`: `dxhat = g w`,
-/// `dx = inv (dxhat - mean(dxhat) - xhat mean(dxhat xhat))` (no `mean(dxhat)` term without centring),
-/// `dw = sum over rows of g xhat`, `db = sum over rows of g`. Output `(rows + 2, d)`: `dx`, then `dw`, then `db`.
+/// With `xhat = (x - mean) * inv` and `y = xhat * w + b`: `dxhat = g w`, `dx` from it as
+/// [`Normalize::input_gradient`] gives it, `dw = sum over rows of g xhat`, `db = sum over rows of g`. Output
+/// `(rows + 2, d)`: `dx`, then `dw`, then `db`.
 struct AffineNormalizeGrad<'a>(&'a Normalize);
 
 impl CustomOp3 for AffineNormalizeGrad<'_> {
@@ -147,19 +144,13 @@ impl CustomOp3 for AffineNormalizeGrad<'_> {
         let (dw, db) = sums.split_at_mut(d);
         let (mut xhat, mut dxhat) = (vec![0f32; d], vec![0f32; d]);
         for ((xr, gr), dxr) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-            let (mean, inv) = self.0.stats(xr);
+            let inv = self.0.normalized(xr, &mut xhat);
             for j in 0..d {
-                xhat[j] = (xr[j] - mean) * inv;
                 dxhat[j] = gr[j] * w[j];
                 dw[j] += gr[j] * xhat[j];
                 db[j] += gr[j];
             }
-            let n = d as f32;
-            let m1 = if self.0.center { sum_pairs(&dxhat, &dxhat, |v, _| v) / n } else { 0.0 };
-            let m2 = sum_pairs(&dxhat, &xhat, |a, b| a * b) / n;
-            for j in 0..d {
-                dxr[j] = inv * (dxhat[j] - m1 - xhat[j] * m2);
-            }
+            self.0.input_gradient(&xhat, &dxhat, inv, dxr);
         }
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, d))))
     }

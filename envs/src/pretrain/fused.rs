@@ -171,6 +171,26 @@ impl Normalize {
         let var = sum_pairs(row, row, |v, _| (v - mean) * (v - mean)) / n;
         (mean, 1.0 / (var + self.eps).sqrt())
     }
+
+    /// Writes the normalised `row`, `xhat = (x - mean) * inv`, into `xhat` and returns `inv`.
+    pub(super) fn normalized(&self, row: &[f32], xhat: &mut [f32]) -> f32 {
+        let (mean, inv) = self.stats(row);
+        for (o, &v) in xhat.iter_mut().zip(row) {
+            *o = (v - mean) * inv;
+        }
+        inv
+    }
+
+    /// One row's input gradient from `dxhat`, the gradient with respect to its normalised values `xhat`:
+    /// `dx = inv * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))` (no `mean(dxhat)` term without centring).
+    pub(super) fn input_gradient(&self, xhat: &[f32], dxhat: &[f32], inv: f32, dx: &mut [f32]) {
+        let n = self.d as f32;
+        let m1 = if self.center { sum_pairs(dxhat, dxhat, |v, _| v) / n } else { 0.0 };
+        let m2 = sum_pairs(dxhat, xhat, |a, b| a * b) / n;
+        for ((o, &dy), &y) in dx.iter_mut().zip(dxhat).zip(xhat) {
+            *o = inv * (dy - m1 - y * m2);
+        }
+    }
 }
 
 impl CustomOp1 for Normalize {
@@ -182,10 +202,7 @@ impl CustomOp1 for Normalize {
         let x = contiguous_f32(storage, layout, self.name())?;
         let mut y = vec![0f32; x.len()];
         for (xr, yr) in x.chunks_exact(self.d).zip(y.chunks_exact_mut(self.d)) {
-            let (mean, inv) = self.stats(xr);
-            for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = (v - mean) * inv;
-            }
+            self.normalized(xr, yr);
         }
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
@@ -211,15 +228,11 @@ impl CustomOp2 for NormalizeGrad {
             candle_core::bail!("{}: shapes differ", self.name());
         }
         let d = self.0.d;
-        let n = d as f32;
         let mut out = vec![0f32; x.len()];
+        let mut xhat = vec![0f32; d];
         for ((xr, gr), or) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(out.chunks_exact_mut(d)) {
-            let (mean, inv) = self.0.stats(xr);
-            let g_mean = if self.0.center { gr.iter().sum::<f32>() / n } else { 0.0 };
-            let gy_mean = xr.iter().zip(gr).map(|(&v, &gv)| gv * (v - mean) * inv).sum::<f32>() / n;
-            for ((o, &v), &gv) in or.iter_mut().zip(xr).zip(gr) {
-                *o = inv * (gv - g_mean - (v - mean) * inv * gy_mean);
-            }
+            let inv = self.0.normalized(xr, &mut xhat);
+            self.0.input_gradient(&xhat, gr, inv, or);
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

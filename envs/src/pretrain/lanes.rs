@@ -94,15 +94,7 @@ vectorised! {
         for (o, &v) in out.iter_mut().zip(v) {
             *o = exp(v * scale - max);
         }
-        let mut lanes = [0f32; 16];
-        let chunks = out.chunks_exact(16);
-        let tail: f32 = chunks.remainder().iter().sum();
-        for chunk in chunks {
-            for (l, &e) in lanes.iter_mut().zip(chunk) {
-                *l += e;
-            }
-        }
-        lanes.iter().sum::<f32>() + tail
+        sum_pairs(out, out, |e, _| e)
     }
 }
 
