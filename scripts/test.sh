@@ -12,6 +12,9 @@ if [ -z "${IDEATOR_CHROMIUM:-}" ] && ! command -v chromium >/dev/null && ! comma
   $sudo apt-get install -y -qq chromium || { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium; }
 fi
 export IDEATOR_ASSETS="${IDEATOR_ASSETS:-$PWD/assets}"
+# Decode with the built-in kernel choice, not one this machine calibrated (`ideator bench calibrate`): the suite
+# runs the same code on a developer's machine as in CI.
+export IDEATOR_KERNEL_CACHE=off
 
 # A one-node Slurm cluster for the Slurm backend's tests. CI (root on a fresh Debian machine) installs and starts it
 # and requires it; elsewhere the tests say loudly that they did not run when no cluster is reachable.

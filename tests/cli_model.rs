@@ -89,3 +89,35 @@ fn bad_model_arguments_say_what_is_wrong() {
     let (ok, _, err) = run_ideator(&["bench", "matmul", "--bandwidth-mib", "1000000"]);
     assert!(!ok && err.contains("--bandwidth-mib"), "{err}");
 }
+
+#[test]
+fn bench_calibrate_stores_a_choice_that_later_benches_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("kernels.json");
+    let run = |args: &[&str]| {
+        let out = common::ideator().env("IDEATOR_KERNEL_CACHE", &cache).args(args).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{stderr}");
+        let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        (last, stderr.to_string())
+    };
+    let (calibrated, err) = run(&["bench", "calibrate", "--rows", "1,2", "--repeats", "1"]);
+    assert_eq!(calibrated["timings"].as_array().unwrap().len(), 2, "{err}");
+    let max_rows = calibrated["choice"]["few_rows_max_rows"].as_u64().unwrap();
+    assert!(max_rows <= 2, "only 1 and 2 rows were measured: {calibrated}");
+    assert_eq!(calibrated["stored_in"].as_str().unwrap(), cache.to_str().unwrap());
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+    assert_eq!(stored["calibrations"][0]["cpu"], calibrated["cpu"]);
+
+    // A later bench on this CPU decodes with the stored choice and says so.
+    let (matmul, err) =
+        run(&["bench", "matmul", "--rows", "1", "--repeats", "1", "--bandwidth-mib", "0", "--matmul-size", "0"]);
+    assert_eq!(matmul["kernel_choice_source"], "calibrated", "{err}");
+    assert_eq!(matmul["kernel_few_rows_max_rows"].as_u64().unwrap(), max_rows);
+    assert_eq!(matmul["kernel_few_rows_min_rows"], calibrated["choice"]["few_rows_min_rows"]);
+    assert_eq!(matmul["kernel_few_rows_path"], calibrated["choice"]["few_rows_path"]);
+    assert!(err.contains("calibrated for this CPU"), "{err}");
+
+    let (ok, _, err) = run_ideator(&["bench", "calibrate", "--rows", "0,8"]);
+    assert!(!ok && err.contains("1..=64"), "{err}");
+}

@@ -24,35 +24,39 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use half::bf16;
 
-/// Most activation rows the decode path sends here. Up to this many the kernel beats or matches candle's matmul on
-/// a decode step's products (`ideator bench matmul`, one thread; Xeon family 6 model 207: 1.1-1.3x at 1 row,
-/// 2.1-2.5x at 8, 1.3x at 16; Zen 4 family 25 model 17: 1.0x at 1 row, 2.6x at 2, 3.0x at 4, 1.7-2.3x at 8,
-/// 1.0-1.1x at 16). With more rows the product turns from memory-bound to compute-bound and gemm's packed kernels
-/// catch up (0.7-1.0x at 24 and 32 rows), so decoding leaves them to gemm.
+/// Most activation rows the decode path sends here unless this CPU is calibrated (`kernel_choice.rs`, `ideator
+/// bench calibrate`). Up to this many the kernel beats or matches candle's matmul on a decode step's products
+/// (`ideator bench matmul`, one thread; Xeon family 6 model 207: 1.1-1.3x at 1 row, 2.1-2.5x at 8, 1.3x at 16; Zen 4
+/// family 25 model 17: 1.0x at 1 row, 2.6x at 2, 3.0x at 4, 1.7-2.3x at 8, 1.0-1.1x at 16). With more rows the
+/// product turns from memory-bound to compute-bound and gemm's packed kernels catch up (0.7-1.0x at 24 and 32 rows
+/// on those two), so decoding leaves them to gemm.
 pub const MAX_ROWS: usize = 16;
 
 /// Weight rows per parallel task: small enough to balance threads, large enough to amortise scheduling; a multiple
 /// of every tile height (1, 2, 4) so only a matrix's last task has a partial tile.
 const WEIGHT_ROWS_PER_TASK: usize = 240;
 
-/// Whether `x W^T` is faster here than with candle's matmul: 1 to [`MAX_ROWS`] f32 rows and an f32 weight, on the
-/// CPU.
+/// Whether `x W^T` is faster here than with candle's matmul: an f32 weight on the CPU, and a row count in the
+/// active choice's range (1 to [`MAX_ROWS`] without a calibration; `kernel_choice::active`).
 pub fn applies(x: &Tensor, w: &Tensor) -> bool {
     let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
-    (1..=MAX_ROWS).contains(&rows) && crate::device::kernel_for(&[x, w]) == crate::device::Kernel::CpuFast
+    crate::kernel_choice::active().choice.few_rows_takes(rows)
+        && crate::device::kernel_for(&[x, w]) == crate::device::Kernel::CpuFast
 }
 
 /// `x W^T` for `x` `(m, k)` f32 and `W` `(n, k)` f32 or bf16, both contiguous on the CPU, without gradient:
-/// `(m, n)` f32. Any `m` is computed correctly; past [`MAX_ROWS`] an f32 weight is faster with candle's matmul.
+/// `(m, n)` f32, with the active choice's path. Any `m` is computed correctly; past the choice's row limit an f32
+/// weight is faster with candle's matmul.
 ///
 /// # Errors
 /// Strided inputs, `x` and `W` disagreeing on `k`, or other dtypes.
 pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2_no_bwd(w, &FewRowsMatmul { path: Path::detect() })
+    x.apply_op2_no_bwd(w, &FewRowsMatmul { path: crate::kernel_choice::active().choice.few_rows_path })
 }
 
 /// The instruction set a product runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Path {
     /// AVX-512F: 4 weight rows x up to 4 activation rows of 16-lane accumulators.
     Avx512,

@@ -16,6 +16,7 @@ pub mod decoder;
 pub mod device;
 pub mod error;
 pub mod few_rows;
+pub mod kernel_choice;
 pub mod kv_cache;
 #[cfg(target_arch = "x86_64")]
 mod lane_sums;

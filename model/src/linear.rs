@@ -62,10 +62,11 @@ impl Linear {
         self.apply(x, mode, layer_salt, false)
     }
 
-    /// The same for callers that never need a gradient (decoding): decode-shaped f32 inputs on the CPU (1 to
-    /// `few_rows::MAX_ROWS` rows) go through the few-rows kernel, which streams the weight once for all the rows and
-    /// records no graph. With a sampling copy, up to `FEW_ROWS` rows go through the kernel with that copy, and more
-    /// (a prompt's prefill) through gemm with the copy widened to f32: the same weights either way.
+    /// The same for callers that never need a gradient (decoding): decode-shaped f32 inputs on the CPU (the row
+    /// counts of `kernel_choice::active`, 1 to `few_rows::MAX_ROWS` unless calibrated) go through the few-rows
+    /// kernel, which streams the weight once for all the rows and records no graph. With a sampling copy, up to
+    /// `FEW_ROWS` rows go through the kernel with that copy, and more (a prompt's prefill) through gemm with the copy
+    /// widened to f32: the same weights either way.
     pub(crate) fn forward_detached(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
         self.apply(x, mode, 0, true)
     }

@@ -1,11 +1,12 @@
 //! Facts about the machine that bound what the CPU decode path can reach: the CPU's identity, its measured memory
 //! read bandwidth and matrix-product rate, and the limits they imply (a roofline).
 //!
-//! Decoding a batch of `b` rows reads every weight matrix at least once per step (exactly once up to
-//! [`crate::few_rows::MAX_ROWS`] rows), so a step cannot take less than `weight bytes / read bandwidth`, and `b` new
-//! tokens per step give at most `b * bandwidth / weight bytes` new tokens per second. Each row also costs one
-//! multiply-add (2 FLOPs) per weight, so a step cannot take less than `2 * weights * b / FLOP rate` either: small
-//! batches are bound by memory, large ones by compute. `ideator bench` prints both limits next to what it measured.
+//! Decoding a batch of `b` rows reads every weight matrix at least once per step (exactly once in the few-rows
+//! kernel's row range, [`crate::kernel_choice`]), so a step cannot take less than `weight bytes / read bandwidth`,
+//! and `b` new tokens per step give at most `b * bandwidth / weight bytes` new tokens per second. Each row also costs
+//! one multiply-add (2 FLOPs) per weight, so a step cannot take less than `2 * weights * b / FLOP rate` either:
+//! small batches are bound by memory, large ones by compute. `ideator bench` prints both limits next to what it
+//! measured.
 
 use std::time::Instant;
 

@@ -113,6 +113,21 @@ pub enum What {
         #[command(flatten)]
         limit: LimitArgs,
     },
+    /// Which kernel decoding's products should use on this CPU: times one decode step's products (SmolLM2-135M's
+    /// shapes, random f32 weights) with each few-rows path and with gemm at each row count, and stores the choice
+    /// (the fastest path; the most rows up to which it beats gemm) in the kernel cache for this CPU model
+    /// (`$IDEATOR_KERNEL_CACHE`, else `$XDG_CACHE_HOME/ideator/kernels.json` or `~/.cache/ideator/kernels.json`).
+    Calibrate {
+        /// Row counts to time, comma-separated (each 1 to 64).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,12,16,20,24,28,32")]
+        rows: Vec<usize>,
+        /// Steps timed per kernel and row count (the median counts).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Print the choice without storing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Full fine-tuning forward + backward throughput on B random sequences of T tokens.
     Train {
         #[command(flatten)]
@@ -157,6 +172,7 @@ impl MachineLimit {
         use ideator_model::machine::{matmul_gflop_per_s, read_bandwidth, CpuInfo};
         let cpu = CpuInfo::detect();
         eprintln!("bench: CPU {}", cpu.summary());
+        eprintln!("bench: decode kernels: {}", ideator_model::kernel_choice::active().summary());
         let threads = tensor_threads();
         let probe = |t: usize| {
             (args.bandwidth_mib > 0).then(|| {
@@ -251,6 +267,14 @@ impl MachineLimit {
             "read_gb_per_s_threads": self.threaded.map(|b| b.gb_per_s),
             "matmul_gflop_per_s": self.gflop_per_s,
         });
+        let kernels = ideator_model::kernel_choice::active();
+        out["kernel_few_rows_path"] = json!(kernels.choice.few_rows_path);
+        out["kernel_few_rows_min_rows"] = json!(kernels.choice.few_rows_min_rows);
+        out["kernel_few_rows_max_rows"] = json!(kernels.choice.few_rows_max_rows);
+        out["kernel_choice_source"] = json!(match kernels.source {
+            ideator_model::kernel_choice::Source::BuiltIn => "built_in",
+            ideator_model::kernel_choice::Source::Calibrated(_) => "calibrated",
+        });
         if let Some(limit) = self.limit() {
             out["limit_steps_per_s"] = json!(limit.max_steps_per_s());
         }
@@ -259,14 +283,9 @@ impl MachineLimit {
 }
 
 /// Which kernel decoding's products use at `batch` rows: the few-rows path (`avx512`, `avx2`, `portable`), or
-/// candle's `gemm` past `few_rows::MAX_ROWS`.
+/// candle's `gemm` past the active kernel choice's row limit (`kernel_choice.rs`).
 fn decode_kernel(batch: usize) -> &'static str {
-    use ideator_model::few_rows::{Path, MAX_ROWS};
-    if batch <= MAX_ROWS {
-        Path::detect().as_str()
-    } else {
-        "gemm"
-    }
+    ideator_model::kernel_choice::active().choice.kernel_for_rows(batch)
 }
 
 /// The 1-minute load average (`/proc/loadavg`), when there is one.
@@ -371,6 +390,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         What::Pretrain { scale, device, steps, warmup_steps, seed } => {
             bench_pretrain(&scale, &device, steps, warmup_steps, seed)?
         }
+        What::Calibrate { rows, repeats, dry_run } => bench_calibrate(&rows, repeats, dry_run)?,
         What::Matmul { rows, repeats, with_portable, weight_dtype, limit } => {
             bench_matmul(&rows, repeats, with_portable, weight_dtype, limit)?
         }
@@ -560,19 +580,14 @@ fn bench_grpo(
     Ok(())
 }
 
-/// `ideator bench matmul`: one decode step's products on SmolLM2-135M's shapes, per kernel and batch size, with
-/// the weight-streaming limit of those bytes.
-fn bench_matmul(
-    rows: &[usize],
-    repeats: usize,
-    with_portable: bool,
-    weight_dtype: Precision,
-    limit: LimitArgs,
-) -> anyhow::Result<()> {
+/// SmolLM2-135M's widths: hidden, intermediate (MLP), key-value, layers, vocabulary.
+const SMOLLM2_SHAPE: (usize, usize, usize, usize, usize) = (576, 1536, 192, 30, 49152);
+
+/// Random weights in SmolLM2-135M's shapes (30 layers of q, k, v, o, gate, up, down, then the head), `(n, k)` each,
+/// in `dtype`: 540 MB in f32, far above any cache, so they stream from memory as in decoding.
+fn decode_step_weights(dtype: candle_core::DType) -> anyhow::Result<Vec<candle_core::Tensor>> {
     use candle_core::{Device, Tensor};
-    use ideator_model::few_rows::{matmul_t_with, Path};
-    anyhow::ensure!(repeats >= 1 && rows.iter().all(|&r| r >= 1), "need --repeats >= 1 and rows >= 1");
-    let (hidden, inter, kv, layers, vocab) = (576, 1536, 192, 30, 49152);
+    let (hidden, inter, kv, layers, vocab) = SMOLLM2_SHAPE;
     let per_layer = [
         (hidden, hidden),
         (kv, hidden),
@@ -582,66 +597,93 @@ fn bench_matmul(
         (inter, hidden),
         (hidden, inter),
     ];
-    let mut weights = Vec::new();
-    for _ in 0..layers {
-        for &(n, k) in &per_layer {
-            weights.push(Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?);
+    let shapes = (0..layers).flat_map(|_| per_layer).chain([(vocab, hidden)]);
+    Ok(shapes.map(|s| Tensor::randn(0f32, 0.02, s, &Device::Cpu)?.to_dtype(dtype)).collect::<Result<_, _>>()?)
+}
+
+type ProductKernel =
+    Box<dyn Fn(&candle_core::Tensor, &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>>;
+
+/// The few-rows kernel with `path`.
+fn few_rows_kernel(path: ideator_model::few_rows::Path) -> ProductKernel {
+    Box::new(move |x, w| ideator_model::few_rows::matmul_t_with(x, w, path))
+}
+
+/// candle's product as decoding calls it past the few-rows limit (`W x^T`, linear.rs).
+fn gemm_w_xt_kernel() -> ProductKernel {
+    Box::new(|x, w| w.matmul(&x.t()?)?.t()?.contiguous())
+}
+
+/// Median seconds of one decode step's products (every weight times `rows` random rows) per kernel, over `repeats`
+/// interleaved steps (each repeat runs every kernel once, so a change in the machine's load hits them alike), after
+/// one untimed step that pages the weights in.
+fn time_decode_products(
+    weights: &[candle_core::Tensor],
+    rows: usize,
+    kernels: &[ProductKernel],
+    repeats: usize,
+) -> anyhow::Result<Vec<f64>> {
+    use candle_core::{Device, Tensor};
+    let (hidden, inter, ..) = SMOLLM2_SHAPE;
+    let x_hidden = Tensor::randn(0f32, 1.0, (rows, hidden), &Device::Cpu)?;
+    let x_inter = Tensor::randn(0f32, 1.0, (rows, inter), &Device::Cpu)?;
+    let step = |kernel: &ProductKernel| -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        for w in weights {
+            let x = if w.dims()[1] == hidden { &x_hidden } else { &x_inter };
+            std::hint::black_box(kernel(x, w)?);
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    let mut times = vec![Vec::new(); kernels.len()];
+    step(&kernels[0])?;
+    for _ in 0..repeats {
+        for (i, kernel) in kernels.iter().enumerate() {
+            times[i].push(step(kernel)?);
         }
     }
-    weights.push(Tensor::randn(0f32, 0.02, (vocab, hidden), &Device::Cpu)?);
-    let weights: Vec<Tensor> = weights.iter().map(|w| w.to_dtype(weight_dtype.dtype())).collect::<Result<_, _>>()?;
+    Ok(times.into_iter().map(median).collect())
+}
+
+/// `ideator bench matmul`: one decode step's products on SmolLM2-135M's shapes, per kernel and batch size, with
+/// the weight-streaming limit of those bytes.
+fn bench_matmul(
+    rows: &[usize],
+    repeats: usize,
+    with_portable: bool,
+    weight_dtype: Precision,
+    limit: LimitArgs,
+) -> anyhow::Result<()> {
+    use ideator_model::few_rows::Path;
+    anyhow::ensure!(repeats >= 1 && rows.iter().all(|&r| r >= 1), "need --repeats >= 1 and rows >= 1");
+    let weights = decode_step_weights(weight_dtype.dtype())?;
     let bytes_per_weight = weight_dtype.dtype().size_in_bytes();
     let bytes: usize = weights.iter().map(|w| w.elem_count() * bytes_per_weight).sum();
     let machine = MachineLimit::measure(limit, bytes, bytes_per_weight);
     let limit = machine.limit();
     let roofline = machine.roofline();
-    type Kernel = Box<dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>>;
     let paths = Path::available();
-    let mut kernels: Vec<(String, Kernel)> = paths
+    let mut kernels: Vec<(String, ProductKernel)> = paths
         .iter()
         .copied()
         .filter(|&p| with_portable || p != Path::Portable || paths.len() == 1)
-        .map(|p| {
-            (
-                format!("few_rows_{}", p.as_str()),
-                Box::new(move |x: &Tensor, w: &Tensor| matmul_t_with(x, w, p)) as Kernel,
-            )
-        })
+        .map(|p| (format!("few_rows_{}", p.as_str()), few_rows_kernel(p)))
         .collect();
     if weight_dtype == Precision::F32 {
-        // What decoding used before for more than one row (W x^T, as linear.rs did), and the plain product.
-        kernels.push(("candle_w_xt".into(), Box::new(|x: &Tensor, w: &Tensor| w.matmul(&x.t()?)?.t()?.contiguous())));
-        kernels.push(("candle_x_wt".into(), Box::new(|x: &Tensor, w: &Tensor| x.matmul(&w.t()?))));
+        // What decoding uses past the few-rows limit (W x^T, linear.rs), and the plain product.
+        kernels.push(("candle_w_xt".into(), gemm_w_xt_kernel()));
+        kernels.push(("candle_x_wt".into(), Box::new(|x, w| x.matmul(&w.t()?))));
     }
     // Ratios are against candle's skinny product, or, with bf16 weights (which candle's CPU matmul does not take
     // at speed), against the first few-rows path.
     let base_index = kernels.iter().position(|(name, _)| name == "candle_w_xt").unwrap_or(0);
     let base_name = kernels[base_index].0.clone();
+    let (names, kernels): (Vec<String>, Vec<ProductKernel>) = kernels.into_iter().unzip();
     let mut results = Vec::new();
     for &b in rows {
-        let xs: Vec<Tensor> = [hidden, inter]
-            .iter()
-            .map(|&k| Tensor::randn(0f32, 1.0, (b, k), &Device::Cpu))
-            .collect::<candle_core::Result<_>>()?;
-        let step = |kernel: &Kernel| -> anyhow::Result<f64> {
-            let t0 = Instant::now();
-            for w in &weights {
-                let x = if w.dims()[1] == hidden { &xs[0] } else { &xs[1] };
-                std::hint::black_box(kernel(x, w)?);
-            }
-            Ok(t0.elapsed().as_secs_f64())
-        };
-        // Interleaved: each repeat runs every kernel once, so a change in the machine's load hits them alike.
-        let mut times = vec![Vec::new(); kernels.len()];
-        step(&kernels[0].1)?; // warm-up: page in the weights
-        for _ in 0..repeats {
-            for (i, (_, kernel)) in kernels.iter().enumerate() {
-                times[i].push(step(kernel)?);
-            }
-        }
-        let base = median(times[base_index].clone());
-        for ((name, _), t) in kernels.iter().zip(times) {
-            let t = median(t);
+        let times = time_decode_products(&weights, b, &kernels, repeats)?;
+        let base = times[base_index];
+        for (name, &t) in names.iter().zip(&times) {
             let gbs = bytes as f64 / t / 1e9;
             let fraction = limit.map(|l| l.fraction(b as f64 / t, b));
             let roof = roofline.map(|r| r.fraction(b as f64 / t, b));
@@ -659,6 +701,78 @@ fn bench_matmul(
     let mut out = json!({"bench": "matmul", "impl": "ideator", "threads": tensor_threads(), "repeats": repeats,
         "weight_dtype": weight_dtype.as_str(), "results": results});
     merge(&mut out, machine.fields());
+    println!("{out}");
+    Ok(())
+}
+
+/// `ideator bench calibrate`: times one decode step's products (SmolLM2-135M's shapes, f32) with every few-rows
+/// path this CPU has and with gemm at each row count, picks the kernel choice (`kernel_choice::choose`), prints the
+/// table and stores the choice in the kernel cache for this CPU model (unless `dry_run`).
+fn bench_calibrate(rows: &[usize], repeats: usize, dry_run: bool) -> anyhow::Result<()> {
+    use ideator_model::few_rows::Path;
+    use ideator_model::kernel_choice::{self, Calibration, Timing, MAX_CALIBRATED_ROWS};
+    anyhow::ensure!(
+        repeats >= 1 && rows.iter().all(|&r| (1..=MAX_CALIBRATED_ROWS).contains(&r)),
+        "need --repeats >= 1 and every row count in 1..={MAX_CALIBRATED_ROWS}"
+    );
+    let cpu = ideator_model::machine::CpuInfo::detect();
+    eprintln!("bench calibrate: CPU {}; {} thread(s)", cpu.summary(), tensor_threads());
+    let weights = decode_step_weights(candle_core::DType::F32)?;
+    let paths: Vec<Path> = Path::available().into_iter().filter(|&p| p != Path::Portable).collect();
+    let paths = if paths.is_empty() { vec![Path::Portable] } else { paths };
+    let mut kernels: Vec<ProductKernel> = paths.iter().map(|&p| few_rows_kernel(p)).collect();
+    kernels.push(gemm_w_xt_kernel());
+    let visible = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = crate::progress::bar(rows.len() as u64, "calibrate", visible);
+    let mut timings = Vec::new();
+    for &r in rows {
+        let times = time_decode_products(&weights, r, &kernels, repeats)?;
+        let gemm = times[paths.len()];
+        let few_rows: Vec<(Path, f64)> = paths.iter().copied().zip(times).collect();
+        let cells: Vec<String> =
+            few_rows.iter().map(|(p, t)| format!("{} {:.1} ms ({:.2}x)", p.as_str(), t * 1e3, gemm / t)).collect();
+        crate::progress::say(
+            &progress,
+            format!("bench calibrate: rows {r:>2}: {}; gemm {:.1} ms", cells.join(", "), gemm * 1e3),
+        );
+        timings.push(Timing { rows: r, few_rows, gemm });
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let choice = kernel_choice::choose(&timings).ok_or_else(|| anyhow::anyhow!("no timings to choose from"))?;
+    eprintln!(
+        "bench calibrate: choice: few-rows {} for {} to {} rows, gemm otherwise (built-in: {} for 1 to {})",
+        choice.few_rows_path.as_str(),
+        choice.few_rows_min_rows,
+        choice.few_rows_max_rows,
+        kernel_choice::KernelChoice::built_in().few_rows_path.as_str(),
+        ideator_model::few_rows::MAX_ROWS
+    );
+    let measured_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let calibration = Calibration {
+        cpu: cpu.summary(),
+        choice,
+        threads: tensor_threads(),
+        measured_unix,
+        timings: timings.clone(),
+    };
+    let stored = match (dry_run, kernel_choice::cache_path()) {
+        (true, _) => None,
+        (false, None) => {
+            eprintln!("bench calibrate: the kernel cache is off ({}); nothing stored", kernel_choice::CACHE_ENV);
+            None
+        }
+        (false, Some(path)) => {
+            kernel_choice::store(&path, calibration.clone())?;
+            eprintln!(
+                "bench calibrate: stored in {}; decoding on this CPU model uses it from now on",
+                path.display()
+            );
+            Some(path)
+        }
+    };
+    let out = json!({"bench": "calibrate", "impl": "ideator", "cpu": calibration.cpu, "threads": calibration.threads,
+        "repeats": repeats, "choice": choice, "timings": timings, "stored_in": stored});
     println!("{out}");
     Ok(())
 }

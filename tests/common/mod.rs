@@ -14,6 +14,8 @@ pub fn ideator() -> Command {
         cmd.env("IDEATOR_ASSETS", Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"));
     }
     cmd.env("IDEATOR_THREADS", "1");
+    // The kernel choice is the built-in one whatever this machine has calibrated (a test sets its own cache).
+    cmd.env("IDEATOR_KERNEL_CACHE", "off");
     cmd
 }
 
