@@ -9,9 +9,10 @@
 //! taken a few at a time (a tile small enough to stay in L1), and every activation row is multiplied by the tile
 //! before the next tile is loaded. Within a tile the inner loop keeps `R` weight rows x `B` activation rows of
 //! vector accumulators in registers (`R` weight loads and `B` activation loads feed `R * B` FMAs), and the tile
-//! two ahead is prefetched into L2 while the current one is used; a single activation row streams the weight one
-//! row at a time (see `rows_avx512` for the measurements behind these shapes). The instruction set is picked at run time: AVX-512F, then
-//! AVX2 + FMA, then a portable loop.
+//! two ahead is prefetched into L2 while the current one is used; with AVX-512 a single activation row streams the
+//! weight one row at a time (see `rows_avx512` and `rows_avx2` for the measurements behind these shapes). The
+//! instruction set is picked at run time: AVX-512F, then AVX2 + FMA, then a portable loop (`kernel_choice.rs` may
+//! pick another).
 //!
 //! Every output element is the same dot product (its lanes accumulate in `k` order, then reduce in one fixed order,
 //! lane_sums.rs, then the scalar tail), whichever tile or activation block it falls in, so a row's output does not
@@ -395,19 +396,24 @@ mod x86 {
     }
 
     /// AVX2 + FMA: tiles of 2 weight rows; blocks of up to 4 activation rows (8 accumulators, 2 weight and 1
-    /// activation register: 11 of the 16 ymm registers), prefetching into L2 as [`rows_avx512`] does; a single
-    /// activation row reads the weight one row at a time.
+    /// activation register: 11 of the 16 ymm registers), prefetching into L2 as [`rows_avx512`] does, a single
+    /// activation row too.
+    ///
+    /// Why a single row takes 2 weight rows here, unlike AVX-512 (`ideator bench matmul --rows 1`, one thread, Zen 1
+    /// family 23 model 1, a CPU without AVX-512, where this path runs): one weight row at a time reached 0.92-0.96x candle's gemv
+    /// (9.1-10.8 GB/s), two 1.06-1.12x (12.2-13.0 GB/s, the probe's 12.4), four 0.97-0.99x; each output still
+    /// accumulates alone in `k` order, so the bits are those of the one-row tile.
     ///
     /// # Safety
     /// The CPU supports AVX2 and FMA; shapes as [`rows_avx512`].
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn rows_avx2<T: Lanes>(w: &[T], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
         let rows = w.len() / k;
-        let height = if m == 1 { 1 } else { 2 };
+        const HEIGHT: usize = 2;
         let (wp, xp, op) = (w.as_ptr(), x.as_ptr(), out_t.as_mut_ptr());
         let mut j = 0;
         while j < rows {
-            let r = (rows - j).min(height);
+            let r = (rows - j).min(HEIGHT);
             for (start, len) in row_blocks(m, 4) {
                 let (wt, xt, ot) = (wp.add(j * k), xp.add(start * k), op.add(j * m + start));
                 match r {
