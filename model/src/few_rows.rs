@@ -400,9 +400,9 @@ mod x86 {
     /// activation row too.
     ///
     /// Why a single row takes 2 weight rows here, unlike AVX-512 (`ideator bench matmul --rows 1`, one thread, Zen 1
-    /// family 23 model 1, a CPU without AVX-512, where this path runs): one weight row at a time reached 0.92-0.96x candle's gemv
-    /// (9.1-10.8 GB/s), two 1.06-1.12x (12.2-13.0 GB/s, the probe's 12.4), four 0.97-0.99x; each output still
-    /// accumulates alone in `k` order, so the bits are those of the one-row tile.
+    /// family 23 model 1, a CPU without AVX-512, where this path runs): one weight row at a time reached 0.92-0.96x
+    /// candle's gemv (9.1-10.8 GB/s), two 1.06-1.12x (12.2-13.0 GB/s, the probe's 12.4), four 0.97-0.99x; each
+    /// output still accumulates alone in `k` order, so the bits are those of the one-row tile.
     ///
     /// # Safety
     /// The CPU supports AVX2 and FMA; shapes as [`rows_avx512`].
