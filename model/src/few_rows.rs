@@ -400,8 +400,8 @@ mod x86 {
     /// activation row too.
     ///
     /// Why a single row takes 2 weight rows here, unlike AVX-512 (`ideator bench matmul --rows 1`, one thread, Zen 1
-    /// family 23 model 1, a CPU without AVX-512, where this path runs): one weight row at a time reached 0.92-0.96x
-    /// candle's gemv (9.1-10.8 GB/s), two 1.06-1.12x (12.2-13.0 GB/s, the probe's 12.4), four 0.97-0.99x; each
+    /// family 23 model 1, a CPU without AVX-512, where this path runs): one weight row at a time reached 0.89-0.96x
+    /// candle's gemv (7.8-10.8 GB/s), two 1.06-1.12x (12.2-13.0 GB/s, the probe's 12.4), four 0.97-0.99x; each
     /// output still accumulates alone in `k` order, so the bits are those of the one-row tile.
     ///
     /// # Safety
@@ -546,6 +546,27 @@ mod tests {
             for (r, row) in batch.iter().enumerate() {
                 let alone = matmul_t_with(&x.narrow(0, r, 1).unwrap(), &w, path).unwrap().to_vec2::<f32>().unwrap();
                 assert_eq!(row, &alone[0], "{path:?} row {r}");
+            }
+        }
+    }
+
+    /// A weight row gives the same bits whichever tile it falls in: the full product (tiles of several weight rows,
+    /// and a one-row tile at an odd end) against each weight row alone, for one and several activation rows.
+    #[test]
+    fn a_weight_row_gives_the_same_bits_in_any_tile_on_every_path() {
+        let (k, n) = (581, 7);
+        let w = random((n, k), 5);
+        for m in [1, 3] {
+            let x = random((m, k), 6 + m as u64);
+            for path in Path::available() {
+                let full = matmul_t_with(&x, &w, path).unwrap().to_vec2::<f32>().unwrap();
+                for j in 0..n {
+                    let alone =
+                        matmul_t_with(&x, &w.narrow(0, j, 1).unwrap(), path).unwrap().to_vec2::<f32>().unwrap();
+                    for (row, alone_row) in full.iter().zip(&alone) {
+                        assert_eq!(row[j].to_bits(), alone_row[0].to_bits(), "{path:?} m {m} weight row {j}");
+                    }
+                }
             }
         }
     }

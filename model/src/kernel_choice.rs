@@ -8,9 +8,11 @@
 //! right for one of them only.
 //!
 //! A choice changes speed, never the model: every path and gemm compute the same products up to float rounding, and
-//! a few-rows product gives a row the same bits whatever the batch. The cache is a cache: a missing, unreadable or
-//! stale file (another CPU, a path this build cannot run) falls back to the defaults with a warning, and
-//! `IDEATOR_KERNEL_CACHE=off` ignores it.
+//! within the few-rows range a row gets the same bits whatever the batch (outside it gemm's rounding depends on the
+//! batch's shape, as before). A calibration holds for the CPU model and the thread count it was measured on. The
+//! cache is a cache: without an entry for this CPU and thread count the built-in choice applies, a broken or stale
+//! file falls back to it with a warning, and `IDEATOR_KERNEL_CACHE=off` ignores the file (`scripts/test.sh` sets
+//! it, so the suite does not depend on the machine's calibration).
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::OnceLock;
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::few_rows::{Path, MAX_ROWS};
 use crate::machine::CpuInfo;
 
-/// Environment variable naming the cache file; `off` (or empty) disables the cache.
+/// Environment variable naming the cache file; `off`, `0` or empty disables the cache.
 pub const CACHE_ENV: &str = "IDEATOR_KERNEL_CACHE";
 
 /// Version of the cache file's layout; a file of another version is ignored (and rewritten by the next calibration).
@@ -92,35 +94,47 @@ pub struct Timing {
     pub gemm: f64,
 }
 
-/// The choice the timings support: the path fastest in total over the memory-bound batches (1 to [`MAX_ROWS`] rows),
-/// then the longest run of consecutive measured row counts where that path is never slower than gemm (the lowest
-/// such run on a tie). A run is trusted between its measured ends, and nothing is guessed beyond them: one loss
-/// ends it. `None` without timings.
+/// Within this fraction of gemm's time the few-rows kernel counts as not slower: below the spread of repeated
+/// timings, and the few-rows kernel keeps a row's bits whatever the batch, which gemm does not.
+pub const TIE: f64 = 0.02;
+
+/// The choice the timings support: the path fastest in total over the memory-bound batches (1 to [`MAX_ROWS`] rows,
+/// or every count measured when none is that small), then the run of consecutive measured row counts where that
+/// path is not slower than gemm (within [`TIE`]) that saves the most time in total. A run is trusted between its
+/// measured ends and nothing is guessed above it (one loss ends it); one that starts at the smallest count measured
+/// also covers the counts below it. `None` without timings.
 pub fn choose(timings: &[Timing]) -> Option<KernelChoice> {
     let mut sorted: Vec<&Timing> = timings.iter().filter(|t| !t.few_rows.is_empty()).collect();
     sorted.sort_by_key(|t| t.rows);
     let first = sorted.first()?;
     let paths: Vec<Path> = first.few_rows.iter().map(|(p, _)| *p).collect();
+    let memory_bound = sorted[0].rows.max(MAX_ROWS);
     let total = |path: Path| -> f64 {
-        let memory_bound = sorted.iter().filter(|t| t.rows <= MAX_ROWS);
-        memory_bound.map(|t| seconds_of(t, path).unwrap_or(f64::INFINITY)).sum()
+        let counts = sorted.iter().filter(|t| t.rows <= memory_bound);
+        counts.map(|t| seconds_of(t, path).unwrap_or(f64::INFINITY)).sum()
     };
     let path = paths.iter().copied().min_by(|a, b| total(*a).total_cmp(&total(*b)))?;
-    let wins: Vec<bool> = sorted.iter().map(|t| seconds_of(t, path).is_some_and(|s| s <= t.gemm)).collect();
-    // (start, length) of the longest run of wins, in indices of `sorted`.
-    let (mut best, mut run_start) = ((0, 0), None);
-    for (i, &win) in wins.iter().chain([&false]).enumerate() {
-        match (win, run_start) {
-            (true, None) => run_start = Some(i),
-            (false, Some(start)) => {
-                if i - start > best.1 {
-                    best = (start, i - start);
+    // The time each count saves with the few-rows kernel; `None` where it loses.
+    let savings: Vec<Option<f64>> = sorted
+        .iter()
+        .map(|t| seconds_of(t, path).filter(|&s| s <= t.gemm * (1.0 + TIE)).map(|s| t.gemm - s))
+        .collect();
+    // (start, length, saving) of the best run of wins, in indices of `sorted`.
+    let (mut best, mut run) = ((0, 0, f64::NEG_INFINITY), None::<(usize, f64)>);
+    for (i, saving) in savings.iter().chain([&None]).enumerate() {
+        match (saving, run) {
+            (Some(x), None) => run = Some((i, *x)),
+            (Some(x), Some((start, total))) => run = Some((start, total + x)),
+            (None, Some((start, total))) => {
+                if total > best.2 {
+                    best = (start, i - start, total);
                 }
-                run_start = None;
+                run = None;
             }
-            _ => {}
+            (None, None) => {}
         }
     }
+    let best = (best.0, best.1);
     let (min_rows, max_rows) = match best {
         (_, 0) => (1, 0),
         // A run that starts at the smallest measured count covers every smaller count too.
@@ -138,10 +152,10 @@ fn seconds_of(t: &Timing, path: Path) -> Option<f64> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Calibration {
-    /// [`CpuInfo::summary`] of the CPU measured: the cache's key.
+    /// [`CpuInfo::summary`] of the CPU measured: with `threads`, the cache's key.
     pub cpu: String,
     pub choice: KernelChoice,
-    /// Threads the products ran on.
+    /// Threads the products ran on (the crossover with gemm moves with them).
     pub threads: usize,
     /// Seconds since the Unix epoch.
     pub measured_unix: u64,
@@ -163,21 +177,22 @@ pub enum CacheError {
     #[error("cannot write the kernel cache {path}: {source} (set {CACHE_ENV} to a writable file, or to off)")]
     Write { path: PathBuf, source: std::io::Error },
     #[error(
-        "the kernel cache {path} is of layout version {found:?}, this build reads {CACHE_VERSION}; run `ideator \
-         bench calibrate` to rewrite it"
+        "the kernel cache {path} is of layout version {found}, this build reads {CACHE_VERSION}; `ideator bench \
+         calibrate` replaces it"
     )]
-    Stale { path: PathBuf, found: Option<u64> },
+    Stale { path: PathBuf, found: u64 },
     #[error(
-        "the kernel cache {path} is not usable ({why}); delete it or run `ideator bench calibrate` to rewrite it"
+        "the kernel cache {path} is not usable ({why}); delete it, or point {CACHE_ENV} at another file, and run \
+         `ideator bench calibrate` again"
     )]
     Invalid { path: PathBuf, why: String },
 }
 
 /// The cache file: `$IDEATOR_KERNEL_CACHE`, else `$XDG_CACHE_HOME/ideator/kernels.json`, else
-/// `$HOME/.cache/ideator/kernels.json`; `None` when disabled (`off` or empty) or without a home.
+/// `$HOME/.cache/ideator/kernels.json`; `None` when disabled (`off`, `0` or empty) or without a home.
 pub fn cache_path() -> Option<PathBuf> {
     match std::env::var_os(CACHE_ENV) {
-        Some(v) if v.is_empty() || v == "off" => return None,
+        Some(v) if v.is_empty() || v.eq_ignore_ascii_case("off") || v == "0" => return None,
         Some(v) => return Some(PathBuf::from(v)),
         None => {}
     }
@@ -188,20 +203,24 @@ pub fn cache_path() -> Option<PathBuf> {
     Some(base.join("ideator").join("kernels.json"))
 }
 
-/// The calibration stored for `cpu` in the cache at `path`: `Ok(None)` when the file or the CPU's entry is absent.
+/// The calibration stored for `cpu` at `threads` threads in the cache at `path`: `Ok(None)` when the file or the
+/// entry is absent.
 ///
 /// # Errors
 /// An unreadable file, one that is not a cache of this version, or a stored choice this CPU cannot run.
-pub fn load(path: &FsPath, cpu: &CpuInfo) -> Result<Option<Calibration>, CacheError> {
+pub fn load(path: &FsPath, cpu: &CpuInfo, threads: usize) -> Result<Option<Calibration>, CacheError> {
     let Some(file) = read_cache(path)? else { return Ok(None) };
     let key = cpu.summary();
-    let Some(found) = file.calibrations.into_iter().find(|c| c.cpu == key) else { return Ok(None) };
+    let Some(found) = file.calibrations.into_iter().find(|c| c.cpu == key && c.threads == threads) else {
+        return Ok(None);
+    };
     found.choice.validate().map_err(|why| CacheError::Invalid { path: path.into(), why })?;
     Ok(Some(found))
 }
 
-/// Stores `calibration` in the cache at `path`, replacing the entry of the same CPU and keeping the others (a file
-/// of another version is replaced whole). Written to a temporary file and renamed, so a reader never sees half.
+/// Stores `calibration` in the cache at `path`, replacing the entry of the same CPU and thread count and keeping the
+/// others (a cache of another layout version is replaced whole). Written to a temporary file and renamed, so a
+/// reader never sees half; two calibrations writing at the same moment keep one of the two entries.
 ///
 /// # Errors
 /// The folder or file cannot be written; an existing file that is not a cache is left alone and reported.
@@ -212,7 +231,7 @@ pub fn store(path: &FsPath, calibration: Calibration) -> Result<(), CacheError> 
         Err(CacheError::Stale { .. }) => CacheFile { version: CACHE_VERSION, calibrations: Vec::new() },
         Err(e) => return Err(e),
     };
-    file.calibrations.retain(|c| c.cpu != calibration.cpu);
+    file.calibrations.retain(|c| c.cpu != calibration.cpu || c.threads != calibration.threads);
     file.calibrations.push(calibration);
     let write = |e| CacheError::Write { path: path.into(), source: e };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -220,8 +239,23 @@ pub fn store(path: &FsPath, calibration: Calibration) -> Result<(), CacheError> 
     }
     let text = serde_json::to_string_pretty(&file).expect("a cache serialises");
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(write)?;
-    std::fs::rename(&tmp, path).map_err(write)
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(write)
+}
+
+/// Checks that `store` could write the cache at `path` (absent, or a cache of any version), so that a calibration
+/// is not measured only to be refused.
+///
+/// # Errors
+/// As [`load`] for a file that is not a cache.
+pub fn check_storable(path: &FsPath) -> Result<(), CacheError> {
+    match read_cache(path) {
+        Ok(_) | Err(CacheError::Stale { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn read_cache(path: &FsPath) -> Result<Option<CacheFile>, CacheError> {
@@ -232,9 +266,11 @@ fn read_cache(path: &FsPath) -> Result<Option<CacheFile>, CacheError> {
     };
     let invalid = |why: String| CacheError::Invalid { path: path.into(), why };
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    match value.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(CACHE_VERSION) => {}
-        found => return Err(CacheError::Stale { path: path.into(), found }),
+    // Stale only when it is recognisably a cache of another layout; any other JSON is someone else's file.
+    match (value.get("version").and_then(|v| v.as_u64()), value.get("calibrations")) {
+        (Some(v), Some(_)) if v == u64::from(CACHE_VERSION) => {}
+        (Some(found), Some(_)) => return Err(CacheError::Stale { path: path.into(), found }),
+        _ => return Err(invalid("no `version` and `calibrations` fields".into())),
     }
     serde_json::from_value(value).map(Some).map_err(|e| invalid(e.to_string()))
 }
@@ -263,6 +299,9 @@ impl Active {
             Source::Calibrated(path) => format!("calibrated for this CPU, {}", path.display()),
         };
         let c = &self.choice;
+        if c.few_rows_min_rows > c.few_rows_max_rows {
+            return format!("gemm for every batch ({source})");
+        }
         format!(
             "few-rows {} for {} to {} rows, gemm otherwise ({source})",
             c.few_rows_path.as_str(),
@@ -272,13 +311,14 @@ impl Active {
     }
 }
 
-/// The choice of this process: read once, at the first decode product, from the cache for this CPU.
+/// The choice of this process: read once, at the first decode product, from the cache for this CPU and the tensor
+/// threads (rayon's pool) of that moment.
 pub fn active() -> &'static Active {
     static ACTIVE: OnceLock<Active> = OnceLock::new();
     ACTIVE.get_or_init(|| {
         let built_in = Active { choice: KernelChoice::built_in(), source: Source::BuiltIn };
         let Some(path) = cache_path() else { return built_in };
-        match load(&path, &CpuInfo::detect()) {
+        match load(&path, &CpuInfo::detect(), rayon::current_num_threads()) {
             Ok(Some(c)) => Active { choice: c.choice, source: Source::Calibrated(path) },
             Ok(None) => built_in,
             Err(e) => {
@@ -321,9 +361,14 @@ mod tests {
         // gemm's matrix-vector kernel wins at one row; few-rows from 2 to 24, then gemm again.
         let middle = vec![at(1, 3.0), at(2, 1.0), at(8, 1.0), at(24, 1.0), at(32, 3.0)];
         assert_eq!(range(&middle), Some((2, 24)));
-        // One loss ends a run; the longer run wins, the lower one on a tie.
-        assert_eq!(range(&[at(1, 1.0), at(8, 3.0), at(16, 1.0), at(24, 1.0)]), Some((16, 24)));
-        assert_eq!(range(&[at(2, 1.0), at(8, 3.0), at(16, 1.0)]), Some((1, 2)));
+        // One loss ends a run; the run that saves the most time wins, not the one with the most counts (a noisy
+        // loss at 8 rows must not hand 1-2 rows to gemm when they save the most).
+        let small_save_most = [at(1, 0.5), at(2, 0.5), at(8, 3.0), at(16, 1.9), at(24, 1.9), at(32, 1.9)];
+        assert_eq!(range(&small_save_most), Some((1, 2)));
+        assert_eq!(range(&[at(1, 1.5), at(8, 3.0), at(16, 1.0), at(24, 1.0)]), Some((16, 24)));
+        // Within TIE of gemm counts as a win.
+        assert_eq!(range(&[at(1, 1.0), at(8, 2.0 * (1.0 + TIE / 2.0))]), Some((1, 8)));
+        assert_eq!(range(&[at(1, 1.0), at(8, 2.0 * (1.0 + 2.0 * TIE))]), Some((1, 1)));
         let never = choose(&[at(1, 3.0), at(8, 3.0)]).unwrap();
         assert_eq!((never.few_rows_min_rows, never.few_rows_max_rows), (1, 0));
         assert!(!never.few_rows_takes(1) && !never.few_rows_takes(8));
@@ -359,15 +404,21 @@ mod tests {
     fn the_cache_keeps_one_entry_per_cpu_and_finds_this_cpu_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested").join("kernels.json");
-        assert!(load(&path, &cpu(17)).unwrap().is_none(), "no file yet");
+        assert!(load(&path, &cpu(17), 1).unwrap().is_none(), "no file yet");
         store(&path, calibration(&cpu(17), 24)).unwrap();
         store(&path, calibration(&cpu(1), 8)).unwrap();
         store(&path, calibration(&cpu(17), 32)).unwrap(); // a re-calibration replaces its CPU's entry
-        assert_eq!(load(&path, &cpu(17)).unwrap().unwrap().choice.few_rows_max_rows, 32);
-        assert_eq!(load(&path, &cpu(1)).unwrap().unwrap().choice.few_rows_max_rows, 8);
-        assert!(load(&path, &cpu(2)).unwrap().is_none(), "another CPU model has no entry");
+        assert_eq!(load(&path, &cpu(17), 1).unwrap().unwrap().choice.few_rows_max_rows, 32);
+        assert_eq!(load(&path, &cpu(1), 1).unwrap().unwrap().choice.few_rows_max_rows, 8);
+        assert!(load(&path, &cpu(2), 1).unwrap().is_none(), "another CPU model has no entry");
+        assert!(load(&path, &cpu(17), 2).unwrap().is_none(), "nor another thread count");
+        let mut two_threads = calibration(&cpu(17), 12);
+        two_threads.threads = 2;
+        store(&path, two_threads).unwrap();
+        assert_eq!(load(&path, &cpu(17), 2).unwrap().unwrap().choice.few_rows_max_rows, 12);
+        assert_eq!(load(&path, &cpu(17), 1).unwrap().unwrap().choice.few_rows_max_rows, 32);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.matches("\"cpu\"").count(), 2);
+        assert_eq!(text.matches("\"cpu\"").count(), 3);
     }
 
     #[test]
@@ -375,24 +426,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kernels.json");
         std::fs::write(&path, "not json").unwrap();
-        let err = load(&path, &cpu(17)).unwrap_err().to_string();
+        let err = load(&path, &cpu(17), 1).unwrap_err().to_string();
         assert!(err.contains("kernels.json") && err.contains("bench calibrate"), "{err}");
         assert!(store(&path, calibration(&cpu(17), 8)).is_err(), "a file that is not a cache is left alone");
+        assert!(check_storable(&path).is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not json");
+        std::fs::write(&path, "{}").unwrap();
+        assert!(store(&path, calibration(&cpu(17), 8)).is_err(), "nor is JSON without the cache's fields");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}");
 
         // A cache of another layout version is stale: reported on load, replaced by the next calibration.
-        std::fs::write(&path, r#"{"version": 0, "entries": []}"#).unwrap();
-        assert!(load(&path, &cpu(17)).is_err());
+        std::fs::write(&path, r#"{"version": 0, "calibrations": []}"#).unwrap();
+        assert!(check_storable(&path).is_ok());
+        assert!(load(&path, &cpu(17), 1).is_err());
         store(&path, calibration(&cpu(17), 8)).unwrap();
-        assert_eq!(load(&path, &cpu(17)).unwrap().unwrap().choice.few_rows_max_rows, 8);
+        assert_eq!(load(&path, &cpu(17), 1).unwrap().unwrap().choice.few_rows_max_rows, 8);
 
         // A stored choice this build cannot run (more rows than allowed) is refused, not used.
         store(&path, calibration(&cpu(17), MAX_CALIBRATED_ROWS + 1)).unwrap();
-        let err = load(&path, &cpu(17)).unwrap_err().to_string();
+        let err = load(&path, &cpu(17), 1).unwrap_err().to_string();
         assert!(err.contains("few_rows_max_rows"), "{err}");
         let mut zero_min = calibration(&cpu(17), 8);
         zero_min.choice.few_rows_min_rows = 0;
         store(&path, zero_min).unwrap();
-        assert!(load(&path, &cpu(17)).is_err(), "0 rows is not a batch");
+        assert!(load(&path, &cpu(17), 1).is_err(), "0 rows is not a batch");
     }
 }

@@ -494,7 +494,7 @@ fn batched_cached_scores(
 }
 
 /// The block that training and decoding share computes the same model on both paths: decoding batches of 1 to 20
-/// rows (the few-rows kernel up to 16 rows, candle's matmul beyond), left-padded, with LoRA adapters on, gives
+/// rows (the few-rows kernel in its row range, 1 to 16 unless calibrated, candle's matmul beyond), left-padded, with LoRA adapters on, gives
 /// the log-probs and entropies the training forward gives for the same sequences.
 #[test]
 fn batched_cached_decoding_with_lora_equals_the_training_forward() {

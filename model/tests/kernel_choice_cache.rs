@@ -13,8 +13,9 @@ fn a_calibration_for_this_cpu_sets_the_rows_the_few_rows_kernel_takes() {
     // A choice unlike the built-in one on every CPU: the portable path, for 2 to 24 rows.
     let choice = KernelChoice { few_rows_path: Path::Portable, few_rows_min_rows: 2, few_rows_max_rows: 24 };
     let timing = Timing { rows: 24, few_rows: vec![(Path::Portable, 0.1)], gemm: 0.2 };
-    let calibration =
-        Calibration { cpu: CpuInfo::detect().summary(), choice, threads: 1, measured_unix: 0, timings: vec![timing] };
+    // Keyed by the CPU and the thread count decoding will run with.
+    let (cpu, threads) = (CpuInfo::detect().summary(), rayon::current_num_threads());
+    let calibration = Calibration { cpu, choice, threads, measured_unix: 0, timings: vec![timing] };
     kernel_choice::store(&path, calibration).unwrap();
     std::env::set_var(kernel_choice::CACHE_ENV, &path);
 

@@ -284,8 +284,13 @@ impl MachineLimit {
 
 /// Which kernel decoding's products use at `batch` rows: the few-rows path (`avx512`, `avx2`, `portable`), or
 /// candle's `gemm` past the active kernel choice's row limit (`kernel_choice.rs`).
-fn decode_kernel(batch: usize) -> &'static str {
-    ideator_model::kernel_choice::active().choice.kernel_for_rows(batch)
+fn decode_kernel(batch: usize, sampling: Precision) -> &'static str {
+    let choice = ideator_model::kernel_choice::active().choice;
+    match sampling {
+        // A bf16 sampling copy goes through the few-rows kernel at every decode batch (linear.rs).
+        Precision::Bf16 => choice.few_rows_path.as_str(),
+        Precision::F32 => choice.kernel_for_rows(batch),
+    }
 }
 
 /// The 1-minute load average (`/proc/loadavg`), when there is one.
@@ -366,7 +371,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "new_tokens_per_s": (batch * new_tokens) as f64 / total,
                 "time_to_first_token_s": first,
                 "decode_tokens_per_s": decode_rate,
-                "decode_kernel": decode_kernel(batch),
+                "decode_kernel": decode_kernel(batch, model.sampling_dtype),
             });
             merge(&mut out, machine.report(batch, (batch * new_tokens) as f64 / total, Some(decode_rate)));
             println!("{out}");
@@ -572,7 +577,7 @@ fn bench_grpo(
         "threads": tensor_threads(),
         "seconds_per_step": col(|r| r.0), "generation_s": col(|r| r.1), "ref_logprobs_s": col(|r| r.2),
         "update_s": col(|r| r.3),
-        "decode_kernel": decode_kernel(group),
+        "decode_kernel": decode_kernel(group, model.sampling_dtype),
     });
     // Generation's rate includes the shared prompt's prefill, as TRL's generation section does.
     merge(&mut out, machine.report(group, (group * new_tokens) as f64 / col(|r| r.1), None));
@@ -717,6 +722,10 @@ fn bench_calibrate(rows: &[usize], repeats: usize, dry_run: bool) -> anyhow::Res
     );
     let cpu = ideator_model::machine::CpuInfo::detect();
     eprintln!("bench calibrate: CPU {}; {} thread(s)", cpu.summary(), tensor_threads());
+    let cache = if dry_run { None } else { kernel_choice::cache_path() };
+    if let Some(path) = &cache {
+        kernel_choice::check_storable(path)?; // before measuring, not after
+    }
     let weights = decode_step_weights(candle_core::DType::F32)?;
     let paths: Vec<Path> = Path::available().into_iter().filter(|&p| p != Path::Portable).collect();
     let paths = if paths.is_empty() { vec![Path::Portable] } else { paths };
@@ -756,17 +765,21 @@ fn bench_calibrate(rows: &[usize], repeats: usize, dry_run: bool) -> anyhow::Res
         measured_unix,
         timings: timings.clone(),
     };
-    let stored = match (dry_run, kernel_choice::cache_path()) {
+    let stored = match (dry_run, cache) {
         (true, _) => None,
         (false, None) => {
-            eprintln!("bench calibrate: the kernel cache is off ({}); nothing stored", kernel_choice::CACHE_ENV);
+            eprintln!(
+                "bench calibrate: no kernel cache ({} is off, or no HOME); nothing stored",
+                kernel_choice::CACHE_ENV
+            );
             None
         }
         (false, Some(path)) => {
             kernel_choice::store(&path, calibration.clone())?;
             eprintln!(
-                "bench calibrate: stored in {}; decoding on this CPU model uses it from now on",
-                path.display()
+                "bench calibrate: stored in {}; decoding on this CPU model at {} thread(s) uses it from now on",
+                path.display(),
+                calibration.threads
             );
             Some(path)
         }
