@@ -106,8 +106,7 @@ pub const TIE: f64 = 0.02;
 pub fn choose(timings: &[Timing]) -> Option<KernelChoice> {
     let mut sorted: Vec<&Timing> = timings.iter().filter(|t| !t.few_rows.is_empty()).collect();
     sorted.sort_by_key(|t| t.rows);
-    let first = sorted.first()?;
-    let paths: Vec<Path> = first.few_rows.iter().map(|(p, _)| *p).collect();
+    let paths: Vec<Path> = sorted.first()?.few_rows.iter().map(|(p, _)| *p).collect();
     let memory_bound = sorted[0].rows.max(MAX_ROWS);
     let total = |path: Path| -> f64 {
         let counts = sorted.iter().filter(|t| t.rows <= memory_bound);
@@ -134,12 +133,11 @@ pub fn choose(timings: &[Timing]) -> Option<KernelChoice> {
             (None, None) => {}
         }
     }
-    let best = (best.0, best.1);
     let (min_rows, max_rows) = match best {
-        (_, 0) => (1, 0),
+        (_, 0, _) => (1, 0),
         // A run that starts at the smallest measured count covers every smaller count too.
-        (0, len) => (1, sorted[len - 1].rows),
-        (start, len) => (sorted[start].rows, sorted[start + len - 1].rows),
+        (0, len, _) => (1, sorted[len - 1].rows),
+        (start, len, _) => (sorted[start].rows, sorted[start + len - 1].rows),
     };
     Some(KernelChoice { few_rows_path: path, few_rows_min_rows: min_rows, few_rows_max_rows: max_rows })
 }
@@ -225,12 +223,7 @@ pub fn load(path: &FsPath, cpu: &CpuInfo, threads: usize) -> Result<Option<Calib
 /// # Errors
 /// The folder or file cannot be written; an existing file that is not a cache is left alone and reported.
 pub fn store(path: &FsPath, calibration: Calibration) -> Result<(), CacheError> {
-    let mut file = match read_cache(path) {
-        Ok(Some(file)) => file,
-        Ok(None) => CacheFile { version: CACHE_VERSION, calibrations: Vec::new() },
-        Err(CacheError::Stale { .. }) => CacheFile { version: CACHE_VERSION, calibrations: Vec::new() },
-        Err(e) => return Err(e),
-    };
+    let mut file = cache_to_update(path)?;
     file.calibrations.retain(|c| c.cpu != calibration.cpu || c.threads != calibration.threads);
     file.calibrations.push(calibration);
     let write = |e| CacheError::Write { path: path.into(), source: e };
@@ -252,8 +245,16 @@ pub fn store(path: &FsPath, calibration: Calibration) -> Result<(), CacheError> 
 /// # Errors
 /// As [`load`] for a file that is not a cache.
 pub fn check_storable(path: &FsPath) -> Result<(), CacheError> {
+    cache_to_update(path).map(drop)
+}
+
+/// The cache a calibration is added to: the file's, or an empty one when there is none or it is stale.
+fn cache_to_update(path: &FsPath) -> Result<CacheFile, CacheError> {
     match read_cache(path) {
-        Ok(_) | Err(CacheError::Stale { .. }) => Ok(()),
+        Ok(Some(file)) => Ok(file),
+        Ok(None) | Err(CacheError::Stale { .. }) => {
+            Ok(CacheFile { version: CACHE_VERSION, calibrations: Vec::new() })
+        }
         Err(e) => Err(e),
     }
 }
@@ -273,6 +274,11 @@ fn read_cache(path: &FsPath) -> Result<Option<CacheFile>, CacheError> {
         _ => return Err(invalid("no `version` and `calibrations` fields".into())),
     }
     serde_json::from_value(value).map(Some).map_err(|e| invalid(e.to_string()))
+}
+
+/// The thread count calibrations are keyed by: rayon's pool, which the products run on.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
 }
 
 /// Where the active choice came from.
@@ -318,7 +324,7 @@ pub fn active() -> &'static Active {
     ACTIVE.get_or_init(|| {
         let built_in = Active { choice: KernelChoice::built_in(), source: Source::BuiltIn };
         let Some(path) = cache_path() else { return built_in };
-        match load(&path, &CpuInfo::detect(), rayon::current_num_threads()) {
+        match load(&path, &CpuInfo::detect(), threads()) {
             Ok(Some(c)) => Active { choice: c.choice, source: Source::Calibrated(path) },
             Ok(None) => built_in,
             Err(e) => {

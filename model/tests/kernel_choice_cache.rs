@@ -14,7 +14,7 @@ fn a_calibration_for_this_cpu_sets_the_rows_the_few_rows_kernel_takes() {
     let choice = KernelChoice { few_rows_path: Path::Portable, few_rows_min_rows: 2, few_rows_max_rows: 24 };
     let timing = Timing { rows: 24, few_rows: vec![(Path::Portable, 0.1)], gemm: 0.2 };
     // Keyed by the CPU and the thread count decoding will run with.
-    let (cpu, threads) = (CpuInfo::detect().summary(), rayon::current_num_threads());
+    let (cpu, threads) = (CpuInfo::detect().summary(), kernel_choice::threads());
     let calibration = Calibration { cpu, choice, threads, measured_unix: 0, timings: vec![timing] };
     kernel_choice::store(&path, calibration).unwrap();
     std::env::set_var(kernel_choice::CACHE_ENV, &path);

@@ -609,6 +609,15 @@ fn decode_step_weights(dtype: candle_core::DType) -> anyhow::Result<Vec<candle_c
 type ProductKernel =
     Box<dyn Fn(&candle_core::Tensor, &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>>;
 
+/// The few-rows paths to time: every one this CPU has, the portable one only when asked or when it is the only one
+/// (on a CPU with AVX2 it is several times slower than the others).
+fn few_rows_paths(with_portable: bool) -> Vec<ideator_model::few_rows::Path> {
+    use ideator_model::few_rows::Path;
+    let paths = Path::available();
+    let only_portable = paths.len() == 1;
+    paths.into_iter().filter(|&p| with_portable || only_portable || p != Path::Portable).collect()
+}
+
 /// The few-rows kernel with `path`.
 fn few_rows_kernel(path: ideator_model::few_rows::Path) -> ProductKernel {
     Box::new(move |x, w| ideator_model::few_rows::matmul_t_with(x, w, path))
@@ -659,7 +668,6 @@ fn bench_matmul(
     weight_dtype: Precision,
     limit: LimitArgs,
 ) -> anyhow::Result<()> {
-    use ideator_model::few_rows::Path;
     anyhow::ensure!(repeats >= 1 && rows.iter().all(|&r| r >= 1), "need --repeats >= 1 and rows >= 1");
     let weights = decode_step_weights(weight_dtype.dtype())?;
     let bytes_per_weight = weight_dtype.dtype().size_in_bytes();
@@ -667,11 +675,8 @@ fn bench_matmul(
     let machine = MachineLimit::measure(limit, bytes, bytes_per_weight);
     let limit = machine.limit();
     let roofline = machine.roofline();
-    let paths = Path::available();
-    let mut kernels: Vec<(String, ProductKernel)> = paths
-        .iter()
-        .copied()
-        .filter(|&p| with_portable || p != Path::Portable || paths.len() == 1)
+    let mut kernels: Vec<(String, ProductKernel)> = few_rows_paths(with_portable)
+        .into_iter()
         .map(|p| (format!("few_rows_{}", p.as_str()), few_rows_kernel(p)))
         .collect();
     if weight_dtype == Precision::F32 {
@@ -721,14 +726,14 @@ fn bench_calibrate(rows: &[usize], repeats: usize, dry_run: bool) -> anyhow::Res
         "need --repeats >= 1 and every row count in 1..={MAX_CALIBRATED_ROWS}"
     );
     let cpu = ideator_model::machine::CpuInfo::detect();
-    eprintln!("bench calibrate: CPU {}; {} thread(s)", cpu.summary(), tensor_threads());
+    let threads = kernel_choice::threads();
+    eprintln!("bench calibrate: CPU {}; {threads} thread(s)", cpu.summary());
     let cache = if dry_run { None } else { kernel_choice::cache_path() };
     if let Some(path) = &cache {
         kernel_choice::check_storable(path)?; // before measuring, not after
     }
     let weights = decode_step_weights(candle_core::DType::F32)?;
-    let paths: Vec<Path> = Path::available().into_iter().filter(|&p| p != Path::Portable).collect();
-    let paths = if paths.is_empty() { vec![Path::Portable] } else { paths };
+    let paths = few_rows_paths(false);
     let mut kernels: Vec<ProductKernel> = paths.iter().map(|&p| few_rows_kernel(p)).collect();
     kernels.push(gemm_w_xt_kernel());
     let visible = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -758,13 +763,7 @@ fn bench_calibrate(rows: &[usize], repeats: usize, dry_run: bool) -> anyhow::Res
         ideator_model::few_rows::MAX_ROWS
     );
     let measured_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let calibration = Calibration {
-        cpu: cpu.summary(),
-        choice,
-        threads: tensor_threads(),
-        measured_unix,
-        timings: timings.clone(),
-    };
+    let calibration = Calibration { cpu: cpu.summary(), choice, threads, measured_unix, timings };
     let stored = match (dry_run, cache) {
         (true, _) => None,
         (false, None) => {
@@ -785,7 +784,7 @@ fn bench_calibrate(rows: &[usize], repeats: usize, dry_run: bool) -> anyhow::Res
         }
     };
     let out = json!({"bench": "calibrate", "impl": "ideator", "cpu": calibration.cpu, "threads": calibration.threads,
-        "repeats": repeats, "choice": choice, "timings": timings, "stored_in": stored});
+        "repeats": repeats, "choice": choice, "timings": calibration.timings, "stored_in": stored});
     println!("{out}");
     Ok(())
 }
