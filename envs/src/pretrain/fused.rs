@@ -2,9 +2,8 @@
 //!
 //! Composed from candle's elementary ops, GELU costs seven passes over the MLP activations forward and more
 //! backward, and its `tanh` goes through a slow scalar libm call; at `tiny` scale that was a quarter of the step.
-//! The causal softmax of attention (scale, mask, max, exp, sum, divide) is likewise six passes, each of which
-//! candle's backward mirrors with a zero-filled gradient buffer. Here each is one pass forward and one backward.
-//! Other devices (CUDA) use the composed form, which computes the same function.
+//! The norms and the log-softmax likewise. Here each is one pass forward and one backward (attention is the model
+//! crate's blocked kernel, `gpt.rs`). Other devices (CUDA) use the composed form, which computes the same function.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use ideator_model::device::{kernel_for, Kernel};
@@ -64,79 +63,6 @@ impl CustomOp2 for GeluTanhGrad {
         }
         let mut out = vec![0f32; x.len()];
         super::lanes::gelu_grad(x, g, &mut out);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-/// Row-wise softmax of `scale * scores` over the last dimension, causally masked: in each `(t, t)` block, row `i`
-/// attends to columns `0..=i` only (the others get probability 0). `scores` is `(..., t, t)`.
-pub(crate) fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
-    let t = scores.dim(candle_core::D::Minus1)?;
-    if kernel_for(&[scores]) == Kernel::CpuFast {
-        scores.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32, t })
-    } else {
-        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (t, t), scores.device())?.to_dtype(scores.dtype())?;
-        candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&mask)?, candle_core::D::Minus1)
-    }
-}
-
-struct CausalSoftmax {
-    scale: f32,
-    t: usize,
-}
-
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "causal-softmax-fused"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let s = contiguous_f32(storage, layout, self.name())?;
-        let t = self.t;
-        let mut y = vec![0f32; s.len()];
-        for (r, (row_in, row_out)) in s.chunks_exact(t).zip(y.chunks_exact_mut(t)).enumerate() {
-            let visible = r % t + 1;
-            let max = row_in[..visible].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
-            let sum = super::lanes::exp_shifted(&row_in[..visible], self.scale, max, &mut row_out[..visible]);
-            let inv = 1.0 / sum;
-            row_out[..visible].iter_mut().for_each(|o| *o *= inv);
-        }
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let op = CausalSoftmaxGrad { scale: self.scale, t: self.t };
-        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?))
-    }
-}
-
-/// `d scores = scale * y * (g - sum_k g_k y_k)` per row (zero where masked, since `y` is zero there).
-struct CausalSoftmaxGrad {
-    scale: f32,
-    t: usize,
-}
-
-impl CustomOp2 for CausalSoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "causal-softmax-fused-grad"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = contiguous_f32(s1, l1, self.name())?;
-        let g = contiguous_f32(s2, l2, self.name())?;
-        if y.len() != g.len() {
-            candle_core::bail!("{}: shapes differ", self.name());
-        }
-        let t = self.t;
-        let mut out = vec![0f32; y.len()];
-        for (r, ((yr, gr), or)) in y.chunks_exact(t).zip(g.chunks_exact(t)).zip(out.chunks_exact_mut(t)).enumerate() {
-            let visible = r % t + 1;
-            let dot: f32 = yr[..visible].iter().zip(&gr[..visible]).map(|(a, b)| a * b).sum();
-            for ((o, &yv), &gv) in or[..visible].iter_mut().zip(&yr[..visible]).zip(&gr[..visible]) {
-                *o = self.scale * yv * (gv - dot);
-            }
-        }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -350,32 +276,6 @@ mod tests {
     }
 
     #[test]
-    fn fused_causal_softmax_matches_the_composed_one_and_its_gradient() {
-        let (b, t) = (3usize, 7usize);
-        let data: Vec<f32> = (0..b * t * t).map(|i| ((i * 7919 % 97) as f32 - 48.0) / 10.0).collect();
-        let x = Var::from_vec(data, (b, t, t), &Device::Cpu).unwrap();
-        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
-        let composed = candle_nn::ops::softmax(
-            &(x.as_tensor() * 0.5).unwrap().broadcast_add(&mask).unwrap(),
-            candle_core::D::Minus1,
-        )
-        .unwrap();
-        let fused = causal_softmax(x.as_tensor(), 0.5).unwrap();
-        let diff = (&fused - &composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-6, "forward differs by {diff}");
-        // A loss that weighs positions differently, so the gradient is not trivially zero.
-        let w = Tensor::from_vec((0..b * t * t).map(|i| (i % 5) as f32).collect::<Vec<_>>(), (b, t, t), &Device::Cpu)
-            .unwrap();
-        let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (&composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let (a, c) = (gf.get(&x).unwrap(), gc.get(&x).unwrap());
-        let diff = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        let norm = c.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(norm > 0.1 && diff < 1e-5, "gradient differs by {diff} (max {norm})");
-    }
-
-    #[test]
     fn fused_gelu_matches_candle_gelu_and_its_gradient() {
         let data: Vec<f32> = (0..2001).map(|i| (i as f32 - 1000.0) / 100.0).collect();
         let x = Var::from_vec(data, 2001, &Device::Cpu).unwrap();
@@ -410,7 +310,6 @@ mod fallback_tests {
         let x = Tensor::from_vec(data, (b, t, t), &Device::Cpu).unwrap();
         let x64 = x.to_dtype(DType::F64).unwrap();
         assert!(max_diff(&gelu_tanh(&x).unwrap(), &gelu_tanh(&x64).unwrap()) < 1e-5);
-        assert!(max_diff(&causal_softmax(&x, 0.3).unwrap(), &causal_softmax(&x64, 0.3).unwrap()) < 1e-6);
         for center in [true, false] {
             assert!(max_diff(&normalize(&x, center, 1e-5).unwrap(), &normalize(&x64, center, 1e-5).unwrap()) < 1e-5);
         }

@@ -136,6 +136,8 @@ pub struct Gpt {
     /// RoPE cos/sin tables, `(max_len, head_dim / 2)`.
     rope: Option<(Tensor, Tensor)>,
     params: Vec<(String, Var, ParamRole)>,
+    /// The blocked kernel, or (tests' reference) the composed ops.
+    composed_attention: bool,
 }
 
 /// Creates parameters in a fixed order from one random stream, so a seed fixes every weight.
@@ -227,7 +229,7 @@ impl Gpt {
             Positions::Rope { base } => Some(rope_tables(cfg.max_len, cfg.head_dim(), base, device)?),
             Positions::Learned => None,
         };
-        Ok(Gpt { cfg, wte, wpe, blocks, ln_f, head, rope, params: b.params })
+        Ok(Gpt { cfg, wte, wpe, blocks, ln_f, head, rope, params: b.params, composed_attention: false })
     }
 
     /// Every trainable parameter with its name and role, in a fixed order.
@@ -306,8 +308,8 @@ impl Gpt {
             q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
             k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
         }
-        let probs = super::fused::causal_softmax(&q.matmul(&k.t()?)?, 1.0 / (hd as f64).sqrt())?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((bsz * t, nh * hd))?;
+        let y = causal_attention(&q, &k, &v, self.composed_attention)?;
+        let y = y.transpose(1, 2)?.reshape((bsz * t, nh * hd))?;
         y.matmul(blk.wo.as_tensor())
     }
 
@@ -323,6 +325,19 @@ impl Gpt {
     }
 }
 
+/// Causal self-attention of `(batch, heads, t, head_dim)` queries, keys and values, scaled by `1/sqrt(head_dim)`.
+/// On CPU the model crate's blocked kernel (FlashAttention's forward and backward, one head at a time): no
+/// `(t, t)` scores or probabilities are kept for autograd, where the composed form stored both and candle's
+/// backward added a zero-filled gradient buffer for each. `composed` asks for the composed ops everywhere.
+fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, composed: bool) -> Result<Tensor> {
+    use ideator_model::attention;
+    let out = if composed { attention::composed(q, k, v, 1, 0) } else { attention::causal_attention(q, k, v, 1, 0) };
+    out.map_err(|e| match e {
+        ideator_model::ModelError::Candle(e) => e,
+        other => candle_core::Error::Msg(other.to_string()),
+    })
+}
+
 /// RoPE tables for `rope_slow` (non-interleaved halves): cos and sin of `pos * base^(-2i/head_dim)`.
 fn rope_tables(max_len: usize, head_dim: usize, base: f64, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
@@ -336,4 +351,62 @@ fn rope_tables(max_len: usize, head_dim: usize, base: f64, device: &Device) -> R
         }
     }
     Ok((Tensor::from_vec(cos, (max_len, half), device)?, Tensor::from_vec(sin, (max_len, half), device)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loss and every parameter's gradient with the blocked attention kernel equal those with the composed
+    /// ops, for learned positions and for RoPE with q/k norms (the two ways queries and keys reach attention).
+    #[test]
+    fn blocked_attention_gives_the_composed_loss_and_gradients() {
+        for (positions, qk_norm) in [(Positions::Learned, false), (Positions::Rope { base: 10_000.0 }, true)] {
+            let cfg = GptConfig {
+                n_layer: 2,
+                d_model: 32,
+                n_head: 4,
+                mlp_hidden: 64,
+                max_len: 70,
+                norm: NormKind::LayerNorm,
+                post_norm: false,
+                qk_norm,
+                activation: Activation::Gelu,
+                positions,
+                tied_embeddings: false,
+                logit_softcap: None,
+                init_std: 0.1,
+                zero_init_head: false,
+            };
+            let dev = Device::Cpu;
+            // 70 positions: a whole block of query rows and a partial one.
+            let ids: Vec<u32> = (0..2 * 70).map(|i| (i * 37 % 251) as u32).collect();
+            let inputs = Tensor::from_vec(ids.clone(), (2, 70), &dev).unwrap();
+            let targets =
+                Tensor::from_vec(ids.iter().map(|i| (i + 1) % 256).collect::<Vec<_>>(), (2, 70), &dev).unwrap();
+            let run = |composed: bool| {
+                let mut gpt = Gpt::new(cfg.clone(), 7, &dev).unwrap();
+                gpt.composed_attention = composed;
+                let (ce, _) = gpt.loss(&inputs, &targets).unwrap();
+                let grads = ce.backward().unwrap();
+                let flat: Vec<Vec<f32>> = gpt
+                    .params()
+                    .iter()
+                    .map(|(_, v, _)| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+                    .collect();
+                (ce.to_scalar::<f32>().unwrap(), flat)
+            };
+            let ((loss, grads), (want_loss, want_grads)) = (run(false), run(true));
+            assert!((loss - want_loss).abs() < 1e-5, "loss {loss}, composed {want_loss}");
+            for ((name, _, _), (g, want)) in
+                Gpt::new(cfg.clone(), 7, &dev).unwrap().params().iter().zip(grads.iter().zip(&want_grads))
+            {
+                let scale = want.iter().fold(0f32, |m, w| m.max(w.abs()));
+                assert!(scale > 0.0, "{name}: no gradient");
+                for (a, b) in g.iter().zip(want) {
+                    assert!((a - b).abs() <= 1e-4 * scale, "{name}: blocked {a}, composed {b} (largest {scale})");
+                }
+            }
+        }
+    }
 }

@@ -1,11 +1,11 @@
-//! The element-wise math of the fused kernels (GELU and its gradient, the causal softmax's exponentials) as plain
-//! loops over f32 slices that the compiler turns into vector instructions.
+//! The element-wise math of the fused kernels (GELU and its gradient) as plain loops over f32 slices that the
+//! compiler turns into vector instructions.
 //!
 //! libm's `expf` is a call per value and does not vectorise: in a `tiny` run it was 7% of the samples (perf, one
-//! thread), under GELU's forward and backward and the softmax. Here `e^x` is a polynomial written in scalar form
-//! ([`exp`]), inlined into each loop, and every loop is compiled three times (AVX-512F, AVX2 + FMA, the baseline)
-//! and picked at run time. The arithmetic is separate multiplies and adds (Rust never contracts them into FMAs),
-//! so the three versions give the same bits.
+//! thread), under GELU's forward and backward and the causal softmax (now the model crate's attention kernel).
+//! Here `e^x` is a polynomial written in scalar form ([`exp`]), inlined into each loop, and every loop is compiled
+//! three times (AVX-512F, AVX2 + FMA, the baseline) and picked at run time. The arithmetic is separate multiplies
+//! and adds (Rust never contracts them into FMAs), so the three versions give the same bits.
 
 /// `e^x`, Cephes' `expf` (S. Moshier): `x = n ln 2 + r` with `|r| <= ln 2 / 2`, a degree-6 polynomial for `e^r`
 /// (relative error about 1e-7, within 2 ulp of libm: tested) and `2^n` written into the exponent bits. `x` is
@@ -88,16 +88,6 @@ vectorised! {
     }
 }
 
-vectorised! {
-    /// `out[i] = e^(scale * v[i] - max)` (same lengths), returning their sum, which goes in 16 partial sums.
-    fn exp_shifted(v: &[f32], scale: f32, max: f32, out: &mut [f32]) -> f32 {
-        for (o, &v) in out.iter_mut().zip(v) {
-            *o = exp(v * scale - max);
-        }
-        sum_pairs(out, out, |e, _| e)
-    }
-}
-
 /// `sum_i f(a_i, b_i)` over two slices of the same length in 16 partial sums, which the compiler keeps in vector
 /// registers (a sequential f32 sum is one dependency chain it may not reorder). Differs from the sequential sum by
 /// rounding only.
@@ -159,13 +149,6 @@ mod tests {
                 let want = g as f64 * (f(x as f64 + 1e-4) - f(x as f64 - 1e-4)) / 2e-4;
                 assert!((d as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "gelu'({x}) * {g} = {d}, want {want}");
             }
-            let mut e = vec![f32::NAN; n];
-            let sum = exp_shifted(&x, 0.5, 1.0, &mut e);
-            for (&x, &e) in x.iter().zip(&e) {
-                assert!(ulps(e, (0.5 * x - 1.0).exp()) <= 2, "exp_shifted at {x}: {e}");
-            }
-            let want: f64 = e.iter().map(|&e| e as f64).sum();
-            assert!((sum as f64 - want).abs() <= 1e-5 * want.max(1.0), "sum {sum}, want {want}");
             let dot = sum_pairs(&x, &g, |a, b| a * b);
             let want: f64 = x.iter().zip(&g).map(|(&a, &b)| a as f64 * b as f64).sum();
             assert!((dot as f64 - want).abs() <= 1e-4 * want.abs().max(1.0), "dot {dot}, want {want}");

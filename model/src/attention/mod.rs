@@ -26,8 +26,14 @@ use rows::RowPath;
 mod kernel;
 pub(crate) mod rows;
 
-/// Causal attention with a key offset; see the module doc for the layout. Differentiable.
-pub(crate) fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset: usize) -> Result<Tensor> {
+/// Causal attention with a key offset; see the module doc for the layout. Differentiable. Returns the attention
+/// output, shaped as `q`. The CPU path is FlashAttention's algorithm (Dao et al. 2022) over blocks of query rows;
+/// other devices and dtypes use [`composed`].
+///
+/// # Errors
+/// [`ModelError::Invalid`] when the shapes do not fit the layout (`q`'s rows not a multiple of `group`, keys or
+/// values not `(batch, kv_heads, offset + t, head_dim)`); candle's errors from the ops.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, group: usize, offset: usize) -> Result<Tensor> {
     let (b, hkv, rows, d) = q.dims4()?;
     let fits = group > 0
         && rows > 0
