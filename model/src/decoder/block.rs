@@ -19,7 +19,7 @@ use crate::kv_cache::KvCache;
 use crate::linear::{AdapterMode, Linear};
 use crate::lora::LoraTarget;
 use crate::rope::Rope;
-use crate::swiglu::silu_mul_detached;
+use crate::swiglu::{silu_mul, silu_mul_detached};
 use crate::Result;
 
 /// Keys and values (batch, kv_heads, time, head_dim) of a block's input tokens, rotary applied.
@@ -137,7 +137,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor, ops: &Ops) -> Result<Tensor> {
         let gate = ops.linear(&self.gate, x, GATE)?;
         let up = ops.linear(&self.up, x, UP)?;
-        let hidden = if ops.detached { silu_mul_detached(&gate, &up)? } else { (gate.silu()? * up)? };
+        let hidden = if ops.detached { silu_mul_detached(&gate, &up)? } else { silu_mul(&gate, &up)? };
         ops.linear(&self.down, &hidden, DOWN)
     }
 }
