@@ -77,7 +77,7 @@ fn run(plan: &TrainPlan, corpus: &Corpus, ctx: &RunContext, out: &mut RunOutcome
     let mut data_rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x5eed_da7a);
     let (b, t) = (plan.batch_size, plan.seq_len);
     let steps = plan.schedule.total_steps as usize;
-    let parts = shards::split(b, device);
+    let parts = shards::split(b, t, device);
     let start = Instant::now();
     let mut recent = Vec::new();
     for step in 0..steps {
@@ -183,7 +183,7 @@ pub(crate) fn training_throughput(
     let mut opt = Optimizer::new(plan.optim, model.params().iter().map(|(_, v, role)| (v.clone(), *role)).collect())?;
     let mut data_rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x5eed_da7a);
     let (b, t) = (plan.batch_size, plan.seq_len);
-    let parts = shards::split(b, device);
+    let parts = shards::split(b, t, device);
     let mut start = Instant::now();
     let mut last_loss = f64::NAN;
     for step in 0..warmup + steps {
