@@ -8,7 +8,7 @@
 #   4. the HTML report.
 # Results land in runs/quickstart/ (rerunning resumes). Measured: 10.5 minutes after the build on two otherwise idle
 # CPU cores of a Xeon (the default threads; 2026-12-01, README has the breakdown), 10.0 minutes on a Zen 4 EPYC
-# (2026-12-02; 12.2 before that day's decode and allocator changes), 7.4 minutes on an Intel Xeon with AMX (family 6
+# (2026-12-02; 12.2 before that day's decode and allocator changes; 10.3 on 2026-12-03), 7.4 minutes on an Intel Xeon with AMX (family 6
 # model 167, 2026-12-02, evening), under 6 GB of memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
