@@ -82,6 +82,11 @@ impl CustomOp2 for SiluMul {
             unsafe {
                 x86::silu_mul(&gate[at.clone()], &up[at], out)
             };
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (at, out);
+                unreachable!("the fused SwiGLU is built on x86-64 only (`fused_applies`)");
+            }
         });
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
@@ -124,10 +129,15 @@ fn gradients(gate: &[f32], up: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let task = |i: usize, (d_gate, d_up): (&mut [f32], &mut [f32])| {
         let at = i * CHUNK..i * CHUNK + d_gate.len();
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: only `silu_mul` builds this op, and only on a CPU with AVX-512F; the five slices have one length.
+        // SAFETY: the op is only built after `fused_applies` found AVX-512F; the five slices have one length.
         unsafe {
             x86::silu_mul_grad(&gate[at.clone()], &up[at.clone()], &grad[at], d_gate, d_up)
         };
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (at, d_gate, d_up);
+            unreachable!("the fused SwiGLU is built on x86-64 only (`fused_applies`)");
+        }
     };
     if rayon::current_num_threads() > 1 {
         d_gate.par_chunks_mut(CHUNK).zip(d_up.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, c)| task(i, c));
@@ -225,7 +235,7 @@ mod tests {
 
     #[test]
     fn the_differentiable_pass_equals_candles_ops_and_their_gradients() {
-        // Both signs, saturation, zero, and a ragged length (a masked tail in every chunk's last vector).
+        // Both signs, saturation, zero, and a ragged length (a masked tail in the last chunk's last vector).
         let mut gate: Vec<f32> = (0..20_011).map(|i| (i as f32 - 10_000.0) * 0.0019).collect();
         gate.extend([0.0, -0.0, 88.0, -88.0, 104.0, -104.0, -1.278_464_5]);
         let n = gate.len();

@@ -24,8 +24,9 @@ pub(crate) const MIN_MICRO_BATCH_TOKENS: usize = 512;
 /// `MIN_MICRO_BATCH_TOKENS` tokens each (one when the whole step has fewer). The split depends only on the batch's
 /// shape, never on the thread count, so results are the same on any number of threads.
 pub fn split(batch: usize, seq_len: usize, device: &Device) -> Vec<(usize, usize)> {
-    let by_tokens = (batch * seq_len / MIN_MICRO_BATCH_TOKENS).max(1);
-    let n = if device.is_cpu() { batch.min(by_tokens).clamp(1, CPU_MICRO_BATCHES) } else { 1 };
+    // Near-equal parts of at least `rows` rows each: the smallest part has batch / n (rounded down) rows.
+    let rows = MIN_MICRO_BATCH_TOKENS.div_ceil(seq_len.max(1));
+    let n = if device.is_cpu() { (batch / rows).clamp(1, CPU_MICRO_BATCHES) } else { 1 };
     let (base, extra) = (batch / n, batch % n);
     let mut start = 0;
     (0..n)
@@ -84,6 +85,18 @@ mod tests {
         assert_eq!(split(8, 128, &cpu), vec![(0, 4), (4, 4)]);
         // A step smaller than one micro-batch's minimum stays whole.
         assert_eq!(split(4, 16, &cpu), vec![(0, 4)]);
+        // Rows that do not divide evenly: 3 x 400 would be 800 + 400 tokens in two, so it stays one.
+        assert_eq!(split(3, 400, &cpu), vec![(0, 3)]);
+        for (batch, seq_len) in [(5, 220), (7, 100), (32, 256), (9, 64), (2, 1000)] {
+            let parts = split(batch, seq_len, &cpu);
+            assert_eq!(parts.iter().map(|p| p.1).sum::<usize>(), batch);
+            if parts.len() > 1 {
+                assert!(
+                    parts.iter().all(|p| p.1 * seq_len >= MIN_MICRO_BATCH_TOKENS),
+                    "{batch} x {seq_len}: {parts:?}"
+                );
+            }
+        }
     }
 
     #[test]
