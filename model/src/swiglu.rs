@@ -151,6 +151,7 @@ fn gradients(gate: &[f32], up: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::attention::rows::avx512::tail_mask;
     use crate::vector_exp::exp;
 
     /// `out = silu(gate) * up` with `silu(x) = x sigmoid(x)`.
@@ -159,16 +160,16 @@ mod x86 {
     /// The CPU supports AVX-512F; the slices have one length.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-        let n = gate.len();
-        let mut c = 0;
-        while c < n {
-            let lanes = (n - c).min(16);
-            let mask = ((1u32 << lanes) - 1) as u16;
+        for (c, mask) in steps(gate.len()) {
             let x = _mm512_maskz_loadu_ps(mask, gate.as_ptr().add(c));
             let u = _mm512_maskz_loadu_ps(mask, up.as_ptr().add(c));
             _mm512_mask_storeu_ps(out.as_mut_ptr().add(c), mask, _mm512_mul_ps(_mm512_mul_ps(x, sigmoid(x)), u));
-            c += lanes;
         }
+    }
+
+    /// `(start, lanes)` of each 16-lane step over `n` values, the last step masked to the tail.
+    fn steps(n: usize) -> impl Iterator<Item = (usize, __mmask16)> {
+        (0..n).step_by(16).map(move |c| (c, tail_mask((n - c).min(16))))
     }
 
     /// `sigmoid(x)` of 16 lanes with the exponential only of `-|x|` (the range [`exp`] covers): `1 / (1 + t)`
@@ -189,12 +190,8 @@ mod x86 {
     /// The CPU supports AVX-512F; the slices have one length.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn silu_mul_grad(gate: &[f32], up: &[f32], grad: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
-        let n = gate.len();
         let one = _mm512_set1_ps(1.0);
-        let mut c = 0;
-        while c < n {
-            let lanes = (n - c).min(16);
-            let mask = ((1u32 << lanes) - 1) as u16;
+        for (c, mask) in steps(gate.len()) {
             let x = _mm512_maskz_loadu_ps(mask, gate.as_ptr().add(c));
             let u = _mm512_maskz_loadu_ps(mask, up.as_ptr().add(c));
             let g = _mm512_maskz_loadu_ps(mask, grad.as_ptr().add(c));
@@ -202,7 +199,6 @@ mod x86 {
             let d_silu = _mm512_mul_ps(s, _mm512_add_ps(one, _mm512_mul_ps(x, _mm512_sub_ps(one, s))));
             _mm512_mask_storeu_ps(d_up.as_mut_ptr().add(c), mask, _mm512_mul_ps(g, _mm512_mul_ps(x, s)));
             _mm512_mask_storeu_ps(d_gate.as_mut_ptr().add(c), mask, _mm512_mul_ps(_mm512_mul_ps(g, u), d_silu));
-            c += lanes;
         }
     }
 }

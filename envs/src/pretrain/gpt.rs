@@ -1,8 +1,9 @@
 //! A byte-level GPT whose architecture is set by the recipe, with a differentiable forward in candle.
 //!
 //! Only ops with a backward are used in the training path (this crate's fused norms, GELU and log-softmax, the
-//! model crate's blocked attention, candle's `rope_slow`): candle's own fused kernels silently cut the gradient. Activations are kept as 2-D `(tokens, width)`
-//! matrices so every projection is one large matmul; only attention reshapes to `(batch, heads, time, head_dim)`.
+//! model crate's blocked attention, candle's `rope_slow`): candle's own fused kernels silently cut the gradient.
+//! Activations are kept as 2-D `(tokens, width)` matrices so every projection is one large matmul; only attention
+//! reshapes to `(batch, heads, time, head_dim)`.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::SeedableRng;

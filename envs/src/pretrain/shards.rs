@@ -10,7 +10,8 @@
 use candle_core::{Device, Result};
 
 /// Micro-batches per step on the CPU at most (fewer when the batch is smaller). Four lets up to four cores work;
-/// with one thread the extra per-operation overhead of four smaller passes was within noise at the small scale.
+/// with one thread the extra per-operation overhead of four smaller passes was within noise when first measured
+/// (at the tiny scale, before `MIN_MICRO_BATCH_TOKENS`).
 pub(crate) const CPU_MICRO_BATCHES: usize = 4;
 
 /// Tokens a CPU micro-batch holds at least (when the step has that many). Below it the per-op overhead wins: the

@@ -83,7 +83,7 @@ impl RowPath {
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
-    /// The lanes of a tail of `len < 16` values.
+    /// The lanes of the first `len <= 16` values.
     pub(crate) fn tail_mask(len: usize) -> __mmask16 {
         ((1u32 << len) - 1) as __mmask16
     }
