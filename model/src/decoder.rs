@@ -684,9 +684,13 @@ impl Decoder {
     }
 }
 
-/// RMS norm built from differentiable ops: `x / sqrt(mean(x^2) + eps) * w`, computed in f32 and returned in
-/// `x`'s dtype (as Hugging Face's `LlamaRMSNorm` does: a bf16 mean of 576 squares loses too much).
+/// Differentiable RMS norm, `x / sqrt(mean(x^2) + eps) * w` over the last dimension: on the CPU in f32 the fused
+/// op of [`crate::norm`] (one pass each way, rows over the pool), else built from candle's ops, computed in f32 and
+/// returned in `x`'s dtype (as Hugging Face's `LlamaRMSNorm` does: a bf16 mean of 576 squares loses too much).
 pub(crate) fn rms_norm_differentiable(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if crate::device::kernel_for(&[x, weight]) == crate::device::Kernel::CpuFast {
+        return Ok(crate::norm::affine_normalize(x, weight, None, eps)?);
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;

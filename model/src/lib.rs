@@ -25,6 +25,7 @@ pub mod load;
 pub mod logprob;
 pub mod lora;
 pub mod machine;
+pub mod norm;
 pub mod rope;
 pub mod sampler;
 pub mod scored;

@@ -1,10 +1,18 @@
 //! Rotary position embeddings in the Hugging Face ("half rotation") layout.
 //!
-//! Two ways to apply them: `apply_differentiable` composes narrow/mul/cat so gradients flow (the trainable
-//! forward), `apply_fast` uses candle's fused kernel, which has no backward (the decode path). Both take
-//! per-row cos/sin of shape (batch, time, head_dim / 2), so left-padded rows keep their true positions.
+//! Two ways to apply them: `apply_differentiable` for the trainable forward (on the CPU in f32 one fused op whose
+//! backward is the inverse rotation, elsewhere composed from narrow/mul/cat), `apply_fast` with candle's fused
+//! kernel, which has no backward (the decode path). Both take per-row cos/sin of shape (batch, time, head_dim / 2),
+//! so left-padded rows keep their true positions.
+//!
+//! The composed form is about ten graph nodes per use (two narrows, four broadcast products, a difference, a sum,
+//! a concatenation, a copy), and candle's backward gives each a zeroed gradient buffer and an add: with the norms,
+//! the elementwise work that ran on the calling thread while the pool waited (perf, Zen 4, two threads).
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
+
+use crate::cpu_op::{for_each_chunk_mut, with_f32_slice};
+use crate::device::{kernel_for, Kernel};
 
 use crate::config::ModelConfig;
 use crate::Result;
@@ -76,8 +84,13 @@ impl Rope {
         Ok((cos, sin))
     }
 
-    /// x: (batch, heads, time, head_dim). Differentiable.
+    /// x: (batch, heads, time, head_dim), any strides with a contiguous last dimension; cos, sin: (batch or 1,
+    /// time, head_dim / 2). Differentiable. The fused CPU op returns a contiguous result.
     pub(crate) fn apply_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if kernel_for(&[x, cos, sin]) == Kernel::CpuFast {
+            let op = Rotate { cos: cos.contiguous()?, sin: sin.contiguous()?, inverse: false };
+            return Ok(x.apply_op1(op)?);
+        }
         let half = x.dim(D::Minus1)? / 2;
         let cos = cos.unsqueeze(1)?.to_dtype(x.dtype())?;
         let sin = sin.unsqueeze(1)?.to_dtype(x.dtype())?;
@@ -98,5 +111,158 @@ impl Rope {
             (cos.to_dtype(dtype)?.contiguous()?, sin.to_dtype(dtype)?.contiguous()?)
         };
         Ok(candle_nn::rotary_emb::rope(&x, &cos, &sin)?)
+    }
+}
+
+/// Rows (of head_dim values) per task on the pool.
+const ROWS_PER_TASK: usize = 256;
+
+/// The half rotation as one CPU op: `out[j] = x[j] cos[j] - x[j + h] sin[j]`, `out[j + h] = x[j + h] cos[j] +
+/// x[j] sin[j]` for `j < h = head_dim / 2` (Su et al. 2021, in Hugging Face's layout). Its transpose, the
+/// backward, is the same rotation with `-sin` (`inverse`).
+struct Rotate {
+    cos: Tensor,
+    sin: Tensor,
+    inverse: bool,
+}
+
+impl Rotate {
+    /// `out` (rows of `d`, contiguous (b, heads, t, d)) from `x` at `x_at(b, head, t)`, with `cos`/`sin` rows of
+    /// `d / 2` for batch row `b` (0 when the tables are shared) and time `t`.
+    fn rotate(
+        &self,
+        x: &[f32],
+        x_at: impl Fn(usize) -> usize + Sync,
+        (cos, sin): (&[f32], &[f32]),
+        table_at: impl Fn(usize) -> usize + Sync,
+        d: usize,
+        out: &mut [f32],
+    ) {
+        let half = d / 2;
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        for_each_chunk_mut(out, ROWS_PER_TASK * d, |chunk, out| {
+            for (i, o) in out.chunks_exact_mut(d).enumerate() {
+                let row = chunk * ROWS_PER_TASK + i;
+                let x = &x[x_at(row)..][..d];
+                let at = table_at(row);
+                let (c, s) = (&cos[at..at + half], &sin[at..at + half]);
+                let (x1, x2) = x.split_at(half);
+                let (o1, o2) = o.split_at_mut(half);
+                for j in 0..half {
+                    let s = sign * s[j];
+                    o1[j] = x1[j] * c[j] - x2[j] * s;
+                    o2[j] = x2[j] * c[j] + x1[j] * s;
+                }
+            }
+        });
+    }
+}
+
+impl CustomOp1 for Rotate {
+    fn name(&self) -> &'static str {
+        "rope-fused"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, heads, t, d) = layout.shape().dims4()?;
+        let stride = layout.stride();
+        let (tb, tt, th) = self.cos.dims3()?;
+        if stride[3] != 1
+            || d % 2 != 0
+            || tt != t
+            || th != d / 2
+            || (tb != b && tb != 1)
+            || self.sin.dims() != self.cos.dims()
+        {
+            candle_core::bail!(
+                "rope-fused: x {:?} (strides {stride:?}) and tables {:?} / {:?} do not fit (batch, heads, time, \
+                 head_dim) with (batch or 1, time, head_dim / 2)",
+                layout.dims(),
+                self.cos.dims(),
+                self.sin.dims()
+            );
+        }
+        let x = &storage.as_slice::<f32>()?[layout.start_offset()..];
+        // Row r of the output is (batch, head, time) = (r / (heads t), r / t % heads, r % t).
+        let x_at = |r: usize| (r / (heads * t)) * stride[0] + (r / t % heads) * stride[1] + (r % t) * stride[2];
+        let table_at = |r: usize| ((if tb == 1 { 0 } else { r / (heads * t) }) * t + r % t) * (d / 2);
+        let mut out = vec![0f32; b * heads * t * d];
+        with_f32_slice(&self.cos, |cos| {
+            with_f32_slice(&self.sin, |sin| self.rotate(x, x_at, (cos, sin), table_at, d, &mut out))
+        })??;
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let inverse = Rotate { cos: self.cos.clone(), sin: self.sin.clone(), inverse: !self.inverse };
+        Ok(Some(grad.apply_op1_no_bwd(&inverse)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// The composed rotation (the GPU's path), with the fused op off.
+    fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        crate::device::with_portable_kernels(|| Rope::apply_differentiable(x, cos, sin).unwrap())
+    }
+
+    #[test]
+    fn the_fused_rotation_equals_the_composed_one_and_its_gradient() {
+        let dev = Device::Cpu;
+        let (b, heads, t, d) = (2, 3, 5, 8);
+        // x laid out (b, t, heads, d) and transposed, as the projections give it: strided.
+        let data: Vec<f32> = (0..b * t * heads * d).map(|i| ((i * 7919 % 97) as f32 - 48.0) / 9.0).collect();
+        let x = Var::from_vec(data, (b, t, heads, d), &dev).unwrap();
+        let xt = x.as_tensor().transpose(1, 2).unwrap();
+        let probe: Vec<f32> = (0..b * heads * t * d).map(|i| (i % 11) as f32 - 5.0).collect();
+        let probe = Tensor::from_vec(probe, (b, heads, t, d), &dev).unwrap();
+        let angle = |i: usize| i as f32 * 0.37 - 1.0;
+        for table_rows in [b, 1] {
+            let n = table_rows * t * d / 2;
+            let cos =
+                Tensor::from_vec((0..n).map(|i| angle(i).cos()).collect::<Vec<_>>(), (table_rows, t, d / 2), &dev)
+                    .unwrap();
+            let sin =
+                Tensor::from_vec((0..n).map(|i| angle(i).sin()).collect::<Vec<_>>(), (table_rows, t, d / 2), &dev)
+                    .unwrap();
+            let want = composed(&xt, &cos, &sin);
+            let want_grad = (&want * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let (got, grad) = pool.install(|| {
+                    let got = Rope::apply_differentiable(&xt, &cos, &sin).unwrap();
+                    let grad = (&got * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    (got, grad)
+                });
+                assert!(got.is_contiguous());
+                for (what, a, c) in [
+                    ("value", values(&got), values(&want)),
+                    ("gradient", values(grad.get(&x).unwrap()), values(want_grad.get(&x).unwrap())),
+                ] {
+                    for (i, (a, c)) in a.iter().zip(&c).enumerate() {
+                        assert!(
+                            (a - c).abs() <= 1e-5 * (1.0 + c.abs()),
+                            "{what} {i} ({table_rows} table rows, {threads} threads): fused {a}, composed {c}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tables_that_do_not_fit_are_refused() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 2, 4, 8), DType::F32, &dev).unwrap();
+        let cos = Tensor::zeros((1, 3, 4), DType::F32, &dev).unwrap();
+        let err = Rope::apply_differentiable(&x, &cos, &cos).unwrap_err().to_string();
+        assert!(err.contains("do not fit"), "{err}");
     }
 }

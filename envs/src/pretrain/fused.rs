@@ -2,13 +2,14 @@
 //!
 //! Composed from candle's elementary ops, GELU costs seven passes over the MLP activations forward and more
 //! backward, and its `tanh` goes through a slow scalar libm call; at `tiny` scale that was a quarter of the step.
-//! The norms and the log-softmax likewise. Here each is one pass forward and one backward (attention is the model
-//! crate's blocked kernel, `gpt.rs`). Other devices (CUDA) use the composed form, which computes the same function.
+//! The log-softmax likewise. Here each is one pass forward and one backward (the norms are the model crate's fused
+//! ops, `ideator_model::norm`; attention its blocked kernel: `gpt.rs`). Other devices (CUDA) use the composed form,
+//! which computes the same function.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use ideator_model::device::{kernel_for, Kernel};
 
-use super::lanes::{sum_pairs, C, K};
+use super::lanes::{C, K};
 
 /// GELU with the tanh approximation (GPT-2's), written as `x * sigmoid(2k (x + c x^3))`, which equals
 /// `0.5 x (1 + tanh(k (x + c x^3)))` and needs one `exp` per element instead of a `tanh`.
@@ -22,7 +23,7 @@ pub(crate) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-pub(super) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else { candle_core::bail!("{op} supports f32 only") };
     let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op} needs a contiguous input") };
     Ok(&data[start..end])
@@ -63,103 +64,6 @@ impl CustomOp2 for GeluTanhGrad {
         }
         let mut out = vec![0f32; x.len()];
         super::lanes::gelu_grad(x, g, &mut out);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-/// Normalises each row (last dimension) of `x`: `(x - mean) / sqrt(var + eps)` when `center` (LayerNorm without
-/// its affine part), `x / sqrt(mean(x^2) + eps)` otherwise (RMSNorm without its gain).
-pub(crate) fn normalize(x: &Tensor, center: bool, eps: f64) -> Result<Tensor> {
-    if kernel_for(&[x]) == Kernel::CpuFast {
-        let d = x.dim(candle_core::D::Minus1)?;
-        x.contiguous()?.apply_op1(Normalize { center, eps: eps as f32, d })
-    } else if center {
-        let xc = x.broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1)?)?;
-        let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
-        xc.broadcast_div(&(var + eps)?.sqrt()?)
-    } else {
-        let ms = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
-        x.broadcast_div(&(ms + eps)?.sqrt()?)
-    }
-}
-
-pub(super) struct Normalize {
-    pub(super) center: bool,
-    pub(super) eps: f32,
-    pub(super) d: usize,
-}
-
-impl Normalize {
-    /// The row's mean (0 without centring) and 1 / standard deviation (or 1 / rms).
-    pub(super) fn stats(&self, row: &[f32]) -> (f32, f32) {
-        let n = row.len() as f32;
-        let mean = if self.center { sum_pairs(row, row, |v, _| v) / n } else { 0.0 };
-        let var = sum_pairs(row, row, |v, _| (v - mean) * (v - mean)) / n;
-        (mean, 1.0 / (var + self.eps).sqrt())
-    }
-
-    /// Writes the normalised `row`, `xhat = (x - mean) * inv`, into `xhat` and returns `inv`.
-    pub(super) fn normalized(&self, row: &[f32], xhat: &mut [f32]) -> f32 {
-        let (mean, inv) = self.stats(row);
-        for (o, &v) in xhat.iter_mut().zip(row) {
-            *o = (v - mean) * inv;
-        }
-        inv
-    }
-
-    /// One row's input gradient from `dxhat`, the gradient with respect to its normalised values `xhat`:
-    /// `dx = inv * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))` (no `mean(dxhat)` term without centring).
-    pub(super) fn input_gradient(&self, xhat: &[f32], dxhat: &[f32], inv: f32, dx: &mut [f32]) {
-        let n = self.d as f32;
-        let m1 = if self.center { sum_pairs(dxhat, dxhat, |v, _| v) / n } else { 0.0 };
-        let m2 = sum_pairs(dxhat, xhat, |a, b| a * b) / n;
-        for ((o, &dy), &y) in dx.iter_mut().zip(dxhat).zip(xhat) {
-            *o = inv * (dy - m1 - y * m2);
-        }
-    }
-}
-
-impl CustomOp1 for Normalize {
-    fn name(&self) -> &'static str {
-        "normalize-fused"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(self.d).zip(y.chunks_exact_mut(self.d)) {
-            self.normalized(xr, yr);
-        }
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let op = NormalizeGrad(Normalize { center: self.center, eps: self.eps, d: self.d });
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?))
-    }
-}
-
-/// With `y = (x - mean) * inv`: `dx = inv * (g - mean(g) - y * mean(g * y))` (no `mean(g)` term without centring).
-struct NormalizeGrad(Normalize);
-
-impl CustomOp2 for NormalizeGrad {
-    fn name(&self) -> &'static str {
-        "normalize-fused-grad"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let g = contiguous_f32(s2, l2, self.name())?;
-        if x.len() != g.len() {
-            candle_core::bail!("{}: shapes differ", self.name());
-        }
-        let d = self.0.d;
-        let mut out = vec![0f32; x.len()];
-        let mut xhat = vec![0f32; d];
-        for ((xr, gr), or) in x.chunks_exact(d).zip(g.chunks_exact(d)).zip(out.chunks_exact_mut(d)) {
-            let inv = self.0.normalized(xr, &mut xhat);
-            self.0.input_gradient(&xhat, gr, inv, or);
-        }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -235,31 +139,6 @@ mod tests {
     use candle_core::{Device, Var};
 
     #[test]
-    fn fused_normalize_matches_the_composed_one_and_its_gradient() {
-        let data: Vec<f32> = (0..6 * 16).map(|i| ((i * 7919 % 97) as f32 - 40.0) / 13.0).collect();
-        let x = Var::from_vec(data, (6, 16), &Device::Cpu).unwrap();
-        let w = Tensor::from_vec((0..96).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>(), (6, 16), &Device::Cpu)
-            .unwrap();
-        for center in [true, false] {
-            let fused = normalize(x.as_tensor(), center, 1e-5).unwrap();
-            let composed = {
-                let x = x.as_tensor();
-                let xc = if center { x.broadcast_sub(&x.mean_keepdim(1).unwrap()).unwrap() } else { x.clone() };
-                let ms = xc.sqr().unwrap().mean_keepdim(1).unwrap();
-                xc.broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap()
-            };
-            let diff = (&fused - &composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff < 1e-5, "center {center}: forward differs by {diff}");
-            let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let gc = (&composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let (a, c) = (gf.get(&x).unwrap(), gc.get(&x).unwrap());
-            let diff = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let norm = c.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(norm > 0.1 && diff < 1e-4, "center {center}: gradient differs by {diff} (max {norm})");
-        }
-    }
-
-    #[test]
     fn fused_log_softmax_matches_candle_and_its_gradient() {
         let data: Vec<f32> = (0..5 * 11).map(|i| ((i * 7919 % 97) as f32 - 40.0) / 7.0).collect();
         let x = Var::from_vec(data, (5, 11), &Device::Cpu).unwrap();
@@ -310,9 +189,6 @@ mod fallback_tests {
         let x = Tensor::from_vec(data, (b, t, t), &Device::Cpu).unwrap();
         let x64 = x.to_dtype(DType::F64).unwrap();
         assert!(max_diff(&gelu_tanh(&x).unwrap(), &gelu_tanh(&x64).unwrap()) < 1e-5);
-        for center in [true, false] {
-            assert!(max_diff(&normalize(&x, center, 1e-5).unwrap(), &normalize(&x64, center, 1e-5).unwrap()) < 1e-5);
-        }
         assert!(max_diff(&log_softmax(&x).unwrap(), &log_softmax(&x64).unwrap()) < 1e-5);
     }
 }

@@ -291,7 +291,7 @@ impl Gpt {
 
     fn norm(&self, norm: &Norm, x: &Tensor) -> Result<Tensor> {
         let bias = norm.bias.as_ref().map(Var::as_tensor);
-        super::affine_norm::affine_normalize(x, norm.weight.as_tensor(), bias, NORM_EPS)
+        ideator_model::norm::affine_normalize(x, norm.weight.as_tensor(), bias, NORM_EPS)
     }
 
     fn attention(&self, blk: &Block, x: &Tensor, bsz: usize, t: usize) -> Result<Tensor> {
@@ -301,8 +301,8 @@ impl Gpt {
         };
         let (mut q, mut k, v) = (split(&blk.wq)?, split(&blk.wk)?, split(&blk.wv)?);
         if self.cfg.qk_norm {
-            q = super::fused::normalize(&q, false, NORM_EPS)?;
-            k = super::fused::normalize(&k, false, NORM_EPS)?;
+            q = ideator_model::norm::normalize(&q, false, NORM_EPS)?;
+            k = ideator_model::norm::normalize(&k, false, NORM_EPS)?;
         }
         if let Some((cos, sin)) = &self.rope {
             let (cos, sin) = (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?);

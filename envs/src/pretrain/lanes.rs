@@ -88,22 +88,6 @@ vectorised! {
     }
 }
 
-/// `sum_i f(a_i, b_i)` over two slices of the same length in 16 partial sums, which the compiler keeps in vector
-/// registers (a sequential f32 sum is one dependency chain it may not reorder). Differs from the sequential sum by
-/// rounding only.
-#[inline(always)]
-pub(crate) fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
-    for (xa, xb) in ca.zip(cb) {
-        for ((l, &x), &y) in lanes.iter_mut().zip(xa).zip(xb) {
-            *l += f(x, y);
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,9 +133,6 @@ mod tests {
                 let want = g as f64 * (f(x as f64 + 1e-4) - f(x as f64 - 1e-4)) / 2e-4;
                 assert!((d as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "gelu'({x}) * {g} = {d}, want {want}");
             }
-            let dot = sum_pairs(&x, &g, |a, b| a * b);
-            let want: f64 = x.iter().zip(&g).map(|(&a, &b)| a as f64 * b as f64).sum();
-            assert!((dot as f64 - want).abs() <= 1e-4 * want.abs().max(1.0), "dot {dot}, want {want}");
         }
     }
 }

@@ -5,7 +5,6 @@
 //! analytically (6 per matmul parameter per token plus attention), so the number of steps, and hence the result,
 //! is the same on every machine; on CPU the run is bit-for-bit reproducible for a seed.
 
-mod affine_norm;
 pub mod corpus;
 pub mod fused;
 pub mod gpt;
