@@ -15,6 +15,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::cpu_op::{for_each_chunk_mut, input_slice};
 use crate::device::{kernel_for, Kernel};
 
 /// Rows per task on the pool; fixed, so that the per-block gradient sums (and their bits) never depend on it.
@@ -79,23 +80,6 @@ fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { candle_core::bail!("{op} supports f32 only") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op} needs a contiguous input") };
-    Ok(&data[start..end])
-}
-
-/// Calls `task(block, rows)` for each block of [`ROWS_PER_TASK`] rows of `out` (rows of `d`), on the pool when it
-/// has more than one thread.
-fn for_each_block(out: &mut [f32], d: usize, task: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    let size = ROWS_PER_TASK * d;
-    if rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(size).enumerate().for_each(|(i, c)| task(i, c));
-    } else {
-        out.chunks_mut(size).enumerate().for_each(|(i, c)| task(i, c));
-    }
-}
-
 /// One norm's settings: centring (LayerNorm) or not (RMSNorm), `eps`, and the row length `d`.
 struct Normalize {
     center: bool,
@@ -147,7 +131,7 @@ impl Normalize {
             candle_core::bail!("{op}: weight or bias of the wrong length for rows of {d}");
         }
         let mut y = vec![0f32; x.len()];
-        for_each_block(&mut y, d, |block, out| {
+        for_each_chunk_mut(&mut y, ROWS_PER_TASK * d, |block, out| {
             let x = &x[block * ROWS_PER_TASK * d..][..out.len()];
             for (xr, yr) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
                 self.normalized(xr, yr);
@@ -169,7 +153,7 @@ impl CustomOp1 for Normalize {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout, self.name())?;
+        let x = input_slice(self.name(), storage, layout)?;
         Ok((CpuStorage::F32(self.forward(self.name(), x, None, None)?), layout.shape().clone()))
     }
 
@@ -188,15 +172,15 @@ impl CustomOp2 for NormalizeGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let g = contiguous_f32(s2, l2, self.name())?;
+        let x = input_slice(self.name(), s1, l1)?;
+        let g = input_slice(self.name(), s2, l2)?;
         if x.len() != g.len() {
             candle_core::bail!("{}: shapes differ", self.name());
         }
         self.0.check_rows(self.name(), x)?;
         let d = self.0.d;
         let mut out = vec![0f32; x.len()];
-        for_each_block(&mut out, d, |block, out| {
+        for_each_chunk_mut(&mut out, ROWS_PER_TASK * d, |block, out| {
             let at = block * ROWS_PER_TASK * d..block * ROWS_PER_TASK * d + out.len();
             let mut xhat = vec![0f32; d];
             for ((xr, gr), or) in
@@ -230,7 +214,7 @@ impl CustomOp2 for AffineNormalize {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let name = CustomOp2::name(self);
-        let (x, w) = (contiguous_f32(s1, l1, name)?, contiguous_f32(s2, l2, name)?);
+        let (x, w) = (input_slice(name, s1, l1)?, input_slice(name, s2, l2)?);
         Ok((CpuStorage::F32(self.0.forward(name, x, Some(w), None)?), l1.shape().clone()))
     }
 
@@ -255,7 +239,7 @@ impl CustomOp3 for AffineNormalize {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = CustomOp3::name(self);
-        let (x, w, b) = (contiguous_f32(s1, l1, name)?, contiguous_f32(s2, l2, name)?, contiguous_f32(s3, l3, name)?);
+        let (x, w, b) = (input_slice(name, s1, l1)?, input_slice(name, s2, l2)?, input_slice(name, s3, l3)?);
         Ok((CpuStorage::F32(self.0.forward(name, x, Some(w), Some(b))?), l1.shape().clone()))
     }
 
@@ -309,11 +293,8 @@ impl CustomOp3 for AffineNormalizeGrad<'_> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, g) = (
-            contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
-            contiguous_f32(s3, l3, self.name())?,
-        );
+        let (x, w, g) =
+            (input_slice(self.name(), s1, l1)?, input_slice(self.name(), s2, l2)?, input_slice(self.name(), s3, l3)?);
         let d = self.0.d;
         self.0.check_rows(self.name(), x)?;
         if x.len() != g.len() || w.len() != d {
