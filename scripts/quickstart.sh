@@ -6,10 +6,10 @@
 #   3. GRPO from the warm-up checkpoint: each idea trains a small GPT (one `ideator exec` process per slot),
 #      with a summary line per step,
 #   4. the HTML report.
-# Results land in runs/quickstart/ (rerunning resumes). Measured: 10.5 minutes after the build on two otherwise idle
-# CPU cores of a Xeon (the default threads; 2026-12-01, README has the breakdown), 10.0 minutes on a Zen 4 EPYC
-# (2026-12-02; 12.2 before that day's decode and allocator changes; 10.3 on 2026-12-03), 7.4 minutes on an Intel Xeon with AMX (family 6
-# model 167, 2026-12-02, evening), under 6 GB of memory.
+# Results land in runs/quickstart/ (rerunning resumes). Measured on two otherwise idle CPU cores with the default
+# threads (README has the breakdown, BENCHMARKS.md each machine): 8.5 minutes including the no-op fetch and build on a
+# Zen 4 EPYC (family 25 model 17; 2026-12-03, 7.1 and 10.3 in two earlier runs that day), 7.4 on an Intel Xeon with
+# AMX (family 6 model 167, 2026-12-02), 2.7 GB of memory at most.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-assets.sh
