@@ -353,21 +353,48 @@ mod tests {
         }
     }
 
+    /// The plain norm (no gain: the pretrain environment's q/k norm) on one short block and on several blocks with a
+    /// ragged last one, at 1 and 2 threads, from an input that starts inside a larger buffer (a row slice).
     #[test]
     fn fused_normalize_matches_the_composed_one_and_its_gradient() {
-        let data: Vec<f32> = (0..6 * 16).map(|i| ((i * 7919 % 97) as f32 - 40.0) / 13.0).collect();
-        let x = Var::from_vec(data, (6, 16), &Device::Cpu).unwrap();
-        let w = Tensor::from_vec((0..96).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>(), (6, 16), &Device::Cpu)
-            .unwrap();
-        for center in [true, false] {
-            let fused = normalize(x.as_tensor(), center, 1e-5).unwrap();
-            let composed = composed_normalize(x.as_tensor(), center);
-            assert!(max_diff(&fused, &composed) < 1e-5, "center {center}: forward");
-            let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let gc = (&composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let (a, c) = (gf.get(&x).unwrap(), gc.get(&x).unwrap());
-            let diff = max_diff(a, c);
-            assert!(max_abs(c) > 0.1 && diff < 1e-4, "center {center}: gradient differs by {diff}");
+        let dev = Device::Cpu;
+        for (rows, d) in [(6, 16), (2 * ROWS_PER_TASK + 3, 20)] {
+            let all = rows + 2;
+            let data: Vec<f32> = (0..all * d).map(|i| ((i * 7919 % 97) as f32 - 40.0) / 13.0).collect();
+            let x_all = Var::from_vec(data, (all, d), &dev).unwrap();
+            let x = x_all.as_tensor().narrow(0, 2, rows).unwrap();
+            let w =
+                Tensor::from_vec((0..rows * d).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>(), (rows, d), &dev)
+                    .unwrap();
+            for center in [true, false] {
+                let composed = composed_normalize(&x, center);
+                let gc = (&composed * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                let want = gc.get(&x_all).unwrap();
+                let mut bits = Vec::new();
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let (fused, gf) = pool.install(|| {
+                        let fused = normalize(&x, center, 1e-5).unwrap();
+                        let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                        (fused, gf)
+                    });
+                    let what = format!("{rows} rows, center {center}, {threads} threads");
+                    assert!(max_diff(&fused, &composed) < 1e-5, "{what}: forward");
+                    let got = gf.get(&x_all).unwrap();
+                    let diff = max_diff(got, want);
+                    assert!(max_abs(want) > 0.1 && diff < 1e-4, "{what}: gradient differs by {diff}");
+                    bits.push(
+                        got.flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                assert_eq!(bits[0], bits[1], "{rows} rows, center {center}: gradient bits at 1 and 2 threads");
+            }
         }
     }
 

@@ -213,14 +213,24 @@ mod tests {
         crate::device::with_portable_kernels(|| Rope::apply_differentiable(x, cos, sin).unwrap())
     }
 
+    /// Values and gradient against the composed rotation: a short input, and one of more rows than a task holds
+    /// (300 > 256 rows of (b, heads, t)) that starts inside a larger buffer; per-row and shared tables; 1 and 2
+    /// threads.
     #[test]
     fn the_fused_rotation_equals_the_composed_one_and_its_gradient() {
+        for (b, heads, t, d) in [(2, 3, 5, 8), (2, 3, 50, 8)] {
+            check_rotation(b, heads, t, d);
+        }
+    }
+
+    fn check_rotation(b: usize, heads: usize, t: usize, d: usize) {
         let dev = Device::Cpu;
-        let (b, heads, t, d) = (2, 3, 5, 8);
-        // x laid out (b, t, heads, d) and transposed, as the projections give it: strided.
-        let data: Vec<f32> = (0..b * t * heads * d).map(|i| ((i * 7919 % 97) as f32 - 48.0) / 9.0).collect();
-        let x = Var::from_vec(data, (b, t, heads, d), &dev).unwrap();
-        let xt = x.as_tensor().transpose(1, 2).unwrap();
+        // x laid out (b, t, heads, d) and transposed, as the projections give it: strided, and (as a slice of one
+        // more batch row) at a non-zero offset.
+        let all = b + 1;
+        let data: Vec<f32> = (0..all * t * heads * d).map(|i| ((i * 7919 % 97) as f32 - 48.0) / 9.0).collect();
+        let x_all = Var::from_vec(data, (all, t, heads, d), &dev).unwrap();
+        let xt = x_all.as_tensor().narrow(0, 1, b).unwrap().transpose(1, 2).unwrap();
         let probe: Vec<f32> = (0..b * heads * t * d).map(|i| (i % 11) as f32 - 5.0).collect();
         let probe = Tensor::from_vec(probe, (b, heads, t, d), &dev).unwrap();
         let angle = |i: usize| i as f32 * 0.37 - 1.0;
@@ -244,12 +254,14 @@ mod tests {
                 assert!(got.is_contiguous());
                 for (what, a, c) in [
                     ("value", values(&got), values(&want)),
-                    ("gradient", values(grad.get(&x).unwrap()), values(want_grad.get(&x).unwrap())),
+                    ("gradient", values(grad.get(&x_all).unwrap()), values(want_grad.get(&x_all).unwrap())),
                 ] {
+                    assert!(c.iter().any(|v| v.abs() > 0.1), "{what}: the composed result is not trivial");
                     for (i, (a, c)) in a.iter().zip(&c).enumerate() {
                         assert!(
                             (a - c).abs() <= 1e-5 * (1.0 + c.abs()),
-                            "{what} {i} ({table_rows} table rows, {threads} threads): fused {a}, composed {c}"
+                            "{what} {i} ({b}x{heads}x{t}, {table_rows} table rows, {threads} threads): fused {a}, \
+                             composed {c}"
                         );
                     }
                 }
