@@ -102,7 +102,7 @@ mod kernels {
 #[cfg(target_arch = "x86_64")]
 fn main() {
     use kernels::{product, Layout};
-    let m: usize = std::env::args().nth(1).map_or(8, |a| a.parse().expect("rows: a number from 1 to 16"));
+    let m: usize = std::env::args().nth(1).map_or(8, |a| a.parse().expect("rows: 4, 8 or 16"));
     assert!(std::arch::is_x86_feature_detected!("avx512f"), "this measurement needs AVX-512F");
     assert!([4, 8, 16].contains(&m), "rows: 4, 8 or 16 (whole passes of 4 and 8 rows)");
     let shapes = shapes();
