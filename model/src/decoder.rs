@@ -5,9 +5,11 @@
 //!   only ops that carry gradients (composed RMS norm, composed softmax, differentiable RoPE): candle's fused
 //!   kernels silently drop the gradient (DESIGN section 7).
 //! - `decode` is the detached, KV-cached, batched forward used for sampling. It uses the fused kernels, and reads
-//!   the sampling copy when one is set (`set_sampling_precision`): every weight matrix (embedding, projections,
-//!   head) rounded to bf16, the projections and head streamed at half the bytes and multiplied in f32
-//!   (few_rows.rs). Norms, biases and LoRA adapters stay f32. The trainable forward always reads the f32 weights.
+//!   each projection and the head through its decode copy (decode_copy.rs): in f32 on AVX-512 the weight packed
+//!   tile by tile (packed_tiles.rs); with a bf16 sampling copy (`set_sampling_precision`) every weight matrix
+//!   (embedding, projections, head) rounded to bf16, the projections and head streamed at half the bytes and
+//!   multiplied in f32. Norms, biases and LoRA adapters stay f32. The trainable forward always reads the f32
+//!   weights.
 //!
 //! Weights use the Hugging Face layout (q/k rows in "half rotation" order); GGUF loading un-permutes them.
 
@@ -21,6 +23,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::config::ModelConfig;
+use crate::decode_copy::DecodeCopy;
 use crate::device::Precision;
 use crate::kv_cache::KvCache;
 use crate::linear::{AdapterMode, Linear};
@@ -56,8 +59,8 @@ pub struct Decoder {
     device: Device,
     /// Precision of the weights `decode` reads (see [`Decoder::set_sampling_precision`]).
     sampling: Precision,
-    /// The output head's sampling copy (bf16), when `sampling` is not f32.
-    sampling_head: Option<Tensor>,
+    /// The output head's decode copy (decode_copy.rs), in `sampling`'s precision.
+    head_copy: DecodeCopy,
 }
 
 /// Input of the trainable forward: token ids (batch, time) and which positions are real tokens.
@@ -136,7 +139,7 @@ impl Decoder {
             rope,
             device: device.clone(),
             sampling: Precision::F32,
-            sampling_head: None,
+            head_copy: DecodeCopy::default(),
         })
     }
 
@@ -184,18 +187,15 @@ impl Decoder {
         self.refresh_sampling_copy()
     }
 
-    /// Rebuilds the sampling copies from the current weights (nothing to do in f32).
+    /// Drops the copies decoding reads (decode_copy.rs: the bf16 sampling copy, or the packed f32 one), so that
+    /// the next decode step rebuilds them from the current weights.
     pub fn refresh_sampling_copy(&mut self) -> Result<()> {
-        let dtype = self.sampling.dtype();
         for block in self.blocks.iter_mut() {
             for target in LoraTarget::ALL {
-                block.linear_mut(target).set_sampling_copy(dtype)?;
+                block.linear_mut(target).reset_decode_copy(self.sampling);
             }
         }
-        self.sampling_head = match self.sampling {
-            Precision::F32 => None,
-            _ => Some(self.lm_head_weight().detach().to_dtype(dtype)?),
-        };
+        self.head_copy = DecodeCopy::new(self.sampling);
         Ok(())
     }
 
@@ -216,7 +216,7 @@ impl Decoder {
                 (Some(a), true) => bytes(a.a.as_tensor()) + bytes(a.b.as_tensor()),
                 _ => 0,
             };
-            bytes(l.sampling.as_ref().unwrap_or(&l.weight)) + l.bias.as_ref().map_or(0, bytes) + lora
+            l.decode_copy.bytes(&l.weight) + l.bias.as_ref().map_or(0, bytes) + lora
         };
         let layers: usize = self
             .blocks
@@ -226,7 +226,13 @@ impl Decoder {
                     + l.norms().map(bytes).sum::<usize>()
             })
             .sum();
-        layers + bytes(&self.final_norm) + bytes(self.sampling_head.as_ref().unwrap_or(self.lm_head_weight()))
+        layers + bytes(&self.final_norm) + self.head_copy.bytes(self.lm_head_weight())
+    }
+
+    /// The kernel a decode step's products of `rows` rows run with on the CPU in f32 (decode_copy.rs):
+    /// `packed_avx512`, a few-rows path (`avx512`, `avx2`, `portable`), or `gemm`.
+    pub fn decode_kernel(&self, rows: usize) -> &'static str {
+        crate::decode_copy::kernel_name(self.sampling, rows)
     }
 
     /// Bytes per weight-matrix value that decoding reads: the sampling copy's when one is set, else the dtype's.
@@ -534,11 +540,11 @@ impl Decoder {
         cache.advance(tn);
         let last = x.narrow(1, tn - 1, 1)?.squeeze(1)?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.cfg.rms_norm_eps as f32)?;
-        // Streams the largest matrix once for all the rows without packing it (see linear.rs and few_rows.rs).
-        if let Some(copy) = &self.sampling_head {
-            return Ok(crate::few_rows::matmul_t(&last, copy)?);
-        }
+        // Streams the largest matrix once for all the rows (decode_copy.rs, few_rows.rs).
         let head = self.lm_head_weight();
+        if let Some(logits) = self.head_copy.product(head, &last)? {
+            return Ok(logits);
+        }
         if self.dtype() != DType::F32 {
             // In f32, like the training forward's log-probs (logprob/), so behaviour and policy agree.
             return Ok(last.to_dtype(DType::F32)?.matmul(&head.to_dtype(DType::F32)?.t()?)?);

@@ -18,6 +18,10 @@
 //! lane_sums.rs, then the scalar tail), whichever tile or activation block it falls in, so a row's output does not
 //! depend on the other rows of the batch, nor on the thread count (threads split the weight rows).
 //!
+//! On a CPU whose chosen path is AVX-512, decoding multiplies packed copies of the weights instead
+//! (packed_tiles.rs: the same dot products, bit for bit, read as one sequential stream); this kernel serves the
+//! other CPUs and the row-major weights.
+//!
 //! The weight may also be a bf16 copy (the sampling copy, `Decoder::set_sampling_precision`): it is widened to
 //! f32 as it is loaded (exact: a bf16 is the upper half of an f32) and multiplied in f32, so a step streams half
 //! the bytes, and a product with a bf16 weight equals, bit for bit, the f32 product with that weight widened.
@@ -216,7 +220,7 @@ fn rows_portable<T: Weight>(w: &[T], k: usize, x: &[f32], m: usize, out_t: &mut 
 
 /// Splits `m` activation rows into blocks of at most `max` rows, as even as possible (8 rows with blocks of 4 give
 /// 4 + 4, not 4 + 3 + 1): a small block would waste the weight loads of its pass.
-fn row_blocks(m: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn row_blocks(m: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
     let blocks = m.div_ceil(max);
     let (base, extra) = (m / blocks, m % blocks);
     (0..blocks).scan(0, move |start, i| {
@@ -226,6 +230,8 @@ fn row_blocks(m: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
         Some(block)
     })
 }
+
+pub(crate) use x86::Lanes;
 
 /// Elsewhere only the portable loop runs, which needs no vector loads.
 #[cfg(not(target_arch = "x86_64"))]

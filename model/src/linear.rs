@@ -8,7 +8,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::cpu_op::{input_slice, product, with_f32_slice};
-use crate::device::{kernel_for, Kernel};
+use crate::decode_copy::DecodeCopy;
+use crate::device::{kernel_for, Kernel, Precision};
 use crate::Result;
 
 /// Up to this many input rows, `W x^T` is computed instead of `x W^T`: candle's
@@ -30,9 +31,9 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraAdapter>,
-    /// A bf16 copy of `weight` that detached decoding reads instead of it (the sampling copy,
-    /// `Decoder::set_sampling_precision`); `None` decodes from `weight` itself.
-    pub(crate) sampling: Option<Tensor>,
+    /// The copy of `weight` that detached decoding reads (decode_copy.rs): packed f32, or the bf16 sampling copy
+    /// (`Decoder::set_sampling_precision`).
+    pub(crate) decode_copy: DecodeCopy,
 }
 
 /// Per-forward switches for adapters.
@@ -46,7 +47,7 @@ pub struct AdapterMode {
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias, lora: None, sampling: None }
+        Linear { weight, bias, lora: None, decode_copy: DecodeCopy::default() }
     }
 
     pub(crate) fn out_dim(&self) -> usize {
@@ -64,9 +65,9 @@ impl Linear {
 
     /// The same for callers that never need a gradient (decoding): decode-shaped f32 inputs on the CPU (the row
     /// counts of `kernel_choice::active`, 1 to `few_rows::MAX_ROWS` unless calibrated) go through the few-rows
-    /// kernel, which streams the weight once for all the rows and records no graph. With a sampling copy, up to
-    /// `FEW_ROWS` rows go through the kernel with that copy, and more (a prompt's prefill) through gemm with the copy
-    /// widened to f32: the same weights either way.
+    /// kernel, which streams the weight once for all the rows and records no graph, from the decode copy when it
+    /// takes the rows (decode_copy.rs: packed tiles, or the bf16 sampling copy, whose prefill goes through gemm
+    /// with the copy widened to f32: the same weights either way).
     pub(crate) fn forward_detached(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
         self.apply(x, mode, 0, true)
     }
@@ -85,13 +86,9 @@ impl Linear {
                 return self.finish(y, dims);
             }
         }
-        let mut y = if let (true, Some(copy)) = (detached, &self.sampling) {
-            if rows <= FEW_ROWS {
-                crate::few_rows::matmul_t(&x2.contiguous()?, copy)?
-            } else {
-                // A prompt's many rows are compute-bound: gemm on the widened copy (the same weights) is faster.
-                x2.matmul(&copy.to_dtype(DType::F32)?.t()?)?
-            }
+        let from_copy = if detached { self.decode_copy.product(&self.weight, &x2)? } else { None };
+        let mut y = if let Some(y) = from_copy {
+            y
         } else if detached && crate::few_rows::applies(&x2, &self.weight) {
             crate::few_rows::matmul_t(&x2.contiguous()?, &self.weight)?
         } else if frozen_in_training && f32_on_cpu {
@@ -125,13 +122,9 @@ impl Linear {
         Ok(y.reshape(dims)?)
     }
 
-    /// Sets or drops the sampling copy: `weight` rounded to bf16 (round to nearest even), or none for `F32`.
-    pub(crate) fn set_sampling_copy(&mut self, dtype: DType) -> Result<()> {
-        self.sampling = match dtype {
-            DType::F32 => None,
-            other => Some(self.weight.detach().to_dtype(other)?),
-        };
-        Ok(())
+    /// Drops the decode copy; the next detached product rebuilds it from the weight as it is then, in `precision`.
+    pub(crate) fn reset_decode_copy(&mut self, precision: Precision) {
+        self.decode_copy = DecodeCopy::new(precision);
     }
 
     /// The effective weight `W + s B A` (for merging adapters into a plain model).

@@ -585,6 +585,42 @@ fn a_bf16_sampling_copy_decodes_the_model_with_rounded_weight_matrices() {
     }
 }
 
+/// Decoding's f32 copy (packed tiles on AVX-512, decode_copy.rs) is of the weights as they were when built: after a
+/// full-fine-tuning update and `refresh_sampling_copy`, batched decoding (8 rows, the copy's kernel) gives the new
+/// weights' training scores, not the old ones. The frozen reference made from it decodes the same.
+#[test]
+fn the_f32_decode_copy_follows_the_weights_after_a_refresh() {
+    let rows = 8;
+    let (prompts, conts) = (prompts(rows, 2), conts(rows));
+    let mode = AdapterMode::default();
+    for arch in ARCHS {
+        let mut dec = tiny_decoder(arch, 21);
+        let before = batched_cached_scores(&dec, &prompts, &conts, mode);
+        assert_close(&before, &training_scores(&dec, &prompts, &conts, mode), &format!("{arch:?} before"));
+        for (_, v) in dec.make_trainable().unwrap() {
+            v.set(&(v.as_tensor() * 0.7).unwrap()).unwrap();
+        }
+        dec.refresh_sampling_copy().unwrap();
+        let after = batched_cached_scores(&dec, &prompts, &conts, mode);
+        let training = training_scores(&dec, &prompts, &conts, mode);
+        assert_close(&after, &training, &format!("{arch:?} after the update"));
+        assert!(
+            after.0.iter().zip(&before.0).any(|(a, b)| (a - b).abs() > 1e-2),
+            "{arch:?}: the update changed nothing"
+        );
+        let reference = dec.frozen_copy().unwrap();
+        assert_eq!(batched_cached_scores(&reference, &prompts, &conts, mode), after, "{arch:?} reference");
+    }
+    let kernel = tiny_decoder(ARCHS[0], 1).decode_kernel(rows);
+    let active = ideator_model::kernel_choice::active().choice;
+    let expected = match (active.few_rows_takes(rows), active.few_rows_path) {
+        (false, _) => "gemm",
+        (true, ideator_model::few_rows::Path::Avx512) => "packed_avx512",
+        (true, path) => path.as_str(),
+    };
+    assert_eq!(kernel, expected);
+}
+
 /// Four continuation tokens per row.
 fn conts(rows: usize) -> Vec<Vec<u32>> {
     (0..rows).map(|r| (0..4).map(|s| ((r * 5 + s * 11 + 3) % 97) as u32).collect()).collect()

@@ -94,7 +94,7 @@ pub enum What {
         seed: u64,
     },
     /// The decode step's matrix products alone, side by side: the few-rows kernel (every instruction-set path this
-    /// CPU has) against candle's matmul, on SmolLM2-135M's shapes (30 layers of q, k, v, o, gate, up, down and the
+    /// CPU has) and, with AVX-512, the packed-tiles kernel decoding uses there, against candle's matmul, on SmolLM2-135M's shapes (30 layers of q, k, v, o, gate, up, down and the
     /// 49152-row head; random f32 weights, 540 MB, so they stream from memory as in decoding), at each batch size.
     Matmul {
         /// Batch sizes (rows), comma-separated.
@@ -282,17 +282,6 @@ impl MachineLimit {
     }
 }
 
-/// Which kernel decoding's products use at `batch` rows: the few-rows path (`avx512`, `avx2`, `portable`), or
-/// candle's `gemm` past the active kernel choice's row limit (`kernel_choice.rs`).
-fn decode_kernel(batch: usize, sampling: Precision) -> &'static str {
-    let choice = ideator_model::kernel_choice::active().choice;
-    match sampling {
-        // A bf16 sampling copy goes through the few-rows kernel at every decode batch (linear.rs).
-        Precision::Bf16 => choice.few_rows_path.as_str(),
-        Precision::F32 => choice.kernel_for_rows(batch),
-    }
-}
-
 /// The 1-minute load average (`/proc/loadavg`), when there is one.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
@@ -371,7 +360,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "new_tokens_per_s": (batch * new_tokens) as f64 / total,
                 "time_to_first_token_s": first,
                 "decode_tokens_per_s": decode_rate,
-                "decode_kernel": decode_kernel(batch, model.sampling_dtype),
+                "decode_kernel": m.decoder.decode_kernel(batch),
             });
             merge(&mut out, machine.report(batch, (batch * new_tokens) as f64 / total, Some(decode_rate)));
             println!("{out}");
@@ -504,6 +493,7 @@ fn bench_grpo(
         }
     };
     let pad = m.tokenizer.pad_id().unwrap_or(0);
+    let decode_kernel = m.decoder.decode_kernel(group);
     let policy = TrainablePolicy::new(m.decoder, &mode, beta > 0.0, 0, pad)?;
     let cfg = GrpoConfig {
         group_size: group,
@@ -577,7 +567,7 @@ fn bench_grpo(
         "threads": tensor_threads(),
         "seconds_per_step": col(|r| r.0), "generation_s": col(|r| r.1), "ref_logprobs_s": col(|r| r.2),
         "update_s": col(|r| r.3),
-        "decode_kernel": decode_kernel(group, model.sampling_dtype),
+        "decode_kernel": decode_kernel,
     });
     // Generation's rate includes the shared prompt's prefill, as TRL's generation section does.
     merge(&mut out, machine.report(group, (group * new_tokens) as f64 / col(|r| r.1), None));
@@ -621,6 +611,21 @@ fn few_rows_paths(with_portable: bool) -> Vec<ideator_model::few_rows::Path> {
 /// The few-rows kernel with `path`.
 fn few_rows_kernel(path: ideator_model::few_rows::Path) -> ProductKernel {
     Box::new(move |x, w| ideator_model::few_rows::matmul_t_with(x, w, path))
+}
+
+/// The packed-tiles kernel (packed_tiles.rs, what decoding runs on AVX-512) on copies of `weights` packed up front
+/// in their own dtype, looked up by tensor.
+fn packed_tiles_kernel(weights: &[candle_core::Tensor]) -> anyhow::Result<ProductKernel> {
+    use ideator_model::packed_tiles::PackedWeight;
+    let mut packed = std::collections::HashMap::new();
+    for w in weights {
+        packed.insert(w.id(), PackedWeight::pack(&w.to_dtype(candle_core::DType::F32)?, w.dtype())?);
+    }
+    Ok(Box::new(move |x, w| {
+        let copy =
+            packed.get(&w.id()).ok_or_else(|| candle_core::Error::Msg("no packed copy of this weight".into()))?;
+        copy.matmul_t(x, ideator_model::few_rows::Path::Avx512)
+    }))
 }
 
 /// candle's product as decoding calls it past the few-rows limit (`W x^T`, linear.rs).
@@ -679,6 +684,9 @@ fn bench_matmul(
         .into_iter()
         .map(|p| (format!("few_rows_{}", p.as_str()), few_rows_kernel(p)))
         .collect();
+    if ideator_model::few_rows::Path::available().contains(&ideator_model::few_rows::Path::Avx512) {
+        kernels.push(("packed_tiles_avx512".into(), packed_tiles_kernel(&weights)?));
+    }
     if weight_dtype == Precision::F32 {
         // What decoding uses past the few-rows limit (W x^T, linear.rs), and the plain product.
         kernels.push(("candle_w_xt".into(), gemm_w_xt_kernel()));
