@@ -4,7 +4,7 @@
 //! which Zen 4's prefetchers follow at 16-18 GB/s where one sequential stream reaches 25-29 GB/s (BENCHMARKS.md,
 //! issue 16). Here a copy of the weight is laid out so that each tile of [`TILE_ROWS`] weight rows is one
 //! contiguous run, the rows interleaved 16 values at a time, and the product is a single sequential stream: each
-//! tile times blocks of up to 8 activation rows (3 x 8 = 24 accumulators), the tile two ahead prefetched into L2.
+//! tile times blocks of up to 8 activation rows (3 x 8 = 24 accumulators), the tile four ahead prefetched into L2.
 //! `cargo run --release -p ideator-model --example packed_tiles` measured this shape at 1.24x the few-rows kernel
 //! at 8 rows and 1.21x at 16 (SmolLM2-135M's shapes, one thread, Zen 4 family 25 model 17).
 //!
@@ -258,6 +258,10 @@ mod x86 {
     use crate::few_rows::Lanes;
     use crate::lane_sums::sum_lanes_of_16;
 
+    /// How many tiles ahead the kernel prefetches into L2. `ideator bench matmul --rows 8`, Zen 4, three rounds
+    /// alternating: 4 or 8 tiles ahead took 27-30 ms per step, 2 tiles 31-36 ms, 1 tile 28-39 ms, none 53-74 ms.
+    const PREFETCH_TILES: usize = 4;
+
     /// Expands to a `match` over the pass height `$b` (1..=8) that calls `tile_with::<_, b>`.
     macro_rules! dispatch_pass {
         ($b:expr, $($arg:expr),*) => {
@@ -308,9 +312,9 @@ mod x86 {
             let run = w.add(c * TILE_ROWS);
             let mut wv = [_mm512_setzero_ps(); TILE_ROWS];
             for (i, v) in wv.iter_mut().enumerate() {
-                // Into L2, two tiles on: the stream arrives while this tile's FMAs run. `wrapping_add`: past the
+                // Into L2, tiles ahead: the stream arrives while this tile's FMAs run. `wrapping_add`: past the
                 // matrix's end the address is never dereferenced (a prefetch does not fault).
-                _mm_prefetch::<_MM_HINT_T1>(run.wrapping_add(2 * TILE_ROWS * k + 16 * i) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(run.wrapping_add(PREFETCH_TILES * TILE_ROWS * k + 16 * i) as *const i8);
                 *v = T::load16(run.add(16 * i));
             }
             for r in 0..B {
