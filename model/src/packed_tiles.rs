@@ -5,8 +5,8 @@
 //! issue 16). Here a copy of the weight is laid out so that each tile of [`TILE_ROWS`] weight rows is one
 //! contiguous run, the rows interleaved 16 values at a time, and the product is a single sequential stream: each
 //! tile times blocks of up to 8 activation rows (3 x 8 = 24 accumulators), the tile four ahead prefetched into L2.
-//! `cargo run --release -p ideator-model --example packed_tiles` measured this shape at 1.24x the few-rows kernel
-//! at 8 rows and 1.21x at 16 (SmolLM2-135M's shapes, one thread, Zen 4 family 25 model 17).
+//! `ideator bench matmul --rows 8,16` times it against the few-rows kernel side by side: 1.05-1.3x at 8 rows and
+//! 1.08x at 16, equal at 2 and 4 (SmolLM2-135M's shapes, one thread, Zen 4 family 25 model 17; BENCHMARKS.md).
 //!
 //! Layout of an `(n, k)` weight, `body = k - k % 16`: tile `t` holds rows `3t .. 3t + 2` (a last tile with fewer real
 //! rows is padded with zero rows) as `[body / 16][3][16]`, then the `k % 16` tail columns row by row, `[3][k % 16]`.

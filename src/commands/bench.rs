@@ -172,7 +172,13 @@ impl MachineLimit {
         use ideator_model::machine::{matmul_gflop_per_s, read_bandwidth, CpuInfo};
         let cpu = CpuInfo::detect();
         eprintln!("bench: CPU {}", cpu.summary());
-        eprintln!("bench: decode kernels: {}", ideator_model::kernel_choice::active().summary());
+        let active = ideator_model::kernel_choice::active();
+        let packed = if active.choice.few_rows_path == ideator_model::few_rows::Path::Avx512 {
+            "; on the avx512 path decoding multiplies packed copies of the weights (packed_avx512)"
+        } else {
+            ""
+        };
+        eprintln!("bench: decode kernels: {}{packed}", active.summary());
         let threads = tensor_threads();
         let probe = |t: usize| {
             (args.bandwidth_mib > 0).then(|| {
