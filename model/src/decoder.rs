@@ -166,9 +166,9 @@ impl Decoder {
         self.sampling
     }
 
-    /// Sets the precision that sampling reads the weights in, and builds (or drops) the copies. The copies are
-    /// of the weights as they are now: after the weights change (an optimiser update, a loaded checkpoint),
-    /// call [`Decoder::refresh_sampling_copy`].
+    /// Sets the precision that sampling reads the weights in, and drops the copies of the old one; the next
+    /// decode step builds them (decode_copy.rs). The copies are of the weights as they are then: after the weights
+    /// change (an optimiser update, a loaded checkpoint), call [`Decoder::refresh_sampling_copy`].
     ///
     /// # Errors
     /// A bf16 copy of a decoder that is not f32 on the CPU: the copy exists to halve what the CPU kernel streams;
@@ -188,7 +188,8 @@ impl Decoder {
     }
 
     /// Drops the copies decoding reads (decode_copy.rs: the bf16 sampling copy, or the packed f32 one), so that
-    /// the next decode step rebuilds them from the current weights.
+    /// the next decode step rebuilds them from the current weights. A clone of this decoder shares its weights
+    /// but not its copies: refresh each.
     pub fn refresh_sampling_copy(&mut self) -> Result<()> {
         for block in self.blocks.iter_mut() {
             for target in LoraTarget::ALL {
@@ -542,7 +543,7 @@ impl Decoder {
         let last = candle_nn::ops::rms_norm(&last, &self.final_norm, self.cfg.rms_norm_eps as f32)?;
         // Streams the largest matrix once for all the rows (decode_copy.rs, few_rows.rs).
         let head = self.lm_head_weight();
-        if let Some(logits) = self.head_copy.product(head, &last)? {
+        if let Some(logits) = self.head_copy.head_product(head, &last)? {
             return Ok(logits);
         }
         if self.dtype() != DType::F32 {
@@ -603,7 +604,8 @@ impl Decoder {
     }
 
     /// Full fine-tuning: turns every base tensor into a variable and returns them by name.
-    /// The tied output head shares the embedding's variable.
+    /// The tied output head shares the embedding's variable. Setting a variable changes the weights in place: call
+    /// [`Decoder::refresh_sampling_copy`] afterwards, or decoding keeps reading the copies of the old weights.
     pub fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
         let mut vars = Vec::new();
         self.for_each_tensor_mut(|name, t| {
@@ -612,6 +614,8 @@ impl Decoder {
             vars.push((name.to_string(), var));
             Ok(())
         })?;
+        // The copies were of the tensors just replaced.
+        self.refresh_sampling_copy()?;
         Ok(vars)
     }
 

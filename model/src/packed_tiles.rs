@@ -6,7 +6,8 @@
 //! contiguous run, the rows interleaved 16 values at a time, and the product is a single sequential stream: each
 //! tile times blocks of up to 8 activation rows (3 x 8 = 24 accumulators), the tile four ahead prefetched into L2.
 //! `ideator bench matmul --rows 8,16` times it against the few-rows kernel side by side: 1.05-1.3x at 8 rows and
-//! 1.08x at 16, equal at 2 and 4 (SmolLM2-135M's shapes, one thread, Zen 4 family 25 model 17; BENCHMARKS.md).
+//! 1.08x at 16, equal at 2 and 4; batch-8 decoding gained 1.1-1.2x (SmolLM2-135M, one thread, Zen 4 family 25 model
+//! 17; BENCHMARKS.md).
 //!
 //! Layout of an `(n, k)` weight, `body = k - k % 16`: tile `t` holds rows `3t .. 3t + 2` (a last tile with fewer real
 //! rows is padded with zero rows) as `[body / 16][3][16]`, then the `k % 16` tail columns row by row, `[3][k % 16]`.
@@ -36,18 +37,24 @@ const PASS_ROWS: usize = 8;
 const ROWS_PER_TASK: usize = 240;
 
 /// The packed values, in the weight's precision.
-#[derive(Debug)]
 enum Values {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
 }
 
 /// An `(n, k)` weight matrix packed tile by tile (see the module doc), f32 or bf16. Cheap to clone (shared).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PackedWeight {
     values: Arc<Values>,
     n: usize,
     k: usize,
+}
+
+/// The shape and dtype, not the values (hundreds of MB).
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeight({}, {}, {:?})", self.n, self.k, self.dtype())
+    }
 }
 
 impl PackedWeight {
@@ -65,11 +72,11 @@ impl PackedWeight {
             );
         }
         let (n, k) = w.dims2()?;
-        let packed = with_f32_slice(&w.contiguous()?, |values| interleave(values, n, k))?;
+        let w = w.contiguous()?;
         let values = match dtype {
-            DType::F32 => Values::F32(packed),
+            DType::F32 => Values::F32(with_f32_slice(&w, |values| interleave(values, n, k, |v| v))?),
             // `bf16::from_f32` rounds to nearest even, as candle's `to_dtype` does.
-            DType::BF16 => Values::Bf16(packed.into_iter().map(bf16::from_f32).collect()),
+            DType::BF16 => Values::Bf16(with_f32_slice(&w, |values| interleave(values, n, k, bf16::from_f32))?),
             other => candle_core::bail!("a packed weight is f32 or bf16, not {other:?}"),
         };
         Ok(PackedWeight { values: Arc::new(values), n, k })
@@ -102,18 +109,21 @@ impl PackedWeight {
     /// Only candle's, building the tensor.
     pub fn unpacked_f32(&self) -> Result<Tensor> {
         let values = match &*self.values {
-            Values::F32(v) => deinterleave(v, self.n, self.k),
-            Values::Bf16(v) => deinterleave(v, self.n, self.k).into_iter().map(bf16::to_f32).collect(),
+            Values::F32(v) => deinterleave(v, self.n, self.k, |v| v),
+            Values::Bf16(v) => deinterleave(v, self.n, self.k, bf16::to_f32),
         };
         Tensor::from_vec(values, (self.n, self.k), &Device::Cpu)
     }
 
-    /// `x W^T` for `x` `(m, k)` f32 on the CPU: `(m, n)` f32, with `path` (AVX-512F when the CPU has it; any other
-    /// path runs the portable loop, which gives the same bits, slowly).
+    /// `x W^T` for `x` `(m, k)` f32 on the CPU: `(m, n)` f32, with `path` (`Avx512`, or any other path for the
+    /// portable loop, which gives the same bits, slowly).
     ///
     /// # Errors
-    /// `x` not `(m, k)` f32 on the CPU.
+    /// `x` not `(m, k)` f32 on the CPU, or a path this CPU cannot run.
     pub fn matmul_t(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+        if !Path::available().contains(&path) {
+            candle_core::bail!("packed matmul: this CPU cannot run the {} path", path.as_str());
+        }
         let (m, k) = x.dims2()?;
         if k != self.k || x.dtype() != DType::F32 || !x.device().is_cpu() {
             candle_core::bail!(
@@ -134,15 +144,15 @@ impl PackedWeight {
     }
 }
 
-/// `w` `(n, k)` row-major into tiles (module doc).
-fn interleave<T: Copy + Default>(w: &[T], n: usize, k: usize) -> Vec<T> {
+/// `w` `(n, k)` row-major into tiles (module doc), each value through `convert`.
+fn interleave<T: Copy + Default>(w: &[f32], n: usize, k: usize, convert: impl Fn(f32) -> T) -> Vec<T> {
     let body = k - k % 16;
     let tiles = n.div_ceil(TILE_ROWS);
     let mut packed = Vec::with_capacity(tiles * TILE_ROWS * k);
     // Columns `cols` of row `r`, zeros for a padding row.
     let mut push = |r: usize, cols: std::ops::Range<usize>| {
         if r < n {
-            packed.extend_from_slice(&w[r * k + cols.start..r * k + cols.end]);
+            packed.extend(w[r * k + cols.start..r * k + cols.end].iter().map(|&v| convert(v)));
         } else {
             packed.resize(packed.len() + cols.len(), T::default());
         }
@@ -160,17 +170,17 @@ fn interleave<T: Copy + Default>(w: &[T], n: usize, k: usize) -> Vec<T> {
     packed
 }
 
-/// The inverse of [`interleave`]: the `n` real rows, row-major.
-fn deinterleave<T: Copy>(packed: &[T], n: usize, k: usize) -> Vec<T> {
+/// The inverse of [`interleave`]: the `n` real rows, row-major, each value through `widen`.
+fn deinterleave<T: Copy>(packed: &[T], n: usize, k: usize, widen: impl Fn(T) -> f32) -> Vec<f32> {
     let body = k - k % 16;
     let mut w = Vec::with_capacity(n * k);
     for r in 0..n {
         let tile = &packed[(r / TILE_ROWS) * TILE_ROWS * k..];
         let i = r % TILE_ROWS;
         for c in (0..body).step_by(16) {
-            w.extend_from_slice(&tile[c * TILE_ROWS + 16 * i..][..16]);
+            w.extend(tile[c * TILE_ROWS + 16 * i..][..16].iter().map(|&v| widen(v)));
         }
-        w.extend_from_slice(&tile[body * TILE_ROWS + i * (k - body)..][..k - body]);
+        w.extend(tile[body * TILE_ROWS + i * (k - body)..][..k - body].iter().map(|&v| widen(v)));
     }
     w
 }
@@ -219,8 +229,8 @@ fn tiles_times_x<T: Lanes>(w: &[T], k: usize, x: &[f32], rows: Range<usize>, out
             let xb = &x[start * k..(start + len) * k];
             match path {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: the AVX-512 path is only chosen on a CPU with AVX-512F (`Path::available`); the tile
-                // holds 3 k values and `xb` len k values, as the kernel reads.
+                // SAFETY: `matmul_t` refuses a path the CPU lacks (`Path::available`), so this one has AVX-512F;
+                // the tile holds 3 k values and `xb` len k values, as the kernel reads.
                 Path::Avx512 => unsafe { x86::tile(tile.as_ptr(), k, xb.as_ptr(), len, &mut sums) },
                 _ => tile_portable(tile, k, xb, len, &mut sums),
             }

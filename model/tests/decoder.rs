@@ -587,22 +587,32 @@ fn a_bf16_sampling_copy_decodes_the_model_with_rounded_weight_matrices() {
 
 /// Decoding's f32 copy (packed tiles on AVX-512, decode_copy.rs) is of the weights as they were when built: after a
 /// full-fine-tuning update and `refresh_sampling_copy`, batched decoding (8 rows, the copy's kernel) gives the new
-/// weights' training scores, not the old ones. The frozen reference made from it decodes the same.
+/// weights' training scores (and before the refresh it does not: the copy is what decoding reads). The frozen reference made from it decodes the same. Skipped (with a line) where the copy is not packed.
 #[test]
 fn the_f32_decode_copy_follows_the_weights_after_a_refresh() {
     let rows = 8;
+    if tiny_decoder(ARCHS[0], 1).decode_kernel(rows) != "packed_avx512" || !test_device().is_cpu() {
+        eprintln!("skipped: decoding at {rows} rows does not use the packed copy on this machine");
+        return;
+    }
     let (prompts, conts) = (prompts(rows, 2), conts(rows));
     let mode = AdapterMode::default();
     for arch in ARCHS {
         let mut dec = tiny_decoder(arch, 21);
         let before = batched_cached_scores(&dec, &prompts, &conts, mode);
         assert_close(&before, &training_scores(&dec, &prompts, &conts, mode), &format!("{arch:?} before"));
-        for (_, v) in dec.make_trainable().unwrap() {
+        let vars = dec.make_trainable().unwrap();
+        assert_eq!(batched_cached_scores(&dec, &prompts, &conts, mode), before, "{arch:?}: trainable, unchanged");
+        // The projections, which decoding reads through their copies (norms and the embedding it reads directly).
+        for (_, v) in vars.iter().filter(|(name, _)| name.ends_with("_proj.weight")) {
             v.set(&(v.as_tensor() * 0.7).unwrap()).unwrap();
         }
+        // The copies are in use: without a refresh, the decode steps still read the old projections.
+        let training = training_scores(&dec, &prompts, &conts, mode);
+        let stale = batched_cached_scores(&dec, &prompts, &conts, mode);
+        assert!(stale.0.iter().zip(&training.0).any(|(a, b)| (a - b).abs() > 1e-2), "{arch:?}: no copy in use");
         dec.refresh_sampling_copy().unwrap();
         let after = batched_cached_scores(&dec, &prompts, &conts, mode);
-        let training = training_scores(&dec, &prompts, &conts, mode);
         assert_close(&after, &training, &format!("{arch:?} after the update"));
         assert!(
             after.0.iter().zip(&before.0).any(|(a, b)| (a - b).abs() > 1e-2),
@@ -611,14 +621,6 @@ fn the_f32_decode_copy_follows_the_weights_after_a_refresh() {
         let reference = dec.frozen_copy().unwrap();
         assert_eq!(batched_cached_scores(&reference, &prompts, &conts, mode), after, "{arch:?} reference");
     }
-    let kernel = tiny_decoder(ARCHS[0], 1).decode_kernel(rows);
-    let active = ideator_model::kernel_choice::active().choice;
-    let expected = match (active.few_rows_takes(rows), active.few_rows_path) {
-        (false, _) => "gemm",
-        (true, ideator_model::few_rows::Path::Avx512) => "packed_avx512",
-        (true, path) => path.as_str(),
-    };
-    assert_eq!(kernel, expected);
 }
 
 /// Four continuation tokens per row.

@@ -94,8 +94,9 @@ pub enum What {
         seed: u64,
     },
     /// The decode step's matrix products alone, side by side: the few-rows kernel (every instruction-set path this
-    /// CPU has) and, with AVX-512, the packed-tiles kernel decoding uses there, against candle's matmul, on SmolLM2-135M's shapes (30 layers of q, k, v, o, gate, up, down and the
-    /// 49152-row head; random f32 weights, 540 MB, so they stream from memory as in decoding), at each batch size.
+    /// CPU has) and, with AVX-512, the packed-tiles kernel decoding uses there, against candle's matmul, on
+    /// SmolLM2-135M's shapes (30 layers of q, k, v, o, gate, up, down and the 49152-row head; random f32 weights,
+    /// 540 MB, so they stream from memory as in decoding), at each batch size.
     Matmul {
         /// Batch sizes (rows), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
