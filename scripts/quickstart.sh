@@ -7,9 +7,9 @@
 #      with a summary line per step,
 #   4. the HTML report.
 # Results land in runs/quickstart/ (rerunning resumes). Measured on two otherwise idle CPU cores with the default
-# threads (README has the breakdown, BENCHMARKS.md each machine): 8.5 minutes including the no-op fetch and build on a
-# Zen 4 EPYC (family 25 model 17; 2026-12-03, 7.1 and 10.3 in two earlier runs that day), 7.4 on an Intel Xeon with
-# AMX (family 6 model 167, 2026-12-02), 2.7 GB of memory at most.
+# threads (README has the breakdown, BENCHMARKS.md each machine): 9.1 minutes including the no-op fetch and build on a
+# Zen 4 EPYC (family 25 model 17; 2026-12-03, 7.1, 10.3 and 8.5 in earlier runs that day), 7.4 on an Intel Xeon with
+# AMX (family 6 model 167, 2026-12-02), 3.2 GB of memory at most.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-assets.sh
