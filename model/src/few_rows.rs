@@ -478,11 +478,12 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn random(shape: (usize, usize), seed: u64) -> Tensor {
+    /// A `shape` f32 tensor of values in [-0.5, 0.5) from a fixed generator (the packed kernel's tests use it too).
+    pub(crate) fn random(shape: (usize, usize), seed: u64) -> Tensor {
         let mut s = seed;
         let v: Vec<f32> = (0..shape.0 * shape.1)
             .map(|_| {

@@ -383,17 +383,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(shape: (usize, usize), seed: u64) -> Tensor {
-        let mut s = seed;
-        let v: Vec<f32> = (0..shape.0 * shape.1)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::few_rows::tests::random;
 
     /// k below, at and off the vector width; n not a multiple of the tile height or of a task's rows.
     const SHAPES: [(usize, usize); 6] = [(576, 301), (37, 513), (16, 1), (5, 7), (1536, 64), (24, 482)];
