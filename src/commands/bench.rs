@@ -115,7 +115,8 @@ pub enum What {
         limit: LimitArgs,
     },
     /// Which kernel decoding's products should use on this CPU: times one decode step's products (SmolLM2-135M's
-    /// shapes, random f32 weights) with each few-rows path and with gemm at each row count, and stores the choice
+    /// shapes, random f32 weights) with each few-rows path (the avx512 one as decoding runs it, on packed copies of
+    /// the weights) and with gemm at each row count, and stores the choice
     /// (the fastest path; the most rows up to which it beats gemm) in the kernel cache for this CPU model
     /// (`$IDEATOR_KERNEL_CACHE`, else `$XDG_CACHE_HOME/ideator/kernels.json` or `~/.cache/ideator/kernels.json`).
     Calibrate {
@@ -749,7 +750,11 @@ fn bench_calibrate(rows: &[usize], repeats: usize, dry_run: bool) -> anyhow::Res
     }
     let weights = decode_step_weights(candle_core::DType::F32)?;
     let paths = few_rows_paths(false);
-    let mut kernels: Vec<ProductKernel> = paths.iter().map(|&p| few_rows_kernel(p)).collect();
+    // On the AVX-512 path decoding multiplies packed copies of the weights (decode_copy.rs): time what runs.
+    let mut kernels = paths
+        .iter()
+        .map(|&p| if p == Path::Avx512 { packed_tiles_kernel(&weights) } else { Ok(few_rows_kernel(p)) })
+        .collect::<anyhow::Result<Vec<ProductKernel>>>()?;
     kernels.push(gemm_w_xt_kernel());
     let visible = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = crate::progress::bar(rows.len() as u64, "calibrate", visible);
