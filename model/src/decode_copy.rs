@@ -17,12 +17,9 @@ use candle_core::{DType, Tensor};
 
 use crate::device::{kernel_for, Kernel, Precision};
 use crate::few_rows::Path;
+use crate::linear::FEW_ROWS;
 use crate::packed_tiles::PackedWeight;
 use crate::Result;
-
-/// Up to this many rows a bf16 copy is multiplied as it is stored; a prompt's more rows are compute-bound, and gemm
-/// on the widened copy is faster (the same weights).
-const BF16_FEW_ROWS: usize = 64;
 
 /// The kernel a decode product of `rows` rows runs with on an f32 CPU decoder sampling in `precision`:
 /// `packed_avx512`, a few-rows path's name (`few_rows::Path::as_str`), or `gemm`.
@@ -30,7 +27,7 @@ pub(crate) fn kernel_name(precision: Precision, rows: usize) -> &'static str {
     let choice = crate::kernel_choice::active().choice;
     let takes = match precision {
         Precision::F32 => choice.few_rows_takes(rows),
-        Precision::Bf16 => rows <= BF16_FEW_ROWS,
+        Precision::Bf16 => rows <= FEW_ROWS,
     };
     match (takes, choice.few_rows_path) {
         (false, _) => "gemm",
@@ -64,12 +61,12 @@ impl DecodeCopy {
 
     /// `x W^T` for `x` `(rows, k)` from the copy of `weight` `(n, k)`, or `None` where the caller's f32 path on
     /// `weight` itself is the one to take (f32 outside the packed kernel's rows or off AVX-512). A bf16 copy
-    /// multiplies more than [`BF16_FEW_ROWS`] rows (a prompt's prefill) with gemm on the widened copy.
+    /// multiplies more than [`FEW_ROWS`] rows (a prompt's prefill, compute-bound) with gemm on the widened copy.
     ///
     /// # Errors
     /// Building the copy or the product: `x` and `weight` disagreeing on `k`, or not on the CPU in f32.
     pub(crate) fn product(&self, weight: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
-        self.product_up_to(weight, x, BF16_FEW_ROWS)
+        self.product_up_to(weight, x, FEW_ROWS)
     }
 
     /// [`DecodeCopy::product`] for the output head, which only ever sees one row per sequence: a bf16 copy takes

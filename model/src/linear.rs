@@ -13,8 +13,9 @@ use crate::device::{kernel_for, Kernel, Precision};
 use crate::Result;
 
 /// Up to this many input rows, `W x^T` is computed instead of `x W^T`: candle's
-/// gemm packs its right operand, which for few rows means copying the whole weight matrix on every call.
-const FEW_ROWS: usize = 64;
+/// gemm packs its right operand, which for few rows means copying the whole weight matrix on every call. A bf16
+/// decode copy takes as many rows in its few-rows kernel (decode_copy.rs); more (a prompt's prefill) go to gemm.
+pub(crate) const FEW_ROWS: usize = 64;
 
 /// A low-rank adapter: `A` is (rank, in), `B` is (out, rank); `B` starts at zero so a fresh adapter is a no-op.
 #[derive(Debug, Clone)]

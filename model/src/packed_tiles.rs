@@ -150,7 +150,7 @@ fn interleave<T: Copy + Default>(w: &[f32], n: usize, k: usize, convert: impl Fn
     let tiles = n.div_ceil(TILE_ROWS);
     let mut packed = Vec::with_capacity(tiles * TILE_ROWS * k);
     // Columns `cols` of row `r`, zeros for a padding row.
-    let mut push = |r: usize, cols: std::ops::Range<usize>| {
+    let mut push = |r: usize, cols: Range<usize>| {
         if r < n {
             packed.extend(w[r * k + cols.start..r * k + cols.end].iter().map(|&v| convert(v)));
         } else {
