@@ -76,9 +76,30 @@ pub struct AdamWStep {
 /// All tensors have the parameter's shape and dtype (f32 in practice). The order of the arithmetic is part of the
 /// contract: the pretrain environment's rewards are pinned bit for bit per recipe and seed, so it must not change.
 ///
+/// On the CPU, for f32 tensors of one shape, this is one pass over the elements ([`fused_cpu`]); elsewhere the same
+/// arithmetic in candle's element-wise ops. Both give the same bits (tested).
+///
 /// # Errors
 /// A shape or dtype mismatch between the tensors (candle's error).
 pub fn adamw_update(
+    theta: &Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    h: AdamWStep,
+) -> candle_core::Result<Tensor> {
+    match fused_cpu(theta, g, m, v, h)? {
+        Some((theta, new_m, new_v)) => {
+            (*m, *v) = (new_m, new_v);
+            Ok(theta)
+        }
+        None => adamw_update_composed(theta, g, m, v, h),
+    }
+}
+
+/// [`adamw_update`] in candle's element-wise ops: any device and dtype. Every op allocates and streams its
+/// tensors once, about a dozen passes over the parameter per update.
+fn adamw_update_composed(
     theta: &Tensor,
     g: &Tensor,
     m: &mut Tensor,
@@ -93,6 +114,124 @@ pub fn adamw_update(
     let bc2 = 1.0 - h.beta2.powi(h.t as i32);
     let denom = (v.affine(1.0 / bc2, 0.0)?.sqrt()? + h.eps)?;
     decayed - (m.affine(h.lr / bc1, 0.0)? / denom)?
+}
+
+/// Elements per task when the update is split over the thread pool (the arithmetic is element-wise, so the split
+/// never changes a bit).
+const FUSED_CHUNK: usize = 1 << 16;
+
+/// [`adamw_update`] as one pass over CPU f32 slices: returns `(theta', m', v')`, or `None` where the tensors are
+/// not all contiguous f32 CPU tensors of one shape (the caller then takes the composed ops). Each value goes
+/// through the composed form's f32 operations in its order (candle's `affine(mul, add)` is `x * mul + add` with
+/// both constants rounded to f32, `t + eps` is `affine(1, eps)`), so the bits are the same.
+fn fused_cpu(
+    theta: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    h: AdamWStep,
+) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
+    let tensors = [theta, g, m, v];
+    if tensors.iter().any(|t| !t.device().is_cpu() || t.dtype() != DType::F32 || t.shape() != theta.shape()) {
+        return Ok(None);
+    }
+    let (g_s, g_l) = g.storage_and_layout();
+    let (m_s, m_l) = m.storage_and_layout();
+    let (v_s, v_l) = v.storage_and_layout();
+    let (t_s, t_l) = theta.storage_and_layout();
+    let (Some(theta_in), Some(g_in), Some(m_in), Some(v_in)) =
+        (cpu_f32(&t_s, t_l), cpu_f32(&g_s, g_l), cpu_f32(&m_s, m_l), cpu_f32(&v_s, v_l))
+    else {
+        return Ok(None);
+    };
+    let k = FusedConstants::new(h);
+    let n = theta_in.len();
+    let (mut theta_out, mut m_out, mut v_out) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let task = |((((t_out, m_out), v_out), (theta, g)), (m, v)): Chunks| k.apply(theta, g, m, v, t_out, m_out, v_out);
+    use rayon::prelude::*;
+    theta_out
+        .par_chunks_mut(FUSED_CHUNK)
+        .zip(m_out.par_chunks_mut(FUSED_CHUNK))
+        .zip(v_out.par_chunks_mut(FUSED_CHUNK))
+        .zip(theta_in.par_chunks(FUSED_CHUNK).zip(g_in.par_chunks(FUSED_CHUNK)))
+        .zip(m_in.par_chunks(FUSED_CHUNK).zip(v_in.par_chunks(FUSED_CHUNK)))
+        .for_each(task);
+    let shape = theta.shape().clone();
+    let dev = theta.device();
+    Ok(Some((
+        Tensor::from_vec(theta_out, shape.clone(), dev)?,
+        Tensor::from_vec(m_out, shape.clone(), dev)?,
+        Tensor::from_vec(v_out, shape, dev)?,
+    )))
+}
+
+/// One task's slices: `(((theta', m'), v'), (theta, g)), (m, v)`.
+type Chunks<'a> = ((((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), (&'a [f32], &'a [f32])), (&'a [f32], &'a [f32]));
+
+/// The contiguous f32 values of a CPU tensor, or `None`.
+fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout) -> Option<&'a [f32]> {
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = storage else { return None };
+    let (start, end) = layout.contiguous_offsets()?;
+    Some(&data[start..end])
+}
+
+/// The constants of one update, rounded to f32 as candle's `affine` rounds them.
+struct FusedConstants {
+    /// `1 - lr wd`, or `None` without decay (the composed form then skips the multiply).
+    decay: Option<f32>,
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    inv_bc2: f32,
+    eps: f32,
+    lr_over_bc1: f32,
+}
+
+impl FusedConstants {
+    fn new(h: AdamWStep) -> Self {
+        let bc1 = 1.0 - h.beta1.powi(h.t as i32);
+        let bc2 = 1.0 - h.beta2.powi(h.t as i32);
+        FusedConstants {
+            decay: (h.weight_decay > 0.0).then(|| (1.0 - h.lr * h.weight_decay) as f32),
+            beta1: h.beta1 as f32,
+            one_minus_beta1: (1.0 - h.beta1) as f32,
+            beta2: h.beta2 as f32,
+            one_minus_beta2: (1.0 - h.beta2) as f32,
+            inv_bc2: (1.0 / bc2) as f32,
+            eps: h.eps as f32,
+            lr_over_bc1: (h.lr / bc1) as f32,
+        }
+    }
+
+    /// The composed form's operations on each element, in its order. `x * c + 0.0` is kept as written: adding
+    /// +0 turns -0 into +0, as candle's `affine(c, 0)` does.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        theta: &[f32],
+        g: &[f32],
+        m: &[f32],
+        v: &[f32],
+        t_out: &mut [f32],
+        m_out: &mut [f32],
+        v_out: &mut [f32],
+    ) {
+        let outputs = t_out.iter_mut().zip(m_out.iter_mut()).zip(v_out.iter_mut());
+        let inputs = theta.iter().zip(g).zip(m.iter().zip(v));
+        for (((t_out, m_out), v_out), ((&theta, &g), (&m, &v))) in outputs.zip(inputs) {
+            let decayed = match self.decay {
+                Some(d) => theta * d + 0.0,
+                None => theta,
+            };
+            let m_new = (m * self.beta1 + 0.0) + (g * self.one_minus_beta1 + 0.0);
+            let v_new = (v * self.beta2 + 0.0) + ((g * g) * self.one_minus_beta2 + 0.0);
+            let denom = (v_new * self.inv_bc2 + 0.0).sqrt() * 1.0 + self.eps;
+            *t_out = decayed - (m_new * self.lr_over_bc1 + 0.0) / denom;
+            *m_out = m_new;
+            *v_out = v_new;
+        }
+    }
 }
 
 pub struct AdamW {
@@ -247,6 +386,48 @@ mod tests {
         let zero = theta.zeros_like().unwrap();
         let same = adamw_update(&theta, &zero, &mut m, &mut v, no_decay).unwrap();
         assert_eq!(same.to_vec1::<f32>().unwrap(), got, "no gradient and no decay: no change");
+    }
+
+    /// The one-pass CPU update gives the composed ops' bits for theta, m and v, over steps with and without decay,
+    /// on a tensor larger than one task (so the pool splits it), with zeros of both signs among the values.
+    #[test]
+    fn the_fused_update_gives_the_composed_bits() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let n = 2 * FUSED_CHUNK + 77;
+        let mut random = |scale: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| match i % 97 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    _ => (rng.random::<f32>() - 0.5) * scale,
+                })
+                .collect()
+        };
+        let dev = Device::Cpu;
+        let theta0 = Tensor::from_vec(random(2.0), (n / 7, 7), &dev)
+            .unwrap_or_else(|_| Tensor::from_vec(random(2.0), n, &dev).unwrap());
+        let (mut fused, mut composed) = (theta0.clone(), theta0.clone());
+        let zeros = theta0.zeros_like().unwrap();
+        let (mut fm, mut fv, mut cm, mut cv) = (zeros.clone(), zeros.clone(), zeros.clone(), zeros);
+        for t in 1..=4u64 {
+            let g = Tensor::from_vec(random(0.1), theta0.shape(), &dev).unwrap();
+            let weight_decay = if t % 2 == 0 { 0.1 } else { 0.0 };
+            let h = AdamWStep { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay, t };
+            assert!(fused_cpu(&fused, &g, &fm, &fv, h).unwrap().is_some(), "the fused path must run here");
+            fused = adamw_update(&fused, &g, &mut fm, &mut fv, h).unwrap();
+            composed = adamw_update_composed(&composed, &g, &mut cm, &mut cv, h).unwrap();
+            let bits = |t: &Tensor| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&fused), bits(&composed), "theta after step {t}");
+            assert_eq!(bits(&fm), bits(&cm), "m after step {t}");
+            assert_eq!(bits(&fv), bits(&cv), "v after step {t}");
+        }
+        // Other dtypes take the composed ops.
+        let f64s = theta0.to_dtype(DType::F64).unwrap();
+        let h = AdamWStep { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0, t: 1 };
+        assert!(fused_cpu(&f64s, &f64s, &f64s, &f64s, h).unwrap().is_none());
     }
 
     #[test]
