@@ -193,7 +193,7 @@ impl FusedConstants {
         let bc1 = 1.0 - h.beta1.powi(h.t as i32);
         let bc2 = 1.0 - h.beta2.powi(h.t as i32);
         FusedConstants {
-            decay: (h.weight_decay > 0.0).then(|| (1.0 - h.lr * h.weight_decay) as f32),
+            decay: (h.weight_decay > 0.0).then_some((1.0 - h.lr * h.weight_decay) as f32),
             beta1: h.beta1 as f32,
             one_minus_beta1: (1.0 - h.beta1) as f32,
             beta2: h.beta2 as f32,
