@@ -114,3 +114,26 @@ pub(crate) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> cand
         None => candle_core::bail!("expected a contiguous tensor"),
     }
 }
+
+/// Calls `f` with the values of `N` contiguous f32 CPU tensors, borrowed (no copy): [`with_f32_slice`] for several
+/// tensors at once.
+///
+/// # Errors
+/// A tensor that is not an f32 CPU tensor, or not contiguous.
+pub(crate) fn with_f32_slices<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> candle_core::Result<R> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for (slot, (storage, layout)) in slices.iter_mut().zip(&guards) {
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            candle_core::bail!("expected a CPU tensor");
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("expected a contiguous tensor");
+        };
+        *slot = &cpu.as_slice::<f32>()?[a..b];
+    }
+    Ok(f(slices))
+}

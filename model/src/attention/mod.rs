@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 
-use crate::cpu_op::{input_slice, map_tasks};
+use crate::cpu_op::{input_slice, map_tasks, with_f32_slices};
 use crate::device::{kernel_for, Kernel};
 use crate::{ModelError, Result};
 use kernel::Dims;
@@ -86,11 +86,6 @@ struct BlockedAttention {
     lse: Mutex<Option<Vec<f32>>>,
 }
 
-/// A tensor's values as a contiguous f32 vector.
-fn values(x: &Tensor) -> candle_core::Result<Vec<f32>> {
-    x.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
-}
-
 /// One task of the op: key/value head `head` (of batch * kv_heads) and its query heads `groups`.
 #[derive(Debug)]
 struct Task {
@@ -136,18 +131,20 @@ impl CustomOp3 for BlockedAttention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let q = input_slice(self.name(), s1, l1)?;
         let (k, v) = (input_slice(self.name(), s2, l2)?, input_slice(self.name(), s3, l3)?);
-        let kn = self.dims.keys() * self.dims.d;
+        let (kn, d) = (self.dims.keys() * self.dims.d, self.dims.d);
         let path = RowPath::detect();
-        let parts = map_tasks_of(&self.tasks(k.len() / kn), |task| {
+        let tasks = self.tasks(k.len() / kn);
+        // Tasks cover the queries in order, in equal parts: each writes its own chunk of the output.
+        let per_task = q.len() / tasks.len();
+        let (mut out, mut lse) = (vec![0f32; q.len()], vec![0f32; q.len() / d]);
+        let chunks: Vec<_> = tasks.iter().zip(out.chunks_mut(per_task).zip(lse.chunks_mut(per_task / d))).collect();
+        for_each_task(chunks, |(task, (out, lse))| {
             let (dims, qr) = self.task_dims(task);
-            let (mut out, mut lse) = (vec![0f32; qr.len()], vec![0f32; dims.group * dims.t]);
             let (k, v) = (&k[task.head * kn..][..kn], &v[task.head * kn..][..kn]);
-            kernel::forward(dims, &q[qr], k, v, &mut out, &mut lse, path);
-            (out, lse)
+            kernel::forward(dims, &q[qr], k, v, out, lse, path);
         });
-        let (out, lse): (Vec<Vec<f32>>, Vec<Vec<f32>>) = parts.into_iter().unzip();
-        *self.lse.lock().expect("lse lock") = Some(lse.concat());
-        Ok((CpuStorage::F32(out.concat()), l1.shape().clone()))
+        *self.lse.lock().expect("lse lock") = Some(lse);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
     fn bwd(
@@ -158,48 +155,82 @@ impl CustomOp3 for BlockedAttention {
         out: &Tensor,
         grad_out: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let lse = match self.lse.lock().expect("lse lock").clone() {
-            Some(l) => l,
-            None => candle_core::bail!("blocked attention: backward before forward"),
-        };
-        let (qs, ks, vs, os, gs) = (values(q)?, values(k)?, values(v)?, values(out)?, values(grad_out)?);
-        let (kn, d) = (self.dims.keys() * self.dims.d, self.dims.d);
-        let path = RowPath::detect();
-        let tasks = self.tasks(ks.len() / kn);
-        let parts = map_tasks_of(&tasks, |task| {
-            let (dims, qr) = self.task_dims(task);
-            let kr = task.head * kn..(task.head + 1) * kn;
-            let saved = kernel::Saved {
-                q: &qs[qr.clone()],
-                k: &ks[kr.clone()],
-                v: &vs[kr],
-                out: &os[qr.clone()],
-                lse: &lse[qr.start / d..qr.end / d],
-                grad_out: &gs[qr.clone()],
-            };
-            let (mut dq, mut dk, mut dv) = (vec![0f32; qr.len()], vec![0f32; kn], vec![0f32; kn]);
-            kernel::backward(dims, &saved, &mut dq, &mut dk, &mut dv, path);
-            (dq, dk, dv)
-        });
-        // A key/value head's gradient sums over the tasks of its query heads.
-        let (mut dq, mut dk, mut dv) = (Vec::with_capacity(qs.len()), vec![0f32; ks.len()], vec![0f32; vs.len()]);
-        for (task, (dq_part, dk_part, dv_part)) in tasks.iter().zip(parts) {
-            dq.extend(dq_part);
-            let at = task.head * kn..(task.head + 1) * kn;
-            dk[at.clone()].iter_mut().zip(&dk_part).for_each(|(a, b)| *a += b);
-            dv[at].iter_mut().zip(&dv_part).for_each(|(a, b)| *a += b);
-        }
+        let lse = self.lse.lock().expect("lse lock");
+        let Some(lse) = lse.as_deref() else { candle_core::bail!("blocked attention: backward before forward") };
+        let [qc, kc, vc, oc, gc] = [q, k, v, out, grad_out].map(|x| x.detach().to_dtype(DType::F32)?.contiguous());
+        let (dq, dk, dv) = with_f32_slices([&qc?, &kc?, &vc?, &oc?, &gc?], |[q, k, v, out, grad_out]| {
+            self.gradients(&kernel::Saved { q, k, v, out, lse, grad_out })
+        })?;
+        let dev = &Device::Cpu;
         Ok((
-            Some(Tensor::from_vec(dq, q.shape(), &Device::Cpu)?),
-            Some(Tensor::from_vec(dk, k.shape(), &Device::Cpu)?),
-            Some(Tensor::from_vec(dv, v.shape(), &Device::Cpu)?),
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
         ))
     }
 }
 
-/// `task` over every item of `tasks`, in order, on rayon's pool when it has several threads.
-fn map_tasks_of<T: Send>(tasks: &[Task], task: impl Fn(&Task) -> T + Sync + Send) -> Vec<T> {
-    map_tasks(tasks.len(), |i| task(&tasks[i]))
+impl BlockedAttention {
+    /// `(dq, dk, dv)` of the whole op from its saved inputs, laid out as `q`, `k` and `v` (`saved` holds every
+    /// head; its `lse` is the forward's).
+    fn gradients(&self, saved: &kernel::Saved) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (kn, d) = (self.dims.keys() * self.dims.d, self.dims.d);
+        let path = RowPath::detect();
+        let tasks = self.tasks(saved.k.len() / kn);
+        let task_inputs = |task: &Task| {
+            let (dims, qr) = self.task_dims(task);
+            let kr = task.head * kn..(task.head + 1) * kn;
+            let slices = kernel::Saved {
+                q: &saved.q[qr.clone()],
+                k: &saved.k[kr.clone()],
+                v: &saved.v[kr],
+                out: &saved.out[qr.clone()],
+                lse: &saved.lse[qr.start / d..qr.end / d],
+                grad_out: &saved.grad_out[qr],
+            };
+            (dims, slices)
+        };
+        let (mut dq, mut dk, mut dv) =
+            (vec![0f32; saved.q.len()], vec![0f32; saved.k.len()], vec![0f32; saved.v.len()]);
+        let per_task = saved.q.len() / tasks.len();
+        if tasks.iter().all(|task| task.groups.len() == self.dims.group) {
+            // A task per key/value head: each writes its own chunks of dq, dk and dv.
+            let chunks: Vec<_> =
+                tasks.iter().zip(dq.chunks_mut(per_task).zip(dk.chunks_mut(kn).zip(dv.chunks_mut(kn)))).collect();
+            for_each_task(chunks, |(task, (dq, (dk, dv)))| {
+                let (dims, x) = task_inputs(task);
+                kernel::backward(dims, &x, dq, dk, dv, path);
+            });
+            return (dq, dk, dv);
+        }
+        // A task per query head: the heads that share a key/value head sum their dk and dv, in task order.
+        let chunks: Vec<_> = tasks.iter().zip(dq.chunks_mut(per_task)).collect();
+        let parts = map_tasks(chunks.len(), |i| {
+            let (task, _) = &chunks[i];
+            let (dims, x) = task_inputs(task);
+            let (mut dk, mut dv) = (vec![0f32; kn], vec![0f32; kn]);
+            let mut dq = vec![0f32; per_task];
+            kernel::backward(dims, &x, &mut dq, &mut dk, &mut dv, path);
+            (dq, dk, dv)
+        });
+        for ((task, dq_chunk), (dq_part, dk_part, dv_part)) in chunks.into_iter().zip(parts) {
+            dq_chunk.copy_from_slice(&dq_part);
+            let at = task.head * kn..(task.head + 1) * kn;
+            dk[at.clone()].iter_mut().zip(&dk_part).for_each(|(a, b)| *a += b);
+            dv[at].iter_mut().zip(&dv_part).for_each(|(a, b)| *a += b);
+        }
+        (dq, dk, dv)
+    }
+}
+
+/// Runs `work` on every item, on rayon's pool when it has several threads (as [`map_tasks`]).
+fn for_each_task<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync + Send) {
+    if rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        items.into_par_iter().for_each(work);
+    } else {
+        items.into_iter().for_each(work);
+    }
 }
 
 #[cfg(test)]
