@@ -3,10 +3,28 @@
 
 Each peer result is paired with the next result of ours with the same settings (bench.sh runs them back to back);
 the ratio is ours / peer for throughputs and peer / ours for times, so > 1 always means we are faster.
-Usage: python3 scripts/bench_table.py bench-out/results.jsonl
+Settings measured in several pairs (bench.sh --rounds K) also get a summary row: the geometric mean of their ratios
+with a 95% Student t interval over the pairs (on log ratios: a pair is one observation, since the machine's speed
+drifts between pairs but hits both sides of a pair alike), and the issue's target.
+Usage: python3 scripts/bench_table.py bench-out/results.jsonl [--since UNIX_TIME]
 """
 import json
+import math
+import statistics
 import sys
+
+# Two-sided 95% quantiles of Student's t distribution, by degrees of freedom (1..30).
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+# The issue's targets (issue 16), ours / peer: decoding's at batch 8 only.
+TARGETS = {"decode": 3.0, "train": 1.2, "grpo": 3.0, "pretrain": 1.2}
+
+
+def target(k):
+    if k[0] == "decode" and k[1] != 8:
+        return None
+    return TARGETS[k[0]]
 
 
 def load(path):
@@ -37,8 +55,52 @@ def is_ours(r):
     return r.get("impl") == "ideator" or r.get("env") == "pretrain"
 
 
-def main(path):
-    rows = load(path)
+def interval(ratios):
+    """Geometric mean and 95% t interval of ratios (n >= 2), computed on their logarithms."""
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    half = T_975[min(len(logs) - 1, len(T_975)) - 1] * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def ratio(k, peer, ours):
+    """ours / peer as speed, > 1 when we are faster."""
+    if k[0] == "decode":
+        return ours["new_tokens_per_s"] / peer["new_tokens_per_s"]
+    if k[0] == "train":
+        return ours["tokens_per_s"] / peer["tokens_per_s"]
+    if k[0] == "grpo":
+        return peer["seconds_per_step"] / ours["seconds_per_step"]
+    return ours["metrics"]["tokens_per_second"] / peer["tokens_per_second"]
+
+
+def summary(pairs):
+    """Rows for every setting measured in at least two pairs."""
+    by_setting = {}
+    for k, peer, ours in pairs:
+        threads = ours.get("threads") or peer.get("threads")
+        by_setting.setdefault((k, threads), []).append(ratio(k, peer, ours))
+    rows = [(k, t, r) for (k, t), r in by_setting.items() if len(r) >= 2]
+    if not rows:
+        return
+    print("| setting | threads | pairs | ratios | geometric mean | 95% interval | target |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for k, threads, ratios in rows:
+        mean, lo, hi = interval(ratios)
+        goal = target(k)
+        if goal is None:
+            verdict = "none"
+        else:
+            verdict = f"{goal}x: " + ("met" if lo >= goal else ("not met" if hi < goal else "undecided"))
+        name = " ".join(str(x) for x in k if x is not None)
+        listed = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"| {name} | {threads} | {len(ratios)} | {listed} | **{mean:.2f}x** | {lo:.2f}-{hi:.2f}x | "
+              f"{verdict} |")
+    print()
+
+
+def main(path, since=0.0):
+    rows = [r for r in load(path) if r.get("recorded_unix", 0) >= since]
     pairs = []
     pending = {}
     for r in rows:
@@ -89,7 +151,14 @@ def main(path):
             print(f"| {k[1]} | {k[2]} | {peer['tokens_per_second']:.0f} | {ours_tps:.0f} | "
                   f"**{ours_tps / peer['tokens_per_second']:.2f}x** |")
         print()
+    summary(pairs)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "bench-out/results.jsonl")
+    args = sys.argv[1:]
+    since = 0.0
+    if "--since" in args:
+        i = args.index("--since")
+        since = float(args[i + 1])
+        del args[i:i + 2]
+    main(args[0] if args else "bench-out/results.jsonl", since)
