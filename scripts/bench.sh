@@ -6,7 +6,8 @@
 # Usage: scripts/bench.sh [decode|train|grpo|pretrain|all] [--repeats R] [--quiet-wait S] [--threads N] [--rounds K]
 # --threads N gives both sides the same N CPU threads (default 2); on a shared machine 1 keeps each side on one
 # core and the ratio meaningful. --rounds K runs every (peer, ours) pair K times in a row, alternating, so that a
-# noisy machine shows as a spread of ratios instead of one lucky or unlucky pair (default 1).
+# noisy machine shows as a spread of ratios instead of one lucky or unlucky pair (default 1); bench_table.py then
+# gives each such setting its geometric-mean ratio with a 95% interval over the pairs.
 # Needs: scripts/peers/setup.sh (the peers' venv; PY=... to use another Python), a release build.
 # The machine should be otherwise idle: ratios measured while other jobs run mean little (see the Method section).
 set -euo pipefail
