@@ -13,7 +13,7 @@ import math
 import statistics
 import sys
 
-# Two-sided 95% quantiles of Student's t distribution, by degrees of freedom (1..30).
+# Two-sided 95% quantiles of Student's t distribution, by degrees of freedom (1..30; more than 30 use 30's).
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
@@ -159,6 +159,8 @@ if __name__ == "__main__":
     since = 0.0
     if "--since" in args:
         i = args.index("--since")
+        if i + 1 >= len(args):
+            sys.exit("bench_table: --since wants a Unix time (seconds), e.g. --since $(date -d '1 hour ago' +%s)")
         since = float(args[i + 1])
         del args[i:i + 2]
     main(args[0] if args else "bench-out/results.jsonl", since)

@@ -116,7 +116,9 @@ pub(crate) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> cand
 }
 
 /// Calls `f` with the values of `N` contiguous f32 CPU tensors, borrowed (no copy): [`with_f32_slice`] for several
-/// tensors at once.
+/// tensors at once. It holds a read lock on each tensor's storage while `f` runs; tensors may share a storage, as
+/// long as nothing writes to it meanwhile (custom ops' inputs never are: a second read lock on one storage could
+/// otherwise wait behind a queued writer).
 ///
 /// # Errors
 /// A tensor that is not an f32 CPU tensor, or not contiguous.

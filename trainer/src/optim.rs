@@ -148,14 +148,19 @@ fn fused_cpu(
     let n = theta_in.len();
     let (mut theta_out, mut m_out, mut v_out) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
     let task = |((((t_out, m_out), v_out), (theta, g)), (m, v)): Chunks| k.apply(theta, g, m, v, t_out, m_out, v_out);
-    use rayon::prelude::*;
-    theta_out
-        .par_chunks_mut(FUSED_CHUNK)
-        .zip(m_out.par_chunks_mut(FUSED_CHUNK))
-        .zip(v_out.par_chunks_mut(FUSED_CHUNK))
-        .zip(theta_in.par_chunks(FUSED_CHUNK).zip(g_in.par_chunks(FUSED_CHUNK)))
-        .zip(m_in.par_chunks(FUSED_CHUNK).zip(v_in.par_chunks(FUSED_CHUNK)))
-        .for_each(task);
+    if rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        theta_out
+            .par_chunks_mut(FUSED_CHUNK)
+            .zip(m_out.par_chunks_mut(FUSED_CHUNK))
+            .zip(v_out.par_chunks_mut(FUSED_CHUNK))
+            .zip(theta_in.par_chunks(FUSED_CHUNK).zip(g_in.par_chunks(FUSED_CHUNK)))
+            .zip(m_in.par_chunks(FUSED_CHUNK).zip(v_in.par_chunks(FUSED_CHUNK)))
+            .for_each(task);
+    } else {
+        // One thread: no hand-off to the pool (as `ideator_model`'s `map_tasks`).
+        task(((((&mut theta_out[..], &mut m_out[..]), &mut v_out[..]), (theta_in, g_in)), (m_in, v_in)));
+    }
     let shape = theta.shape().clone();
     let dev = theta.device();
     Ok(Some((
@@ -394,7 +399,8 @@ mod tests {
     fn the_fused_update_gives_the_composed_bits() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let n = 2 * FUSED_CHUNK + 77;
+        // Two whole tasks and a partial one, as a (rows, 7) matrix.
+        let n = 7 * ((2 * FUSED_CHUNK) / 7 + 11);
         let mut random = |scale: f32| -> Vec<f32> {
             (0..n)
                 .map(|i| match i % 97 {
@@ -405,11 +411,13 @@ mod tests {
                 .collect()
         };
         let dev = Device::Cpu;
-        let theta0 = Tensor::from_vec(random(2.0), (n / 7, 7), &dev)
-            .unwrap_or_else(|_| Tensor::from_vec(random(2.0), n, &dev).unwrap());
+        let bits = |t: &Tensor| {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        let theta0 = Tensor::from_vec(random(2.0), (n / 7, 7), &dev).unwrap();
         let (mut fused, mut composed) = (theta0.clone(), theta0.clone());
-        let zeros = theta0.zeros_like().unwrap();
-        let (mut fm, mut fv, mut cm, mut cv) = (zeros.clone(), zeros.clone(), zeros.clone(), zeros);
+        let zeros = || theta0.zeros_like().unwrap();
+        let (mut fm, mut fv, mut cm, mut cv) = (zeros(), zeros(), zeros(), zeros());
         for t in 1..=4u64 {
             let g = Tensor::from_vec(random(0.1), theta0.shape(), &dev).unwrap();
             let weight_decay = if t % 2 == 0 { 0.1 } else { 0.0 };
@@ -417,13 +425,18 @@ mod tests {
             assert!(fused_cpu(&fused, &g, &fm, &fv, h).unwrap().is_some(), "the fused path must run here");
             fused = adamw_update(&fused, &g, &mut fm, &mut fv, h).unwrap();
             composed = adamw_update_composed(&composed, &g, &mut cm, &mut cv, h).unwrap();
-            let bits = |t: &Tensor| {
-                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-            };
             assert_eq!(bits(&fused), bits(&composed), "theta after step {t}");
             assert_eq!(bits(&fm), bits(&cm), "m after step {t}");
             assert_eq!(bits(&fv), bits(&cv), "v after step {t}");
         }
+        // A strided gradient (a transpose) takes the composed ops, with the same result.
+        let h = AdamWStep { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, t: 5 };
+        let g_t = Tensor::from_vec(random(0.1), (7, n / 7), &dev).unwrap().t().unwrap();
+        assert!(fused_cpu(&fused, &g_t, &fm, &fv, h).unwrap().is_none());
+        let (mut sm, mut sv) = (fm.clone(), fv.clone());
+        let strided = adamw_update(&fused, &g_t, &mut sm, &mut sv, h).unwrap();
+        let want = adamw_update(&fused, &g_t.contiguous().unwrap(), &mut fm, &mut fv, h).unwrap();
+        assert_eq!(bits(&strided), bits(&want));
         // Other dtypes take the composed ops.
         let f64s = theta0.to_dtype(DType::F64).unwrap();
         let h = AdamWStep { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0, t: 1 };

@@ -54,7 +54,8 @@ impl Optimizer {
             let zeros = var.as_tensor().zeros_like()?;
             state.push(match (cfg.kind, role) {
                 (OptimizerKind::AdamW, _) | (OptimizerKind::Muon, ParamRole::Embedding | ParamRole::Vector) => {
-                    State::Adam { m: zeros.clone(), v: zeros }
+                    // Two buffers, not one shared: the fused AdamW update holds read locks on both.
+                    State::Adam { m: zeros, v: var.as_tensor().zeros_like()? }
                 }
                 (OptimizerKind::Lion, _) => State::Adam { m: zeros.clone(), v: zeros },
                 (OptimizerKind::Sgd, _) | (OptimizerKind::Muon, ParamRole::Hidden) => State::Momentum { buf: zeros },

@@ -134,6 +134,11 @@ impl CustomOp3 for BlockedAttention {
         let (kn, d) = (self.dims.keys() * self.dims.d, self.dims.d);
         let path = RowPath::detect();
         let tasks = self.tasks(k.len() / kn);
+        if tasks.is_empty() {
+            // An empty batch.
+            *self.lse.lock().expect("lse lock") = Some(Vec::new());
+            return Ok((CpuStorage::F32(Vec::new()), l1.shape().clone()));
+        }
         // Tasks cover the queries in order, in equal parts: each writes its own chunk of the output.
         let per_task = q.len() / tasks.len();
         let (mut out, mut lse) = (vec![0f32; q.len()], vec![0f32; q.len() / d]);
@@ -192,6 +197,9 @@ impl BlockedAttention {
         };
         let (mut dq, mut dk, mut dv) =
             (vec![0f32; saved.q.len()], vec![0f32; saved.k.len()], vec![0f32; saved.v.len()]);
+        if tasks.is_empty() {
+            return (dq, dk, dv); // an empty batch
+        }
         let per_task = saved.q.len() / tasks.len();
         if tasks.iter().all(|task| task.groups.len() == self.dims.group) {
             // A task per key/value head: each writes its own chunks of dq, dk and dv.
@@ -281,6 +289,21 @@ mod tests {
                 check(1, 1, 1, 128, 0, 17); // whole blocks, an odd head dimension
                 check(1, 2, 3, 65, 200, 64); // one row past a block, a prefix longer than the block
             });
+        }
+    }
+
+    /// A batch of no sequences gives empty outputs and gradients (no task to split the work into).
+    #[test]
+    fn an_empty_batch_gives_empty_outputs() {
+        let dev = Device::Cpu;
+        let q = Var::from_tensor(&Tensor::zeros((0, 2, 6, 4), DType::F32, &dev).unwrap()).unwrap();
+        let k = Var::from_tensor(&Tensor::zeros((0, 2, 3, 4), DType::F32, &dev).unwrap()).unwrap();
+        let v = Var::from_tensor(&Tensor::zeros((0, 2, 3, 4), DType::F32, &dev).unwrap()).unwrap();
+        let out = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 2, 0).unwrap();
+        assert_eq!(out.dims(), [0, 2, 6, 4]);
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        for x in [&q, &k, &v] {
+            assert_eq!(grads.get(x.as_tensor()).map(|g| g.elem_count()), Some(0));
         }
     }
 
