@@ -47,6 +47,16 @@ pub(crate) fn map_tasks<T: Send>(n: usize, task: impl Fn(usize) -> T + Sync + Se
     }
 }
 
+/// `work` on every item, results in item order: on rayon's pool when it has more than one thread, else on the
+/// caller's thread (as [`map_tasks`], for items that own what they write, such as disjoint output chunks).
+pub(crate) fn map_items<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+    if rayon::current_num_threads() > 1 {
+        items.into_par_iter().map(work).collect()
+    } else {
+        items.into_iter().map(work).collect()
+    }
+}
+
 /// `dst (m x n) = alpha * dst + beta * lhs (m x k) . rhs (k x n)`, every matrix given by its slice and (row,
 /// column) strides; `accumulate = false` ignores dst's old values. `threads`: gemm's own threads (1 when the caller
 /// parallelises).
@@ -122,7 +132,7 @@ pub(crate) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> cand
 ///
 /// # Errors
 /// A tensor that is not an f32 CPU tensor, or not contiguous.
-pub(crate) fn with_f32_slices<const N: usize, R>(
+pub fn with_f32_slices<const N: usize, R>(
     ts: [&Tensor; N],
     f: impl FnOnce([&[f32]; N]) -> R,
 ) -> candle_core::Result<R> {

@@ -39,6 +39,9 @@ pub mod tokenizer;
 mod vector_exp;
 pub mod weights;
 
+/// Borrowing the values of f32 CPU tensors, for element-wise passes in other crates (the trainer's AdamW).
+pub use cpu_op::with_f32_slices;
+
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Arch, ModelConfig};
 pub use decoder::{Decoder, TokenBatch};

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 
-use crate::cpu_op::{input_slice, map_tasks, with_f32_slices};
+use crate::cpu_op::{input_slice, map_items, with_f32_slices};
 use crate::device::{kernel_for, Kernel};
 use crate::{ModelError, Result};
 use kernel::Dims;
@@ -143,7 +143,7 @@ impl CustomOp3 for BlockedAttention {
         let per_task = q.len() / tasks.len();
         let (mut out, mut lse) = (vec![0f32; q.len()], vec![0f32; q.len() / d]);
         let chunks: Vec<_> = tasks.iter().zip(out.chunks_mut(per_task).zip(lse.chunks_mut(per_task / d))).collect();
-        for_each_task(chunks, |(task, (out, lse))| {
+        map_items(chunks, |(task, (out, lse))| {
             let (dims, qr) = self.task_dims(task);
             let (k, v) = (&k[task.head * kn..][..kn], &v[task.head * kn..][..kn]);
             kernel::forward(dims, &q[qr], k, v, out, lse, path);
@@ -201,43 +201,30 @@ impl BlockedAttention {
             return (dq, dk, dv); // an empty batch
         }
         let per_task = saved.q.len() / tasks.len();
+        let dq_chunks = tasks.iter().zip(dq.chunks_mut(per_task));
         if tasks.iter().all(|task| task.groups.len() == self.dims.group) {
             // A task per key/value head: each writes its own chunks of dq, dk and dv.
-            let chunks: Vec<_> =
-                tasks.iter().zip(dq.chunks_mut(per_task).zip(dk.chunks_mut(kn).zip(dv.chunks_mut(kn)))).collect();
-            for_each_task(chunks, |(task, (dq, (dk, dv)))| {
+            let chunks: Vec<_> = dq_chunks.zip(dk.chunks_mut(kn).zip(dv.chunks_mut(kn))).collect();
+            map_items(chunks, |((task, dq), (dk, dv))| {
                 let (dims, x) = task_inputs(task);
                 kernel::backward(dims, &x, dq, dk, dv, path);
             });
             return (dq, dk, dv);
         }
-        // A task per query head: the heads that share a key/value head sum their dk and dv, in task order.
-        let chunks: Vec<_> = tasks.iter().zip(dq.chunks_mut(per_task)).collect();
-        let parts = map_tasks(chunks.len(), |i| {
-            let (task, _) = &chunks[i];
+        // A task per query head: each writes its chunk of dq; the heads that share a key/value head sum their dk
+        // and dv, in task order.
+        let parts = map_items(dq_chunks.collect(), |(task, dq)| {
             let (dims, x) = task_inputs(task);
             let (mut dk, mut dv) = (vec![0f32; kn], vec![0f32; kn]);
-            let mut dq = vec![0f32; per_task];
-            kernel::backward(dims, &x, &mut dq, &mut dk, &mut dv, path);
-            (dq, dk, dv)
+            kernel::backward(dims, &x, dq, &mut dk, &mut dv, path);
+            (task.head, dk, dv)
         });
-        for ((task, dq_chunk), (dq_part, dk_part, dv_part)) in chunks.into_iter().zip(parts) {
-            dq_chunk.copy_from_slice(&dq_part);
-            let at = task.head * kn..(task.head + 1) * kn;
+        for (head, dk_part, dv_part) in parts {
+            let at = head * kn..(head + 1) * kn;
             dk[at.clone()].iter_mut().zip(&dk_part).for_each(|(a, b)| *a += b);
             dv[at].iter_mut().zip(&dv_part).for_each(|(a, b)| *a += b);
         }
         (dq, dk, dv)
-    }
-}
-
-/// Runs `work` on every item, on rayon's pool when it has several threads (as [`map_tasks`]).
-fn for_each_task<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync + Send) {
-    if rayon::current_num_threads() > 1 {
-        use rayon::prelude::*;
-        items.into_par_iter().for_each(work);
-    } else {
-        items.into_iter().for_each(work);
     }
 }
 
