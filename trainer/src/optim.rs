@@ -65,6 +65,13 @@ pub struct AdamWStep {
     pub t: u64,
 }
 
+impl AdamWStep {
+    /// Adam's bias corrections `(1 - beta1^t, 1 - beta2^t)`, in f64 (both forms of the update round from these).
+    fn bias_corrections(&self) -> (f64, f64) {
+        (1.0 - self.beta1.powi(self.t as i32), 1.0 - self.beta2.powi(self.t as i32))
+    }
+}
+
 /// One AdamW update of one parameter (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization",
 /// Algorithm 2, with Adam's bias corrections; the decay is `lr wd`, PyTorch's convention, where the paper scales
 /// `wd` by the schedule's multiplier alone): updates the moments `m` and `v` in place and returns the new
@@ -110,8 +117,7 @@ fn adamw_update_composed(
     let decayed = if h.weight_decay > 0.0 { theta.affine(1.0 - h.lr * h.weight_decay, 0.0)? } else { theta };
     *m = (m.affine(h.beta1, 0.0)? + g.affine(1.0 - h.beta1, 0.0)?)?;
     *v = (v.affine(h.beta2, 0.0)? + g.sqr()?.affine(1.0 - h.beta2, 0.0)?)?;
-    let bc1 = 1.0 - h.beta1.powi(h.t as i32);
-    let bc2 = 1.0 - h.beta2.powi(h.t as i32);
+    let (bc1, bc2) = h.bias_corrections();
     let denom = (v.affine(1.0 / bc2, 0.0)?.sqrt()? + h.eps)?;
     decayed - (m.affine(h.lr / bc1, 0.0)? / denom)?
 }
@@ -132,52 +138,32 @@ fn fused_cpu(
     h: AdamWStep,
 ) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
     let tensors = [theta, g, m, v];
-    if tensors.iter().any(|t| !t.device().is_cpu() || t.dtype() != DType::F32 || t.shape() != theta.shape()) {
+    let fits = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+    if !tensors.iter().all(|t| fits(t) && t.shape() == theta.shape()) {
         return Ok(None);
     }
-    let (g_s, g_l) = g.storage_and_layout();
-    let (m_s, m_l) = m.storage_and_layout();
-    let (v_s, v_l) = v.storage_and_layout();
-    let (t_s, t_l) = theta.storage_and_layout();
-    let (Some(theta_in), Some(g_in), Some(m_in), Some(v_in)) =
-        (cpu_f32(&t_s, t_l), cpu_f32(&g_s, g_l), cpu_f32(&m_s, m_l), cpu_f32(&v_s, v_l))
-    else {
-        return Ok(None);
-    };
     let k = FusedConstants::new(h);
-    let n = theta_in.len();
+    let n = theta.elem_count();
     let (mut theta_out, mut m_out, mut v_out) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    let task = |((((t_out, m_out), v_out), (theta, g)), (m, v)): Chunks| k.apply(theta, g, m, v, t_out, m_out, v_out);
-    if rayon::current_num_threads() > 1 {
-        use rayon::prelude::*;
-        theta_out
-            .par_chunks_mut(FUSED_CHUNK)
-            .zip(m_out.par_chunks_mut(FUSED_CHUNK))
-            .zip(v_out.par_chunks_mut(FUSED_CHUNK))
-            .zip(theta_in.par_chunks(FUSED_CHUNK).zip(g_in.par_chunks(FUSED_CHUNK)))
-            .zip(m_in.par_chunks(FUSED_CHUNK).zip(v_in.par_chunks(FUSED_CHUNK)))
-            .for_each(task);
-    } else {
-        // One thread: no hand-off to the pool (as `ideator_model`'s `map_tasks`).
-        task(((((&mut theta_out[..], &mut m_out[..]), &mut v_out[..]), (theta_in, g_in)), (m_in, v_in)));
-    }
-    let shape = theta.shape().clone();
-    let dev = theta.device();
+    ideator_model::with_f32_slices(tensors, |[theta, g, m, v]| {
+        if rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            let outputs = theta_out.par_chunks_mut(FUSED_CHUNK).zip(m_out.par_chunks_mut(FUSED_CHUNK));
+            outputs.zip(v_out.par_chunks_mut(FUSED_CHUNK)).enumerate().for_each(|(i, ((t_out, m_out), v_out))| {
+                let at = i * FUSED_CHUNK..i * FUSED_CHUNK + t_out.len();
+                k.apply(&theta[at.clone()], &g[at.clone()], &m[at.clone()], &v[at], t_out, m_out, v_out);
+            });
+        } else {
+            // One thread: no hand-off to the pool (as `ideator_model`'s own element-wise ops).
+            k.apply(theta, g, m, v, &mut theta_out, &mut m_out, &mut v_out);
+        }
+    })?;
+    let (shape, dev) = (theta.shape(), theta.device());
     Ok(Some((
-        Tensor::from_vec(theta_out, shape.clone(), dev)?,
-        Tensor::from_vec(m_out, shape.clone(), dev)?,
+        Tensor::from_vec(theta_out, shape, dev)?,
+        Tensor::from_vec(m_out, shape, dev)?,
         Tensor::from_vec(v_out, shape, dev)?,
     )))
-}
-
-/// One task's slices: `(((theta', m'), v'), (theta, g)), (m, v)`.
-type Chunks<'a> = ((((&'a mut [f32], &'a mut [f32]), &'a mut [f32]), (&'a [f32], &'a [f32])), (&'a [f32], &'a [f32]));
-
-/// The contiguous f32 values of a CPU tensor, or `None`.
-fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout) -> Option<&'a [f32]> {
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = storage else { return None };
-    let (start, end) = layout.contiguous_offsets()?;
-    Some(&data[start..end])
 }
 
 /// The constants of one update, rounded to f32 as candle's `affine` rounds them.
@@ -195,8 +181,7 @@ struct FusedConstants {
 
 impl FusedConstants {
     fn new(h: AdamWStep) -> Self {
-        let bc1 = 1.0 - h.beta1.powi(h.t as i32);
-        let bc2 = 1.0 - h.beta2.powi(h.t as i32);
+        let (bc1, bc2) = h.bias_corrections();
         FusedConstants {
             decay: (h.weight_decay > 0.0).then_some((1.0 - h.lr * h.weight_decay) as f32),
             beta1: h.beta1 as f32,
@@ -437,6 +422,15 @@ mod tests {
         let strided = adamw_update(&fused, &g_t, &mut sm, &mut sv, h).unwrap();
         let want = adamw_update(&fused, &g_t.contiguous().unwrap(), &mut fm, &mut fv, h).unwrap();
         assert_eq!(bits(&strided), bits(&want));
+        // One thread takes the pass without the pool, with the same bits.
+        let g = Tensor::from_vec(random(0.1), theta0.shape(), &dev).unwrap();
+        let update = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let (mut m, mut v) = (fm.clone(), fv.clone());
+            let theta = pool.install(|| adamw_update(&fused, &g, &mut m, &mut v, h).unwrap());
+            (bits(&theta), bits(&m), bits(&v))
+        };
+        assert_eq!(update(1), update(2));
         // Other dtypes take the composed ops.
         let f64s = theta0.to_dtype(DType::F64).unwrap();
         let h = AdamWStep { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0, t: 1 };
