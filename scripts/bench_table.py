@@ -8,6 +8,7 @@ with a 95% Student t interval over the pairs (on log ratios: a pair is one obser
 drifts between pairs but hits both sides of a pair alike), and the issue's target.
 Usage: python3 scripts/bench_table.py bench-out/results.jsonl [--since UNIX_TIME]
 """
+import argparse
 import json
 import math
 import statistics
@@ -119,7 +120,7 @@ def main(path, since=0.0):
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for k, peer, ours in decode:
             print(f"| {k[1]} | {k[2]} / {k[3]} | {peer['new_tokens_per_s']:.1f} | {ours['new_tokens_per_s']:.1f} | "
-                  f"**{ours['new_tokens_per_s'] / peer['new_tokens_per_s']:.2f}x** | {ours['decode_tokens_per_s']:.1f} "
+                  f"**{ratio(k, peer, ours):.2f}x** | {ours['decode_tokens_per_s']:.1f} "
                   f"(peer {peer['decode_tokens_per_s']:.1f}) | {ours['time_to_first_token_s']:.2f} s (peer {peer['time_to_first_token_s']:.2f} s) |")
         print()
     train = [p for p in pairs if p[0][0] == "train"]
@@ -128,7 +129,7 @@ def main(path, since=0.0):
         print("| --- | --- | --- | --- |")
         for k, peer, ours in train:
             print(f"| {k[1]} x {k[2]} | {peer['tokens_per_s']:.1f} | {ours['tokens_per_s']:.1f} | "
-                  f"**{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x** |")
+                  f"**{ratio(k, peer, ours):.2f}x** |")
         print()
     grpo = [p for p in pairs if p[0][0] == "grpo"]
     if grpo:
@@ -140,7 +141,7 @@ def main(path, since=0.0):
             name = "full" if k[1] == 0 else f"LoRA r{k[1]}"
             print(f"| {name} | {peer['seconds_per_step']:.1f} ({trl_split}) | {ours['seconds_per_step']:.1f} "
                   f"({ours['generation_s']:.1f} / {ours['ref_logprobs_s']:.1f} / {ours['update_s']:.1f}) | "
-                  f"**{peer['seconds_per_step'] / ours['seconds_per_step']:.2f}x** |")
+                  f"**{ratio(k, peer, ours):.2f}x** |")
         print()
     pre = [p for p in pairs if p[0][0] == "pretrain"]
     if pre:
@@ -149,18 +150,17 @@ def main(path, since=0.0):
         for k, peer, ours in pre:
             ours_tps = ours["metrics"]["tokens_per_second"]
             print(f"| {k[1]} | {k[2]} | {peer['tokens_per_second']:.0f} | {ours_tps:.0f} | "
-                  f"**{ours_tps / peer['tokens_per_second']:.2f}x** |")
+                  f"**{ratio(k, peer, ours):.2f}x** |")
         print()
     summary(pairs)
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    since = 0.0
-    if "--since" in args:
-        i = args.index("--since")
-        if i + 1 >= len(args):
-            sys.exit("bench_table: --since wants a Unix time (seconds), e.g. --since $(date -d '1 hour ago' +%s)")
-        since = float(args[i + 1])
-        del args[i:i + 2]
-    main(args[0] if args else "bench-out/results.jsonl", since)
+    parser = argparse.ArgumentParser(description="BENCHMARKS.md tables from scripts/bench.sh's records")
+    parser.add_argument("results", nargs="?", default="bench-out/results.jsonl")
+    parser.add_argument("--since", type=float, default=0.0, metavar="UNIX_TIME",
+                        help="only records made at or after this time (one campaign)")
+    args = parser.parse_args()
+    if not math.isfinite(args.since):
+        parser.error(f"--since wants a finite Unix time in seconds, not {args.since}")
+    main(args.results, args.since)
