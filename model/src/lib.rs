@@ -11,6 +11,7 @@ pub mod attention;
 pub mod chat_template;
 pub mod config;
 mod cpu_op;
+pub mod data_parallel;
 mod decode_attention;
 mod decode_copy;
 pub mod decoder;

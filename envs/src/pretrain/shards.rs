@@ -1,13 +1,14 @@
-//! Data parallelism over CPU threads for the small pretraining models.
+//! How a pretraining step's batch splits into micro-batches, for data parallelism over CPU threads.
 //!
 //! A tiny GPT's tensor operations (1,024 x 128 matrices) are too small for candle's thread pool to pay off: with
 //! two threads per operation a run was slower than with one. Splitting a step's batch into micro-batches that run
-//! whole forward and backward passes side by side, each on one thread, uses every core instead.
+//! whole forward and backward passes side by side, each on one thread (`ideator_model::data_parallel`), uses every
+//! core instead.
 //!
 //! The number of micro-batches is fixed by the batch (not by the thread count), and their results are combined in
 //! micro-batch order whatever thread computed them, so a run gives bit-identical results with 1 or N threads.
 
-use candle_core::{Device, Result};
+use candle_core::Device;
 
 /// Micro-batches per step on the CPU at most (fewer when the batch is smaller). Four lets up to four cores work;
 /// with one thread the extra per-operation overhead of four smaller passes was within noise when first measured
@@ -40,37 +41,6 @@ pub fn split(batch: usize, seq_len: usize, device: &Device) -> Vec<(usize, usize
         .collect()
 }
 
-/// Runs `work` on every item, on up to `threads` threads, and returns the results in item order. Thread `j`
-/// takes items `j, j + threads, ...`; the first error (in item order) is returned.
-pub(crate) fn run_in_order<I: Sync, T: Send>(
-    items: &[I],
-    threads: usize,
-    work: impl Fn(&I) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    let threads = threads.clamp(1, items.len().max(1));
-    if threads == 1 {
-        return items.iter().map(&work).collect();
-    }
-    let mut slots: Vec<Option<Result<T>>> = (0..items.len()).map(|_| None).collect();
-    std::thread::scope(|scope| {
-        let work = &work;
-        let handles: Vec<_> = (0..threads)
-            .map(|j| {
-                scope.spawn(move || {
-                    (j..items.len()).step_by(threads).map(|i| (i, work(&items[i]))).collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for handle in handles {
-            // A panicking worker re-panics here; the executor turns panics into runtime errors.
-            for (i, out) in handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
-                slots[i] = Some(out);
-            }
-        }
-    });
-    slots.into_iter().map(|s| s.expect("every item was assigned to a thread")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,26 +68,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn results_come_back_in_item_order_for_any_thread_count() {
-        let items: Vec<u64> = (0..11).collect();
-        for threads in [1, 2, 3, 8, 20] {
-            let out = run_in_order(&items, threads, |&i| Ok((i, std::thread::current().id()))).unwrap();
-            assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), items);
-            let distinct: std::collections::HashSet<_> = out.iter().map(|(_, t)| *t).collect();
-            assert_eq!(distinct.len(), threads.min(items.len()), "{threads} threads");
-        }
-    }
-
-    #[test]
-    fn the_first_error_in_item_order_is_returned() {
-        let items: Vec<u64> = (0..6).collect();
-        let err =
-            run_in_order(&items, 3, |&i| if i >= 2 { candle_core::bail!("item {i}") } else { Ok(i) }).unwrap_err();
-        // candle appends a backtrace to the message when RUST_BACKTRACE is set.
-        let msg = err.to_string();
-        assert!(msg.starts_with("item 2"), "{msg}");
     }
 }

@@ -8,6 +8,7 @@ use super::shards;
 use crate::environment::RunContext;
 use crate::result::FailureCause;
 use candle_core::{Device, Tensor, Var};
+use ideator_model::data_parallel::run_in_order;
 use ideator_trainer::schedule::Schedule;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -223,7 +224,7 @@ fn micro_batch_step(
     threads: usize,
 ) -> candle_core::Result<StepOutput> {
     let batch = plan.batch_size as f64;
-    let outputs = shards::run_in_order(parts, threads, |&(start, len)| {
+    let outputs = run_in_order(parts, threads, |&(start, len)| -> candle_core::Result<_> {
         let (x, y) = (inputs.narrow(0, start, len)?, targets.narrow(0, start, len)?);
         let (ce, z_sq) = model.loss(&x, &y)?;
         let loss = if plan.z_loss > 0.0 { (&ce + (z_sq * plan.z_loss)?)? } else { ce.clone() };
@@ -282,18 +283,19 @@ pub fn evaluate(
     }
     let batches: Vec<(usize, usize)> =
         (0..spec.windows).step_by(spec.batch).map(|w| (w, spec.batch.min(spec.windows - w))).collect();
-    let losses = shards::run_in_order(&batches, threads, |&(w, n)| {
-        let mut inputs = Vec::with_capacity(n * spec.ctx);
-        let mut targets = Vec::with_capacity(n * spec.ctx);
-        for i in w..w + n {
-            let s = i * (spec.ctx + 1);
-            inputs.extend(val[s..s + spec.ctx].iter().map(|&x| x as u32));
-            targets.extend(val[s + 1..s + spec.ctx + 1].iter().map(|&x| x as u32));
-        }
-        let inputs = Tensor::from_vec(inputs, (n, spec.ctx), device)?;
-        let targets = Tensor::from_vec(targets, (n, spec.ctx), device)?;
-        let (ce, _) = model.loss(&inputs, &targets)?;
-        Ok(ce.to_scalar::<f32>()? as f64 * n as f64)
-    })?;
+    let losses =
+        ideator_model::data_parallel::run_in_order(&batches, threads, |&(w, n)| -> candle_core::Result<_> {
+            let mut inputs = Vec::with_capacity(n * spec.ctx);
+            let mut targets = Vec::with_capacity(n * spec.ctx);
+            for i in w..w + n {
+                let s = i * (spec.ctx + 1);
+                inputs.extend(val[s..s + spec.ctx].iter().map(|&x| x as u32));
+                targets.extend(val[s + 1..s + spec.ctx + 1].iter().map(|&x| x as u32));
+            }
+            let inputs = Tensor::from_vec(inputs, (n, spec.ctx), device)?;
+            let targets = Tensor::from_vec(targets, (n, spec.ctx), device)?;
+            let (ce, _) = model.loss(&inputs, &targets)?;
+            Ok(ce.to_scalar::<f32>()? as f64 * n as f64)
+        })?;
     Ok(losses.iter().sum::<f64>() / spec.windows as f64)
 }
