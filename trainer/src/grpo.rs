@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +11,7 @@ use crate::advantages::{compute_advantages, is_zero_std, GroupInput};
 use crate::config::{GrpoConfig, OptimConfig};
 use crate::data::ScoredGroup;
 use crate::loss::{grpo_loss, token_weights, LossStats, SequenceTerms};
+use crate::micro_batches;
 use crate::optim::{AdamW, GradAccumulator};
 use crate::policy::TrainablePolicy;
 use crate::{Result, TrainerError};
@@ -84,6 +86,23 @@ pub fn reward_moments(rewards: &[f64]) -> Option<(f64, f64, f64)> {
     let mean = rewards.iter().sum::<f64>() / n;
     let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
     Some((mean, std, rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max)))
+}
+
+/// Samples of one group that run through the policy together (they share the group's prompt).
+struct MicroBatch<'g> {
+    group: &'g ScoredGroup,
+    /// (sample index in the group, advantage, token weight).
+    members: Vec<(usize, f64, f64)>,
+    /// Position among the step's micro-batches; seeds the micro-batch's LoRA dropout.
+    index: u64,
+    /// The reference's log-probs of each member's completion tokens, when beta > 0.
+    reference: Option<Vec<Vec<f32>>>,
+}
+
+impl MicroBatch<'_> {
+    fn continuations(&self) -> Vec<Vec<u32>> {
+        self.members.iter().map(|&(j, _, _)| self.group.samples[j].completion_ids.clone()).collect()
+    }
 }
 
 pub struct GrpoLearner {
@@ -179,58 +198,22 @@ impl GrpoLearner {
         stats.completion_len_mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
         let weights = token_weights(&lengths, self.cfg.loss_aggregation, self.max_completion_tokens);
 
-        // Samples that carry no gradient (zero advantage, no KL, no entropy bonus) are not run at all.
-        let carries_gradient = |a: f64| a != 0.0 || self.cfg.beta > 0.0 || self.cfg.entropy_coef > 0.0;
+        let t_update = Instant::now();
+        let mut batches = self.micro_batches(groups, &per_group, &weights);
+        let reference_seconds = self.reference_logprobs(&mut batches)?;
         let mut acc = GradAccumulator::new(self.policy.params().len());
         let mut loss_stats = LossStats::default();
-        let mut any = false;
-        let mut reference_seconds = 0.0;
-        let t_update = Instant::now();
-        let mut weight_at = 0;
-        let mut micro = 0u64;
-        for (g, kept) in groups.iter().zip(&per_group) {
-            let with_weights: Vec<(usize, f64, f64)> = kept
-                .iter()
-                .map(|&(j, a)| {
-                    weight_at += 1;
-                    (j, a, weights[weight_at - 1])
-                })
-                .filter(|&(_, a, _)| carries_gradient(a))
-                .collect();
-            // Each micro-batch shares the group's prompt: it is run once per micro-batch, not once per sample.
-            for chunk in with_weights.chunks(self.cfg.micro_batch) {
-                let conts: Vec<Vec<u32>> =
-                    chunk.iter().map(|&(j, _, _)| g.samples[j].completion_ids.clone()).collect();
-                let t0 = Instant::now();
-                let reference = if self.cfg.beta > 0.0 {
-                    self.policy.reference_continuation_logprobs(&g.prompt_ids, &conts, g.temperature)?
-                } else {
-                    None
-                };
-                reference_seconds += t0.elapsed().as_secs_f64();
-                let terms: Vec<SequenceTerms> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &(j, a, w))| SequenceTerms {
-                        advantage: a,
-                        behaviour_logprobs: g.samples[j].behaviour_logprobs.clone(),
-                        reference_logprobs: reference.as_ref().map(|r| r[k].clone()),
-                        token_weight: w,
-                        on_policy: g.policy_version == self.step,
-                    })
-                    .collect();
-                let mode = self.policy.training_mode(mix(mix(self.seed, self.step), micro));
-                micro += 1;
-                let scored = self.policy.score_continuations(&g.prompt_ids, &conts, mode, g.temperature)?;
-                let (loss, s) = grpo_loss(&scored.logprobs, &scored.entropies, &terms, &self.cfg)?;
-                if !s.loss.is_finite() {
-                    return Err(TrainerError::NonFinite(format!("loss ({})", s.loss)));
-                }
+        let threads = micro_batches::threads_for(self.policy.decoder().device());
+        micro_batches::in_waves(
+            &batches,
+            threads,
+            |batch| self.micro_batch_gradients(batch),
+            |(s, grads)| {
                 loss_stats.merge(&s);
-                self.policy.accumulate(&mut acc, &scored.backward(&loss)?)?;
-                any = true;
-            }
-        }
+                self.policy.accumulate(&mut acc, &grads)
+            },
+        )?;
+        let any = !batches.is_empty();
         stats.reference_seconds = reference_seconds;
         let tokens = loss_stats.tokens.max(1) as f64;
         stats.trained_tokens = loss_stats.tokens;
@@ -254,6 +237,74 @@ impl GrpoLearner {
         stats.update_seconds = t_update.elapsed().as_secs_f64() - reference_seconds;
         self.step += 1;
         Ok(stats)
+    }
+
+    /// The step's micro-batches in order: per group, its samples that carry a gradient (a zero advantage without KL
+    /// or entropy bonus carries none, and is not run at all), `grpo.micro_batch` at a time. `per_group` holds each
+    /// group's kept (sample, advantage) pairs and `weights` their token weights, in the same order.
+    fn micro_batches<'g>(
+        &self,
+        groups: &'g [ScoredGroup],
+        per_group: &[Vec<(usize, f64)>],
+        weights: &[f64],
+    ) -> Vec<MicroBatch<'g>> {
+        let carries_gradient = |a: f64| a != 0.0 || self.cfg.beta > 0.0 || self.cfg.entropy_coef > 0.0;
+        let mut weights = weights.iter();
+        let mut batches = Vec::new();
+        for (group, kept) in groups.iter().zip(per_group) {
+            let members: Vec<(usize, f64, f64)> = kept
+                .iter()
+                .map(|&(j, a)| (j, a, *weights.next().expect("a token weight per kept sample")))
+                .filter(|&(_, a, _)| carries_gradient(a))
+                .collect();
+            // Each micro-batch shares the group's prompt: it is run once per micro-batch, not once per sample.
+            for chunk in members.chunks(self.cfg.micro_batch) {
+                let index = batches.len() as u64;
+                batches.push(MicroBatch { group, members: chunk.to_vec(), index, reference: None });
+            }
+        }
+        batches
+    }
+
+    /// The reference's log-probs of every micro-batch (when beta > 0), in order, so that the reference keeps one
+    /// prompt's pass for the micro-batches that share it. Returns the seconds taken.
+    fn reference_logprobs(&self, batches: &mut [MicroBatch<'_>]) -> Result<f64> {
+        let t0 = Instant::now();
+        if self.cfg.beta > 0.0 {
+            for batch in batches.iter_mut() {
+                let g = batch.group;
+                batch.reference = self.policy.reference_continuation_logprobs(
+                    &g.prompt_ids,
+                    &batch.continuations(),
+                    g.temperature,
+                )?;
+            }
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    }
+
+    /// One micro-batch's forward pass, GRPO loss and backward pass: its loss statistics and gradients.
+    fn micro_batch_gradients(&self, batch: &MicroBatch<'_>) -> Result<(LossStats, GradStore)> {
+        let g = batch.group;
+        let terms: Vec<SequenceTerms> = batch
+            .members
+            .iter()
+            .enumerate()
+            .map(|(k, &(j, a, w))| SequenceTerms {
+                advantage: a,
+                behaviour_logprobs: g.samples[j].behaviour_logprobs.clone(),
+                reference_logprobs: batch.reference.as_ref().map(|r| r[k].clone()),
+                token_weight: w,
+                on_policy: g.policy_version == self.step,
+            })
+            .collect();
+        let mode = self.policy.training_mode(mix(mix(self.seed, self.step), batch.index));
+        let scored = self.policy.score_continuations(&g.prompt_ids, &batch.continuations(), mode, g.temperature)?;
+        let (loss, s) = grpo_loss(&scored.logprobs, &scored.entropies, &terms, &self.cfg)?;
+        if !s.loss.is_finite() {
+            return Err(TrainerError::NonFinite(format!("loss ({})", s.loss)));
+        }
+        Ok((s, scored.backward(&loss)?))
     }
 
     /// Advances the step without an update, for a step whose every sample was excluded (the machine failed, not

@@ -11,6 +11,7 @@ pub mod data;
 pub mod error;
 pub mod grpo;
 pub mod loss;
+pub mod micro_batches;
 pub mod optim;
 pub mod policy;
 pub mod run_dir;

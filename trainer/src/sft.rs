@@ -8,6 +8,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::config::OptimConfig;
+use crate::micro_batches;
 use crate::optim::{AdamW, GradAccumulator};
 use crate::policy::TrainablePolicy;
 use crate::state::{ExportedState, LearnerState};
@@ -29,6 +30,14 @@ pub struct SftStepStats {
     pub tokens: usize,
     pub grad_norm: f64,
     pub seconds: f64,
+}
+
+/// Examples of one prompt that run through the policy together.
+struct SftMicroBatch<'a> {
+    prompt: &'a [u32],
+    completions: Vec<Vec<u32>>,
+    /// Position among the step's micro-batches; seeds the micro-batch's LoRA dropout.
+    index: u64,
 }
 
 pub struct SftLearner {
@@ -88,20 +97,31 @@ impl SftLearner {
         let t0 = Instant::now();
         let total: usize = batch.iter().map(|e| e.completion_ids.len()).sum();
         let lr = self.optim.schedule.lr(self.optim.lr, self.step, self.total_steps);
-        let mut acc = GradAccumulator::new(self.policy.params().len());
-        let mut nll = 0f64;
-        let mut micro = 0u64;
+        // Micro-batches of examples sharing a prompt, their index seeding their LoRA dropout; their passes run
+        // side by side on the CPU's threads, their gradients summed in this order.
+        let mut parts = Vec::new();
         for (prompt, members) in Self::by_prompt(batch)? {
             for chunk in members.chunks(self.micro_batch) {
-                let conts: Vec<Vec<u32>> = chunk.iter().map(|e| e.completion_ids.clone()).collect();
-                let mode = self.policy.training_mode(self.seed ^ (self.step << 20) ^ micro);
-                micro += 1;
-                let scored = self.policy.score_continuations(prompt, &conts, mode, 1.0)?;
-                let loss = (scored.logprobs.sum_all()? * (-1.0 / total as f64))?;
-                nll += loss.to_scalar::<f32>()? as f64;
-                self.policy.accumulate(&mut acc, &scored.backward(&loss)?)?;
+                let completions = chunk.iter().map(|e| e.completion_ids.clone()).collect();
+                parts.push(SftMicroBatch { prompt, completions, index: parts.len() as u64 });
             }
         }
+        let mut acc = GradAccumulator::new(self.policy.params().len());
+        let mut nll = 0f64;
+        micro_batches::in_waves(
+            &parts,
+            micro_batches::threads_for(self.policy.decoder().device()),
+            |part| {
+                let mode = self.policy.training_mode(self.seed ^ (self.step << 20) ^ part.index);
+                let scored = self.policy.score_continuations(part.prompt, &part.completions, mode, 1.0)?;
+                let loss = (scored.logprobs.sum_all()? * (-1.0 / total as f64))?;
+                Ok((loss.to_scalar::<f32>()? as f64, scored.backward(&loss)?))
+            },
+            |(loss, grads)| {
+                nll += loss;
+                self.policy.accumulate(&mut acc, &grads)
+            },
+        )?;
         if !nll.is_finite() {
             return Err(TrainerError::NonFinite(format!("SFT loss ({nll})")));
         }

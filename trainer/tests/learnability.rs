@@ -1,6 +1,7 @@
 //! The GRPO learner learns: on a tiny randomly initialised character model, a reward computed from the text
 //! rises clearly within a bounded number of steps, with LoRA and with full fine-tuning. And training resumes
-//! exactly: N steps straight equal N/2 steps, a checkpoint on disk, a fresh process state, and N/2 more.
+//! exactly: N steps straight equal N/2 steps, a checkpoint on disk, a fresh process state, and N/2 more. And the
+//! micro-batches that run side by side on the threads give the same update as on one thread.
 
 use candle_core::{DType, Device};
 use ideator_checkpoints::{BaseModel, Checkpoint};
@@ -27,9 +28,20 @@ fn learner(mode: TrainMode, lr: f64, steps: u64) -> (GrpoLearner, Tokenizer) {
 }
 
 fn learner_on(mode: TrainMode, lr: f64, steps: u64, dtype: DType, device: &Device) -> (GrpoLearner, Tokenizer) {
+    learner_with(mode, lr, steps, dtype, device, 8)
+}
+
+fn learner_with(
+    mode: TrainMode,
+    lr: f64,
+    steps: u64,
+    dtype: DType,
+    device: &Device,
+    micro_batch: usize,
+) -> (GrpoLearner, Tokenizer) {
     let tok = char_tokenizer().unwrap();
     let policy = TrainablePolicy::new(tiny_decoder_on(1, dtype, device).unwrap(), &mode, true, 7, 0).unwrap();
-    let cfg = GrpoConfig { group_size: 8, beta: 0.01, micro_batch: 8, ..Default::default() };
+    let cfg = GrpoConfig { group_size: 8, beta: 0.01, micro_batch, ..Default::default() };
     let optim = OptimConfig { lr, ..Default::default() };
     (GrpoLearner::new(policy, cfg, optim, steps, 12, 99).unwrap(), tok)
 }
@@ -98,6 +110,36 @@ fn full_fine_tuning_learns_the_synthetic_reward() {
 
 fn bits(t: &candle_core::Tensor) -> Vec<u32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+}
+
+/// The learner runs its micro-batches side by side, one per thread of the pool (`micro_batches::in_waves`), and
+/// sums their gradients in micro-batch order: three steps (sampling, reference, update) on 2 and 3 threads give
+/// the losses and weights of 1 thread, bit for bit. On the CPU, as below. Not claimed for a thread count that
+/// leaves a wave of one pass: that pass runs with the whole pool, and the attention op splits its work (and its
+/// sums) by the pool's size.
+#[test]
+fn updates_do_not_depend_on_the_thread_count() {
+    for mode in
+        [TrainMode::Lora { lora: LoraConfig { rank: 4, dropout: 0.1, ..Default::default() } }, TrainMode::Full]
+    {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                // Two groups of 8 in micro-batches of 3 + 3 + 2: six passes, in waves of 2 + 2 + 2 on two threads,
+                // 3 + 3 on three, each pass on a one-thread pool.
+                let (mut l, tok) = learner_with(mode.clone(), 1e-2, 3, DType::F32, &Device::Cpu, 3);
+                let losses: Vec<u64> = (0..3).map(|s| rl_step(&mut l, &tok, s).1.to_bits()).collect();
+                let weights: Vec<Vec<u32>> = l.policy().params().iter().map(|(_, v)| bits(v.as_tensor())).collect();
+                (losses, weights)
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let other = run(threads);
+            assert_eq!(other.0, one.0, "{mode:?}: losses on {threads} threads");
+            assert!(other.1 == one.1, "{mode:?}: weights on {threads} threads differ from one thread's");
+        }
+    }
 }
 
 /// On the CPU whatever `IDEATOR_TEST_DEVICE` says: bit-exactness is a property of our CPU kernels (fixed
