@@ -130,7 +130,9 @@ pub enum What {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Full fine-tuning forward + backward throughput on B random sequences of T tokens.
+    /// Full fine-tuning forward + backward throughput on B random sequences of T tokens, run as the GRPO learner
+    /// runs its update: micro-batches of `--micro-batch` sequences, side by side on the threads (data parallel),
+    /// their gradients summed in f32.
     Train {
         #[command(flatten)]
         model: ModelArgs,
@@ -138,6 +140,10 @@ pub enum What {
         batch: usize,
         #[arg(long, default_value_t = 256)]
         seq: usize,
+        /// Sequences per forward and backward pass (the learner's `grpo.micro_batch`, 4 by default); the batch's
+        /// passes run side by side on the threads.
+        #[arg(long, default_value_t = 4)]
+        micro_batch: usize,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
@@ -396,37 +402,64 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         What::Matmul { rows, repeats, with_portable, weight_dtype, limit } => {
             bench_matmul(&rows, repeats, with_portable, weight_dtype, limit)?
         }
-        What::Train { model, batch, seq, repeats } => {
-            let mut m = model.load()?;
-            m.decoder.make_trainable()?;
-            let vocab = m.decoder.config().vocab_size as u32;
-            // Seeded pseudo-random ids (a dense forward's cost does not depend on content).
-            let mut state = 12345u64;
-            let mut next = || {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 33) % vocab as u64) as u32
-            };
-            let seqs: Vec<Vec<u32>> = (0..batch).map(|_| (0..seq).map(|_| next()).collect()).collect();
-            let from = vec![1; batch];
-            let step = || -> anyhow::Result<f64> {
-                let t0 = Instant::now();
-                let (lp, _) = m.decoder.score_tokens(&seqs, &from, 0, AdapterMode::default())?;
-                let loss = (lp.mean_all()? * -1.0)?;
-                let grads = loss.backward()?;
-                drop(grads);
-                Ok(t0.elapsed().as_secs_f64())
-            };
-            step()?; // warm-up
-            let times: Vec<f64> = (0..repeats).map(|_| step()).collect::<anyhow::Result<_>>()?;
-            let t = median(times);
-            let out = json!({
-                "bench": "train", "impl": "ideator", "model": m.spec.to_string(), "batch": batch, "seq": seq,
-                "device": model.device, "dtype": model.dtype.as_str(), "sampling_dtype": model.sampling_dtype.as_str(),
-                "repeats": repeats, "threads": tensor_threads(), "seconds": t, "tokens_per_s": (batch * seq) as f64 / t,
-            });
-            println!("{out}");
+        What::Train { model, batch, seq, micro_batch, repeats } => {
+            bench_train(model, batch, seq, micro_batch, repeats)?
         }
     }
+    Ok(())
+}
+
+/// `bench train`: the median seconds of a full fine-tuning forward and backward pass over `batch` random
+/// sequences, in the learner's micro-batches and waves ([`ideator_trainer::micro_batches::in_waves`]), the
+/// gradients summed as the learner sums them.
+fn bench_train(model: ModelArgs, batch: usize, seq: usize, micro_batch: usize, repeats: usize) -> anyhow::Result<()> {
+    use ideator_trainer::micro_batches;
+    use ideator_trainer::optim::GradAccumulator;
+    anyhow::ensure!(
+        batch >= 1 && seq >= 2 && micro_batch >= 1 && repeats >= 1,
+        "need --batch, --micro-batch, --repeats >= 1 and --seq >= 2"
+    );
+    let mut m = model.load()?;
+    let params = m.decoder.make_trainable()?;
+    let vocab = m.decoder.config().vocab_size as u32;
+    // Seeded pseudo-random ids (a dense forward's cost does not depend on content).
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) % vocab as u64) as u32
+    };
+    let seqs: Vec<Vec<u32>> = (0..batch).map(|_| (0..seq).map(|_| next()).collect()).collect();
+    let chunks: Vec<&[Vec<u32>]> = seqs.chunks(micro_batch).collect();
+    let threads = micro_batches::threads_for(m.decoder.device());
+    let decoder = &m.decoder;
+    let step = || -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        let mut acc = GradAccumulator::new(params.len());
+        micro_batches::in_waves(
+            &chunks,
+            threads,
+            |chunk| {
+                let from = vec![1; chunk.len()];
+                let (lp, _) = decoder.score_tokens(chunk, &from, 0, AdapterMode::default())?;
+                // The mean over the whole batch: each micro-batch weighted by its share.
+                let loss = (lp.mean_all()? * (-(chunk.len() as f64) / batch as f64))?;
+                Ok(loss.backward()?)
+            },
+            |grads| acc.add(&params, &grads),
+        )?;
+        drop(acc.into_grads());
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    step()?; // warm-up
+    let times: Vec<f64> = (0..repeats).map(|_| step()).collect::<anyhow::Result<_>>()?;
+    let t = median(times);
+    let out = json!({
+        "bench": "train", "impl": "ideator", "model": m.spec.to_string(), "batch": batch, "seq": seq,
+        "micro_batch": micro_batch, "data_parallel_threads": threads.min(chunks.len()),
+        "device": model.device, "dtype": model.dtype.as_str(), "sampling_dtype": model.sampling_dtype.as_str(),
+        "repeats": repeats, "threads": tensor_threads(), "seconds": t, "tokens_per_s": (batch * seq) as f64 / t,
+    });
+    println!("{out}");
     Ok(())
 }
 
