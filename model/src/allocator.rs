@@ -17,7 +17,8 @@
 //! handed back to the kernel when they empty, so a worker thread of [`crate::data_parallel`] faulted its tensor
 //! memory in afresh on every pass. A data-parallel `bench train` (8 x 256, full fine-tuning, two threads, Zen 3)
 //! went from 105.7 / 104.1 / 103.8 tokens/s to 134.0 with `GLIBC_TUNABLES=glibc.malloc.arena_max=1`, the setting
-//! made here. The lock on the one arena costs little: tensors are few and large.
+//! made here (one run with it, on a machine that swings by 20%: weak evidence). The lock on the one arena should
+//! cost little, as tensors are few and large; that was not measured beyond two cores.
 
 /// Applies the allocator settings above. Call once at start-up, before the first tensor; a no-op off glibc.
 pub fn keep_freed_tensor_memory() {

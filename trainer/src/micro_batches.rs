@@ -2,9 +2,11 @@
 //! combined in micro-batch order.
 //!
 //! Why: on the CPU a 135M model's single operations split over two threads wait at every op's join; whole passes,
-//! one per thread, keep both cores busy. On Zen 4, two one-thread processes each training half a batch did
-//! 1.18-1.21x the tokens/s of one two-thread process (BENCHMARKS.md, issue 16). The GRPO and SFT learners and `ideator
-//! bench train` run their passes through [`in_waves`], so the benchmark measures the learners' own schedule.
+//! one per thread, avoid those joins. On Zen 4, two one-thread processes each training half a batch did 1.18-1.21x
+//! the tokens/s of one two-thread process (BENCHMARKS.md, issue 16); in one process, on Zen 3, this schedule
+//! measured 1.02x (interval 0.98-1.07x) against one pass, so the gain is not yet shown in-process. It costs memory:
+//! `threads` passes (activations and gradients) are alive at once. The GRPO and SFT learners and `ideator bench
+//! train` run their passes through [`in_waves`], so the benchmark measures the learners' own schedule.
 
 use candle_core::Device;
 
@@ -20,7 +22,8 @@ use crate::Result;
 /// op splits its work, and sums, by the pool's size (`ideator_model::attention`), so its bits may differ.
 ///
 /// # Errors
-/// The first error of `pass` (in item order within its wave) or of `fold`; later items are not run.
+/// The first error of `pass` (in item order within its wave) or of `fold`; the rest of that wave still runs, later
+/// waves do not.
 pub fn in_waves<I: Sync, T: Send>(
     items: &[I],
     threads: usize,

@@ -283,19 +283,18 @@ pub fn evaluate(
     }
     let batches: Vec<(usize, usize)> =
         (0..spec.windows).step_by(spec.batch).map(|w| (w, spec.batch.min(spec.windows - w))).collect();
-    let losses =
-        ideator_model::data_parallel::run_in_order(&batches, threads, |&(w, n)| -> candle_core::Result<_> {
-            let mut inputs = Vec::with_capacity(n * spec.ctx);
-            let mut targets = Vec::with_capacity(n * spec.ctx);
-            for i in w..w + n {
-                let s = i * (spec.ctx + 1);
-                inputs.extend(val[s..s + spec.ctx].iter().map(|&x| x as u32));
-                targets.extend(val[s + 1..s + spec.ctx + 1].iter().map(|&x| x as u32));
-            }
-            let inputs = Tensor::from_vec(inputs, (n, spec.ctx), device)?;
-            let targets = Tensor::from_vec(targets, (n, spec.ctx), device)?;
-            let (ce, _) = model.loss(&inputs, &targets)?;
-            Ok(ce.to_scalar::<f32>()? as f64 * n as f64)
-        })?;
+    let losses = run_in_order(&batches, threads, |&(w, n)| -> candle_core::Result<_> {
+        let mut inputs = Vec::with_capacity(n * spec.ctx);
+        let mut targets = Vec::with_capacity(n * spec.ctx);
+        for i in w..w + n {
+            let s = i * (spec.ctx + 1);
+            inputs.extend(val[s..s + spec.ctx].iter().map(|&x| x as u32));
+            targets.extend(val[s + 1..s + spec.ctx + 1].iter().map(|&x| x as u32));
+        }
+        let inputs = Tensor::from_vec(inputs, (n, spec.ctx), device)?;
+        let targets = Tensor::from_vec(targets, (n, spec.ctx), device)?;
+        let (ce, _) = model.loss(&inputs, &targets)?;
+        Ok(ce.to_scalar::<f32>()? as f64 * n as f64)
+    })?;
     Ok(losses.iter().sum::<f64>() / spec.windows as f64)
 }
