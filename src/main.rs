@@ -23,8 +23,10 @@ struct Cli {
     /// candle's thread pool spin-waits, and oversubscribed cores make it several times slower.
     #[arg(long, global = true, env = "IDEATOR_THREADS")]
     threads: Option<usize>,
-    /// Memory in GB one training forward may keep for its backward pass before it switches to activation
-    /// checkpointing (recomputing each layer: about a third more compute, a fraction of the memory). Default 8.
+    /// Memory in GB the training passes alive at once may keep for their backward passes (passes side by side on
+    /// the threads share it) before they switch to activation checkpointing (recomputing each layer: about a third
+    /// more compute, a fraction of the memory); it also caps how many passes run side by side by the gradients
+    /// they hold. Default 8.
     #[arg(long, global = true, env = "IDEATOR_ACTIVATION_MEMORY_GB")]
     activation_memory_gb: Option<f64>,
     #[command(subcommand)]

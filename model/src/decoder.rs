@@ -302,7 +302,7 @@ impl Decoder {
         let b = continuations.len();
         let c = continuations.iter().map(Vec::len).max().unwrap();
         let backprop = match backprop {
-            Backprop::Auto if self.graph_bytes(p + b * c) > activation_memory() => Backprop::Checkpointed,
+            Backprop::Auto if self.full_graph_bytes(p + b * c) > activation_memory() => Backprop::Checkpointed,
             Backprop::Auto => Backprop::Full,
             other => other,
         };
@@ -417,8 +417,9 @@ impl Decoder {
 
     /// Rough peak bytes of a full-graph forward and backward over `tokens` tokens: the forward keeps every op's
     /// output (counted for SmolLM2: ~24 hidden-sized and 8 MLP-sized f32 vectors per token per layer) and the
-    /// backward about doubles it (1,224 tokens with LoRA: estimated 7.6 GB, measured peak 7.2 GB).
-    fn graph_bytes(&self, tokens: usize) -> usize {
+    /// backward about doubles it (1,224 tokens with LoRA: estimated 7.6 GB, measured peak 7.2 GB). [`Backprop::Auto`]
+    /// checkpoints a forward whose estimate exceeds its share of the activation memory (`scored.rs`).
+    pub fn full_graph_bytes(&self, tokens: usize) -> usize {
         let per_token_layer = 4 * (24 * self.cfg.hidden_size + 8 * self.cfg.intermediate_size);
         2 * tokens * self.blocks.len() * per_token_layer
     }

@@ -6,6 +6,7 @@
 //! layer at a time with its graph and back-propagating the incoming gradient through it (the classic
 //! "gradient checkpointing" trade: one more forward for memory that no longer grows with depth).
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -34,14 +35,41 @@ pub enum Backprop {
 /// checkpointed (10.8 s), so the default keeps that case on the faster path and checkpoints longer prompts.
 static AUTO_CHECKPOINT_BYTES: AtomicUsize = AtomicUsize::new(8 << 30);
 
-/// Sets the memory [`Backprop::Auto`] lets one scoring graph take before it checkpoints (process-wide, like a
-/// thread count: it describes the machine, not the experiment).
+/// Sets the memory [`Backprop::Auto`] lets the scoring graphs alive at once take before they checkpoint
+/// (process-wide, like a thread count: it describes the machine, not the experiment). Passes that run side by
+/// side share it ([`with_activation_share`]).
 pub fn set_activation_memory(bytes: usize) {
     AUTO_CHECKPOINT_BYTES.store(bytes, Ordering::Relaxed);
 }
 
-pub(crate) fn activation_memory() -> usize {
+/// The whole activation memory (bytes) that [`set_activation_memory`] set, for all passes alive at once.
+pub fn activation_memory_total() -> usize {
     AUTO_CHECKPOINT_BYTES.load(Ordering::Relaxed)
+}
+
+thread_local! {
+    /// How many passes share the activation memory with the one running on this thread.
+    static SHARING_PASSES: Cell<usize> = const { Cell::new(1) };
+}
+
+/// Runs `f` on this thread as one of `passes` scoring passes alive at once (data parallelism): a
+/// [`Backprop::Auto`] forward inside it may keep `1/passes` of the activation memory, so the passes together stay
+/// within it. The previous share is restored afterwards, also when `f` panics.
+pub fn with_activation_share<R>(passes: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SHARING_PASSES.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SHARING_PASSES.with(|s| s.replace(passes.max(1))));
+    f()
+}
+
+/// Bytes one [`Backprop::Auto`] graph on this thread may keep: the activation memory divided by the passes
+/// sharing it ([`with_activation_share`]).
+pub fn activation_memory() -> usize {
+    activation_memory_total() / SHARING_PASSES.with(Cell::get)
 }
 
 /// Inputs of a shared-prefix forward that the recomputation needs again.
@@ -75,6 +103,12 @@ pub struct Scored<'a> {
 }
 
 impl Scored<'_> {
+    /// How these scores' gradients are obtained: never [`Backprop::Auto`], which resolves to `Full` or
+    /// `Checkpointed` by the activation memory.
+    pub fn backprop(&self) -> Backprop {
+        self.backprop
+    }
+
     /// Gradients of `loss` (built from `logprobs`/`entropies`) for every trainable tensor of the decoder. Use
     /// this instead of `loss.backward()`, which stops at the top layer of a checkpointed forward.
     pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {

@@ -430,7 +430,8 @@ fn bench_train(model: ModelArgs, batch: usize, seq: usize, micro_batch: usize, r
     };
     let seqs: Vec<Vec<u32>> = (0..batch).map(|_| (0..seq).map(|_| next()).collect()).collect();
     let chunks: Vec<&[Vec<u32>]> = seqs.chunks(micro_batch).collect();
-    let threads = micro_batches::threads_for(m.decoder.device());
+    let threads =
+        micro_batches::wave_width(m.decoder.device(), micro_batches::gradient_bytes(params.iter().map(|(_, v)| v)));
     let decoder = &m.decoder;
     let step = || -> anyhow::Result<f64> {
         let t0 = Instant::now();

@@ -203,10 +203,10 @@ impl GrpoLearner {
         let reference_seconds = self.reference_logprobs(&mut batches)?;
         let mut acc = GradAccumulator::new(self.policy.params().len());
         let mut loss_stats = LossStats::default();
-        let threads = micro_batches::threads_for(self.policy.decoder().device());
+        let gradient_bytes = micro_batches::gradient_bytes(self.policy.params().iter().map(|(_, v)| v));
         micro_batches::in_waves(
             &batches,
-            threads,
+            micro_batches::wave_width(self.policy.decoder().device(), gradient_bytes),
             |batch| self.micro_batch_gradients(batch),
             |(s, grads)| {
                 loss_stats.merge(&s);

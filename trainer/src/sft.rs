@@ -108,9 +108,10 @@ impl SftLearner {
         }
         let mut acc = GradAccumulator::new(self.policy.params().len());
         let mut nll = 0f64;
+        let gradient_bytes = micro_batches::gradient_bytes(self.policy.params().iter().map(|(_, v)| v));
         micro_batches::in_waves(
             &parts,
-            micro_batches::threads_for(self.policy.decoder().device()),
+            micro_batches::wave_width(self.policy.decoder().device(), gradient_bytes),
             |part| {
                 let mode = self.policy.training_mode(self.seed ^ (self.step << 20) ^ part.index);
                 let scored = self.policy.score_continuations(part.prompt, &part.completions, mode, 1.0)?;
