@@ -8,6 +8,8 @@
 # core and the ratio meaningful. --rounds K runs every (peer, ours) pair K times in a row, alternating, so that a
 # noisy machine shows as a spread of ratios instead of one lucky or unlucky pair (default 1); bench_table.py then
 # gives each such setting its geometric-mean ratio with a 95% interval over the pairs.
+# `train` runs ours as the GRPO and SFT learners do: micro-batches of 4 sequences side by side on the threads, their
+# gradients summed; the PyTorch peer runs the batch of 8 in one pass.
 # Needs: scripts/peers/setup.sh (the peers' venv; PY=... to use another Python), a release build.
 # The machine should be otherwise idle: ratios measured while other jobs run mean little (see the Method section).
 set -euo pipefail
@@ -68,7 +70,7 @@ if [ "$what" = all ] || [ "$what" = train ]; then
   for _ in $(seq "$rounds"); do
     record "$py" scripts/peers/hf_train_bench.py --model "$hf" --batch 8 --seq 256 --repeats "$repeats" --quiet-wait "$quiet" \
       --threads "$threads"
-    record "$bin" --threads "$threads" bench train --model "$hf" --batch 8 --seq 256 --repeats "$repeats"
+    record "$bin" --threads "$threads" bench train --model "$hf" --batch 8 --seq 256 --micro-batch 4 --repeats "$repeats"
   done
 fi
 if [ "$what" = all ] || [ "$what" = grpo ]; then

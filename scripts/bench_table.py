@@ -39,7 +39,9 @@ def key(r):
     if tool in ("hf_decode_bench", "decode"):
         return ("decode", s["batch"], s["prompt_tokens"], s["new_tokens"])
     if tool in ("hf_train_bench", "train"):
-        return ("train", s["batch"], s["seq"])
+        # Older records have no micro_batch (one pass over the batch); the peer always runs one pass.
+        ours_mb = s.get("micro_batch") if is_ours(r) else None
+        return ("train", s["batch"], s["seq"], ours_mb)
     if tool in ("trl_grpo_bench", "grpo"):
         rank = 0 if s.get("fine_tuning", "") == "full" else s.get("lora_rank")
         if rank is None:
@@ -111,8 +113,14 @@ def main(path, since=0.0):
         if not is_ours(r):
             pending[k[0]] = (k, r)
         elif k[0] in pending:
-            pk, peer = pending.pop(k[0])
-            if (k[0] == "pretrain" and pk[1] == k[1]) or pk == k:
+            # A training peer serves every schedule of ours that follows it (one pass and micro-batches side by
+            # side); other peers pair once.
+            pk, peer = pending[k[0]] if k[0] == "train" else pending.pop(k[0])
+            if k[0] == "pretrain" and pk[1] == k[1]:
+                pairs.append((pk, peer, r))  # the peer's key carries the thread count
+            elif k[0] == "train" and pk[:3] == k[:3]:
+                pairs.append((k, peer, r))  # ours carries the micro-batch
+            elif pk == k:
                 pairs.append((pk, peer, r))
     decode = [p for p in pairs if p[0][0] == "decode"]
     if decode:
@@ -125,10 +133,11 @@ def main(path, since=0.0):
         print()
     train = [p for p in pairs if p[0][0] == "train"]
     if train:
-        print("| batch x seq | PyTorch fwd+bwd tok/s | ours tok/s | ratio |")
-        print("| --- | --- | --- | --- |")
+        print("| batch x seq | our micro-batch | PyTorch fwd+bwd tok/s | ours tok/s | ratio |")
+        print("| --- | --- | --- | --- | --- |")
         for k, peer, ours in train:
-            print(f"| {k[1]} x {k[2]} | {peer['tokens_per_s']:.1f} | {ours['tokens_per_s']:.1f} | "
+            mb = k[3] if k[3] is not None else k[1]
+            print(f"| {k[1]} x {k[2]} | {mb} | {peer['tokens_per_s']:.1f} | {ours['tokens_per_s']:.1f} | "
                   f"**{ratio(k, peer, ours):.2f}x** |")
         print()
     grpo = [p for p in pairs if p[0][0] == "grpo"]

@@ -122,7 +122,10 @@ pub trait Environment: Send + Sync {
 /// How a run spreads over CPU threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuParallelism {
-    /// candle's thread pool splits each tensor operation ([`RunContext::threads`] is not used).
+    /// The process sizes candle's thread pool to the run's threads and the run uses that pool: its tensor
+    /// operations split over it, and a learner that runs micro-batches side by side (the trainer's
+    /// `micro_batches::in_waves`, as the posttrain environment's GRPO does) runs one per pool thread.
+    /// [`RunContext::threads`] is 1.
     WithinOps,
     /// The run splits its work (micro-batches) over [`RunContext::threads`] threads itself, each running
     /// single-threaded tensor operations: for small models, whose operations are too small for a thread pool to
