@@ -1,7 +1,7 @@
 //! The GRPO learner learns: on a tiny randomly initialised character model, a reward computed from the text
 //! rises clearly within a bounded number of steps, with LoRA and with full fine-tuning. And training resumes
 //! exactly: N steps straight equal N/2 steps, a checkpoint on disk, a fresh process state, and N/2 more. And the
-//! micro-batches that run side by side on the threads give the same update as on one thread.
+//! micro-batches that run side by side on the threads give the same update as on one thread, for GRPO and SFT.
 
 use candle_core::{DType, Device};
 use ideator_checkpoints::{BaseModel, Checkpoint};
@@ -11,6 +11,7 @@ use ideator_model::tiny::{char_tokenizer, tiny_decoder_on};
 use ideator_model::{LoraConfig, Tokenizer};
 use ideator_trainer::config::{OptimConfig, TrainMode};
 use ideator_trainer::grpo::{GrpoStepStats, LearnerState};
+use ideator_trainer::sft::{SftExample, SftLearner};
 use ideator_trainer::{GrpoConfig, GrpoLearner, ScoredGroup, ScoredSample, TrainablePolicy};
 
 /// Share of the generated characters that are vowels: near 5/44 for a uniform random model.
@@ -128,7 +129,12 @@ fn updates_do_not_depend_on_the_thread_count() {
                 // Two groups of 8 in micro-batches of 3 + 3 + 2: six passes, in waves of 2 + 2 + 2 on two threads,
                 // 3 + 3 on three, each pass on a one-thread pool.
                 let (mut l, tok) = learner_with(mode.clone(), 1e-2, 3, DType::F32, &Device::Cpu, 3);
-                let losses: Vec<u64> = (0..3).map(|s| rl_step(&mut l, &tok, s).1.to_bits()).collect();
+                let mut losses = Vec::new();
+                for step in 0..3 {
+                    let stats = rl_step_stats(&mut l, &tok, step);
+                    assert_eq!(stats.sequences, 16, "every sample carries a gradient (beta > 0)");
+                    losses.push(stats.loss.to_bits());
+                }
                 let weights: Vec<Vec<u32>> = l.policy().params().iter().map(|(_, v)| bits(v.as_tensor())).collect();
                 (losses, weights)
             })
@@ -138,6 +144,42 @@ fn updates_do_not_depend_on_the_thread_count() {
             let other = run(threads);
             assert_eq!(other.0, one.0, "{mode:?}: losses on {threads} threads");
             assert!(other.1 == one.1, "{mode:?}: weights on {threads} threads differ from one thread's");
+        }
+    }
+}
+
+/// The SFT learner runs its micro-batches side by side too: three steps on 2 and 4 threads give the losses and
+/// weights of 1 thread, bit for bit (two prompts of three answers in micro-batches of 2 + 1 + 2 + 1: waves of 2 + 2
+/// on two threads, one wave of 4 on four), with LoRA dropout and with full fine-tuning.
+#[test]
+fn sft_updates_do_not_depend_on_the_thread_count() {
+    let tok = char_tokenizer().unwrap();
+    let enc = |s: &str| tok.encode(s, false).unwrap();
+    let batch: Vec<SftExample> = [("x=", ["aei", "ou a", "e"]), ("idea:", ["io", "u ea", "a"])]
+        .iter()
+        .flat_map(|(p, answers)| answers.map(|a| SftExample { prompt_ids: enc(p), completion_ids: enc(a) }))
+        .collect();
+    for mode in
+        [TrainMode::Lora { lora: LoraConfig { rank: 4, dropout: 0.1, ..Default::default() } }, TrainMode::Full]
+    {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let policy =
+                    TrainablePolicy::new(tiny_decoder_on(1, DType::F32, &Device::Cpu).unwrap(), &mode, false, 7, 0)
+                        .unwrap();
+                let optim = OptimConfig { lr: 1e-2, ..Default::default() };
+                let mut l = SftLearner::new(policy, optim, 2, 3, 5).unwrap();
+                let losses: Vec<u64> = (0..3).map(|_| l.train_step(&batch).unwrap().loss.to_bits()).collect();
+                let weights: Vec<Vec<u32>> = l.policy().params().iter().map(|(_, v)| bits(v.as_tensor())).collect();
+                (losses, weights)
+            })
+        };
+        let one = run(1);
+        for threads in [2, 4] {
+            let other = run(threads);
+            assert_eq!(other.0, one.0, "{mode:?}: SFT losses on {threads} threads");
+            assert!(other.1 == one.1, "{mode:?}: SFT weights on {threads} threads differ from one thread's");
         }
     }
 }
