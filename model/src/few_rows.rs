@@ -401,28 +401,31 @@ mod x86 {
         }
     }
 
-    /// AVX2 + FMA: tiles of 2 weight rows; blocks of up to 4 activation rows (8 accumulators, 2 weight and 1
-    /// activation register: 11 of the 16 ymm registers), prefetching into L2 as [`rows_avx512`] does, a single
-    /// activation row too.
+    /// AVX2 + FMA: tiles of 3 weight rows by blocks of up to 4 activation rows (12 accumulators, 3 weight and 1
+    /// activation register: all 16 ymm registers), prefetching into L2 as [`rows_avx512`] does; a single activation
+    /// row takes 2 weight rows a step.
     ///
-    /// Why a single row takes 2 weight rows here, unlike AVX-512 (`ideator bench matmul --rows 1`, one thread, Zen 1
-    /// family 23 model 1, a CPU without AVX-512, where this path runs): one weight row at a time reached 0.89-0.96x
-    /// candle's gemv (7.8-10.8 GB/s), two 1.06-1.12x (12.2-13.0 GB/s, the probe's 12.4), four 0.97-0.99x; each
-    /// output still accumulates alone in `k` order, so the bits are those of the one-row tile.
+    /// Why these heights (`ideator bench matmul` shapes, one thread): on Zen 1 (family 23 model 1) a single row
+    /// reached 0.89-0.96x candle's gemv one weight row at a time (7.8-10.8 GB/s), 1.06-1.12x two at a time (12.2-13.0
+    /// GB/s, the probe's 12.4), 0.97-0.99x four. On Zen 3 (family 25 model 1), SmolLM2-135M's products streamed from
+    /// memory, 3 x 4 tiles against the 2 x 4 ones this path had before: 1.05x at 2 rows, 1.01x at 4, 1.08x at 8,
+    /// 1.12x at 12, 1.15x at 16 (with the weights hot in L2, 8 rows: 87 against 74 GFLOP/s). Each output still
+    /// accumulates alone in `k` order, so its bits do not depend on the tile.
     ///
     /// # Safety
     /// The CPU supports AVX2 and FMA; shapes as [`rows_avx512`].
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn rows_avx2<T: Lanes>(w: &[T], k: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
         let rows = w.len() / k;
-        const HEIGHT: usize = 2;
+        let height = if m == 1 { 2 } else { 3 };
         let (wp, xp, op) = (w.as_ptr(), x.as_ptr(), out_t.as_mut_ptr());
         let mut j = 0;
         while j < rows {
-            let r = (rows - j).min(HEIGHT);
+            let r = (rows - j).min(height);
             for (start, len) in row_blocks(m, 4) {
                 let (wt, xt, ot) = (wp.add(j * k), xp.add(start * k), op.add(j * m + start));
                 match r {
+                    3 => dispatch_rows!(tile_avx2, 3, len, wt, k, xt, ot, m),
                     2 => dispatch_rows!(tile_avx2, 2, len, wt, k, xt, ot, m),
                     _ => dispatch_rows!(tile_avx2, 1, len, wt, k, xt, ot, m),
                 }

@@ -388,32 +388,46 @@ fn draw(candidates: impl Iterator<Item = (usize, f64)> + Clone, rng: &mut ChaCha
 
 /// The softmax's normaliser `sum_i exp(z_i / T - scaled_max)`, `scaled_max` being the largest `z_i / T`.
 ///
-/// With AVX-512, each `z_i / T - scaled_max` is taken in f64, rounded to f32 and exponentiated 16 at a time
-/// ([`crate::vector_exp::exp`]), and the sum is kept in f64: relative error about 1e-7 (tested), so a log-prob
-/// moves by about 1e-7 nats, below the f32 forward's own rounding; libm's f64 `exp`, twice per token and row (here
-/// and in [`probabilities`]), was about 6% of a batch-8 decode step. Elsewhere the sum is exact f64.
+/// With AVX-512 (or AVX2 + FMA), each `z_i / T - scaled_max` is taken in f64, rounded to f32 and exponentiated 16
+/// (8) at a time ([`crate::vector_exp::exp`], [`crate::vector_exp::exp8`], which give the same bits), and the sum is
+/// kept in f64: relative error about 1e-7 (tested), so a log-prob moves by about 1e-7 nats, below the f32 forward's
+/// own rounding; libm's f64 `exp`, twice per token and row (here and in [`probabilities`]), was about 6% of a
+/// batch-8 decode step on Zen 4 and on Zen 3. Elsewhere the sum is exact f64.
 fn normaliser(logits: &[f32], temperature: f64, scaled_max: f64) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F (checked on the line above).
         return unsafe { x86::normaliser(logits, temperature, scaled_max) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked on the line above).
+        return unsafe { x86::normaliser_avx2(logits, temperature, scaled_max) };
+    }
     logits.iter().map(|&z| shifted_exp(z, temperature, scaled_max)).sum()
 }
 
-/// `exp(z / T - shift)` in f64: what the AVX-512 paths approximate, and what they use for a tail of under 16.
+/// `exp(z / T - shift)` in f64: what the vector paths approximate, and what they use for a tail of under 16 (8).
 fn shifted_exp(z: f32, temperature: f64, shift: f64) -> f64 {
     (z as f64 / temperature - shift).exp()
 }
 
-/// `exp(z_i / T - log_z)` for every token `i`: the whole tempered distribution. With AVX-512 as in [`normaliser`]:
-/// relative error about `1e-7 (3 + |log p|)` (tested), which only the vanishingly unlikely tokens notice.
+/// `exp(z_i / T - log_z)` for every token `i`: the whole tempered distribution. With AVX-512 or AVX2 as in
+/// [`normaliser`]: relative error about `1e-7 (3 + |log p|)` (tested), which only the vanishingly unlikely tokens
+/// notice.
 fn probabilities(logits: &[f32], temperature: f64, log_z: f64) -> Vec<f64> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         let mut p = vec![0f32; logits.len()];
         // SAFETY: the CPU has AVX-512F (checked on the line above).
         unsafe { x86::exps(logits, temperature, log_z, &mut p) };
+        return p.into_iter().map(f64::from).collect();
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        let mut p = vec![0f32; logits.len()];
+        // SAFETY: the CPU has AVX2 and FMA (checked on the line above).
+        unsafe { x86::exps_avx2(logits, temperature, log_z, &mut p) };
         return p.into_iter().map(f64::from).collect();
     }
     logits.iter().map(|&z| shifted_exp(z, temperature, log_z)).collect()
@@ -457,6 +471,51 @@ mod x86 {
         let body = logits.len() - logits.len() % 16;
         for c in (0..body).step_by(16) {
             _mm512_storeu_ps(out.as_mut_ptr().add(c), exp16(logits.as_ptr().add(c), t, m));
+        }
+        for (o, &z) in out[body..].iter_mut().zip(&logits[body..]) {
+            *o = super::shifted_exp(z, temperature, shift) as f32;
+        }
+    }
+
+    /// Whether the AVX2 paths run: AVX2 and FMA, and no AVX-512F (which the 16-lane paths take).
+    pub(super) fn has_avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    /// [`exp16`] for 8 logits with AVX2 + FMA: the same argument and the same f32 exp, so the same bits.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn exp8(z: *const f32, t: __m256d, shift: __m256d) -> __m256 {
+        let arg = |z: __m128| _mm256_cvtpd_ps(_mm256_sub_pd(_mm256_div_pd(_mm256_cvtps_pd(z), t), shift));
+        let (lo, hi) = (arg(_mm_loadu_ps(z)), arg(_mm_loadu_ps(z.add(4))));
+        crate::vector_exp::exp8(_mm256_set_m128(hi, lo))
+    }
+
+    /// [`super::normaliser`] with AVX2 + FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn normaliser_avx2(logits: &[f32], temperature: f64, shift: f64) -> f64 {
+        let (t, m) = (_mm256_set1_pd(temperature), _mm256_set1_pd(shift));
+        let body = logits.len() - logits.len() % 8;
+        let mut sum = _mm256_setzero_pd();
+        for c in (0..body).step_by(8) {
+            let e = exp8(logits.as_ptr().add(c), t, m);
+            sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+            sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+        }
+        let tail: f64 = logits[body..].iter().map(|&z| super::shifted_exp(z, temperature, shift)).sum();
+        let mut lanes = [0f64; 4];
+        _mm256_storeu_pd(lanes.as_mut_ptr(), sum);
+        lanes.iter().sum::<f64>() + tail
+    }
+
+    /// `out[i] = exp(z_i / T - shift)` with AVX2 + FMA (`out` as long as `logits`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exps_avx2(logits: &[f32], temperature: f64, shift: f64, out: &mut [f32]) {
+        assert_eq!(logits.len(), out.len());
+        let (t, m) = (_mm256_set1_pd(temperature), _mm256_set1_pd(shift));
+        let body = logits.len() - logits.len() % 8;
+        for c in (0..body).step_by(8) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c), exp8(logits.as_ptr().add(c), t, m));
         }
         for (o, &z) in out[body..].iter_mut().zip(&logits[body..]) {
             *o = super::shifted_exp(z, temperature, shift) as f32;
@@ -619,14 +678,29 @@ mod tests {
             logits[n / 2] = f32::NEG_INFINITY;
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 / temperature;
             let exact: Vec<f64> = logits.iter().map(|&z| (z as f64 / temperature - max).exp()).collect();
-            let (fast, sum) = (normaliser(&logits, temperature, max), exact.iter().sum::<f64>());
-            assert!(((fast - sum) / sum).abs() < 1e-6, "n {n} T {temperature}: {fast} against {sum}");
+            let sum = exact.iter().sum::<f64>();
             let log_z = max + sum.ln();
-            for (i, (p, e)) in probabilities(&logits, temperature, log_z).into_iter().zip(&exact).enumerate() {
-                // The f32 rounding of the exponent's argument costs a relative 6e-8 per unit of |log p|.
-                let want = e / sum;
-                let tolerance = if want > 0.0 { want * (3e-7 + 1e-7 * want.ln().abs()) } else { 0.0 } + 1e-37;
-                assert!((p - want).abs() <= tolerance, "n {n} T {temperature} token {i}: {p} against {want}");
+            // The path this CPU takes, and the AVX2 one also where AVX-512 would be taken.
+            let mut paths: Vec<(f64, Vec<f64>)> =
+                vec![(normaliser(&logits, temperature, max), probabilities(&logits, temperature, log_z))];
+            #[cfg(target_arch = "x86_64")]
+            if x86::has_avx2() {
+                let mut p = vec![0f32; n];
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                let z = unsafe {
+                    x86::exps_avx2(&logits, temperature, log_z, &mut p);
+                    x86::normaliser_avx2(&logits, temperature, max)
+                };
+                paths.push((z, p.into_iter().map(f64::from).collect()));
+            }
+            for (fast, probs) in paths {
+                assert!(((fast - sum) / sum).abs() < 1e-6, "n {n} T {temperature}: {fast} against {sum}");
+                for (i, (p, e)) in probs.into_iter().zip(&exact).enumerate() {
+                    // The f32 rounding of the exponent's argument costs a relative 6e-8 per unit of |log p|.
+                    let want = e / sum;
+                    let tolerance = if want > 0.0 { want * (3e-7 + 1e-7 * want.ln().abs()) } else { 0.0 } + 1e-37;
+                    assert!((p - want).abs() <= tolerance, "n {n} T {temperature} token {i}: {p} against {want}");
+                }
             }
         }
     }
