@@ -8,10 +8,13 @@
 //! after the first token: 1.28x at batch 1, 1.00x at batch 8, 1.12x at batch 32 against the gemm calls; the
 //! AVX-512 version for head dimensions 64 and 128 (`avx512.rs`: rows in registers, a vector exp, and prefetching
 //! 8 rows ahead, since the loads of the cache were where the time went) gained another 1.06x / 1.13x / 1.22x (f32)
-//! and 1.00x / 1.18x / 1.22x (bf16 copy). Rows that continue one shared prompt go through its keys and values
-//! together, a block at a time ([`DecodeAttention::tasks`]), so that the prompt is read from memory once per step
-//! rather than once per row: 1.07x / 1.09x decoding at batch 8 / 16 after a 1,600-token prompt (one thread, Intel
-//! Xeon with AVX-512, two alternating pairs each; BENCHMARKS.md).
+//! and 1.00x / 1.18x / 1.22x (bf16 copy). CPUs with AVX2 + FMA but not AVX-512 take the AVX2 version for the same
+//! head dimensions (`avx2.rs`): the same structure on 8-lane vectors and 16 registers, 8 keys' scores per transposing
+//! reduction and the values' weighted sums a 32-column slice at a time (on Zen 3, with the 3 x 4 products and the
+//! sampler's 8-lane exp already in, batch-8 decoding 1.14x / 1.10x in two alternating pairs). Rows that continue one shared prompt go
+//! through its keys and values together, a block at a time ([`DecodeAttention::tasks`]), so that the prompt is read
+//! from memory once per step rather than once per row: 1.07x / 1.09x decoding at batch 8 / 16 after a 1,600-token
+//! prompt (one thread, Intel Xeon with AVX-512, two alternating pairs each; BENCHMARKS.md).
 //!
 //! Layout: `q` is (rows, queries, head_dim), query `g * new + t` being new token `t` of query head `g`; the cache's
 //! [`LayerKv`] gives each row's own keys and values as (rows, own, head_dim) views and, when rows continue shared
@@ -26,6 +29,8 @@ use crate::cpu_op::map_tasks;
 use crate::kv_cache::LayerKv;
 use crate::Result;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
@@ -233,8 +238,8 @@ impl DecodeAttention {
 }
 
 /// Keys (values) per block of [`DecodeAttention::tasks`]' rows: 16 KB of them, in whole 16-key steps of the AVX-512
-/// kernel (64 keys at head dimension 64, 32 at 128), so that a block stays in L1 beside the rest while every row of
-/// a task goes through it.
+/// kernel (and so whole 8-key steps of the AVX2 one; 64 keys at head dimension 64, 32 at 128), so that a block stays
+/// in L1 beside the rest while every row of a task goes through it.
 pub(super) fn key_block(head_dim: usize) -> usize {
     (4096 / head_dim / 16 * 16).max(16)
 }
@@ -312,8 +317,11 @@ struct Row<'a> {
 enum Kernel {
     /// [`avx512::attend`]: AVX-512F and a head dimension it covers.
     Avx512,
-    /// The portable loops compiled for AVX2 + FMA, so that their fixed-width loops become vector instructions.
+    /// [`avx2::attend`]: AVX2 + FMA and a head dimension it covers.
     Avx2,
+    /// The portable loops compiled for AVX2 + FMA, so that their fixed-width loops become vector instructions: the
+    /// head dimensions the AVX2 kernel does not cover.
+    Avx2Autovectorised,
     Portable,
 }
 
@@ -323,13 +331,18 @@ impl Kernel {
         use crate::few_rows::Path;
         let paths = Path::available();
         #[cfg(target_arch = "x86_64")]
-        if paths.contains(&Path::Avx512) && avx512::covers(head_dim) {
-            return Kernel::Avx512;
+        {
+            if paths.contains(&Path::Avx512) && avx512::covers(head_dim) {
+                return Kernel::Avx512;
+            }
+            if paths.contains(&Path::Avx2) && avx2::covers(head_dim) {
+                return Kernel::Avx2;
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = head_dim;
         if paths.contains(&Path::Avx2) {
-            Kernel::Avx2
+            Kernel::Avx2Autovectorised
         } else {
             Kernel::Portable
         }
@@ -343,8 +356,11 @@ fn attend_dispatch(op: &DecodeAttention, rows: &[Row], out: &mut [f32], kernel: 
         // SAFETY: `Kernel::for_head_dim` picks AVX-512 only when `few_rows::Path::available` lists it (the CPU has
         // AVX-512F) and the kernel covers this head dimension.
         Kernel::Avx512 => return unsafe { avx512::attend(op, rows, out) },
-        // SAFETY: AVX2 is picked only when the CPU has AVX2 and FMA; the body is safe code.
-        Kernel::Avx2 => return unsafe { attend_avx2(op, rows, out) },
+        // SAFETY: `Kernel::for_head_dim` picks AVX2 only when `few_rows::Path::available` lists it (the CPU has AVX2
+        // and FMA) and the kernel covers this head dimension.
+        Kernel::Avx2 => return unsafe { avx2::attend(op, rows, out) },
+        // SAFETY: picked only when the CPU has AVX2 and FMA; the body is safe code.
+        Kernel::Avx2Autovectorised => return unsafe { attend_autovectorised(op, rows, out) },
         Kernel::Portable => {}
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -354,7 +370,7 @@ fn attend_dispatch(op: &DecodeAttention, rows: &[Row], out: &mut [f32], kernel: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(op: &DecodeAttention, rows: &[Row], out: &mut [f32]) {
+unsafe fn attend_autovectorised(op: &DecodeAttention, rows: &[Row], out: &mut [f32]) {
     attend(op, rows, out)
 }
 
@@ -476,13 +492,49 @@ mod tests {
         (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
     }
 
-    /// The kernels this CPU can run for `head_dim`.
+    /// The kernels this CPU can run for `head_dim`, the one [`Kernel::for_head_dim`] picks first.
     fn kernels(head_dim: usize) -> Vec<Kernel> {
-        let best = Kernel::for_head_dim(head_dim);
-        [Kernel::Avx512, Kernel::Avx2, Kernel::Portable]
-            .into_iter()
-            .filter(|k| *k == Kernel::Portable || *k == best || (best == Kernel::Avx512 && *k == Kernel::Avx2))
-            .collect()
+        use crate::few_rows::Path;
+        let paths = Path::available();
+        let mut kernels = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if paths.contains(&Path::Avx512) && avx512::covers(head_dim) {
+                kernels.push(Kernel::Avx512);
+            }
+            if paths.contains(&Path::Avx2) && avx2::covers(head_dim) {
+                kernels.push(Kernel::Avx2);
+            }
+        }
+        if paths.contains(&Path::Avx2) {
+            kernels.push(Kernel::Avx2Autovectorised);
+        }
+        kernels.push(Kernel::Portable);
+        assert_eq!(kernels[0], Kernel::for_head_dim(head_dim), "head dimension {head_dim}");
+        kernels
+    }
+
+    /// Whether the CPU has AVX2 and FMA, which the AVX2 kernel needs.
+    fn has_avx2() -> bool {
+        crate::few_rows::Path::available().contains(&crate::few_rows::Path::Avx2)
+    }
+
+    /// Asserts that `kernel` over own `keys` and `values` (and `shared` prompts if any) gives `want` to rounding.
+    #[allow(clippy::too_many_arguments)]
+    fn assert_kernel_gives(
+        kernel: Kernel,
+        q: &Tensor,
+        (keys, values): (&Tensor, &Tensor),
+        shared: Option<SharedPrompts>,
+        mask: &Tensor,
+        kv_heads: usize,
+        scale: f64,
+        want: &Tensor,
+        case: &str,
+    ) {
+        let ours = q.apply_op3_no_bwd(keys, values, &op(kernel, mask, kv_heads, scale, shared)).unwrap();
+        let diff = max_diff(&ours, want);
+        assert!(diff < 1e-5, "{kernel:?}: {case}: max diff {diff}");
     }
 
     #[test]
@@ -567,6 +619,101 @@ mod tests {
             // The entry point takes the same path.
             let diff = max_diff(&decode_attention(&q, &kv, &mask, kv_heads, scale).unwrap(), &want);
             assert!(diff < 1e-5, "decode_attention: max diff {diff}");
+        }
+    }
+
+    #[test]
+    fn the_avx2_kernel_is_picked_for_the_head_dimensions_it_covers() {
+        if !has_avx2() || std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        assert_eq!(Kernel::for_head_dim(64), Kernel::Avx2);
+        assert_eq!(Kernel::for_head_dim(128), Kernel::Avx2);
+        for hd in [8, 13, 32, 96] {
+            assert_eq!(Kernel::for_head_dim(hd), Kernel::Avx2Autovectorised, "head dimension {hd}");
+        }
+    }
+
+    /// Ragged lengths (none a multiple of 8, some over several key blocks: 64 keys at head dimension 64, 32 at 128)
+    /// for every batch size, new token count and query block split (queries 1 to 16: blocks of 3, 2 and 1).
+    #[test]
+    fn the_avx2_kernel_equals_the_composed_ops_at_every_batch_size_new_token_count_and_ragged_length() {
+        if !has_avx2() {
+            eprintln!("no AVX2 + FMA on this CPU: the AVX2 kernel is not tested");
+            return;
+        }
+        let dev = Device::Cpu;
+        for hd in [64, 128] {
+            for b in [1, 2, 5, 8] {
+                for new in 1..=MAX_NEW_TOKENS {
+                    for (kv_heads, group) in [(3, 3), (1, 4)] {
+                        for total in [new, 7, 13, 61, 67, 131] {
+                            let rows = b * kv_heads;
+                            let q = Tensor::randn(0f32, 1.0, (rows, group * new, hd), &dev).unwrap();
+                            let cache = || Tensor::randn(0f32, 1.0, (rows, total + 5, hd), &dev).unwrap();
+                            let (keys, values) =
+                                (cache().narrow(1, 0, total).unwrap(), cache().narrow(1, 0, total).unwrap());
+                            let mask = decode_mask(b, new, total, 3.min(total - new), |bi| bi % 2 == 1);
+                            let scale = 1.0 / (hd as f64).sqrt();
+                            let (ck, cv) = (keys.contiguous().unwrap(), values.contiguous().unwrap());
+                            let want = composed(&q, &ck, &cv, &mask, kv_heads, scale);
+                            let case = format!("b {b} kv {kv_heads} group {group} new {new} total {total} hd {hd}");
+                            let kv = (&keys, &values);
+                            assert_kernel_gives(Kernel::Avx2, &q, kv, None, &mask, kv_heads, scale, &want, &case);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shared prompts whose lengths put an 8-key step of the AVX2 kernel across the prompt / own split (keys 8-15
+    /// of 13, 56-63 of 61, 64-71 of 70, 24-31 of 29), for several batch sizes and new token counts.
+    #[test]
+    fn the_avx2_kernel_reads_shared_prompts_in_place_like_the_composed_ops_on_copies() {
+        if !has_avx2() {
+            eprintln!("no AVX2 + FMA on this CPU: the AVX2 kernel is not tested");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (prompts, kv_heads, group) = (2, 3, 3);
+        for hd in [64, 128] {
+            for b in [1, 3, 8] {
+                let prompt_of_row: Vec<usize> = (0..b).map(|bi| (bi * 5 + 1) % prompts).collect();
+                for new in 1..=MAX_NEW_TOKENS {
+                    // Prompt lengths, and own keys besides the new tokens.
+                    for (prompt_len, extra) in [(5, 1), (13, 2), (29, 35), (61, 0), (70, 3)] {
+                        let (own, total) = (new + extra, prompt_len + new + extra);
+                        let q = Tensor::randn(0f32, 1.0, (b * kv_heads, group * new, hd), &dev).unwrap();
+                        let view = |rows: usize, len: usize| {
+                            Tensor::randn(0f32, 1.0, (rows, len + 3, hd), &dev).unwrap().narrow(1, 0, len).unwrap()
+                        };
+                        let (pk, pv) = (view(prompts * kv_heads, prompt_len), view(prompts * kv_heads, prompt_len));
+                        let (ok, ov) = (view(b * kv_heads, own), view(b * kv_heads, own));
+                        let mask = decode_mask(b, new, total, 2, |bi| bi % 3 == 0);
+                        let kv = LayerKv {
+                            keys: ok.clone(),
+                            values: ov.clone(),
+                            shared: Some(crate::kv_cache::SharedLayer {
+                                keys: &pk,
+                                values: &pv,
+                                prompt_of_row: &prompt_of_row,
+                            }),
+                        };
+                        let (keys, values) = kv.materialized(kv_heads).unwrap();
+                        let scale = 1.0 / (hd as f64).sqrt();
+                        let want = composed(&q, &keys, &values, &mask, kv_heads, scale);
+                        let shared = SharedPrompts {
+                            keys: pk.clone(),
+                            values: pv.clone(),
+                            prompt_of_row: prompt_of_row.clone(),
+                        };
+                        let case = format!("rows {prompt_of_row:?} new {new} prompt {prompt_len} own {own} hd {hd}");
+                        let kv = (&ok, &ov);
+                        assert_kernel_gives(Kernel::Avx2, &q, kv, Some(shared), &mask, kv_heads, scale, &want, &case);
+                    }
+                }
+            }
         }
     }
 
