@@ -4,6 +4,7 @@
 mod common;
 use common::ideator;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -183,7 +184,18 @@ fn command_programs_die_with_their_executor_on_every_signal() {
             ),
         )
         .unwrap();
-        let mut exec = ideator()
+        let mut exec = ideator();
+        // A shell without job control starts background commands with SIGINT ignored (POSIX), and an ignored
+        // signal stays ignored across exec: a suite started with `cmd &` would otherwise never deliver `kill -INT`
+        // and wait out the program. A terminal's Ctrl-C, which this case stands for, finds the default action.
+        // SAFETY: signal() is async-signal-safe, as pre_exec requires.
+        unsafe {
+            exec.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut exec = exec
             .args(["exec", "--env", "command", "--env-config", config.to_str().unwrap(), "--json"])
             .args(["--work-dir", dir.path().join(name).to_str().unwrap(), "--time-limit", "900"])
             .stdout(std::process::Stdio::null())
