@@ -93,11 +93,19 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Sets candle's and rayon's thread counts. They are read once, by thread pools that start on the first tensor
-/// operation, so this must run before it (`exec` may set them again, still before any tensor operation).
+/// Sets rayon's thread count. It is read once, by thread pools that start on the first tensor operation, so this
+/// must run before it (`exec` may set it again, still before any tensor operation).
 pub(crate) fn set_tensor_threads(threads: usize) {
-    for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
-        std::env::set_var(var, threads.to_string());
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+}
+
+/// Leaves candle's own element-wise pool off (`CANDLE_NUM_THREADS=1`) unless the user set it. candle 0.11 splits
+/// element-wise ops of 64K+ elements over a process-wide pool behind one call lock, so the learners' micro-batches
+/// side by side serialise on it and share its spinning worker: 1.12x tokens/s without it on Zen 4, and no loss for
+/// one pass or decoding (BENCHMARKS.md, "candle's element-wise pool against side-by-side micro-batches").
+fn leave_candle_elementwise_pool_off() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 
@@ -108,6 +116,7 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    leave_candle_elementwise_pool_off();
     if let Some(n) = cli.threads {
         anyhow::ensure!(n >= 1, "--threads must be at least 1");
         set_tensor_threads(n);
