@@ -59,9 +59,12 @@ pub(crate) fn map_items<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R +
 
 /// `dst (m x n) = alpha * dst + beta * lhs (m x k) . rhs (k x n)`, every matrix given by its slice and (row,
 /// column) strides; `accumulate = false` ignores dst's old values. `threads`: gemm's own threads (1 when the caller
-/// parallelises).
+/// parallelises). Rounding: gemm's, the same as candle's CPU `matmul` given the same shapes and strides.
+///
+/// # Panics
+/// A slice too short for its shape and strides, or destination rows that overlap (`dst_rs < n` with `m > 1`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn product(
+pub fn product(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,

@@ -41,7 +41,7 @@ mod vector_exp;
 pub mod weights;
 
 /// Borrowing the values of f32 CPU tensors, for element-wise passes in other crates (the trainer's AdamW).
-pub use cpu_op::with_f32_slices;
+pub use cpu_op::{product as gemm_product, with_f32_slices};
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Arch, ModelConfig};

@@ -315,14 +315,17 @@ impl Gpt {
     }
 
     fn mlp(&self, blk: &Block, x: &Tensor) -> Result<Tensor> {
-        let up = x.matmul(blk.w_up.as_tensor())?;
-        let hidden = match (self.cfg.activation, &blk.w_gate) {
-            (Activation::Gelu, _) => super::fused::gelu_tanh(&up)?,
-            (Activation::ReluSquared, _) => up.relu()?.sqr()?,
-            (Activation::SwiGlu, Some(gate)) => (x.matmul(gate.as_tensor())?.silu()? * up)?,
+        let (w_up, w_down) = (blk.w_up.as_tensor(), blk.w_down.as_tensor());
+        match (self.cfg.activation, &blk.w_gate) {
+            // One op with its own backward (mlp.rs): no zero-filled gradient slots for the wide intermediates.
+            (Activation::Gelu, _) => super::mlp::mlp_gelu(x, w_up, w_down),
+            (Activation::ReluSquared, _) => x.matmul(w_up)?.relu()?.sqr()?.matmul(w_down),
+            (Activation::SwiGlu, Some(gate)) => {
+                let up = x.matmul(w_up)?;
+                (x.matmul(gate.as_tensor())?.silu()? * up)?.matmul(w_down)
+            }
             (Activation::SwiGlu, None) => unreachable!("SwiGLU blocks are built with a gate"),
-        };
-        hidden.matmul(blk.w_down.as_tensor())
+        }
     }
 }
 

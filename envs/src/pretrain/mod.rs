@@ -9,6 +9,7 @@ pub mod corpus;
 pub mod fused;
 pub mod gpt;
 mod lanes;
+mod mlp;
 pub mod optim;
 pub mod shards;
 pub mod train;
