@@ -2,9 +2,9 @@
 //!
 //! Composed from candle's elementary ops, GELU costs seven passes over the MLP activations forward and more
 //! backward, and its `tanh` goes through a slow scalar libm call; at `tiny` scale that was a quarter of the step.
-//! The log-softmax likewise. Here each is one pass forward and one backward (the norms are the model crate's fused
-//! ops, `ideator_model::norm`; attention its blocked kernel: `gpt.rs`). Other devices (CUDA) use the composed form,
-//! which computes the same function.
+//! Here it is one pass forward and one backward (the norms are the model crate's fused ops, `ideator_model::norm`;
+//! attention its blocked kernel: `gpt.rs`; the MLP `mlp.rs`; the loss head `cross_entropy.rs`). Other devices
+//! (CUDA) use the composed form, which computes the same function.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use ideator_model::device::{kernel_for, Kernel};
@@ -68,91 +68,10 @@ impl CustomOp2 for GeluTanhGrad {
     }
 }
 
-/// Log-softmax over the last dimension.
-pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    if kernel_for(&[x]) == Kernel::CpuFast {
-        let d = x.dim(candle_core::D::Minus1)?;
-        x.contiguous()?.apply_op1(LogSoftmax { d })
-    } else {
-        candle_nn::ops::log_softmax(x, candle_core::D::Minus1)
-    }
-}
-
-struct LogSoftmax {
-    d: usize,
-}
-
-impl CustomOp1 for LogSoftmax {
-    fn name(&self) -> &'static str {
-        "log-softmax-fused"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(self.d).zip(y.chunks_exact_mut(self.d)) {
-            let max = xr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let log_sum = xr.iter().map(|&v| (v - max).exp()).sum::<f32>().ln() + max;
-            for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = v - log_sum;
-            }
-        }
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let op = LogSoftmaxGrad { d: self.d };
-        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?))
-    }
-}
-
-/// With `y = log_softmax(x)`: `dx = g - exp(y) * sum(g)` per row.
-struct LogSoftmaxGrad {
-    d: usize,
-}
-
-impl CustomOp2 for LogSoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "log-softmax-fused-grad"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = contiguous_f32(s1, l1, self.name())?;
-        let g = contiguous_f32(s2, l2, self.name())?;
-        if y.len() != g.len() {
-            candle_core::bail!("{}: shapes differ", self.name());
-        }
-        let mut out = vec![0f32; y.len()];
-        for ((yr, gr), or) in y.chunks_exact(self.d).zip(g.chunks_exact(self.d)).zip(out.chunks_exact_mut(self.d)) {
-            let g_sum: f32 = gr.iter().sum();
-            for ((o, &yv), &gv) in or.iter_mut().zip(yr).zip(gr) {
-                *o = gv - yv.exp() * g_sum;
-            }
-        }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
-
-    #[test]
-    fn fused_log_softmax_matches_candle_and_its_gradient() {
-        let data: Vec<f32> = (0..5 * 11).map(|i| ((i * 7919 % 97) as f32 - 40.0) / 7.0).collect();
-        let x = Var::from_vec(data, (5, 11), &Device::Cpu).unwrap();
-        let w = Tensor::from_vec((0..55).map(|i| (i % 4) as f32).collect::<Vec<_>>(), (5, 11), &Device::Cpu).unwrap();
-        let fused = log_softmax(x.as_tensor()).unwrap();
-        let reference = candle_nn::ops::log_softmax(x.as_tensor(), 1).unwrap();
-        let diff = (&fused - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5, "forward differs by {diff}");
-        let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (&reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let (a, c) = (gf.get(&x).unwrap(), gr.get(&x).unwrap());
-        let diff = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-4, "gradient differs by {diff}");
-    }
 
     #[test]
     fn fused_gelu_matches_candle_gelu_and_its_gradient() {
@@ -189,6 +108,5 @@ mod fallback_tests {
         let x = Tensor::from_vec(data, (b, t, t), &Device::Cpu).unwrap();
         let x64 = x.to_dtype(DType::F64).unwrap();
         assert!(max_diff(&gelu_tanh(&x).unwrap(), &gelu_tanh(&x64).unwrap()) < 1e-5);
-        assert!(max_diff(&log_softmax(&x).unwrap(), &log_softmax(&x64).unwrap()) < 1e-5);
     }
 }

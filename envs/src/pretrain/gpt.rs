@@ -279,13 +279,10 @@ impl Gpt {
     /// log-partition (for z-loss).
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
         let logits = self.logits(inputs)?;
-        let targets = targets.flatten_all()?;
-        let logp = super::fused::log_softmax(&logits)?;
-        let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
-        let ce = picked.mean_all()?.neg()?;
-        // log Z = logits - log_softmax for any column; the shift-invariant form keeps it differentiable.
-        let log_z = (logits.narrow(1, 0, 1)? - logp.narrow(1, 0, 1)?)?;
-        let z_sq = log_z.sqr()?.mean_all()?;
+        // (2, tokens): each token's NLL and log-partition, one op with its own backward on the CPU.
+        let rows = super::cross_entropy::nll_and_log_z(&logits, &targets.flatten_all()?)?;
+        let ce = rows.get(0)?.mean_all()?;
+        let z_sq = rows.get(1)?.sqr()?.mean_all()?;
         Ok((ce, z_sq))
     }
 

@@ -6,6 +6,7 @@
 //! is the same on every machine; on CPU the run is bit-for-bit reproducible for a seed.
 
 pub mod corpus;
+mod cross_entropy;
 pub mod fused;
 pub mod gpt;
 mod lanes;
