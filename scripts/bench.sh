@@ -4,10 +4,13 @@
 # line to bench-out/results.jsonl; scripts/bench_table.py turns the file into the tables of BENCHMARKS.md.
 #
 # Usage: scripts/bench.sh [decode|train|grpo|pretrain|all] [--repeats R] [--quiet-wait S] [--threads N] [--rounds K]
+#                         [--sampling-dtype f32|bf16]
 # --threads N gives both sides the same N CPU threads (default 2); on a shared machine 1 keeps each side on one
 # core and the ratio meaningful. --rounds K runs every (peer, ours) pair K times in a row, alternating, so that a
 # noisy machine shows as a spread of ratios instead of one lucky or unlucky pair (default 1); bench_table.py then
-# gives each such setting its geometric-mean ratio with a 95% interval over the pairs.
+# gives each such setting its geometric-mean ratio with a 95% interval over the pairs. --sampling-dtype bf16 makes
+# our decode and GRPO runs sample from a bf16 copy of the weights (the peers stay f32; bench_table.py labels these
+# rows and never pools them with f32 ones).
 # `train` runs ours as the GRPO and SFT learners do: micro-batches of 4 sequences side by side on the threads, their
 # gradients summed; the PyTorch peer runs the batch of 8 in one pass.
 # Needs: scripts/peers/setup.sh (the peers' venv; PY=... to use another Python), a release build.
@@ -21,16 +24,19 @@ repeats=3
 quiet=120
 threads=2
 rounds=1
+sampling=f32
 while [ $# -gt 0 ]; do
   case "$1" in
     --repeats) repeats=$2; shift 2 ;;
     --quiet-wait) quiet=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
+    --sampling-dtype) sampling=$2; shift 2 ;;
     *) echo "bench: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "bench: --rounds wants a positive integer, not '$rounds'" >&2; exit 2; }
+[[ "$sampling" =~ ^(f32|bf16)$ ]] || { echo "bench: --sampling-dtype is f32 or bf16, not '$sampling'" >&2; exit 2; }
 py="${PY:-$root/.venv-peers/bin/python}"
 [ -x "$py" ] || { echo "bench: no Python at $py; run scripts/peers/setup.sh or set PY" >&2; exit 1; }
 scripts/fetch-assets.sh
@@ -63,7 +69,8 @@ if [ "$what" = all ] || [ "$what" = decode ]; then
   for b in 1 8 32; do for _ in $(seq "$rounds"); do
     record "$py" scripts/peers/hf_decode_bench.py --model "$hf" --batch $b --prompt-tokens 200 --new-tokens 128 \
       --repeats "$repeats" --quiet-wait "$quiet" --threads "$threads"
-    record "$bin" --threads "$threads" bench decode --model "$hf" --batch $b --prompt-tokens 200 --new-tokens 128 --repeats "$repeats"
+    record "$bin" --threads "$threads" bench decode --model "$hf" --batch $b --prompt-tokens 200 --new-tokens 128 --repeats "$repeats" \
+      --sampling-dtype "$sampling"
   done; done
 fi
 if [ "$what" = all ] || [ "$what" = train ]; then
@@ -78,7 +85,7 @@ if [ "$what" = all ] || [ "$what" = grpo ]; then
     record "$py" scripts/peers/trl_grpo_bench.py --model "$hf" --group 8 --prompt-tokens 200 --new-tokens 128 \
       --lora-rank $r --steps 2 --warmup-steps 1 --quiet-wait "$quiet" --threads "$threads"
     record "$bin" --threads "$threads" bench grpo --model "$hf" --group 8 --prompt-tokens 200 --new-tokens 128 --lora-rank $r \
-      --steps 2 --warmup-steps 1
+      --steps 2 --warmup-steps 1 --sampling-dtype "$sampling"
   done; done
 fi
 if [ "$what" = all ] || [ "$what" = pretrain ]; then
