@@ -4,8 +4,10 @@
 //!
 //! Why measured: issue 16 found that which kernel wins depends on the CPU, not on its flags alone. The few-rows
 //! kernel beat gemm up to 16 rows on Zen 4 (family 25 model 17) and was behind from 24; on an Intel Xeon with AMX
-//! (family 6 model 167) it was ahead at 24 and 32 rows too (109 against 128 ms a step at 32). A fixed threshold is
-//! right for one of them only.
+//! (family 6 model 167) it was ahead at 24 and 32 rows too (109 against 128 ms a step at 32), and on a second one
+//! (model 207) the packed AVX-512 kernel beat gemm at every row count up to 32 (80 against 114 ms at 32;
+//! BENCHMARKS.md, 2026-12-06). A fixed threshold is right for one of them only, so the built-in choice already
+//! differs for Intel cores with AMX ([`AMX_XEON_MAX_ROWS`]); a calibration overrides it.
 //!
 //! A choice changes speed, never the model: every path and gemm compute the same products up to float rounding, and
 //! within the few-rows range a row gets the same bits whatever the batch (outside it gemm's rounding depends on the
@@ -45,10 +47,23 @@ pub struct KernelChoice {
     pub few_rows_max_rows: usize,
 }
 
+/// Most rows the built-in choice hands the AVX-512 few-rows kernel on Intel cores with AMX (family 6 with
+/// `amx_bf16`: Sapphire Rapids and later). Both such CPUs measured (models 167 and 207) ran it ahead of gemm at 24
+/// and 32 rows; decoding at batch 24 / 32 on model 207 measured 1.26x / 1.10-1.15x against gemm (BENCHMARKS.md).
+pub const AMX_XEON_MAX_ROWS: usize = 32;
+
 impl KernelChoice {
-    /// The choice without a calibration: the widest path this CPU has, up to [`MAX_ROWS`] rows.
+    /// The choice without a calibration for this CPU: [`KernelChoice::built_in_for`] of the detected CPU and path.
     pub fn built_in() -> KernelChoice {
-        KernelChoice { few_rows_path: Path::detect(), few_rows_min_rows: 1, few_rows_max_rows: MAX_ROWS }
+        KernelChoice::built_in_for(&CpuInfo::detect(), Path::detect())
+    }
+
+    /// The choice without a calibration on `cpu` with its widest path `path`: the few-rows kernel up to
+    /// [`MAX_ROWS`] rows, or [`AMX_XEON_MAX_ROWS`] on an Intel core with AMX taking the AVX-512 path.
+    pub fn built_in_for(cpu: &CpuInfo, path: Path) -> KernelChoice {
+        let amx_xeon = cpu.family == Some(6) && cpu.vector_flags.iter().any(|f| f == "amx_bf16");
+        let max_rows = if amx_xeon && path == Path::Avx512 { AMX_XEON_MAX_ROWS } else { MAX_ROWS };
+        KernelChoice { few_rows_path: path, few_rows_min_rows: 1, few_rows_max_rows: max_rows }
     }
 
     /// Checks the choice can run here.
@@ -341,6 +356,27 @@ mod tests {
 
     fn timing(rows: usize, few: &[(Path, f64)], gemm: f64) -> Timing {
         Timing { rows, few_rows: few.to_vec(), gemm }
+    }
+
+    fn cpu_with(family: u32, flags: &str) -> CpuInfo {
+        CpuInfo::parse(&format!("model name\t: test CPU\ncpu family\t: {family}\nmodel\t\t: 1\nflags\t\t: {flags}\n"))
+    }
+
+    #[test]
+    fn built_in_choice_gives_amx_xeons_32_rows_and_every_other_cpu_16() {
+        let xeon = cpu_with(6, "fpu avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile");
+        let zen4 = cpu_with(25, "fpu avx2 fma avx512f avx512_bf16");
+        let older_intel = cpu_with(6, "fpu avx2 fma avx512f");
+        assert_eq!(KernelChoice::built_in_for(&xeon, Path::Avx512).few_rows_max_rows, AMX_XEON_MAX_ROWS);
+        assert_eq!(KernelChoice::built_in_for(&zen4, Path::Avx512).few_rows_max_rows, MAX_ROWS);
+        assert_eq!(KernelChoice::built_in_for(&older_intel, Path::Avx512).few_rows_max_rows, MAX_ROWS);
+        // Only the AVX-512 kernel was measured there: another path keeps the common limit.
+        assert_eq!(KernelChoice::built_in_for(&xeon, Path::Avx2).few_rows_max_rows, MAX_ROWS);
+        for c in [&xeon, &zen4, &older_intel] {
+            let choice = KernelChoice::built_in_for(c, Path::Portable);
+            assert_eq!((choice.few_rows_path, choice.few_rows_min_rows), (Path::Portable, 1));
+            assert!(choice.validate().is_ok());
+        }
     }
 
     #[test]

@@ -808,13 +808,14 @@ fn bench_calibrate(rows: &[usize], repeats: usize, dry_run: bool) -> anyhow::Res
     }
     progress.finish_and_clear();
     let choice = kernel_choice::choose(&timings).ok_or_else(|| anyhow::anyhow!("no timings to choose from"))?;
+    let built_in = kernel_choice::KernelChoice::built_in();
     eprintln!(
         "bench calibrate: choice: few-rows {} for {} to {} rows, gemm otherwise (built-in: {} for 1 to {})",
         choice.few_rows_path.as_str(),
         choice.few_rows_min_rows,
         choice.few_rows_max_rows,
-        kernel_choice::KernelChoice::built_in().few_rows_path.as_str(),
-        ideator_model::few_rows::MAX_ROWS
+        built_in.few_rows_path.as_str(),
+        built_in.few_rows_max_rows
     );
     let measured_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let calibration = Calibration { cpu: cpu.summary(), choice, threads, measured_unix, timings };
