@@ -89,7 +89,8 @@ def summary(pairs):
     for k, peer, ours in pairs:
         threads = ours.get("threads") or peer.get("threads")
         # A lower-precision sampling copy is another setting of ours, never pooled with f32 runs.
-        setting = k + (sampling_note(ours),) if sampling_note(ours) else k
+        note = sampling_note(ours)
+        setting = k + (note,) if note else k
         by_setting.setdefault((setting, threads), []).append(ratio(k, peer, ours))
     rows = [(k, t, r) for (k, t), r in by_setting.items() if len(r) >= 2]
     if not rows:
@@ -135,7 +136,8 @@ def main(path, since=0.0):
         print("| batch | prompt / new tokens | transformers `generate` tok/s | ours tok/s | ratio | ours decode-only tok/s | ours time to first token |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for k, peer, ours in decode:
-            note = f" ({sampling_note(ours)})" if sampling_note(ours) else ""
+            note = sampling_note(ours)
+            note = f" ({note})" if note else ""
             print(f"| {k[1]}{note} | {k[2]} / {k[3]} | {peer['new_tokens_per_s']:.1f} | {ours['new_tokens_per_s']:.1f} | "
                   f"**{ratio(k, peer, ours):.2f}x** | {ours['decode_tokens_per_s']:.1f} "
                   f"(peer {peer['decode_tokens_per_s']:.1f}) | {ours['time_to_first_token_s']:.2f} s (peer {peer['time_to_first_token_s']:.2f} s) |")
@@ -157,7 +159,8 @@ def main(path, since=0.0):
             sp = peer.get("split_median_s", {})
             trl_split = " / ".join(f"{sp.get(n, float('nan')):.1f}" for n in ("generation_s", "ref_logprobs_s", "update_s"))
             name = "full" if k[1] == 0 else f"LoRA r{k[1]}"
-            name += f" ({sampling_note(ours)})" if sampling_note(ours) else ""
+            note = sampling_note(ours)
+            name += f" ({note})" if note else ""
             print(f"| {name} | {peer['seconds_per_step']:.1f} ({trl_split}) | {ours['seconds_per_step']:.1f} "
                   f"({ours['generation_s']:.1f} / {ours['ref_logprobs_s']:.1f} / {ours['update_s']:.1f}) | "
                   f"**{ratio(k, peer, ours):.2f}x** |")

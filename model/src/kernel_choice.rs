@@ -337,9 +337,10 @@ impl Active {
 pub fn active() -> &'static Active {
     static ACTIVE: OnceLock<Active> = OnceLock::new();
     ACTIVE.get_or_init(|| {
-        let built_in = Active { choice: KernelChoice::built_in(), source: Source::BuiltIn };
+        let cpu = CpuInfo::detect();
+        let built_in = Active { choice: KernelChoice::built_in_for(&cpu, Path::detect()), source: Source::BuiltIn };
         let Some(path) = cache_path() else { return built_in };
-        match load(&path, &CpuInfo::detect(), threads()) {
+        match load(&path, &cpu, threads()) {
             Ok(Some(c)) => Active { choice: c.choice, source: Source::Calibrated(path) },
             Ok(None) => built_in,
             Err(e) => {

@@ -65,10 +65,11 @@ impl Linear {
     }
 
     /// The same for callers that never need a gradient (decoding): decode-shaped f32 inputs on the CPU (the row
-    /// counts of `kernel_choice::active`: 1 to `few_rows::MAX_ROWS`, or 32 on Intel cores with AMX, unless
-    /// calibrated) go through the few-rows kernel, which streams the weight once for all the rows and records no
-    /// graph, from the decode copy when it takes the rows (decode_copy.rs: packed tiles, or the bf16 sampling copy,
-    /// whose prefill goes through gemm with the copy widened to f32: the same weights either way).
+    /// counts of `kernel_choice::active`: 1 to `few_rows::MAX_ROWS`, or `kernel_choice::AMX_XEON_MAX_ROWS` on
+    /// Intel cores with AMX, unless calibrated) go through the few-rows kernel, which streams the weight once for all
+    /// the rows and records no graph, from the decode copy when it takes the rows (decode_copy.rs: packed tiles, or
+    /// the bf16 sampling copy, whose prefill goes through gemm with the copy widened to f32: the same weights either
+    /// way).
     pub(crate) fn forward_detached(&self, x: &Tensor, mode: AdapterMode) -> Result<Tensor> {
         self.apply(x, mode, 0, true)
     }

@@ -808,7 +808,7 @@ fn bench_calibrate(rows: &[usize], repeats: usize, dry_run: bool) -> anyhow::Res
     }
     progress.finish_and_clear();
     let choice = kernel_choice::choose(&timings).ok_or_else(|| anyhow::anyhow!("no timings to choose from"))?;
-    let built_in = kernel_choice::KernelChoice::built_in();
+    let built_in = kernel_choice::KernelChoice::built_in_for(&cpu, ideator_model::few_rows::Path::detect());
     eprintln!(
         "bench calibrate: choice: few-rows {} for {} to {} rows, gemm otherwise (built-in: {} for 1 to {})",
         choice.few_rows_path.as_str(),
